@@ -1,0 +1,1 @@
+"""Outbound destinations, one module per type, registered by ``type`` name."""

@@ -1,0 +1,227 @@
+"""``dimse`` backend: C-STORE SCU to a remote AE, streaming from the spool file.
+
+```toml
+[backends.pacs]
+type = "dimse"
+host = "10.1.2.3"
+port = 104
+ae_title = "PACS"
+```
+
+Each worker keeps one association open and reuses it while the instances it sends fit
+its presentation contexts; it proposes, per SOP class, each transfer syntax it has seen
+in a context of its own plus one uncompressed context as a fallback. An instance whose
+transfer syntax the peer refused is converted when both are uncompressed little endian;
+a compressed one the peer will not take is quarantined with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import structlog
+from pydantic import Field
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context, evt
+from pynetdicom.sop_class import Verification
+
+from router import engine
+from router.backends.status import DeliveryResult, Outcome, classify_store_status
+from router.config.models import BackendConfig
+from router.config.registry import register
+from router.config.types import AETitle, Port, Seconds
+from router.spool.queue import Delivery
+
+log = structlog.get_logger("router.backends.dimse")
+
+MAX_CONTEXTS = 128
+FALLBACK_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+class DimseBackendConfig(BackendConfig):
+    type: Literal["dimse"] = "dimse"
+    host: str = Field(min_length=1)
+    port: Port
+    ae_title: AETitle
+    calling_ae_title: AETitle | None = None
+    connect_timeout: Seconds = 10.0
+    acse_timeout: Seconds = 30.0
+    dimse_timeout: Seconds = 120.0
+    network_timeout: Seconds = 60.0
+    idle_release_seconds: Seconds = 5.0
+    max_pdu_size: int = Field(default=1048576, ge=4096, le=16777216)
+
+
+class DimseBackend:
+    def __init__(self, name: str, config: DimseBackendConfig, router_ae_title: str):
+        self.name = name
+        self.config = config
+        self.calling_ae_title = config.calling_ae_title or router_ae_title
+
+    def describe(self) -> str:
+        return f"{self.config.ae_title}@{self.config.host}:{self.config.port}"
+
+    def new_ae(self) -> AE:
+        ae = AE(self.calling_ae_title)
+        ae.acse_timeout = self.config.acse_timeout
+        ae.dimse_timeout = self.config.dimse_timeout
+        ae.network_timeout = self.config.network_timeout
+        ae.connection_timeout = self.config.connect_timeout
+        ae.maximum_pdu_size = self.config.max_pdu_size
+        return ae
+
+    def associate(self, ae: AE, contexts):
+        assoc = ae.associate(
+            self.config.host,
+            self.config.port,
+            ae_title=self.config.ae_title,
+            contexts=contexts,
+            evt_handlers=[(evt.EVT_CONN_OPEN, engine.on_connection_open)],
+        )
+        if assoc.is_established:
+            engine.arm_socket_timeout(assoc, self.config.network_timeout)
+        return assoc
+
+    def echo(self) -> int | None:
+        """C-ECHO the backend; the status, or None when no association could be made."""
+        engine.configure()
+        assoc = self.associate(self.new_ae(), [build_context(Verification)])
+        if not assoc.is_established:
+            return None
+        try:
+            status = assoc.send_c_echo()
+            return int(status.Status) if "Status" in status else None
+        finally:
+            assoc.release()
+
+    def open_deliverer(self) -> "StoreSCU":
+        return StoreSCU(self)
+
+
+class StoreSCU:
+    """Sends spooled instances over one reused association."""
+
+    def __init__(self, backend: DimseBackend):
+        self.backend = backend
+        self.ae = backend.new_ae()
+        self.assoc = None
+        self.last_used = 0.0
+        self.wanted: dict[str, list[str]] = {}  # SOP class -> transfer syntaxes, insertion ordered
+        self.proposed: set[tuple[str, str]] = set()
+
+    def deliver(self, delivery: Delivery) -> DeliveryResult:
+        sop, ts = delivery.sop_class_uid, delivery.transfer_syntax
+        if not sop or not ts:
+            return DeliveryResult(Outcome.PERMANENT, None, "the spool entry has no SOP class or transfer syntax")
+        if (sop, ts) not in self.proposed or not self._alive():
+            self._want(sop, ts)
+            unreachable = self._reassociate()
+            if unreachable:
+                return unreachable
+        try:
+            return self._send(delivery, sop, ts)
+        finally:
+            self.last_used = time.monotonic()
+
+    def idle(self) -> None:
+        """Release the association once nothing has been sent for ``idle_release_seconds``."""
+        if self.assoc is not None and time.monotonic() - self.last_used > self.backend.config.idle_release_seconds:
+            self.close()
+
+    def close(self) -> None:
+        if self.assoc is not None:
+            if self.assoc.is_established:
+                self.assoc.release()
+            self.assoc = None
+            self.proposed = set()
+
+    def _alive(self) -> bool:
+        return self.assoc is not None and self.assoc.is_established
+
+    def _want(self, sop: str, ts: str) -> None:
+        syntaxes = self.wanted.setdefault(sop, [])
+        if ts not in syntaxes:
+            syntaxes.append(ts)
+        while self._context_count() > MAX_CONTEXTS and len(self.wanted) > 1:
+            oldest = next(k for k in self.wanted if k != sop)
+            del self.wanted[oldest]
+
+    def _context_count(self) -> int:
+        return sum(len(v) + 1 for v in self.wanted.values())
+
+    def _contexts(self):
+        contexts = []
+        for sop, syntaxes in self.wanted.items():
+            for ts in syntaxes:
+                contexts.append(build_context(sop, [ts]))
+            contexts.append(build_context(sop, FALLBACK_SYNTAXES))
+        return contexts[:MAX_CONTEXTS]
+
+    def _reassociate(self) -> DeliveryResult | None:
+        self.close()
+        contexts = self._contexts()
+        assoc = self.backend.associate(self.ae, contexts)
+        if assoc.is_established:
+            self.assoc = assoc
+            self.proposed = {(cx.abstract_syntax, ts) for cx in contexts for ts in cx.transfer_syntax}
+            return None
+        if assoc.is_rejected:
+            reason = f"association rejected by {self.backend.describe()}"
+        elif assoc.is_aborted:
+            reason = f"association aborted by {self.backend.describe()}"
+        else:
+            reason = f"cannot connect to {self.backend.describe()}"
+        return DeliveryResult(Outcome.UNREACHABLE, None, reason)
+
+    def _accepted(self, sop: str) -> list:
+        return [cx for cx in self.assoc.accepted_contexts if cx.abstract_syntax == sop]
+
+    def _send(self, delivery: Delivery, sop: str, ts: str) -> DeliveryResult:
+        accepted = self._accepted(sop)
+        if not accepted:
+            return DeliveryResult(
+                Outcome.PERMANENT, None, f"{self.backend.describe()} refused SOP class {UID(sop).name}"
+            )
+        if any(cx.transfer_syntax[0] == ts for cx in accepted):
+            payload = delivery.path
+        else:
+            payload = self._converted(delivery, ts, accepted)
+            if isinstance(payload, DeliveryResult):
+                return payload
+        try:
+            rsp = self.assoc.send_c_store(payload)
+        except FileNotFoundError:
+            return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
+        except (TimeoutError, OSError, RuntimeError) as exc:
+            self.close()
+            return DeliveryResult(Outcome.TRANSIENT, None, f"sending failed: {exc}")
+        status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+        if status is None:
+            self.close()
+            return DeliveryResult(Outcome.TRANSIENT, None, "no C-STORE response (association aborted or timed out)")
+        outcome = classify_store_status(status)
+        comment = f": {rsp.ErrorComment}" if "ErrorComment" in rsp else ""
+        return DeliveryResult(outcome, status, f"C-STORE status 0x{status:04X}{comment}")
+
+    def _converted(self, delivery: Delivery, ts: str, accepted):
+        """The dataset to send in an accepted uncompressed syntax, or why that is impossible."""
+        source = UID(ts)
+        offered = ", ".join(sorted({UID(cx.transfer_syntax[0]).name for cx in accepted}))
+        convertible = [cx for cx in accepted if cx.transfer_syntax[0] in FALLBACK_SYNTAXES]
+        if source.is_compressed or not source.is_little_endian or not convertible:
+            return DeliveryResult(
+                Outcome.PERMANENT,
+                None,
+                f"{self.backend.describe()} accepts {UID(delivery.sop_class_uid).name} only in {offered}; "
+                f"the instance is {source.name} and the router does not transcode it",
+            )
+        log.info("converting transfer syntax for a peer that refused it", source=source.name,
+                 target=UID(convertible[0].transfer_syntax[0]).name, **delivery.log_context())
+        return dcmread(delivery.path)
+
+
+@register("backend", "dimse", DimseBackendConfig)
+def build_dimse_backend(name: str, config: DimseBackendConfig, router_ae_title: str) -> DimseBackend:
+    return DimseBackend(name, config, router_ae_title)

@@ -1,0 +1,159 @@
+"""The ``dicom-router`` command line.
+
+``serve``, ``check``, ``init``, ``config show``, ``echo``, ``send`` and ``queue`` share
+``-c FILE``; without it they use the embedded default configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from router import __version__
+from router.config import TIERS, ConfigError, load_config, validate
+
+EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EX_USAGE
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-router", description="A pipeline-based DICOM router.")
+    parser.add_argument("--version", action="version", version=f"dicom-router {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, func, help: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if config:
+            p.add_argument("-c", "--config", type=Path, help="configuration file (default: the embedded default)")
+        p.set_defaults(func=func)
+        return p
+
+    command("serve", cmd_serve, "Run the router.")
+    p = command("check", cmd_check, "Validate a configuration; print every problem with its file and key.")
+    p.add_argument("--tier", choices=TIERS, default="environment",
+                   help="check up to this tier (default: environment: also directories and ports)")
+    p = command("init", cmd_init, "Write a starter router.toml and pipelines/ into DIR.", config=False)
+    p.add_argument("dir", nargs="?", type=Path, default=Path("."))
+    p = sub.add_parser("config", help="Show the resolved configuration.")
+    config_sub = p.add_subparsers(metavar="ACTION")
+    p = config_sub.add_parser("show", help="Print the configuration with includes merged and defaults filled, as TOML.")
+    p.add_argument("-c", "--config", type=Path)
+    p.set_defaults(func=cmd_config_show)
+    p = command("echo", cmd_echo, "C-ECHO a configured dimse backend, or HOST:PORT:AET.")
+    p.add_argument("target")
+    p = command("send", cmd_send, "C-STORE files and folders (recursively) to a backend or HOST:PORT:AET.")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--to", required=True, dest="target")
+    p.add_argument("--calling-aet", help="calling AE title (default: the router's)")
+    p = command("queue", cmd_queue, "Inspect and manage the delivery queue.")
+    p.add_argument("action", choices=("list", "retry", "purge"))
+    p.add_argument("--backend", help="only this backend")
+    p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
+    p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
+    return parser
+
+
+def _load(args):
+    return load_config(args.config)
+
+
+# -- serve / check / init / config show -------------------------------------
+
+
+def cmd_serve(args) -> int:
+    from router.observe.logging import setup_logging
+    from router.service import DataDirInUse, RouterService
+
+    config = _load(args)
+    setup_logging(config.router.log_level, config.router.log_format, process="receive")
+    service = RouterService(config)
+    try:
+        service.start()
+    except DataDirInUse as exc:
+        print(f"dicom-router: {exc}", file=sys.stderr)
+        return EX_FAIL
+    except OSError as exc:
+        print(f"dicom-router: cannot start: {exc}", file=sys.stderr)
+        service.stop()
+        return EX_FAIL
+    service.serve_forever()
+    return EX_OK
+
+
+def cmd_check(args) -> int:
+    config, issues = validate(args.config, through=args.tier)
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    errors = [i for i in issues if i.severity == "error"]
+    if errors:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+        return EX_CONFIG
+    print(f"configuration OK: {len(config.endpoints)} endpoint(s), {len(config.backends)} backend(s), "
+          f"{len(config.pipelines)} pipeline(s)")
+    return EX_OK
+
+
+def cmd_init(args) -> int:
+    from router.starter import write_starter
+
+    try:
+        written = write_starter(args.dir)
+    except FileExistsError as exc:
+        print(f"dicom-router init: {exc} exists; nothing written", file=sys.stderr)
+        return EX_FAIL
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: dicom-router check -c {args.dir / 'router.toml'}")
+    return EX_OK
+
+
+def cmd_config_show(args) -> int:
+    sys.stdout.write(tomli_w.dumps(load_config(args.config).to_dict()))
+    return EX_OK
+
+
+# -- echo / send / queue -------------------------------------------------------
+
+
+def cmd_echo(args) -> int:
+    from router.tools.targets import resolve_target
+
+    backend = resolve_target(args.target, _load(args))
+    status = backend.echo()
+    if status is None:
+        print(f"C-ECHO {backend.describe()}: no association", file=sys.stderr)
+        return EX_FAIL
+    print(f"C-ECHO {backend.describe()}: status 0x{status:04X}")
+    return EX_OK if status == 0 else EX_FAIL
+
+
+def cmd_send(args) -> int:
+    from router.tools.send import send_paths
+    from router.tools.targets import resolve_target
+
+    backend = resolve_target(args.target, _load(args), calling_aet=args.calling_aet)
+    return EX_OK if send_paths(backend, args.paths) else EX_FAIL
+
+
+def cmd_queue(args) -> int:
+    from router.tools.queue_admin import queue_command
+
+    return queue_command(_load(args), args.action, backend=args.backend, ids=args.ids, purge_all=args.all)

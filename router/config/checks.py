@@ -1,0 +1,115 @@
+"""Validation beyond the schema: references and topology, then the environment.
+
+``check`` runs the tiers in order (schema in :mod:`router.config.loader`, then these)
+and reports every issue of every tier it reached.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from router.config.errors import ConfigIssue
+from router.config.models import RouterConfig
+
+TIERS = ("schema", "references", "environment")
+
+
+def check_references(config: RouterConfig) -> list[ConfigIssue]:
+    """Names that must exist, bindings that must make sense."""
+    issues: list[ConfigIssue] = []
+    used_backends: set[str] = set()
+    bound_endpoints: set[str] = set()
+    for name, pipeline in config.pipelines.items():
+        file = config.origin(f"pipelines.{name}")
+        for i, endpoint in enumerate(pipeline.endpoints):
+            if endpoint not in config.endpoints:
+                issues.append(ConfigIssue(file, f"pipelines.{name}.endpoints[{i}]", f"no endpoint named {endpoint!r}"))
+            bound_endpoints.add(endpoint)
+        refs = [(f"backends[{i}]", b) for i, b in enumerate(pipeline.backends)]
+        for s, stage in enumerate(pipeline.middleware):
+            refs += [(f"middleware[{s}].{key}", b) for key, b in stage.backend_references()]
+        for key, backend in refs:
+            used_backends.add(backend)
+            if backend not in config.backends:
+                issues.append(ConfigIssue(file, f"pipelines.{name}.{key}", f"no backend named {backend!r}"))
+        if not refs:
+            issues.append(ConfigIssue(file, f"pipelines.{name}.backends", "the pipeline sends to no backend"))
+    for name in config.endpoints:
+        if name not in bound_endpoints:
+            issues.append(
+                ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}", "no pipeline is bound to this endpoint")
+            )
+    for name in config.backends:
+        if name not in used_backends:
+            issues.append(
+                ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}", "no pipeline sends to this backend", "warning")
+            )
+    issues += _duplicate_listeners(config)
+    return issues
+
+
+def _duplicate_listeners(config: RouterConfig) -> list[ConfigIssue]:
+    issues = []
+    seen: dict[int, str] = {}
+    for name, endpoint in config.endpoints.items():
+        port = getattr(endpoint, "port", None)
+        if port is None:
+            continue
+        if port in seen:
+            issues.append(
+                ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", f"port {port} is also used by endpoint {seen[port]!r}")
+            )
+        else:
+            seen[port] = name
+    return issues
+
+
+def check_environment(config: RouterConfig) -> list[ConfigIssue]:
+    """What the machine must allow: writable directories, bindable ports."""
+    issues: list[ConfigIssue] = []
+    main = config.origin("")
+    problem = _writable_dir_problem(config.router.data_dir)
+    if problem:
+        issues.append(ConfigIssue(main, "router.data_dir", problem))
+    for name, backend in config.backends.items():
+        path = getattr(backend, "path", None)
+        if isinstance(path, Path):
+            problem = _writable_dir_problem(path)
+            if problem:
+                issues.append(ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}.path", problem))
+    for name, endpoint in config.endpoints.items():
+        port, bind = getattr(endpoint, "port", None), getattr(endpoint, "bind", "0.0.0.0")
+        if port is None:
+            continue
+        problem = _bind_problem(bind, port)
+        if problem:
+            issues.append(ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", problem))
+    return issues
+
+
+def _writable_dir_problem(path: Path) -> str | None:
+    """None when ``path`` exists as a writable directory or can be created."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"{path}: no existing parent directory"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} exists and is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    return None
+
+
+def _bind_problem(bind: str, port: int) -> str | None:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError as exc:
+            hint = " (is the router already running?)" if exc.errno == 98 else ""
+            return f"cannot listen on {bind}:{port}: {exc.strerror}{hint}"
+    return None

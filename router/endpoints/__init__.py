@@ -1,0 +1,1 @@
+"""Inbound SCPs, one module per type, registered by ``type`` name."""

@@ -1,0 +1,181 @@
+"""``dimse`` endpoint: a DICOM SCP for C-ECHO and C-STORE of any storage SOP class.
+
+```toml
+[endpoints.ingest]
+type = "dimse"
+port = 11112
+allowed_calling_aets = ["CT_*", "MR01"]
+allowed_hosts = ["10.0.0.0/8"]
+```
+
+Every storage SOP class is accepted in the transfer syntax the sender lists first, and
+the dataset streams to a file in the spool as it arrives; it is never held in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from pydantic import Field
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from router import engine
+from router.config.models import EndpointConfig
+from router.config.registry import register
+from router.config.types import CIDR, AETitle, Port, Seconds
+from router.endpoints.access import AccessPolicy
+from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.spool.intake import CANNOT_UNDERSTAND, Intake
+
+log = structlog.get_logger("router.endpoint")
+
+REJECT_PERMANENT, SOURCE_USER = 0x01, 0x01
+DIAG_NO_REASON, DIAG_CALLING_AET = 0x01, 0x03
+
+
+class DimseEndpointConfig(EndpointConfig):
+    type: Literal["dimse"] = "dimse"
+    port: Port
+    bind: str = "0.0.0.0"
+    ae_title: AETitle | None = None
+    require_called_aet: bool = False
+    allowed_calling_aets: list[str] = []
+    allowed_hosts: list[CIDR] = []
+    max_associations: int = Field(default=16, ge=1, le=1024)
+    max_pdu_size: int = Field(default=1048576, ge=4096, le=16777216)
+    acse_timeout: Seconds = 30.0
+    dimse_timeout: Seconds = 60.0
+    network_timeout: Seconds = 120.0
+
+
+class DimseEndpoint:
+    def __init__(self, name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake):
+        self.name = name
+        self.config = config
+        self.ae_title = config.ae_title or router_ae_title
+        self.intake = intake
+        self.access = AccessPolicy.from_lists(config.allowed_calling_aets, config.allowed_hosts)
+        self.server = None
+        self._ae: AE | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2] if self.server else (self.config.bind, self.config.port)
+
+    def start(self) -> None:
+        engine.configure()
+        ae = AE(self.ae_title)
+        ae.add_supported_context(Verification)
+        ae.maximum_associations = self.config.max_associations
+        ae.maximum_pdu_size = self.config.max_pdu_size
+        ae.acse_timeout = self.config.acse_timeout
+        ae.dimse_timeout = self.config.dimse_timeout
+        ae.network_timeout = self.config.network_timeout
+        ae.require_called_aet = self.config.require_called_aet
+        handlers = [
+            (evt.EVT_CONN_OPEN, engine.on_connection_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._ae = ae
+        self.server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers)
+        log.info("endpoint listening", endpoint=self.name, ae_title=self.ae_title,
+                 address=f"{self.address[0]}:{self.address[1]}")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+            log.info("endpoint closed", endpoint=self.name)
+
+    # -- association events -------------------------------------------------
+
+    def _info(self, assoc) -> AssociationInfo:
+        info = getattr(assoc, "router_info", None)
+        if info is None:
+            info = AssociationInfo(
+                endpoint=self.name,
+                association_id=uuid.uuid4().hex[:12],
+                calling_aet=(assoc.requestor.ae_title or "").strip(),
+                called_aet=(assoc.acceptor.ae_title or self.ae_title).strip(),
+                peer_host=assoc.requestor.address,
+                peer_port=assoc.requestor.port,
+            )
+            assoc.router_info = info
+        return info
+
+    def _assoc_log(self, assoc):
+        info = self._info(assoc)
+        return log.bind(endpoint=self.name, assoc_id=info.association_id, calling_aet=info.calling_aet,
+                        peer=f"{info.peer_host}:{info.peer_port}")
+
+    def _on_requested(self, event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = (primitive.calling_ae_title or "").strip()
+        called = (primitive.called_ae_title or "").strip()
+        info = AssociationInfo(self.name, uuid.uuid4().hex[:12], calling, called,
+                               assoc.requestor.address, assoc.requestor.port)
+        assoc.router_info = info
+        refusal = self.access.refusal(calling, info.peer_host)
+        if refusal is None:
+            return
+        diagnostic = DIAG_CALLING_AET if "calling AE" in refusal else DIAG_NO_REASON
+        self._assoc_log(assoc).warning("association rejected", reason=refusal, called_aet=called)
+        assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_USER, diagnostic)
+        assoc.kill()
+
+    def _on_established(self, event) -> None:
+        engine.arm_socket_timeout(event.assoc, self.config.network_timeout)
+        self._assoc_log(event.assoc).info("association accepted", called_aet=self._info(event.assoc).called_aet)
+
+    def _on_rejected(self, event) -> None:
+        self._assoc_log(event.assoc).warning("association rejected by the negotiation",
+                                             active=len(self._ae.active_associations) if self._ae else None)
+
+    def _on_aborted(self, event) -> None:
+        self._assoc_log(event.assoc).warning("association aborted")
+
+    def _on_released(self, event) -> None:
+        self._assoc_log(event.assoc).info("association released")
+
+    # -- DIMSE services ------------------------------------------------------
+
+    def _on_echo(self, event) -> int:
+        self._assoc_log(event.assoc).debug("C-ECHO")
+        return 0x0000
+
+    def _on_store(self, event) -> int:
+        rq = event.request
+        info = self._info(event.assoc)
+        envelope = RequestEnvelope(
+            association=info,
+            command=Command(
+                kind="store",
+                sop_class_uid=str(rq.AffectedSOPClassUID),
+                message_id=int(rq.MessageID),
+                priority=int(rq.Priority or 0),
+                affected_sop_instance_uid=str(rq.AffectedSOPInstanceUID),
+            ),
+        )
+        try:
+            result = self.intake.receive_store(envelope, Path(event.dataset_path), str(event.context.transfer_syntax))
+        except Exception as exc:  # never let a bug take the association or the daemon down
+            log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())
+            return CANNOT_UNDERSTAND
+        return result.status
+
+
+@register("endpoint", "dimse", DimseEndpointConfig)
+def build_dimse_endpoint(name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake) -> DimseEndpoint:
+    return DimseEndpoint(name, config, router_ae_title, intake)

@@ -1,0 +1,74 @@
+"""Process-wide pynetdicom settings and the small owned changes to its internals.
+
+:func:`configure` is the one place these are set; every process of the router calls it
+once at start-up, before any association.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import pynetdicom
+from pynetdicom import _config
+
+from router.engine.backpressure import install_backpressure
+
+SUPPORTED_PYNETDICOM = "3.0.4"
+
+_configured = False
+_lock = threading.Lock()
+
+
+def configure() -> None:
+    """Stream received and sent datasets through files, accept any storage class and
+    transfer syntax as sent, silence pynetdicom's per-message logging, and bound the
+    outgoing PDU queue. Idempotent."""
+    global _configured
+    with _lock:
+        if _configured:
+            return
+        _config.LOG_HANDLER_LEVEL = "none"
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
+            install_backpressure()
+        else:  # pragma: no cover - depends on the installed version
+            logging.getLogger("router.engine").warning(
+                "pynetdicom %s is not the version the engine changes were made for (%s): "
+                "running stock pynetdicom; outbound memory is then not bounded",
+                pynetdicom.__version__,
+                SUPPORTED_PYNETDICOM,
+            )
+        _configured = True
+
+
+def on_connection_open(event) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle; pynetdicom writes a PDU in several sends."""
+    sock = _raw_socket(event.assoc)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def arm_socket_timeout(assoc, seconds: float) -> None:
+    """A peer that stops reading then fails a blocked send after ``seconds``
+    instead of hanging the association (reads use select() and are unaffected)."""
+    sock = _raw_socket(assoc)
+    if sock is not None:
+        try:
+            sock.settimeout(seconds)
+        except OSError:
+            pass
+
+
+def _raw_socket(assoc):
+    try:
+        return assoc.dul.socket.socket
+    except AttributeError:
+        return None

@@ -1,0 +1,1 @@
+"""Pipeline stages, one module per type, registered by ``type`` name."""

@@ -1,0 +1,90 @@
+"""Run a request through the pipelines bound to its endpoint; decide its backends.
+
+Owns no I/O: stages read the envelope (and the spooled header) and return a verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Union
+
+from router.config import registry
+from router.config.models import PipelineConfig, RouterConfig
+from router.envelope import Drop, Reject, RequestEnvelope
+
+Stage = Callable[[RequestEnvelope], Union[RequestEnvelope, Drop, Reject]]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    pipeline: str
+    envelope: RequestEnvelope
+    verdict: Drop | Reject | None  # None: deliver to envelope.backends
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return () if self.verdict is not None else self.envelope.backends
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What all pipelines on an endpoint decided for one request."""
+
+    results: tuple[PipelineResult, ...]
+
+    @property
+    def rejection(self) -> Reject | None:
+        """A rejecting pipeline wins: the sender keeps the instance and is told why."""
+        for result in self.results:
+            if isinstance(result.verdict, Reject):
+                return result.verdict
+        return None
+
+    @property
+    def deliveries(self) -> list[tuple[str, str]]:
+        """(pipeline, backend) pairs, each backend once."""
+        seen: set[str] = set()
+        out = []
+        for result in self.results:
+            for backend in result.backends:
+                if backend not in seen:
+                    seen.add(backend)
+                    out.append((result.pipeline, backend))
+        return out
+
+
+class Pipeline:
+    def __init__(self, name: str, config: PipelineConfig):
+        self.name = name
+        self.config = config
+        self.stages: list[tuple[str, Stage]] = []
+        for i, stage_config in enumerate(config.middleware):
+            component = registry.lookup("middleware", stage_config.type)
+            stage_name = f"{name}.middleware[{i}]({stage_config.type})"
+            self.stages.append((stage_name, component.build(stage_name, stage_config)))
+
+    def run(self, envelope: RequestEnvelope) -> PipelineResult:
+        envelope = replace(envelope, backends=tuple(self.config.backends))
+        for stage_name, stage in self.stages:
+            outcome = stage(envelope)
+            if isinstance(outcome, (Drop, Reject)):
+                detail = outcome.reason if isinstance(outcome, Drop) else f"0x{outcome.status:04X} {outcome.reason}"
+                envelope = envelope.with_audit(stage_name, type(outcome).__name__.lower(), detail)
+                return PipelineResult(self.name, envelope, outcome)
+            envelope = outcome.with_audit(stage_name, "pass")
+        return PipelineResult(self.name, envelope, None)
+
+
+class PipelineSet:
+    """The pipelines of a configuration, looked up by endpoint."""
+
+    def __init__(self, config: RouterConfig):
+        self.pipelines = {name: Pipeline(name, p) for name, p in config.pipelines.items()}
+        self._by_endpoint = {
+            endpoint: [self.pipelines[n] for n in config.pipelines_for_endpoint(endpoint)]
+            for endpoint in config.endpoints
+        }
+
+    def route(self, envelope: RequestEnvelope) -> Routing:
+        pipelines = self._by_endpoint.get(envelope.association.endpoint, [])
+        return Routing(tuple(p.run(envelope) for p in pipelines))

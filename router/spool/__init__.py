@@ -1,0 +1,1 @@
+"""Durable spool files, the delivery queue, and the workers that empty it."""

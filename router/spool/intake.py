@@ -1,0 +1,99 @@
+"""Turn a received instance into durable, queued deliveries, and decide the C-STORE status.
+
+This is the promise of the router: 0x0000 is returned only once the file and its
+directory entry are fsynced and the queue rows are committed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+
+from router.envelope import RequestEnvelope, SpooledInstance
+from router.pipeline import PipelineSet
+from router.spool.queue import DeliveryQueue, InstanceRecord
+from router.spool.store import Spool
+
+log = structlog.get_logger("router.intake")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    status: int
+    stored: bool
+    reason: str = ""
+
+
+class Intake:
+    def __init__(self, spool: Spool, queue: DeliveryQueue, pipelines: PipelineSet):
+        self.spool = spool
+        self.queue = queue
+        self.pipelines = pipelines
+
+    def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str) -> IntakeResult:
+        """Take ownership of the received file at ``received`` and answer for it."""
+        ctx = envelope.log_context()
+        if not self.spool.has_free_space():
+            log.error("refusing instance: free space in the data directory is under the floor",
+                      floor_mb=self.spool.min_free_bytes // 2**20, **ctx)
+            return IntakeResult(OUT_OF_RESOURCES, False, "free space under the configured floor")
+        try:
+            path = self.spool.adopt(received)
+        except OSError as exc:
+            log.error("cannot move the received instance into the spool", error=str(exc), **ctx)
+            return IntakeResult(OUT_OF_RESOURCES, False, f"spool write failed: {exc}")
+        instance = SpooledInstance(path, transfer_syntax, os.path.getsize(path))
+        envelope = replace(envelope, instance=instance)
+        try:
+            routing = self.pipelines.route(envelope)
+        except Exception as exc:
+            self.spool.discard(path)
+            log.error("pipeline failed on the instance", error=repr(exc), **ctx)
+            return IntakeResult(CANNOT_UNDERSTAND, False, f"pipeline failed: {exc}")
+
+        rejection = routing.rejection
+        if rejection is not None:
+            self.spool.discard(path)
+            log.info("instance rejected", stage=rejection.stage, status=f"0x{rejection.status:04X}",
+                     reason=rejection.reason, **ctx)
+            return IntakeResult(rejection.status, False, rejection.reason)
+        targets = routing.deliveries
+        if not targets:
+            self.spool.discard(path)
+            drops = [f"{r.verdict.stage}: {r.verdict.reason}" for r in routing.results if r.verdict]
+            log.info("instance dropped", reasons=drops or ["no pipeline"], **ctx)
+            return IntakeResult(SUCCESS, False, "dropped")
+
+        try:
+            self.spool.make_durable(path)
+            self.queue.enqueue(_record(envelope, instance), [(p, b) for p, b in targets])
+        except Exception as exc:
+            self.spool.discard(path)
+            log.error("cannot make the instance durable", error=repr(exc), **ctx)
+            return IntakeResult(OUT_OF_RESOURCES, False, f"durable write failed: {exc}")
+        log.debug("instance spooled", backends=[b for _, b in targets], size=instance.size, **ctx)
+        return IntakeResult(SUCCESS, True)
+
+
+def _record(envelope: RequestEnvelope, instance: SpooledInstance) -> InstanceRecord:
+    a = envelope.association
+    return InstanceRecord(
+        path=str(instance.path),
+        sop_instance_uid=envelope.command.affected_sop_instance_uid,
+        sop_class_uid=envelope.command.sop_class_uid,
+        transfer_syntax=instance.transfer_syntax,
+        size=instance.size,
+        received_at=envelope.received_at,
+        endpoint=a.endpoint,
+        association_id=a.association_id,
+        calling_aet=a.calling_aet,
+        peer=f"{a.peer_host}:{a.peer_port}",
+    )

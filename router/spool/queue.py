@@ -1,0 +1,311 @@
+"""The delivery queue: one SQLite row per (spooled instance, backend).
+
+States: ``pending`` (due at ``next_attempt_at``), ``in_flight`` (claimed by a worker),
+``quarantined`` (will not be retried; ``reason`` says why). A delivered row is deleted and
+counted in ``delivered_counts``; an instance row goes when its last delivery does, and the
+caller then removes the spool file. The database runs in WAL mode with ``synchronous=FULL``:
+a committed row survives a crash or a power cut.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT,
+    sop_class_uid TEXT,
+    transfer_syntax TEXT,
+    size INTEGER,
+    received_at REAL NOT NULL,
+    endpoint TEXT,
+    association_id TEXT,
+    calling_aet TEXT,
+    peer TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL REFERENCES instances(id),
+    backend TEXT NOT NULL,
+    pipeline TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    queued_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_status INTEGER,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(backend, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
+CREATE TABLE IF NOT EXISTS delivered_counts (
+    backend TEXT PRIMARY KEY,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+STATES = ("pending", "in_flight", "quarantined")
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    path: str
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    transfer_syntax: str | None
+    size: int
+    received_at: float
+    endpoint: str | None = None
+    association_id: str | None = None
+    calling_aet: str | None = None
+    peer: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    instance_id: int
+    backend: str
+    pipeline: str | None
+    attempts: int
+    queued_at: float
+    path: str
+    sop_instance_uid: str | None
+    sop_class_uid: str | None
+    transfer_syntax: str | None
+    calling_aet: str | None
+    association_id: str | None
+    reason: str | None = None
+
+    def log_context(self) -> dict:
+        return {
+            "backend": self.backend,
+            "delivery_id": self.id,
+            "assoc_id": self.association_id,
+            "calling_aet": self.calling_aet,
+            "sop_instance_uid": self.sop_instance_uid,
+        }
+
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.instance_id, d.backend, d.pipeline, d.attempts, d.queued_at, i.path, i.sop_instance_uid,"
+    " i.sop_class_uid, i.transfer_syntax, i.calling_aet, i.association_id, d.reason"
+)
+
+
+class DeliveryQueue:
+    """Thread-safe: each thread gets its own connection. Safe across processes (WAL)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- intake -------------------------------------------------------------
+
+    def enqueue(self, instance: InstanceRecord, targets: list[tuple[str, str]], now: float | None = None) -> int:
+        """Record an instance and one pending delivery per (pipeline, backend); commit durably."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size, received_at,"
+                " endpoint, association_id, calling_aet, peer) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
+                    instance.size, instance.received_at, instance.endpoint, instance.association_id,
+                    instance.calling_aet, instance.peer,
+                ),
+            )
+            instance_id = cur.lastrowid
+            conn.executemany(
+                "INSERT INTO deliveries (instance_id, backend, pipeline, queued_at, next_attempt_at, updated_at)"
+                " VALUES (?,?,?,?,?,?)",
+                [(instance_id, backend, pipeline, now, now, now) for pipeline, backend in targets],
+            )
+        return instance_id
+
+    # -- delivery -----------------------------------------------------------
+
+    def reset_in_flight(self) -> int:
+        """At start-up: whatever was in flight when the last process died is pending again."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET state='pending', updated_at=? WHERE state='in_flight'", (time.time(),)
+            ).rowcount
+
+    def claim_due(self, backend: str, limit: int, now: float | None = None) -> list[Delivery]:
+        """Claim up to ``limit`` due deliveries of ``backend``, oldest first."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM deliveries WHERE backend=? AND state='pending' AND next_attempt_at<=?"
+                    " ORDER BY next_attempt_at, id LIMIT ?",
+                    (backend, now, limit),
+                )
+            ]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            conn.execute(f"UPDATE deliveries SET state='in_flight', updated_at=? WHERE id IN ({marks})", (now, *ids))
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN instances i ON i.id=d.instance_id"
+                f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id",
+                ids,
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def next_due_at(self, backend: str) -> float | None:
+        row = self._conn().execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE backend=? AND state='pending'", (backend,)
+        ).fetchone()
+        return row[0]
+
+    def mark_delivered(self, delivery: Delivery) -> str | None:
+        """Record success; returns the spool path when no delivery needs the file any more."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM deliveries WHERE id=?", (delivery.id,))
+            conn.execute(
+                "INSERT INTO delivered_counts (backend, delivered) VALUES (?, 1)"
+                " ON CONFLICT(backend) DO UPDATE SET delivered = delivered + 1",
+                (delivery.backend,),
+            )
+            return self._drop_instance_if_done(conn, delivery.instance_id)
+
+    def schedule_retry(self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str) -> None:
+        """Record a failed attempt; the delivery is due again at ``next_attempt_at``."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state='pending', attempts=attempts+1, next_attempt_at=?, updated_at=?,"
+                " last_status=?, reason=? WHERE id=?",
+                (next_attempt_at, time.time(), status, reason, delivery.id),
+            )
+
+    def postpone(self, deliveries: list[Delivery], until: float, reason: str) -> None:
+        """Put claimed deliveries back untried (the backend was unreachable); no attempt counted."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET state='pending', next_attempt_at=?, updated_at=?, reason=? WHERE id=?",
+                [(until, time.time(), reason, d.id) for d in deliveries],
+            )
+
+    def quarantine(self, delivery: Delivery, status: int | None, reason: str, count_attempt: bool = True) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state='quarantined', attempts=attempts+?, updated_at=?, last_status=?,"
+                " reason=? WHERE id=?",
+                (1 if count_attempt else 0, time.time(), status, reason, delivery.id),
+            )
+
+    # -- operators ----------------------------------------------------------
+
+    def counts(self) -> dict[str, dict[str, float | int | None]]:
+        """Per backend: pending, in_flight, quarantined, delivered, oldest pending queue time."""
+        conn = self._conn()
+        out: dict[str, dict] = {}
+
+        def entry(backend: str) -> dict:
+            return out.setdefault(
+                backend, {"pending": 0, "in_flight": 0, "quarantined": 0, "delivered": 0, "oldest_queued_at": None}
+            )
+
+        for backend, state, n, oldest in conn.execute(
+            "SELECT backend, state, COUNT(*), MIN(queued_at) FROM deliveries GROUP BY backend, state"
+        ):
+            e = entry(backend)
+            e[state] = n
+            if state != "quarantined" and (e["oldest_queued_at"] is None or oldest < e["oldest_queued_at"]):
+                e["oldest_queued_at"] = oldest
+        for backend, delivered in conn.execute("SELECT backend, delivered FROM delivered_counts"):
+            entry(backend)["delivered"] = delivered
+        return out
+
+    def list_state(self, state: str = "quarantined", backend: str | None = None, limit: int = 1000) -> list[Delivery]:
+        query = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN instances i ON i.id=d.instance_id WHERE d.state=?"
+        args: list = [state]
+        if backend:
+            query += " AND d.backend=?"
+            args.append(backend)
+        query += " ORDER BY d.id LIMIT ?"
+        args.append(limit)
+        return [Delivery(*row) for row in self._conn().execute(query, args)]
+
+    def retry_quarantined(self, backend: str | None = None, delivery_ids: list[int] | None = None) -> int:
+        """Requeue quarantined deliveries as new: attempts and age start again."""
+        now = time.time()
+        query = "UPDATE deliveries SET state='pending', attempts=0, queued_at=?, next_attempt_at=?, updated_at=? WHERE state='quarantined'"
+        args: list = [now, now, now]
+        query, args = _narrow(query, args, backend, delivery_ids)
+        with self._write() as conn:
+            return conn.execute(query, args).rowcount
+
+    def purge(self, backend: str | None = None, delivery_ids: list[int] | None = None) -> tuple[int, list[str]]:
+        """Delete quarantined deliveries; returns how many and the spool files no longer needed."""
+        query, args = _narrow("SELECT id, instance_id FROM deliveries WHERE state='quarantined'", [], backend, delivery_ids)
+        paths = []
+        with self._write() as conn:
+            rows = conn.execute(query, args).fetchall()
+            for delivery_id, instance_id in rows:
+                conn.execute("DELETE FROM deliveries WHERE id=?", (delivery_id,))
+                path = self._drop_instance_if_done(conn, instance_id)
+                if path:
+                    paths.append(path)
+        return len(rows), paths
+
+    def referenced_paths(self) -> set[str]:
+        return {row[0] for row in self._conn().execute("SELECT path FROM instances")}
+
+    @staticmethod
+    def _drop_instance_if_done(conn: sqlite3.Connection, instance_id: int) -> str | None:
+        left = conn.execute("SELECT 1 FROM deliveries WHERE instance_id=? LIMIT 1", (instance_id,)).fetchone()
+        if left:
+            return None
+        row = conn.execute("SELECT path FROM instances WHERE id=?", (instance_id,)).fetchone()
+        conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
+        return row[0] if row else None
+
+
+def _narrow(query: str, args: list, backend: str | None, delivery_ids: list[int] | None) -> tuple[str, list]:
+    if backend:
+        query += " AND backend=?"
+        args.append(backend)
+    if delivery_ids:
+        query += f" AND id IN ({','.join('?' * len(delivery_ids))})"
+        args.extend(delivery_ids)
+    return query, args

@@ -1,0 +1,1 @@
+"""Operator commands that talk to peers or the queue (``echo``, ``send``, ``queue``)."""

@@ -1,0 +1,101 @@
+"""``dicom-router send``: C-STORE files to a DICOM node with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from router import engine
+from router.backends.dimse import DimseBackend
+from router.backends.status import Outcome
+from router.spool.queue import Delivery
+
+
+def iter_files(paths: list[Path]):
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+def describe_file(path: Path) -> Delivery | str:
+    """A delivery for a Part-10 file, or why the file cannot be sent."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).file_meta
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        return f"not a readable DICOM file: {exc}"
+    needed = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        return f"no Part-10 file meta ({', '.join(missing)} missing)"
+    return Delivery(0, 0, "send", None, 0, 0.0, str(path), str(meta.MediaStorageSOPInstanceUID),
+                    str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID), None, None)
+
+
+class Progress:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream, self.done = total, stream, 0
+        self.enabled = stream.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = width * self.done // max(self.total, 1)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def send_paths(backend: DimseBackend, paths: list[Path]) -> bool:
+    """Send every file under ``paths``; print failures and a summary; True if all succeeded."""
+    engine.configure()
+    files = list(iter_files(paths))
+    progress = Progress(len(files))
+    scu = backend.open_deliverer()
+    counts = {"sent": 0, "warning": 0, "failed": 0}
+    sent_bytes = 0
+    started = time.monotonic()
+    try:
+        for path in files:
+            item = describe_file(path)
+            if isinstance(item, str):
+                counts["failed"] += 1
+                _report(progress, path, item)
+            else:
+                result = scu.deliver(item)
+                if result.delivered:
+                    counts["warning" if result.outcome is Outcome.WARNING else "sent"] += 1
+                    sent_bytes += path.stat().st_size
+                    if result.outcome is Outcome.WARNING:
+                        _report(progress, path, result.reason)
+                else:
+                    counts["failed"] += 1
+                    _report(progress, path, result.reason)
+            progress.step()
+    finally:
+        scu.close()
+        progress.finish()
+    elapsed = max(time.monotonic() - started, 1e-6)
+    print(f"{counts['sent']} sent, {counts['warning']} with warnings, {counts['failed']} failed "
+          f"to {backend.describe()}: {sent_bytes / 1e6:.1f} MB in {elapsed:.1f} s "
+          f"({(counts['sent'] + counts['warning']) / elapsed:.1f} instances/s)")
+    return counts["failed"] == 0
+
+
+def _report(progress: Progress, path: Path, reason: str) -> None:
+    if progress.enabled:
+        sys.stderr.write("\n")
+    print(f"{path}: {reason}", file=sys.stderr)

@@ -1,0 +1,30 @@
+"""Resolve a command-line TARGET: a configured dimse backend or ``HOST:PORT:AET``."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from router.backends.dimse import DimseBackend, DimseBackendConfig
+from router.config.errors import ConfigError, ConfigIssue
+from router.config.models import RouterConfig
+
+
+def resolve_target(target: str, config: RouterConfig, calling_aet: str | None = None) -> DimseBackend:
+    if target in config.backends:
+        backend_config = config.backends[target]
+        if not isinstance(backend_config, DimseBackendConfig):
+            raise ConfigError([ConfigIssue("<command line>", "target", f"backend {target!r} is not of type dimse")])
+        if calling_aet:
+            backend_config = backend_config.model_copy(update={"calling_ae_title": calling_aet})
+        return DimseBackend(target, backend_config, config.router.ae_title)
+    host, sep, rest = target.partition(":")
+    port, sep2, aet = rest.partition(":")
+    if not (sep and sep2):
+        known = ", ".join(sorted(config.backends)) or "none"
+        raise ConfigError([ConfigIssue("<command line>", "target",
+                                       f"{target!r} is neither a configured backend ({known}) nor HOST:PORT:AET")])
+    try:
+        backend_config = DimseBackendConfig(host=host, port=port, ae_title=aet, calling_ae_title=calling_aet)
+    except ValidationError as exc:
+        raise ConfigError([ConfigIssue("<command line>", "target", str(exc.errors()[0]["msg"]))]) from None
+    return DimseBackend(target, backend_config, config.router.ae_title)
