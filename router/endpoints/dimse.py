@@ -84,6 +84,7 @@ class DimseEndpoint:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -148,6 +149,12 @@ class DimseEndpoint:
 
     def _on_released(self, event) -> None:
         self._assoc_log(event.assoc).info("association released")
+
+    def _on_connection_closed(self, event) -> None:
+        if getattr(event.assoc, "router_info", None) is None:
+            host, port = event.address[:2]
+            log.warning("connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)",
+                        endpoint=self.name, peer=f"{host}:{port}")
 
     # -- DIMSE services ------------------------------------------------------
 

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from router import engine
+from router.config import load_config
+from router.observe.logging import setup_logging
+from router.service import RouterService
+from tests.support.dicomgen import write_series
+from tests.support.peers import free_port, have_dcmtk
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    engine.configure()
+    setup_logging("debug", "json")
+
+
+def pytest_collection_modifyitems(config, items):
+    if have_dcmtk():
+        return
+    skip = pytest.mark.skip(reason="DCMTK (storescu/storescp) is not installed: run tests/run.sh, which installs it")
+    for item in items:
+        if "dcmtk" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a router.toml into tmp_path from TOML text; returns its path."""
+
+    def write(text: str, name: str = "router.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def start_router():
+    """Start a RouterService in this process from a config file; stopped at teardown."""
+    services = []
+
+    def start(config_path: Path) -> RouterService:
+        service = RouterService(load_config(config_path))
+        service.start()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def ct_files(tmp_path_factory):
+    return write_series(tmp_path_factory.mktemp("ct"), 12, "ct", patient="CT1")
+
+
+@pytest.fixture(scope="session")
+def small_files(tmp_path_factory):
+    return write_series(tmp_path_factory.mktemp("small"), 120, "small", patient="SM1")
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+def router_toml(data_dir: Path, port: int, backends: str, pipeline_backends: list[str], extra: str = "",
+                endpoint_extra: str = "", fast_retry: bool = True) -> str:
+    """A config text with one endpoint on ``port`` and the given backend tables."""
+    retry = ""
+    if fast_retry:
+        retry = "initial_delay_seconds = 0.2\nmax_delay_seconds = 1.0\n"
+    text = f"""
+[router]
+data_dir = "{data_dir}"
+min_free_space_mb = 0
+log_format = "json"
+
+[endpoints.ingest]
+type = "dimse"
+bind = "127.0.0.1"
+port = {port}
+{endpoint_extra}
+
+{backends}
+
+[pipelines.default]
+endpoints = ["ingest"]
+backends = {pipeline_backends!r}
+{extra}
+"""
+    if retry:
+        for name in pipeline_backends:
+            text += f"\n[backends.{name}.retry]\n{retry}"
+    return text.replace("'", '"')

@@ -1,0 +1,40 @@
+"""Fan-out: a dead backend never holds up a live one, and gets everything once it is back."""
+
+from __future__ import annotations
+
+from tests.conftest import router_toml
+from tests.integration.test_forwarding import send_with_pynetdicom
+from tests.support.dicomfiles import digests_by_uid
+from tests.support.peers import StorageSCP, free_port, wait_for
+
+
+def test_fan_out_with_one_backend_down(tmp_path, write_config, start_router, port, small_files):
+    down_port = free_port()
+    with StorageSCP(tmp_path / "live", ae_title="LIVE") as live:
+        backends = f"""
+[backends.live]
+type = "dimse"
+host = "127.0.0.1"
+port = {live.port}
+ae_title = "LIVE"
+
+[backends.late]
+type = "dimse"
+host = "127.0.0.1"
+port = {down_port}
+ae_title = "LATE"
+"""
+        service = start_router(write_config(router_toml(tmp_path / "data", port, backends, ["live", "late"])))
+        files = small_files[:40]
+        assert send_with_pynetdicom(port, files) == [0] * len(files)
+        wait_for(lambda: len(live.received) >= len(files), 60, message="the live backend to get everything")
+        counts = service.queue.counts()
+        assert counts["late"]["pending"] + counts["late"]["in_flight"] == len(files)
+        assert counts["late"]["quarantined"] == 0
+
+        with StorageSCP(tmp_path / "late", ae_title="LATE", port=down_port) as late:
+            wait_for(lambda: len(late.received) >= len(files), 60, message="the late backend to catch up")
+        expected = digests_by_uid(files)
+        assert digests_by_uid((tmp_path / "live").glob("*.dcm")) == expected
+        assert digests_by_uid((tmp_path / "late").glob("*.dcm")) == expected
+        assert sorted(live.received) == sorted(set(live.received))  # no duplicates at the live one

@@ -1,0 +1,143 @@
+"""What a sender and a destination see: statuses, transfer syntaxes, quarantine reasons."""
+
+from __future__ import annotations
+
+from pydicom import dcmread
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    generate_uid,
+)
+from pynetdicom import AE
+
+from tests.conftest import router_toml
+from tests.support.dicomfiles import dataset_digest
+from tests.support.dicomgen import make_dataset
+from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, wait_for
+import pytest
+
+
+def pacs_backend(port: int, ae: str = "STORE_SCP") -> str:
+    return f"""
+[backends.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = {port}
+ae_title = "{ae}"
+"""
+
+
+def j2k_file(path):
+    ds = make_dataset("ct", "J2K", generate_uid(), generate_uid(), 0, rows=64)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(200)) * 5])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def store(port: int, path, ts, calling="MODALITY") -> int:
+    ae = AE(calling)
+    ae.add_requested_context(CTImageStorage, [ts])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def test_compressed_instance_is_kept_as_sent(tmp_path, write_config, start_router, port):
+    src = j2k_file(tmp_path / "j2k.dcm")
+    with StorageSCP(tmp_path / "dest") as scp:
+        start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(scp.port), ["pacs"])))
+        assert store(port, src, JPEG2000Lossless) == 0
+        wait_for(lambda: scp.received, 30, message="the J2K instance")
+        (arrived,) = (tmp_path / "dest").glob("*.dcm")
+        assert dcmread(arrived).file_meta.TransferSyntaxUID == JPEG2000Lossless
+        assert dataset_digest(arrived) == dataset_digest(src)
+
+
+@pytest.mark.dcmtk
+def test_refused_compressed_syntax_is_quarantined_with_reason(tmp_path, write_config, start_router, port):
+    """storescp accepts only uncompressed syntaxes by default (a separate process: the
+    router's accept-anything switch is process-wide in pynetdicom)."""
+    src = j2k_file(tmp_path / "j2k.dcm")
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port)
+    try:
+        service = start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(dest_port, "STORESCP"), ["pacs"])))
+        assert store(port, src, JPEG2000Lossless) == 0
+        (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
+        assert "JPEG 2000" in quarantined.reason and "does not transcode" in quarantined.reason
+        assert not list((tmp_path / "dest").iterdir())
+    finally:
+        stop_process(scp)
+
+
+@pytest.mark.dcmtk
+def test_uncompressed_syntax_converted_for_a_peer_that_only_takes_implicit(tmp_path, write_config, start_router, port,
+                                                                          ct_files):
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xi"])
+    try:
+        start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(dest_port, "STORESCP"), ["pacs"])))
+        assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
+        (arrived,) = wait_for(lambda: list((tmp_path / "dest").iterdir()), 30, message="the converted instance")
+        wait_for(lambda: arrived.stat().st_size > 500_000, 10, message="storescp to finish writing")
+        got, sent = dcmread(arrived), dcmread(ct_files[0])
+        assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert got == sent  # same elements and values
+    finally:
+        stop_process(scp)
+
+
+def test_refused_status_from_destination_is_quarantined(tmp_path, write_config, start_router, port, ct_files):
+    with StorageSCP(tmp_path / "dest", status=0xA900) as scp:
+        service = start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(scp.port), ["pacs"])))
+        assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
+        (d,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
+        assert "0xA900" in d.reason and "permanent" in d.reason
+        assert len(scp.received) == 1  # no retry of a permanent failure
+
+
+def test_transient_status_is_retried_then_quarantined(tmp_path, write_config, start_router, port, ct_files):
+    with StorageSCP(tmp_path / "dest", status=0xA700) as scp:
+        text = router_toml(tmp_path / "data", port, pacs_backend(scp.port), ["pacs"]) + "max_attempts = 3\n"
+        service = start_router(write_config(text))
+        assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
+        (d,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
+        assert len(scp.received) == 3
+        assert "gave up after 3 attempts" in d.reason
+
+
+def test_free_space_floor_answers_out_of_resources(tmp_path, write_config, start_router, port, ct_files):
+    text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
+    text = text.replace("min_free_space_mb = 0", "min_free_space_mb = 1000000000")
+    service = start_router(write_config(text))
+    assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0xA700
+    assert service.queue.counts() == {}
+    assert not any((tmp_path / "data" / "objects").rglob("*.dcm"))
+
+
+FILTER = """
+[[pipelines.default.middleware]]
+type = "filter"
+match = {{ Modality = "MR" }}
+action = "{action}"
+"""
+
+
+def test_filter_reject_and_drop_as_the_sender_sees_them(tmp_path, write_config, start_router, port, ct_files, caplog):
+    arch = "[backends.a]\ntype = \"filesystem\"\npath = \"a\""
+    service = start_router(write_config(router_toml(tmp_path / "d1", port, arch, ["a"], extra=FILTER.format(action="reject"))))
+    assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0124
+    assert service.queue.counts() == {}
+    service.stop()
+    start_router(write_config(router_toml(tmp_path / "d2", port, arch, ["a"], extra=FILTER.format(action="drop")), "r2.toml"))
+    assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
+    dropped = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "instance dropped"]
+    assert dropped and dropped[-1]["sop_instance_uid"] and dropped[-1]["calling_aet"] == "MODALITY"

@@ -1,0 +1,57 @@
+"""Status classification and the retry policy."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from router.backends.status import Outcome, classify_store_status
+from router.spool.retry import RetryPolicy
+
+
+@pytest.mark.parametrize(
+    "status,outcome",
+    [
+        (0x0000, Outcome.SUCCESS),
+        (0xB000, Outcome.WARNING),
+        (0xB007, Outcome.WARNING),
+        (0x0001, Outcome.WARNING),
+        (None, Outcome.TRANSIENT),
+        (0xA700, Outcome.TRANSIENT),
+        (0xA7FF, Outcome.TRANSIENT),
+        (0x0110, Outcome.TRANSIENT),
+        (0x0213, Outcome.TRANSIENT),
+        (0xA900, Outcome.PERMANENT),
+        (0xA9FF, Outcome.PERMANENT),
+        (0xC000, Outcome.PERMANENT),
+        (0xCFFF, Outcome.PERMANENT),
+        (0x0122, Outcome.PERMANENT),
+        (0x0124, Outcome.PERMANENT),
+        (0x0211, Outcome.PERMANENT),
+    ],
+)
+def test_classify_store_status(status, outcome):
+    assert classify_store_status(status) is outcome
+
+
+POLICY = RetryPolicy(initial_delay=2.0, max_delay=60.0, multiplier=2.0, jitter=0.0, max_attempts=5, max_age=3600.0)
+
+
+@pytest.mark.parametrize("attempt,delay", [(1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (100, 60.0)])
+def test_backoff_is_exponential_and_capped(attempt, delay):
+    assert POLICY.delay(attempt) == delay
+
+
+def test_jitter_spreads_within_bounds():
+    policy = RetryPolicy(10.0, 100.0, 2.0, 0.25, 5, 3600.0)
+    rng = random.Random(7)
+    delays = [policy.delay(1, rng) for _ in range(500)]
+    assert min(delays) >= 7.5 and max(delays) <= 12.5
+    assert len({round(d, 3) for d in delays}) > 100
+
+
+def test_give_up_by_attempts_and_by_age():
+    assert POLICY.give_up_reason(4, 1000.0, 1010.0) is None
+    assert POLICY.give_up_reason(5, 1000.0, 1010.0) == "gave up after 5 attempts"
+    assert "in the queue" in POLICY.give_up_reason(1, 1000.0, 1000.0 + 3600.0)

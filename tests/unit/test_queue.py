@@ -1,0 +1,72 @@
+"""The delivery queue's state machine on a real SQLite file."""
+
+from __future__ import annotations
+
+import time
+
+from router.spool.queue import DeliveryQueue, InstanceRecord
+
+
+def record(path="/spool/a.dcm", uid="1.2.3"):
+    return InstanceRecord(path, uid, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 100, time.time(),
+                          "ingest", "assoc1", "CT1", "127.0.0.1:1")
+
+
+def test_one_row_per_backend_and_file_released_after_last(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(), [("default", "pacs"), ("default", "archive")])
+    pacs = q.claim_due("pacs", 10)
+    archive = q.claim_due("archive", 10)
+    assert len(pacs) == len(archive) == 1
+    assert q.claim_due("pacs", 10) == []  # in flight: not claimed twice
+    assert q.mark_delivered(pacs[0]) is None  # archive still needs the file
+    assert q.mark_delivered(archive[0]) == "/spool/a.dcm"
+    counts = q.counts()
+    assert counts["pacs"]["delivered"] == 1 and counts["archive"]["delivered"] == 1
+    assert q.referenced_paths() == set()
+
+
+def test_retry_is_due_later_and_counts_attempts(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(), [("default", "pacs")])
+    (d,) = q.claim_due("pacs", 10)
+    q.schedule_retry(d, time.time() + 60, 0xA700, "busy")
+    assert q.claim_due("pacs", 10) == []
+    (again,) = q.claim_due("pacs", 10, now=time.time() + 61)
+    assert again.attempts == 1 and again.reason == "busy"
+
+
+def test_in_flight_is_resumed_after_a_crash(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(), [("default", "pacs")])
+    q.claim_due("pacs", 10)
+    q.close()
+    q2 = DeliveryQueue(tmp_path / "q.db")  # a new process
+    assert q2.claim_due("pacs", 10) == []
+    assert q2.reset_in_flight() == 1
+    assert len(q2.claim_due("pacs", 10)) == 1
+
+
+def test_quarantine_retry_and_purge(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record("/s/a.dcm", "1.1"), [("default", "pacs")])
+    q.enqueue(record("/s/b.dcm", "1.2"), [("default", "pacs"), ("default", "archive")])
+    first, second = q.claim_due("pacs", 10)
+    q.quarantine(first, 0xC000, "cannot understand")
+    q.quarantine(second, 0xA900, "mismatch")
+    listed = q.list_state("quarantined")
+    assert [d.reason for d in listed] == ["cannot understand", "mismatch"]
+    assert q.retry_quarantined(delivery_ids=[first.id]) == 1
+    assert len(q.claim_due("pacs", 10)) == 1
+    n, paths = q.purge(backend="pacs")
+    assert n == 1 and paths == []  # b.dcm is still wanted by archive
+    assert q.counts()["archive"]["pending"] == 1
+
+
+def test_postpone_does_not_count_an_attempt(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(), [("default", "pacs")])
+    batch = q.claim_due("pacs", 10)
+    q.postpone(batch, time.time() + 30, "cannot connect")
+    (d,) = q.claim_due("pacs", 10, now=time.time() + 31)
+    assert d.attempts == 0 and d.reason == "cannot connect"
