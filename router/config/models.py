@@ -17,7 +17,7 @@ from router.config.types import AETitle, ConfigPath, HostPort, Seconds, StrictMo
 
 class RouterSection(StrictModel):
     ae_title: AETitle = "DICOM_ROUTER"
-    data_dir: ConfigPath = Path("dicom-router-data")
+    data_dir: ConfigPath = Field(default=Path("dicom-router-data"), validate_default=True)
     include: list[str] = []
     min_free_space_mb: int = Field(default=1024, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,158 @@
+"""The command line, run as a subprocess the way an operator runs it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from router.config import load_config
+from router.spool.queue import DeliveryQueue, InstanceRecord
+from tests.conftest import ROOT
+from tests.support.cli import ServeProcess, run_cli
+from tests.support.peers import StorageSCP, free_port, wait_for
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXAMPLES = sorted((ROOT / "examples").glob("*/router.toml"))
+
+
+@pytest.mark.xdist_group("port-11112")
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.parent.name)
+def test_examples_pass_check(config):
+    result = run_cli("check", "-c", config)
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+
+
+def test_there_are_the_promised_examples():
+    assert {p.parent.name for p in EXAMPLES} >= {"forward", "fan-out", "filter-by-modality"}
+
+
+def test_check_reports_every_error_and_exits_78(tmp_path):
+    fixtures = ROOT / "tests" / "fixtures" / "config"
+    result = run_cli("check", "-c", "bad-values.toml", cwd=fixtures)
+    assert result.returncode == 78
+    lines = result.stderr.splitlines()
+    assert "bad-values.toml: router.ae_title: an AE title has 1 to 16 characters" in lines
+    assert "bad-values.toml: backends.pacs.port: required key is missing" in lines
+    assert lines[-1] == "8 error(s)"
+
+
+def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
+    first = run_cli("init", tmp_path / "site")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "site" / "router.toml").exists()
+    assert {p.name for p in (tmp_path / "site" / "pipelines").glob("*.toml")} >= {
+        "archive.toml", "forward.toml", "fan-out.toml", "filter-by-modality.toml"}
+    check = run_cli("check", "-c", tmp_path / "site" / "router.toml", "--tier", "references")
+    assert check.returncode == 0, check.stderr
+    again = run_cli("init", tmp_path / "site")
+    assert again.returncode == 1 and "exists; nothing written" in again.stderr
+
+
+def test_config_show_round_trips(tmp_path):
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "p.toml").write_text(
+        '[pipelines.ct]\nendpoints = ["ingest"]\nbackends = ["arch"]\n'
+        '[[pipelines.ct.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"], calling_aet = "CT*" }\n'
+    )
+    (tmp_path / "router.toml").write_text(
+        '[router]\ninclude = ["pipelines/*.toml"]\n[endpoints.ingest]\ntype = "dimse"\nport = 4242\n'
+        '[backends.arch]\ntype = "filesystem"\npath = "arch"\n[backends.arch.retry]\nmax_attempts = 3\n'
+    )
+    shown = run_cli("config", "show", "-c", tmp_path / "router.toml")
+    assert shown.returncode == 0, shown.stderr
+    doc = tomllib.loads(shown.stdout)
+    assert doc["pipelines"]["ct"]["middleware"][0]["match"] == {"Modality": ["CT"], "calling_aet": "CT*"}
+    assert doc["backends"]["arch"]["retry"]["max_attempts"] == 3
+    assert doc["endpoints"]["ingest"]["max_associations"] == 16  # defaults filled
+    (tmp_path / "shown.toml").write_text(shown.stdout)
+    original = load_config(tmp_path / "router.toml")
+    reparsed = load_config(tmp_path / "shown.toml")
+    assert reparsed.to_dict() == original.to_dict()
+    assert reparsed.pipelines == original.pipelines and reparsed.backends == original.backends
+
+
+def test_echo_configured_backend_and_address(tmp_path):
+    with StorageSCP(tmp_path / "d", ae_title="ECHO_SCP") as scp:
+        (tmp_path / "r.toml").write_text(
+            f'[backends.pacs]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {scp.port}\nae_title = "ECHO_SCP"\n'
+        )
+        ok = run_cli("echo", "pacs", "-c", tmp_path / "r.toml")
+        assert ok.returncode == 0 and "status 0x0000" in ok.stdout
+        ok2 = run_cli("echo", f"127.0.0.1:{scp.port}:ECHO_SCP")
+        assert ok2.returncode == 0
+    dead = run_cli("echo", f"127.0.0.1:{free_port()}:NOBODY")
+    assert dead.returncode == 1 and "no association" in dead.stderr
+    bad = run_cli("echo", "nonsense")
+    assert bad.returncode == 78 and "neither a configured backend" in bad.stderr
+
+
+def test_send_folder_with_summary_and_failure_exit(tmp_path, small_files):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for i, f in enumerate(small_files[:5]):
+        (folder / "sub" / f"{i}.dcm").write_bytes(f.read_bytes())
+    with StorageSCP(tmp_path / "d") as scp:
+        ok = run_cli("send", folder, "--to", f"127.0.0.1:{scp.port}:STORE_SCP")
+        assert ok.returncode == 0, ok.stderr
+        assert "5 sent, 0 with warnings, 0 failed" in ok.stdout
+        assert len(scp.received) == 5
+        (folder / "notes.txt").write_text("not dicom")
+        bad = run_cli("send", folder, "--to", f"127.0.0.1:{scp.port}:STORE_SCP")
+        assert bad.returncode == 1
+        assert "notes.txt: not a readable DICOM file" in bad.stderr
+        assert "5 sent, 0 with warnings, 1 failed" in bad.stdout
+
+
+def test_queue_list_retry_purge(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "r.toml").write_text(
+        f'[router]\ndata_dir = "{data}"\n[backends.pacs]\ntype = "dimse"\nhost = "127.0.0.1"\nport = 1\nae_title = "P"\n'
+    )
+    spool_file = data / "x.dcm"
+    spool_file.write_bytes(b"x")
+    q = DeliveryQueue(data / "queue.db")
+    q.enqueue(InstanceRecord(str(spool_file), "1.2.3.4", "1.2", "1.2.840.10008.1.2.1", 1, time.time(), calling_aet="CT1"),
+              [("p", "pacs")])
+    (d,) = q.claim_due("pacs", 1)
+    q.quarantine(d, 0xC000, "C-STORE status 0xC000 (permanent failure)")
+    listed = run_cli("queue", "list", "-c", tmp_path / "r.toml")
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("pacs"))
+    assert row.split()[:5] == ["pacs", "0", "0", "0", "1"]
+    assert f"#{d.id} pacs 1.2.3.4 from CT1: C-STORE status 0xC000 (permanent failure)" in listed.stdout
+    retried = run_cli("queue", "retry", "-c", tmp_path / "r.toml")
+    assert "requeued 1" in retried.stdout
+    assert q.counts()["pacs"]["pending"] == 1
+    (d,) = q.claim_due("pacs", 1)
+    q.quarantine(d, None, "again")
+    refused = run_cli("queue", "purge", "-c", tmp_path / "r.toml")
+    assert refused.returncode == 2
+    purged = run_cli("queue", "purge", "--backend", "pacs", "-c", tmp_path / "r.toml")
+    assert "purged 1" in purged.stdout and "removed 1 spool file" in purged.stdout
+    assert not spool_file.exists()
+
+
+@pytest.mark.xdist_group("port-11112")
+def test_serve_on_the_embedded_default(tmp_path, small_files):
+    """No -c: port 11112, AE DICOM_ROUTER, everything filed under ./dicom-router-data/archive."""
+    serve = ServeProcess(None, tmp_path / "serve.log", cwd=tmp_path).start(11112)
+    try:
+        sent = run_cli("send", *small_files[:3], "--to", "127.0.0.1:11112:DICOM_ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        archive = tmp_path / "dicom-router-data" / "archive"
+        files = wait_for(lambda: [p for p in archive.rglob("*.dcm")] if archive.exists() and
+                         len(list(archive.rglob("*.dcm"))) == 3 else None, 30, message="3 archived files")
+        assert {p.parent.parent.parent.name for p in files} == {"SM1"}  # PatientID/Study/Series/file
+    finally:
+        assert serve.stop() == 0
+    log = serve.log_text()
+    assert '"event": "router started"' in log and '"event": "router stopped"' in log

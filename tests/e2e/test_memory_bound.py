@@ -1,0 +1,64 @@
+"""A 300 MB instance passes through with every router process under 150 MiB peak RSS."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from tests.conftest import router_toml
+from tests.support.cli import ServeProcess
+from tests.support.dicomfiles import dataset_digest
+from tests.support.dicomgen import write_large
+from tests.support.peers import free_port, start_storescp, stop_process, wait_for
+
+LIMIT_MIB = 150
+SIZE = 300 * 1000 * 1000
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.slow
+@pytest.mark.dcmtk
+def test_300mb_instance_with_flat_memory(tmp_path, write_config):
+    big = write_large(tmp_path / "big.dcm", SIZE)
+    port, dest_port = free_port(), free_port()
+    dest = tmp_path / "dest"
+    storescp = start_storescp(dest, dest_port, ae_title="PACS")
+    backends = f"""
+[backends.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = {dest_port}
+ae_title = "PACS"
+"""
+    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"])),
+                         tmp_path / "serve.log").start(port)
+    try:
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        ae.maximum_pdu_size = 1048576
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert assoc.is_established
+        status = assoc.send_c_store(big)
+        assoc.release()
+        assert int(status.Status) == 0
+        wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 180,
+                 message="delivery of the 300 MB instance")
+        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
+        peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
+        print(f"router peak RSS per process (MiB): {peaks}")
+        assert len(peaks) >= 2  # receiving and delivery processes
+        assert max(peaks.values()) < LIMIT_MIB
+    finally:
+        serve.stop()
+        stop_process(storescp)
+    (arrived,) = list(dest.iterdir())
+    assert dataset_digest(arrived) == dataset_digest(big)

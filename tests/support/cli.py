@@ -1,0 +1,60 @@
+"""Run ``dicom-router`` as a user does: a subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.peers import wait_for_port
+
+
+def router_command() -> list[str]:
+    exe = shutil.which("dicom-router")
+    return [exe] if exe else [sys.executable, "-m", "router"]
+
+
+def run_cli(*args, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*router_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class ServeProcess:
+    """``dicom-router serve`` in the background; logs go to ``log_path``."""
+
+    def __init__(self, config: Path | None, log_path: Path, cwd: Path | None = None):
+        self.config, self.log_path, self.cwd = config, log_path, cwd
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, port: int) -> "ServeProcess":
+        args = [*router_command(), "serve"] + (["-c", str(self.config)] if self.config else [])
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_for_port(port, timeout=30)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
