@@ -47,6 +47,7 @@ class RouterService:
         self._stop = threading.Event()
         self._lock_file = None
         self._last_sweep = 0.0
+        self.admin = None
 
     def start(self) -> None:
         engine.configure()
@@ -63,6 +64,11 @@ class RouterService:
             endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake)
             endpoint.start()
             self.endpoints[name] = endpoint
+        if self.config.admin is not None:
+            from router.observe.admin import AdminServer
+
+            self.admin = AdminServer(self.config.admin.listen, self)
+            self.admin.start()
         log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
                  backends=sorted(self.config.backends))
 
@@ -88,6 +94,9 @@ class RouterService:
         self._stop.set()
 
     def stop(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
         for endpoint in self.endpoints.values():
             endpoint.stop()
         self.endpoints = {}

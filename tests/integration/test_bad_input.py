@@ -106,3 +106,20 @@ def test_raw_reject_pdu_for_disallowed_aet(guarded_router):
     reply = raw_exchange(guarded_router, b"\x01\x00" + struct.pack(">I", len(body)) + body)
     assert reply[0] == A_ASSOCIATE_RJ
     assert tuple(reply[7:10]) == (0x01, 0x01, 0x03)
+
+
+def test_association_limit_rejects_the_extra_one(tmp_path, write_config, start_router, port):
+    start_router(write_config(router_toml(tmp_path / "data", port, BACKENDS, ["archive"], endpoint_extra="max_associations = 1")))
+    ae = AE("CT_FIRST")
+    ae.add_requested_context(Verification)
+    first = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert first.is_established
+    try:
+        second = AE("CT_SECOND")
+        second.add_requested_context(Verification)
+        extra = second.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert extra.is_rejected
+        assert int(first.send_c_echo().Status) == 0  # the admitted one is unaffected
+    finally:
+        first.release()
+    wait_for(lambda: echo(port) == (True, 0), 10, message="a free association slot after the release")

@@ -1,0 +1,191 @@
+"""Forwarding throughput: DCMTK storescu -> dicom-router -> storescp, against storescu -> storescp.
+
+Run by hand (never in CI):
+
+    python benchmarks/forward.py [--ct 200] [--small 1000] [--reps 3] [--workdir /tmp/dicom-router-bench]
+
+For each data set (``ct``: ~0.5 MB instances, ``small``: ~10 KB), each repetition runs
+the direct path and the routed path on the same files, interleaved. The clock starts when
+storescu is spawned and stops when storescp has written the last file (end to end, with
+durable acknowledgements in the router). Prints a Markdown table; JSON goes to
+``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.cli import router_command  # noqa: E402
+from tests.support.dicomgen import write_series  # noqa: E402
+from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
+
+
+def ensure_data(workdir: Path, kind: str, count: int) -> Path:
+    folder = workdir / f"data-{kind}-{count}"
+    if not folder.exists() or len(list(folder.glob("*.dcm"))) != count:
+        shutil.rmtree(folder, ignore_errors=True)
+        write_series(folder / "tmp", count, kind, patient=kind.upper())
+        (folder / "tmp").rename(folder.with_suffix(".tmp"))
+        folder.with_suffix(".tmp").rename(folder)
+    return folder
+
+
+def start_storescp(out: Path, port: int) -> subprocess.Popen:
+    out.mkdir(parents=True)
+    proc = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-pdu", "131072", "-uf", "+B", "-od", str(out), str(port)],
+                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return proc
+
+
+def wait_for_files(out: Path, count: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(os.listdir(out)) >= count:
+            return time.monotonic()
+        time.sleep(0.002)
+    raise TimeoutError(f"only {len(os.listdir(out))} of {count} files arrived in {out}")
+
+
+def run_storescu(port: int, called: str, files: Path) -> subprocess.Popen:
+    return subprocess.Popen([dcmtk("storescu"), "-aec", called, "-pdu", "131072", "127.0.0.1", str(port), "+sd", str(files)],
+                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def router_tree(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *map(int, out.split())]
+
+
+def direct(files: Path, count: int, scratch: Path) -> dict:
+    port = free_port()
+    scp = start_storescp(scratch / "direct-out", port)
+    try:
+        t0 = time.monotonic()
+        scu = run_storescu(port, "DEST", files)
+        t_end = wait_for_files(scratch / "direct-out", count)
+        scu.wait()
+        return {"seconds": t_end - t0}
+    finally:
+        scp.terminate()
+        scp.wait()
+
+
+def routed(files: Path, count: int, scratch: Path) -> dict:
+    port, dest_port = free_port(), free_port()
+    scp = start_storescp(scratch / "routed-out", dest_port)
+    config = scratch / "router.toml"
+    config.write_text(textwrap.dedent(f"""
+        [router]
+        data_dir = "{scratch / 'router-data'}"
+        min_free_space_mb = 0
+        log_format = "json"
+        [endpoints.ingest]
+        type = "dimse"
+        bind = "127.0.0.1"
+        port = {port}
+        [backends.dest]
+        type = "dimse"
+        host = "127.0.0.1"
+        port = {dest_port}
+        ae_title = "DEST"
+        [pipelines.forward]
+        endpoints = ["ingest"]
+        backends = ["dest"]
+    """))
+    log = open(scratch / "router.log", "wb")
+    router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        time.sleep(1.0)  # let the delivery process start
+        t0 = time.monotonic()
+        scu = run_storescu(port, "DICOM_ROUTER", files)
+        scu.wait()
+        t_acked = time.monotonic()
+        t_end = wait_for_files(scratch / "routed-out", count)
+        peaks = {pid: peak_rss_mib(pid) for pid in router_tree(router.pid)}
+        return {"seconds": t_end - t0, "ack_seconds": t_acked - t0, "peak_rss_mib": max(peaks.values()),
+                "rss_by_process": peaks, "storescu_rc": scu.returncode}
+    finally:
+        router.terminate()
+        router.wait(60)
+        log.close()
+        scp.terminate()
+        scp.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ct", type=int, default=200)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                           "processor": platform.processor() or platform.machine()},
+               "command": " ".join(["python", "benchmarks/forward.py", *sys.argv[1:]]), "sets": {}}
+    for kind, count in (("ct", args.ct), ("small", args.small)):
+        files = ensure_data(args.workdir, kind, count)
+        mb = sum(p.stat().st_size for p in files.glob("*.dcm")) / 1e6
+        runs = {"direct": [], "routed": []}
+        for rep in range(args.reps):
+            for name, fn in (("direct", direct), ("routed", routed)):
+                scratch = args.workdir / f"run-{kind}-{name}-{rep}"
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir()
+                runs[name].append(fn(files, count, scratch))
+                shutil.rmtree(scratch, ignore_errors=True)
+                print(f"{kind} {name} rep {rep}: {count / runs[name][-1]['seconds']:.0f} instances/s", file=sys.stderr)
+        results["sets"][kind] = {"count": count, "megabytes": mb, "runs": runs}
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"forward-{stamp}.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+
+
+def render(results: dict) -> str:
+    lines = ["| set | path | instances/s (median, min-max) | MB/s | router/direct | router acks/s | router peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, s in results["sets"].items():
+        rate = {n: [s["count"] / r["seconds"] for r in runs] for n, runs in s["runs"].items()}
+        med = {n: statistics.median(v) for n, v in rate.items()}
+        for name in ("direct", "routed"):
+            v = rate[name]
+            ratio = f"{med['routed'] / med['direct']:.2f}" if name == "routed" else ""
+            acks = ""
+            rss = ""
+            if name == "routed":
+                acks = f"{statistics.median(s['count'] / r['ack_seconds'] for r in s['runs']['routed']):.0f}"
+                rss = f"{max(r['peak_rss_mib'] for r in s['runs']['routed']):.0f} MiB"
+            label = "storescu -> storescp" if name == "direct" else "storescu -> router -> storescp"
+            lines.append(f"| {kind} ({s['count']} x {s['megabytes'] / s['count'] * 1000:.0f} KB) | {label} | "
+                         f"{med[name]:.0f} ({min(v):.0f}-{max(v):.0f}) | {med[name] * s['megabytes'] / s['count']:.1f} | "
+                         f"{ratio} | {acks} | {rss} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
