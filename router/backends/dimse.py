@@ -78,7 +78,6 @@ class DimseBackend:
             self.config.port,
             ae_title=self.config.ae_title,
             contexts=contexts,
-            evt_handlers=[(evt.EVT_CONN_OPEN, engine.on_connection_open)],
         )
         if assoc.is_established:
             engine.arm_socket_timeout(assoc, self.config.network_timeout)

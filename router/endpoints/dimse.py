@@ -78,7 +78,6 @@ class DimseEndpoint:
         ae.network_timeout = self.config.network_timeout
         ae.require_called_aet = self.config.require_called_aet
         handlers = [
-            (evt.EVT_CONN_OPEN, engine.on_connection_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_REJECTED, self._on_rejected),

@@ -12,8 +12,10 @@ import threading
 
 import pynetdicom
 from pynetdicom import _config
+from pynetdicom.transport import AssociationSocket
 
 from router.engine.backpressure import install_backpressure
+from router.engine.reactors import install_reactors
 
 SUPPORTED_PYNETDICOM = "3.0.4"
 
@@ -23,8 +25,9 @@ _lock = threading.Lock()
 
 def configure() -> None:
     """Stream received and sent datasets through files, accept any storage class and
-    transfer syntax as sent, silence pynetdicom's per-message logging, and bound the
-    outgoing PDU queue. Idempotent."""
+    transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
+    every association socket, bound the outgoing PDU queue and make the reactor loops
+    event-driven. Idempotent."""
     global _configured
     with _lock:
         if _configured:
@@ -34,8 +37,10 @@ def configure() -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        _install_nodelay()
         if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
             install_backpressure()
+            install_reactors()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "
@@ -46,9 +51,30 @@ def configure() -> None:
         _configured = True
 
 
-def on_connection_open(event) -> None:
-    """EVT_CONN_OPEN handler: disable Nagle; pynetdicom writes a PDU in several sends."""
-    sock = _raw_socket(event.assoc)
+def _install_nodelay() -> None:
+    """Disable Nagle on every association socket, inbound and outbound.
+
+    pynetdicom writes a PDU in several ``send()`` calls; with Nagle and the peer's delayed
+    ACK each C-STORE then stalls about 40 ms (measured: 22 instead of 1115 instances/s).
+    """
+    original_init = AssociationSocket.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        set_nodelay(self.socket)
+
+    original_create = AssociationSocket._create_socket
+
+    def create(self, address):
+        sock = original_create(self, address)
+        set_nodelay(sock)
+        return sock
+
+    AssociationSocket.__init__ = init
+    AssociationSocket._create_socket = create
+
+
+def set_nodelay(sock) -> None:
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -70,7 +70,7 @@ class StorageSCP:
             for cx in AllStoragePresentationContexts:
                 ae.add_supported_context(cx.abstract_syntax, self.transfer_syntaxes)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, engine.on_connection_open)]
+        handlers = [(evt.EVT_C_STORE, self._on_store)]
         self._restricted = bool(self.transfer_syntaxes)
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         return self

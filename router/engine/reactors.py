@@ -1,0 +1,295 @@
+"""Event-driven reactor loops for pynetdicom 3.0.4 (owned code, version-guarded).
+
+Stock pynetdicom polls: its DUL reactor sleeps 1 ms whenever a pass found nothing to do,
+and its association reactor sleeps 1 ms on every pass, so each DIMSE message waits two or
+three ticks (measured here: most of an association's wall time). These replacements wait
+for the thing they poll for instead:
+
+- the DUL reactor waits in ``select()`` on its socket and a wake socket that is written
+  whenever a primitive is queued for it (``to_provider_queue``) or it is told to stop;
+- the association reactor waits on an Event set whenever the DUL completes a DIMSE message
+  or queues an ACSE primitive for it, or the association is killed.
+
+Every wait is bounded by :data:`MAX_WAIT`, so timers (ARTIM, the idle timeout) and flags
+set without a wake-up are still seen within that time.
+
+The association reactor also closes a race in the stock loop (pynetdicom PR #351 narrowed
+it, 3.0.4 still has it): a ``send_*()`` call could clear the pause checkpoint just after the
+reactor passed it, and the reactor would then take the peer's response off the queue and
+drop it, leaving ``send_*()`` to wait for ``dimse_timeout``. Here the reactor re-checks the
+checkpoint after unpausing and never touches the queue while paused.
+
+The loop bodies are copies of pynetdicom 3.0.4's ``DULServiceProvider.run_reactor`` and
+``Association._run_reactor`` with only the waits and the re-check changed: re-diff them on
+any pynetdicom upgrade (:func:`install_reactors` refuses other versions).
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom.association import LOGGER as ASSOC_LOGGER
+from pynetdicom.association import Association
+from pynetdicom.dul import LOGGER as DUL_LOGGER
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+SUPPORTED_VERSION = "3.0.4"
+MAX_WAIT = 0.02
+
+_stock = {
+    "dul_init": DULServiceProvider.__init__,
+    "run_reactor": DULServiceProvider.run_reactor,
+    "stop_dul": DULServiceProvider.stop_dul,
+    "kill_dul": DULServiceProvider.kill_dul,
+    "assoc_init": Association.__init__,
+    "assoc_reactor": Association._run_reactor,
+    "kill": Association.kill,
+}
+
+
+class NotifyingQueue(queue.Queue):
+    """A Queue that calls ``notify()`` after every put."""
+
+    def __init__(self, notify):
+        super().__init__()
+        self._notify = notify
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        self._notify()
+
+
+# -- DUL --------------------------------------------------------------------------------
+
+
+def _dul_init(self, assoc) -> None:
+    _stock["dul_init"](self, assoc)
+    self._wake_rx, self._wake_tx = socket.socketpair()
+    self._wake_rx.setblocking(False)
+    self._wake_tx.setblocking(False)
+    self.to_provider_queue = NotifyingQueue(self.wake)
+
+
+def _dul_wake(self) -> None:
+    """Make the reactor run a pass now (safe from any thread, after close too)."""
+    try:
+        self._wake_tx.send(b"\0")
+    except (BlockingIOError, OSError):
+        pass  # already has a wake-up pending, or the reactor has finished
+
+
+def _dul_wait(self) -> None:
+    """Wait until the socket is readable, a wake-up arrives, or MAX_WAIT passes."""
+    raw = getattr(self.socket, "socket", None) if self.socket is not None else None
+    waitables = [self._wake_rx]
+    if raw is not None:
+        if isinstance(raw, ssl.SSLSocket):
+            try:
+                if raw.pending():
+                    return
+            except (OSError, ValueError):
+                pass
+        waitables.append(raw)
+    try:
+        ready, _, _ = select.select(waitables, [], [], MAX_WAIT)
+    except (OSError, ValueError):  # the socket was closed under us
+        time.sleep(0.001)
+        return
+    if self._wake_rx in ready:
+        try:
+            while self._wake_rx.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _dul_run_reactor(self) -> None:
+    """pynetdicom 3.0.4 ``run_reactor`` with the idle sleep replaced by :func:`_dul_wait`."""
+    try:
+        self._idle_timer.start()
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                idle = True
+
+            if idle:
+                _dul_wait(self)
+
+            if self._kill_thread:
+                break
+
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                DUL_LOGGER.error("Exception in DUL.run(), aborting association")
+                DUL_LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+
+            self.state_machine.do_action(event)
+            idle = False
+    finally:
+        self._wake_rx.close()
+        self._wake_tx.close()
+        self.assoc.wake_reactor()
+
+
+def _dul_kill(self) -> None:
+    self._kill_thread = True
+    self.wake()
+
+
+def _dul_stop(self) -> bool:
+    """pynetdicom's ``stop_dul``, waking the reactor and polling its exit every 1 ms."""
+    if self.state_machine.current_state == "Sta1":
+        self._kill_thread = True
+        self.wake()
+        while self.is_alive():
+            self.join(0.001)
+        return True
+    return False
+
+
+# -- Association ------------------------------------------------------------------------
+
+
+def _assoc_init(self, *args, **kwargs) -> None:
+    self._reactor_wake = threading.Event()
+    _stock["assoc_init"](self, *args, **kwargs)
+    self.dimse.msg_queue = NotifyingQueue(self._reactor_wake.set)
+    self.dul.to_user_queue = NotifyingQueue(self._reactor_wake.set)
+
+
+def _assoc_wake(self) -> None:
+    self._reactor_wake.set()
+
+
+def _assoc_run_reactor(self) -> None:
+    """pynetdicom 3.0.4 ``Association._run_reactor``, event-driven, with the pause race closed.
+
+    While it waits the reactor counts as paused (it touches no queue), so a ``send_*()``
+    call proceeds at once; after unpausing it re-checks the checkpoint before reading the
+    DIMSE queue.
+    """
+    wake = self._reactor_wake
+    idle = False
+    while not self._kill:
+        self._is_paused = True
+        if idle:
+            wake.wait(MAX_WAIT)
+        wake.clear()
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+        if not self._reactor_checkpoint.is_set():
+            continue  # a send_*() paused us after we passed the checkpoint: stay off its queue
+
+        context_id, msg = self.dimse.get_msg(block=False)
+        idle = msg is None
+        if msg:
+            self._serve_request(msg, context_id)
+
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            ASSOC_LOGGER.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return
+
+        if self.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            ASSOC_LOGGER.info(log_msg)
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+
+        if not self.dul.is_alive():
+            self.kill()
+            return
+
+        if self.dul.idle_timer_expired():
+            ASSOC_LOGGER.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return
+
+
+def _assoc_kill(self) -> None:
+    """pynetdicom's ``kill``, waking both reactors and polling every 1 ms instead of 10."""
+    self._reactor_checkpoint.set()
+    self._kill = True
+    self.is_established = False
+    self._is_paused = True
+    self._reactor_wake.set()
+    while self.dul.is_alive() and not self.dul.stop_dul():
+        self.dul.wake()
+        time.sleep(0.001)
+
+
+# -- installation -----------------------------------------------------------------------
+
+
+def install_reactors() -> bool:
+    """Install the event-driven reactors; False (and stock behaviour) on another version."""
+    if pynetdicom.__version__ != SUPPORTED_VERSION:
+        return False
+    DULServiceProvider.__init__ = _dul_init
+    DULServiceProvider.wake = _dul_wake
+    DULServiceProvider.run_reactor = _dul_run_reactor
+    DULServiceProvider.kill_dul = _dul_kill
+    DULServiceProvider.stop_dul = _dul_stop
+    Association.__init__ = _assoc_init
+    Association.wake_reactor = _assoc_wake
+    Association._run_reactor = _assoc_run_reactor
+    Association.kill = _assoc_kill
+    return True
+
+
+def uninstall_reactors() -> None:
+    DULServiceProvider.__init__ = _stock["dul_init"]
+    DULServiceProvider.run_reactor = _stock["run_reactor"]
+    DULServiceProvider.kill_dul = _stock["kill_dul"]
+    DULServiceProvider.stop_dul = _stock["stop_dul"]
+    Association.__init__ = _stock["assoc_init"]
+    Association._run_reactor = _stock["assoc_reactor"]
+    Association.kill = _stock["kill"]
