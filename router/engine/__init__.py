@@ -15,7 +15,9 @@ from pynetdicom import _config
 from pynetdicom.transport import AssociationSocket
 
 from router.engine.backpressure import install_backpressure
+from router.engine.fast_store import install_fast_store_rsp
 from router.engine.reactors import install_reactors
+from router.engine.socket_reads import install_fast_recv
 
 SUPPORTED_PYNETDICOM = "3.0.4"
 
@@ -26,8 +28,8 @@ _lock = threading.Lock()
 def configure() -> None:
     """Stream received and sent datasets through files, accept any storage class and
     transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
-    every association socket, bound the outgoing PDU queue and make the reactor loops
-    event-driven. Idempotent."""
+    every association socket, bound the outgoing PDU queue, make the reactor loops
+    event-driven and encode C-STORE responses directly. Idempotent."""
     global _configured
     with _lock:
         if _configured:
@@ -41,6 +43,8 @@ def configure() -> None:
         if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
             install_backpressure()
             install_reactors()
+            install_fast_store_rsp()
+            install_fast_recv()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "

@@ -60,7 +60,7 @@ def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     spool = Spool(config.router.data_dir, config.router.min_free_space_mb)
     lock = open(spool.data_dir / "delivery.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # a predecessor still exiting holds it
-    queue = DeliveryQueue(spool.queue_path)
+    queue = DeliveryQueue(spool.queue_path, durable_commits=False)
     resumed = queue.reset_in_flight()
     workers = start_workers(config, queue, spool, stop)
     log.info("delivery started", backends=sorted(config.backends), workers=len(workers), resumed_in_flight=resumed)

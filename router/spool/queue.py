@@ -3,8 +3,8 @@
 States: ``pending`` (due at ``next_attempt_at``), ``in_flight`` (claimed by a worker),
 ``quarantined`` (will not be retried; ``reason`` says why). A delivered row is deleted and
 counted in ``delivered_counts``; an instance row goes when its last delivery does, and the
-caller then removes the spool file. The database runs in WAL mode with ``synchronous=FULL``:
-a committed row survives a crash or a power cut.
+caller then removes the spool file. The database runs in WAL mode; intake commits
+with ``synchronous=FULL``, so a row that was acknowledged survives a crash or a power cut.
 """
 
 from __future__ import annotations
@@ -102,10 +102,18 @@ _DELIVERY_COLUMNS = (
 
 
 class DeliveryQueue:
-    """Thread-safe: each thread gets its own connection. Safe across processes (WAL)."""
+    """Thread-safe: each thread gets its own connection. Safe across processes (WAL).
 
-    def __init__(self, path: Path):
+    ``durable_commits`` (``synchronous=FULL``) is for the intake: a committed row must
+    survive a power cut before the sender hears 0x0000. The delivery process opens the
+    queue without it (``synchronous=NORMAL``: safe against process crashes, not power
+    cuts): losing a delivered mark costs one re-delivery, never an instance, and the
+    commits then hold the write lock the intake waits for only briefly.
+    """
+
+    def __init__(self, path: Path, durable_commits: bool = True):
         self.path = Path(path)
+        self.synchronous = "FULL" if durable_commits else "NORMAL"
         self._local = threading.local()
         self._conn().executescript(SCHEMA)
 
@@ -114,7 +122,7 @@ class DeliveryQueue:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn

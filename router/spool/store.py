@@ -33,6 +33,8 @@ class Spool:
         """Create the layout and receive into ``incoming/`` (same filesystem as ``objects/``)."""
         for d in (self.data_dir, self.incoming, self.objects):
             d.mkdir(parents=True, exist_ok=True)
+        for shard in range(256):
+            (self.objects / f"{shard:02x}").mkdir(exist_ok=True)
         tempfile.tempdir = str(self.incoming)
 
     def adopt(self, received: Path | str) -> Path:
@@ -40,11 +42,7 @@ class Spool:
         name = uuid.uuid4().hex
         shard = self.objects / name[:2]
         target = shard / f"{name}.dcm"
-        try:
-            os.replace(received, target)
-        except FileNotFoundError:
-            shard.mkdir(exist_ok=True)
-            os.replace(received, target)
+        os.replace(received, target)
         return target
 
     def make_durable(self, path: Path) -> None:

@@ -1,0 +1,41 @@
+"""Socket reads into a reused buffer (owned code, version-guarded).
+
+Stock ``AssociationSocket.recv`` reads at most 4 KiB per ``recv()`` call and grows a new
+bytearray: about 32 system calls and as many copies for each 128 KiB PDU. This version
+reads with ``recv_into`` straight into a buffer kept per socket and returns a view of it,
+valid until the next read; pynetdicom's only caller (``DULServiceProvider._read_pdu_data``)
+copies it at once. Reads above :data:`MAX_BUFFER` (a PDU larger than anything we accept,
+or a hostile length) go through the stock code, so a peer cannot make us allocate.
+"""
+
+from __future__ import annotations
+
+from pynetdicom.transport import AssociationSocket
+
+MAX_BUFFER = 4 * 1024 * 1024
+
+_stock_recv = AssociationSocket.recv
+
+
+def _recv(self, nr_bytes: int):
+    if nr_bytes > MAX_BUFFER:
+        return _stock_recv(self, nr_bytes)
+    buffer = getattr(self, "_read_buffer", None)
+    if buffer is None or len(buffer) < nr_bytes:
+        buffer = self._read_buffer = bytearray(max(nr_bytes, 65536))
+    view = memoryview(buffer)
+    nr_read = 0
+    while nr_read < nr_bytes:
+        n = self.socket.recv_into(view[nr_read:nr_bytes])
+        if not n:
+            break
+        nr_read += n
+    return view[:nr_read]
+
+
+def install_fast_recv() -> None:
+    AssociationSocket.recv = _recv
+
+
+def uninstall_fast_recv() -> None:
+    AssociationSocket.recv = _stock_recv
