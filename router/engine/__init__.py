@@ -16,6 +16,7 @@ from pynetdicom.transport import AssociationSocket
 
 from router.engine.backpressure import install_backpressure
 from router.engine.fast_store import install_fast_store_rsp
+from router.engine.part10 import install_fast_file_meta
 from router.engine.reactors import install_reactors
 from router.engine.socket_reads import install_fast_recv
 
@@ -29,7 +30,8 @@ def configure() -> None:
     """Stream received and sent datasets through files, accept any storage class and
     transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
     every association socket, bound the outgoing PDU queue, make the reactor loops
-    event-driven and encode C-STORE responses directly. Idempotent."""
+    event-driven, and encode C-STORE command sets and received files' meta directly.
+    Idempotent."""
     global _configured
     with _lock:
         if _configured:
@@ -45,6 +47,7 @@ def configure() -> None:
             install_reactors()
             install_fast_store_rsp()
             install_fast_recv()
+            install_fast_file_meta()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "
