@@ -22,7 +22,7 @@ from router.config import registry
 from router.config.models import RouterConfig
 from router.pipeline import PipelineSet
 from router.spool.delivery_process import run_delivery
-from router.spool.intake import Intake
+from router.spool.intake import Intake, drop_unacknowledged
 from router.spool.queue import DeliveryQueue
 from router.spool.store import Spool
 
@@ -42,6 +42,7 @@ class RouterService:
         self.config = config
         self.spool = Spool(config.router.data_dir, config.router.min_free_space_mb)
         self.queue: DeliveryQueue | None = None
+        self.intake: Intake | None = None
         self.endpoints: dict = {}
         self.delivery: multiprocessing.Process | None = None
         self._stop = threading.Event()
@@ -55,10 +56,11 @@ class RouterService:
         self._lock_data_dir()
         self.queue = DeliveryQueue(self.spool.queue_path)
         self.spool.sweep_incoming()
+        drop_unacknowledged(self.queue)
         self.spool.sweep_unreferenced(self.queue.referenced_paths())
         self._last_sweep = time.monotonic()
         self._start_delivery()
-        intake = Intake(self.spool, self.queue, PipelineSet(self.config))
+        intake = self.intake = Intake(self.spool, self.queue, PipelineSet(self.config))
         for name, endpoint_config in self.config.endpoints.items():
             component = registry.lookup("endpoint", endpoint_config.type)
             endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake)
@@ -100,6 +102,9 @@ class RouterService:
         for endpoint in self.endpoints.values():
             endpoint.stop()
         self.endpoints = {}
+        if self.intake is not None:
+            self.intake.close()
+            self.intake = None
         if self.delivery is not None:
             if self.delivery.is_alive():
                 os.kill(self.delivery.pid, signal.SIGTERM)

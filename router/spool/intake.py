@@ -1,12 +1,16 @@
 """Turn a received instance into durable, queued deliveries, and decide the C-STORE status.
 
 This is the promise of the router: 0x0000 is returned only once the file and its
-directory entry are fsynced and the queue rows are committed.
+directory entry are fsynced and the queue rows are committed. The two run at the same
+time (the filesystem then often folds them into one journal commit); a crash between them
+can leave a row whose file is not durable, for an instance that was never acknowledged:
+:func:`drop_unacknowledged` removes such rows at start-up.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,10 +37,14 @@ class IntakeResult:
 
 
 class Intake:
-    def __init__(self, spool: Spool, queue: DeliveryQueue, pipelines: PipelineSet):
+    def __init__(self, spool: Spool, queue: DeliveryQueue, pipelines: PipelineSet, committers: int = 4):
         self.spool = spool
         self.queue = queue
         self.pipelines = pipelines
+        self._committers = ThreadPoolExecutor(committers, thread_name_prefix="queue-commit")
+
+    def close(self) -> None:
+        self._committers.shutdown(wait=True)
 
     def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str) -> IntakeResult:
         """Take ownership of the received file at ``received`` and answer for it."""
@@ -73,14 +81,53 @@ class Intake:
             return IntakeResult(SUCCESS, False, "dropped")
 
         try:
-            self.spool.make_durable(path)
-            self.queue.enqueue(_record(envelope, instance), [(p, b) for p, b in targets])
+            self._make_durable_and_enqueue(path, _record(envelope, instance), targets)
         except Exception as exc:
             self.spool.discard(path)
             log.error("cannot make the instance durable", error=repr(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"durable write failed: {exc}")
         log.debug("instance spooled", backends=[b for _, b in targets], size=instance.size, **ctx)
         return IntakeResult(SUCCESS, True)
+
+
+    def _make_durable_and_enqueue(self, path: Path, record: InstanceRecord, targets: list[tuple[str, str]]) -> None:
+        """fsync the file while another thread commits its rows; return when both are done."""
+        commit = self._committers.submit(self.queue.enqueue, record, targets)
+        try:
+            self.spool.make_durable(path)
+        except BaseException:
+            instance_id = _result_or_none(commit)
+            if instance_id is not None:
+                self.queue.forget_instance(instance_id)
+            raise
+        commit.result()
+
+
+def _result_or_none(future):
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
+def drop_unacknowledged(queue: DeliveryQueue) -> int:
+    """Remove rows whose spool file is missing or shorter than recorded.
+
+    Such a row was committed while its file was still being made durable when the router
+    died, so its instance was never acknowledged and the sender still has it.
+    """
+    dropped = 0
+    for instance_id, path, size, uid in queue.instance_files():
+        try:
+            ok = os.path.getsize(path) >= size
+        except OSError:
+            ok = False
+        if not ok:
+            queue.forget_instance(instance_id)
+            dropped += 1
+            log.warning("dropped a queue entry whose file never became durable (it was not acknowledged)",
+                        path=path, sop_instance_uid=uid)
+    return dropped
 
 
 def _record(envelope: RequestEnvelope, instance: SpooledInstance) -> InstanceRecord:

@@ -296,6 +296,16 @@ class DeliveryQueue:
                     paths.append(path)
         return len(rows), paths
 
+    def instance_files(self) -> list[tuple[int, str, int, str | None]]:
+        """(instance id, spool path, size, SOP instance UID) of every queued instance."""
+        return list(self._conn().execute("SELECT id, path, size, sop_instance_uid FROM instances"))
+
+    def forget_instance(self, instance_id: int) -> None:
+        """Remove an instance and all its deliveries (it was never acknowledged)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM deliveries WHERE instance_id=?", (instance_id,))
+            conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
+
     def referenced_paths(self) -> set[str]:
         return {row[0] for row in self._conn().execute("SELECT path FROM instances")}
 

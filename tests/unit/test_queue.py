@@ -70,3 +70,17 @@ def test_postpone_does_not_count_an_attempt(tmp_path):
     q.postpone(batch, time.time() + 30, "cannot connect")
     (d,) = q.claim_due("pacs", 10, now=time.time() + 31)
     assert d.attempts == 0 and d.reason == "cannot connect"
+
+
+def test_rows_whose_file_never_became_durable_are_dropped(tmp_path):
+    from router.spool.intake import drop_unacknowledged
+
+    q = DeliveryQueue(tmp_path / "q.db")
+    whole, short, missing = tmp_path / "whole.dcm", tmp_path / "short.dcm", tmp_path / "missing.dcm"
+    whole.write_bytes(b"x" * 100)
+    short.write_bytes(b"x" * 10)
+    for path in (whole, short, missing):
+        q.enqueue(record(str(path), path.stem), [("default", "pacs")])
+    assert drop_unacknowledged(q) == 2
+    assert q.referenced_paths() == {str(whole)}
+    assert len(q.claim_due("pacs", 10)) == 1
