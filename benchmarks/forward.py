@@ -21,13 +21,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import dimse_backend_toml, router_toml  # noqa: E402
 from tests.support.cli import router_command  # noqa: E402
 from tests.support.dicomgen import write_series  # noqa: E402
 from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
@@ -96,24 +96,8 @@ def routed(files: Path, count: int, scratch: Path) -> dict:
     port, dest_port = free_port(), free_port()
     scp = start_storescp(scratch / "routed-out", dest_port)
     config = scratch / "router.toml"
-    config.write_text(textwrap.dedent(f"""
-        [router]
-        data_dir = "{scratch / 'router-data'}"
-        min_free_space_mb = 0
-        log_format = "json"
-        [endpoints.ingest]
-        type = "dimse"
-        bind = "127.0.0.1"
-        port = {port}
-        [backends.dest]
-        type = "dimse"
-        host = "127.0.0.1"
-        port = {dest_port}
-        ae_title = "DEST"
-        [pipelines.forward]
-        endpoints = ["ingest"]
-        backends = ["dest"]
-    """))
+    config.write_text(router_toml(scratch / "router-data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
+                                  fast_retry=False))
     log = open(scratch / "router.log", "wb")
     router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:

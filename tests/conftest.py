@@ -73,6 +73,17 @@ def port():
     return free_port()
 
 
+def dimse_backend_toml(port: int, ae_title: str = "PACS", name: str = "pacs") -> str:
+    """A ``dimse`` backend table for a peer on 127.0.0.1."""
+    return f'''
+[backends.{name}]
+type = "dimse"
+host = "127.0.0.1"
+port = {port}
+ae_title = "{ae_title}"
+'''
+
+
 def router_toml(data_dir: Path, port: int, backends: str, pipeline_backends: list[str], extra: str = "",
                 endpoint_extra: str = "", fast_retry: bool = True) -> str:
     """A config text with one endpoint on ``port`` and the given backend tables."""

@@ -8,7 +8,7 @@ import psutil
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.cli import ServeProcess
 from tests.support.peers import StorageSCP, free_port, wait_for
 
@@ -42,13 +42,7 @@ def test_kill_9_during_transfer_then_resume(tmp_path, write_config, small_files)
 
     port, dest_port = free_port(), free_port()
     uid_of = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in small_files}
-    backends = f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {dest_port}
-ae_title = "PACS"
-"""
+    backends = dimse_backend_toml(dest_port)
     config = write_config(router_toml(tmp_path / "data", port, backends, ["pacs"]))
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     children = psutil.Process(serve.pid).children(recursive=True)

@@ -7,7 +7,7 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.cli import ServeProcess
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import write_large
@@ -32,13 +32,7 @@ def test_300mb_instance_with_flat_memory(tmp_path, write_config):
     port, dest_port = free_port(), free_port()
     dest = tmp_path / "dest"
     storescp = start_storescp(dest, dest_port, ae_title="PACS")
-    backends = f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {dest_port}
-ae_title = "PACS"
-"""
+    backends = dimse_backend_toml(dest_port)
     serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"])),
                          tmp_path / "serve.log").start(port)
     try:

@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support.peers import free_port, wait_for
 
@@ -21,7 +21,7 @@ def get(port: int, path: str) -> tuple[int, dict]:
 
 def test_health_ready_and_queues(tmp_path, write_config, start_router, port, small_files):
     admin_port, dead_port = free_port(), free_port()
-    backends = f'[backends.pacs]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {dead_port}\nae_title = "PACS"\n'
+    backends = dimse_backend_toml(dead_port)
     text = router_toml(tmp_path / "data", port, backends, ["pacs"]) + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
     service = start_router(write_config(text))
     assert get(admin_port, "/healthz") == (200, {"status": "alive"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.peers import StorageSCP, free_port, wait_for
@@ -11,19 +11,7 @@ from tests.support.peers import StorageSCP, free_port, wait_for
 def test_fan_out_with_one_backend_down(tmp_path, write_config, start_router, port, small_files):
     down_port = free_port()
     with StorageSCP(tmp_path / "live", ae_title="LIVE") as live:
-        backends = f"""
-[backends.live]
-type = "dimse"
-host = "127.0.0.1"
-port = {live.port}
-ae_title = "LIVE"
-
-[backends.late]
-type = "dimse"
-host = "127.0.0.1"
-port = {down_port}
-ae_title = "LATE"
-"""
+        backends = dimse_backend_toml(live.port, "LIVE", "live") + dimse_backend_toml(down_port, "LATE", "late")
         service = start_router(write_config(router_toml(tmp_path / "data", port, backends, ["live", "late"])))
         files = small_files[:40]
         assert send_with_pynetdicom(port, files) == [0] * len(files)

@@ -7,7 +7,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from router import engine
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
 
@@ -26,13 +26,7 @@ def send_with_pynetdicom(port: int, paths, calling="MODALITY", called="DICOM_ROU
 
 def test_pynetdicom_to_pynetdicom_identical(tmp_path, write_config, start_router, port, ct_files, small_files):
     with StorageSCP(tmp_path / "dest") as scp:
-        backends = f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {scp.port}
-ae_title = "STORE_SCP"
-"""
+        backends = dimse_backend_toml(scp.port, "STORE_SCP")
         start_router(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"])))
         files = ct_files + small_files[:30]
         statuses = send_with_pynetdicom(port, files)
@@ -48,13 +42,7 @@ def test_dcmtk_storescu_to_storescp_120_instances(tmp_path, write_config, start_
     dest_port = free_port()
     storescp = start_storescp(tmp_path / "dest", dest_port)
     try:
-        backends = f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {dest_port}
-ae_title = "STORESCP"
-"""
+        backends = dimse_backend_toml(dest_port, "STORESCP")
         service = start_router(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"])))
         files = small_files + ct_files
         result = storescu(port, files)

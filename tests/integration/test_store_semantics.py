@@ -13,21 +13,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import make_dataset
 from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, wait_for
 import pytest
-
-
-def pacs_backend(port: int, ae: str = "STORE_SCP") -> str:
-    return f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {port}
-ae_title = "{ae}"
-"""
 
 
 def j2k_file(path):
@@ -53,7 +43,7 @@ def store(port: int, path, ts, calling="MODALITY") -> int:
 def test_compressed_instance_is_kept_as_sent(tmp_path, write_config, start_router, port):
     src = j2k_file(tmp_path / "j2k.dcm")
     with StorageSCP(tmp_path / "dest") as scp:
-        start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(scp.port), ["pacs"])))
+        start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"])))
         assert store(port, src, JPEG2000Lossless) == 0
         wait_for(lambda: scp.received, 30, message="the J2K instance")
         (arrived,) = (tmp_path / "dest").glob("*.dcm")
@@ -69,7 +59,7 @@ def test_refused_compressed_syntax_is_quarantined_with_reason(tmp_path, write_co
     dest_port = free_port()
     scp = start_storescp(tmp_path / "dest", dest_port)
     try:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(dest_port, "STORESCP"), ["pacs"])))
+        service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"])))
         assert store(port, src, JPEG2000Lossless) == 0
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
         assert "JPEG 2000" in quarantined.reason and "does not transcode" in quarantined.reason
@@ -84,7 +74,7 @@ def test_uncompressed_syntax_converted_for_a_peer_that_only_takes_implicit(tmp_p
     dest_port = free_port()
     scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xi"])
     try:
-        start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(dest_port, "STORESCP"), ["pacs"])))
+        start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"])))
         assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
         (arrived,) = wait_for(lambda: list((tmp_path / "dest").iterdir()), 30, message="the converted instance")
         wait_for(lambda: arrived.stat().st_size > 500_000, 10, message="storescp to finish writing")
@@ -97,7 +87,7 @@ def test_uncompressed_syntax_converted_for_a_peer_that_only_takes_implicit(tmp_p
 
 def test_refused_status_from_destination_is_quarantined(tmp_path, write_config, start_router, port, ct_files):
     with StorageSCP(tmp_path / "dest", status=0xA900) as scp:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, pacs_backend(scp.port), ["pacs"])))
+        service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"])))
         assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
         (d,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
         assert "0xA900" in d.reason and "permanent" in d.reason
@@ -106,7 +96,7 @@ def test_refused_status_from_destination_is_quarantined(tmp_path, write_config, 
 
 def test_transient_status_is_retried_then_quarantined(tmp_path, write_config, start_router, port, ct_files):
     with StorageSCP(tmp_path / "dest", status=0xA700) as scp:
-        text = router_toml(tmp_path / "data", port, pacs_backend(scp.port), ["pacs"]) + "max_attempts = 3\n"
+        text = router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"]) + "max_attempts = 3\n"
         service = start_router(write_config(text))
         assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
         (d,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
