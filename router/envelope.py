@@ -7,7 +7,7 @@ and returns a new one (``dataclasses.replace``) or a :class:`Drop` / :class:`Rej
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,6 @@ class RequestEnvelope:
     audit: tuple[AuditEntry, ...] = ()
 
     def with_audit(self, stage: str, action: str, detail: str = "") -> "RequestEnvelope":
-        from dataclasses import replace
-
         return replace(self, audit=self.audit + (AuditEntry(stage, action, detail),))
 
     def log_context(self) -> dict[str, Any]:

@@ -101,13 +101,15 @@ class DimseEndpoint:
     # -- association events -------------------------------------------------
 
     def _info(self, assoc) -> AssociationInfo:
+        """Who is calling, from the A-ASSOCIATE-RQ; made once per association (at EVT_REQUESTED)."""
         info = getattr(assoc, "router_info", None)
         if info is None:
+            primitive = assoc.requestor.primitive
             info = AssociationInfo(
                 endpoint=self.name,
                 association_id=uuid.uuid4().hex[:12],
-                calling_aet=(assoc.requestor.ae_title or "").strip(),
-                called_aet=(assoc.acceptor.ae_title or self.ae_title).strip(),
+                calling_aet=(primitive.calling_ae_title or "").strip(),
+                called_aet=(primitive.called_ae_title or "").strip(),
                 peer_host=assoc.requestor.address,
                 peer_port=assoc.requestor.port,
             )
@@ -121,17 +123,12 @@ class DimseEndpoint:
 
     def _on_requested(self, event) -> None:
         assoc = event.assoc
-        primitive = assoc.requestor.primitive
-        calling = (primitive.calling_ae_title or "").strip()
-        called = (primitive.called_ae_title or "").strip()
-        info = AssociationInfo(self.name, uuid.uuid4().hex[:12], calling, called,
-                               assoc.requestor.address, assoc.requestor.port)
-        assoc.router_info = info
-        refusal = self.access.refusal(calling, info.peer_host)
+        info = self._info(assoc)
+        refusal = self.access.refusal(info.calling_aet, info.peer_host)
         if refusal is None:
             return
         diagnostic = DIAG_CALLING_AET if "calling AE" in refusal else DIAG_NO_REASON
-        self._assoc_log(assoc).warning("association rejected", reason=refusal, called_aet=called)
+        self._assoc_log(assoc).warning("association rejected", reason=refusal, called_aet=info.called_aet)
         assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_USER, diagnostic)
         assoc.kill()
 

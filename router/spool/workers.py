@@ -97,7 +97,6 @@ class BackendWorker(threading.Thread):
             return
         now = time.time()
         attempts = delivery.attempts + 1
-        give_up = None
         if result.outcome is Outcome.PERMANENT:
             give_up = "permanent failure"
         else:
