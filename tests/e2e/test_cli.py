@@ -156,3 +156,19 @@ def test_serve_on_the_embedded_default(tmp_path, small_files):
         assert serve.stop() == 0
     log = serve.log_text()
     assert '"event": "router started"' in log and '"event": "router stopped"' in log
+
+
+def test_second_router_on_the_same_data_dir_is_refused(tmp_path):
+    port, other = free_port(), free_port()
+    text = (f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
+            f'[endpoints.ingest]\ntype = "dimse"\nport = {{port}}\n'
+            f'[backends.a]\ntype = "filesystem"\npath = "a"\n[pipelines.p]\nendpoints = ["ingest"]\nbackends = ["a"]\n')
+    (tmp_path / "one.toml").write_text(text.format(port=port))
+    (tmp_path / "two.toml").write_text(text.format(port=other))
+    first = ServeProcess(tmp_path / "one.toml", tmp_path / "one.log").start(port)
+    try:
+        second = run_cli("serve", "-c", tmp_path / "two.toml", timeout=60)
+        assert second.returncode == 1
+        assert "another router is using" in second.stderr
+    finally:
+        assert first.stop() == 0
