@@ -92,9 +92,6 @@ class RouterService:
             self.spool.sweep_incoming(older_than_seconds=INCOMING_MAX_AGE)
             self._last_sweep = time.monotonic()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def stop(self) -> None:
         if self.admin is not None:
             self.admin.stop()

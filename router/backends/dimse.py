@@ -24,7 +24,7 @@ import structlog
 from pydantic import Field
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
 
 from router import engine

@@ -14,7 +14,6 @@ the dataset streams to a file in the spool as it arrives; it is never held in me
 
 from __future__ import annotations
 
-import threading
 import uuid
 from pathlib import Path
 from typing import Literal

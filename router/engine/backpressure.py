@@ -29,10 +29,6 @@ def install_backpressure(limit: int = DEFAULT_LIMIT) -> None:
     DULServiceProvider.send_pdu = send_pdu
 
 
-def uninstall_backpressure() -> None:
-    DULServiceProvider.send_pdu = _original_send_pdu
-
-
 def _wait_for_room(dul, limit: int) -> None:
     """Wait while the queue is full; raise TimeoutError if the peer drains nothing for
     the association's network timeout; return at once if the reactor has stopped."""

@@ -161,7 +161,3 @@ def _send_msg(self, primitive, context_id: int) -> None:
 
 def install_fast_store_rsp() -> None:
     DIMSEServiceProvider.send_msg = _send_msg
-
-
-def uninstall_fast_store_rsp() -> None:
-    DIMSEServiceProvider.send_msg = _stock_send_msg

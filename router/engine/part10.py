@@ -70,8 +70,3 @@ def _write(fp, file_meta, enforce_standard: bool = True) -> None:
 def install_fast_file_meta() -> None:
     dimse_messages.create_file_meta = _create
     dimse_messages.write_file_meta_info = _write
-
-
-def uninstall_fast_file_meta() -> None:
-    dimse_messages.create_file_meta = create_file_meta
-    dimse_messages.write_file_meta_info = write_file_meta_info

@@ -21,7 +21,7 @@ checkpoint after unpausing and never touches the queue while paused.
 
 The loop bodies are copies of pynetdicom 3.0.4's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` with only the waits and the re-check changed: re-diff them on
-any pynetdicom upgrade (:func:`install_reactors` refuses other versions).
+any pynetdicom upgrade (:func:`router.engine.configure` installs them on 3.0.4 only).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import ssl
 import threading
 import time
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
@@ -41,17 +40,11 @@ from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
-SUPPORTED_VERSION = "3.0.4"
 MAX_WAIT = 0.02
 
 _stock = {
     "dul_init": DULServiceProvider.__init__,
-    "run_reactor": DULServiceProvider.run_reactor,
-    "stop_dul": DULServiceProvider.stop_dul,
-    "kill_dul": DULServiceProvider.kill_dul,
     "assoc_init": Association.__init__,
-    "assoc_reactor": Association._run_reactor,
-    "kill": Association.kill,
 }
 
 
@@ -269,10 +262,8 @@ def _assoc_kill(self) -> None:
 # -- installation -----------------------------------------------------------------------
 
 
-def install_reactors() -> bool:
-    """Install the event-driven reactors; False (and stock behaviour) on another version."""
-    if pynetdicom.__version__ != SUPPORTED_VERSION:
-        return False
+def install_reactors() -> None:
+    """Install the event-driven reactors (pynetdicom 3.0.4 only: :mod:`router.engine` checks)."""
     DULServiceProvider.__init__ = _dul_init
     DULServiceProvider.wake = _dul_wake
     DULServiceProvider.run_reactor = _dul_run_reactor
@@ -282,14 +273,3 @@ def install_reactors() -> bool:
     Association.wake_reactor = _assoc_wake
     Association._run_reactor = _assoc_run_reactor
     Association.kill = _assoc_kill
-    return True
-
-
-def uninstall_reactors() -> None:
-    DULServiceProvider.__init__ = _stock["dul_init"]
-    DULServiceProvider.run_reactor = _stock["run_reactor"]
-    DULServiceProvider.kill_dul = _stock["kill_dul"]
-    DULServiceProvider.stop_dul = _stock["stop_dul"]
-    Association.__init__ = _stock["assoc_init"]
-    Association._run_reactor = _stock["assoc_reactor"]
-    Association.kill = _stock["kill"]

@@ -35,7 +35,3 @@ def _recv(self, nr_bytes: int):
 
 def install_fast_recv() -> None:
     AssociationSocket.recv = _recv
-
-
-def uninstall_fast_recv() -> None:
-    AssociationSocket.recv = _stock_recv

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 
 from router.envelope import RequestEnvelope
 
@@ -142,10 +142,3 @@ def _matches(condition: Any, value: Any, *, is_address: bool = False) -> bool:
     if any(ch in condition for ch in "*?["):
         return fnmatch.fnmatchcase(text, condition)
     return text == condition
-
-
-def describe_key(key: str) -> str:
-    tag = parse_tag(key)
-    if tag is None:
-        return key
-    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"

@@ -199,12 +199,6 @@ class DeliveryQueue:
             ).fetchall()
         return [Delivery(*row) for row in rows]
 
-    def next_due_at(self, backend: str) -> float | None:
-        row = self._conn().execute(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE backend=? AND state='pending'", (backend,)
-        ).fetchone()
-        return row[0]
-
     def mark_delivered(self, delivery: Delivery) -> str | None:
         """Record success; returns the spool path when no delivery needs the file any more."""
         with self._write() as conn:

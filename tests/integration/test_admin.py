@@ -8,7 +8,7 @@ import urllib.request
 
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.integration.test_forwarding import send_with_pynetdicom
-from tests.support.peers import free_port, wait_for
+from tests.support.peers import free_port
 
 
 def get(port: int, path: str) -> tuple[int, dict]:

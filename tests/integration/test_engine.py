@@ -6,7 +6,6 @@ import os
 import threading
 import time
 
-import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
