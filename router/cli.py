@@ -1,6 +1,7 @@
 """The ``dicom-router`` command line.
 
-``serve``, ``check``, ``init``, ``config show``, ``echo``, ``send`` and ``queue`` share
+``serve``, ``check``, ``init``, ``config show``, ``echo``, ``send``, ``queue``,
+``route-test`` and ``explain-profile`` share
 ``-c FILE``; without it they use the embedded default configuration.
 """
 
@@ -68,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="only this backend")
     p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
     p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
+    p = command("route-test", cmd_route_test,
+                "Dry run: which pipelines, stages and backends an instance would go through, and what would change.")
+    p.add_argument("instance", type=Path, help="a DICOM Part-10 file")
+    p.add_argument("--endpoint", help="the endpoint it arrives on (default: the first with a pipeline)")
+    p.add_argument("--calling-aet", default="ROUTE_TEST", help="the sender's AE title (default: ROUTE_TEST)")
+    p.add_argument("--called-aet", help="the AE title it calls (default: the endpoint's)")
+    p.add_argument("--peer-address", default="127.0.0.1", help="the sender's IP address (default: 127.0.0.1)")
+    p = command("explain-profile", cmd_explain_profile,
+                "Print the attribute -> action table of a pipeline's anonymize stage, with the option that decided each.")
+    p.add_argument("pipeline")
     return parser
 
 
@@ -157,3 +168,31 @@ def cmd_queue(args) -> int:
     from router.tools.queue_admin import queue_command
 
     return queue_command(_load(args), args.action, backend=args.backend, ids=args.ids, purge_all=args.all)
+
+
+# -- route-test / explain-profile ------------------------------------------------
+
+
+def cmd_route_test(args) -> int:
+    from router.tools.route_test import RouteTestError, route_test
+
+    try:
+        lines = route_test(_load(args), args.instance, endpoint=args.endpoint, calling_aet=args.calling_aet,
+                           called_aet=args.called_aet, peer_address=args.peer_address)
+    except RouteTestError as exc:
+        print(f"dicom-router route-test: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print("\n".join(lines))
+    return EX_OK
+
+
+def cmd_explain_profile(args) -> int:
+    from router.tools.explain_profile import ExplainError, explain_profile
+
+    try:
+        lines = explain_profile(_load(args), args.pipeline)
+    except ExplainError as exc:
+        print(f"dicom-router explain-profile: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print("\n".join(lines))
+    return EX_OK

@@ -6,12 +6,15 @@ and returns a new one (``dataclasses.replace``) or a :class:`Drop` / :class:`Rej
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
+
+from router.spool.splice import Layout, read_header
 
 
 @dataclass(frozen=True)
@@ -42,23 +45,45 @@ class Command:
 class SpooledInstance:
     """A received Part-10 file in the spool, with its header parsed on first use.
 
-    The pixel data is never read: :attr:`header` stops before it.
+    The pixel data is never read: :attr:`header` holds every element except the
+    top-level pixel data. A stage that edits the header takes :meth:`editable_header`,
+    changes it and returns :meth:`with_header`: a new instance that shares the source
+    file (and so its pixel data) and carries the edited header, written out by the
+    intake with :func:`router.spool.splice.write_spliced`.
     """
 
-    def __init__(self, path: Path, transfer_syntax: str, size: int):
+    def __init__(self, path: Path, transfer_syntax: str, size: int, *, header: Dataset | None = None,
+                 layout: Layout | None = None, edited: bool = False):
         self.path = Path(path)
         self.transfer_syntax = transfer_syntax
         self.size = size
-        self._header: Dataset | None = None
+        self.edited = edited
+        self._header = header
+        self._layout = layout
 
     @property
     def header(self) -> Dataset:
         if self._header is None:
-            self._header = dcmread(self.path, stop_before_pixels=True)
+            self._header, self._layout = read_header(self.path)
         return self._header
 
+    @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            self._header, self._layout = read_header(self.path)
+        return self._layout
+
+    def editable_header(self) -> Dataset:
+        """A copy of the header to change; the original stays as it was for other pipelines."""
+        return copy.deepcopy(self.header)
+
+    def with_header(self, header: Dataset) -> "SpooledInstance":
+        return SpooledInstance(self.path, self.transfer_syntax, self.size, header=header,
+                               layout=self.layout, edited=True)
+
     def __repr__(self) -> str:
-        return f"SpooledInstance({str(self.path)!r}, {self.transfer_syntax!r}, {self.size})"
+        flag = ", edited" if self.edited else ""
+        return f"SpooledInstance({str(self.path)!r}, {self.transfer_syntax!r}, {self.size}{flag})"
 
 
 @dataclass(frozen=True)
@@ -78,6 +103,27 @@ class RequestEnvelope:
     backends: tuple[str, ...] = ()
     tags: dict[str, Any] = field(default_factory=dict)
     audit: tuple[AuditEntry, ...] = ()
+    hold_reason: str | None = None  # set: deliveries start quarantined for an operator to review
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """What stages read and edit: the instance header for a C-STORE, else the identifier."""
+        return self.instance.header if self.instance is not None else self.identifier
+
+    def with_dataset(self, dataset: Dataset) -> "RequestEnvelope":
+        """The envelope carrying an edited dataset (see :meth:`SpooledInstance.with_header`)."""
+        if self.instance is not None:
+            return replace(self, instance=self.instance.with_header(dataset))
+        return replace(self, identifier=dataset)
+
+    def editable_dataset(self) -> Dataset:
+        if self.instance is not None:
+            return self.instance.editable_header()
+        return copy.deepcopy(self.identifier) if self.identifier is not None else Dataset()
+
+    def held(self, reason: str) -> "RequestEnvelope":
+        """Deliver nowhere until an operator releases it (``dicom-router queue retry``)."""
+        return replace(self, hold_reason=reason)
 
     def with_audit(self, stage: str, action: str, detail: str = "") -> "RequestEnvelope":
         return replace(self, audit=self.audit + (AuditEntry(stage, action, detail),))

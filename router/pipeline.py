@@ -41,16 +41,28 @@ class Routing:
         return None
 
     @property
-    def deliveries(self) -> list[tuple[str, str]]:
-        """(pipeline, backend) pairs, each backend once."""
-        seen: set[str] = set()
+    def deliveries(self) -> list["Target"]:
+        """Where the request goes: one target per (backend, version of the instance).
+
+        Pipelines that leave the instance as received share one version, so a backend two
+        of them name receives it once; a pipeline that edits the header sends its own.
+        """
+        seen: set[tuple[str, int]] = set()
         out = []
         for result in self.results:
             for backend in result.backends:
-                if backend not in seen:
-                    seen.add(backend)
-                    out.append((result.pipeline, backend))
+                key = (backend, id(result.envelope.instance))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(Target(result.pipeline, backend, result.envelope))
         return out
+
+
+@dataclass(frozen=True)
+class Target:
+    pipeline: str
+    backend: str
+    envelope: RequestEnvelope  # the instance version, and hold_reason when held for review
 
 
 class Pipeline:
@@ -71,7 +83,7 @@ class Pipeline:
                 detail = outcome.reason if isinstance(outcome, Drop) else f"0x{outcome.status:04X} {outcome.reason}"
                 envelope = envelope.with_audit(stage_name, type(outcome).__name__.lower(), detail)
                 return PipelineResult(self.name, envelope, outcome)
-            envelope = outcome.with_audit(stage_name, "pass")
+            envelope = outcome if len(outcome.audit) > len(envelope.audit) else outcome.with_audit(stage_name, "pass")
         return PipelineResult(self.name, envelope, None)
 
 

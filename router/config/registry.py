@@ -19,6 +19,9 @@ BUILTIN_MODULES = (
     "router.backends.dimse",
     "router.backends.filesystem",
     "router.middleware.filter",
+    "router.middleware.route",
+    "router.middleware.coerce",
+    "router.middleware.anonymize",
 )
 
 

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from router.config.models import MiddlewareConfig
 from router.config.registry import register
 from router.envelope import Drop, Reject, RequestEnvelope
-from router.middleware.match import Matcher, MatchError
+from router.middleware.match import Matcher, validate_match
 
 
 class FilterConfig(MiddlewareConfig):
@@ -27,14 +27,7 @@ class FilterConfig(MiddlewareConfig):
     action: Literal["drop", "reject"] = "drop"
     reject_status: int = Field(default=0x0124, ge=0x0001, le=0xFFFF)
 
-    @field_validator("match")
-    @classmethod
-    def _compiles(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            Matcher.compile(value)
-        except MatchError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    _match_compiles = field_validator("match")(validate_match)
 
 
 class FilterStage:

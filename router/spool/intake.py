@@ -17,11 +17,14 @@ from pathlib import Path
 import structlog
 
 from router.envelope import RequestEnvelope, SpooledInstance
-from router.pipeline import PipelineSet
+from router.pipeline import PipelineSet, Target
+from router.spool.splice import SpliceError
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.store import Spool
 
 log = structlog.get_logger("router.intake")
+
+Batch = tuple[InstanceRecord, list[tuple[str, str]], str | None]
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -80,24 +83,57 @@ class Intake:
             log.info("instance dropped", reasons=drops or ["no pipeline"], **ctx)
             return IntakeResult(SUCCESS, False, "dropped")
 
+        written: list[Path] = []
         try:
-            self._make_durable_and_enqueue(path, _record(envelope, instance), targets)
+            batches = self._versions(envelope, instance, targets, written)
+            self._make_durable_and_enqueue(batches)
+        except SpliceError as exc:
+            for p in written + [path]:
+                self.spool.discard(p)
+            log.error("cannot rewrite the instance header", error=str(exc), **ctx)
+            return IntakeResult(CANNOT_UNDERSTAND, False, f"cannot rewrite the header: {exc}")
         except Exception as exc:
-            self.spool.discard(path)
+            for p in written + [path]:
+                self.spool.discard(p)
             log.error("cannot make the instance durable", error=repr(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"durable write failed: {exc}")
-        log.debug("instance spooled", backends=[b for _, b in targets], size=instance.size, **ctx)
+        if not any(record.path == str(path) for record, _, _ in batches):
+            self.spool.discard(path)
+        for record, pairs, hold in batches:
+            if hold:
+                log.warning("instance held in quarantine for review", reason=hold,
+                            backends=[b for _, b in pairs], **ctx)
+        log.debug("instance spooled", backends=[t.backend for t in targets], size=instance.size,
+                  versions=len(batches), **ctx)
         return IntakeResult(SUCCESS, True)
 
+    def _versions(self, envelope: RequestEnvelope, received: SpooledInstance, targets: list[Target],
+                  written: list[Path]) -> list[Batch]:
+        """One queue batch per (version of the instance, hold reason); edited versions written to the spool."""
+        batches: dict[tuple[int, str | None], Batch] = {}
+        for target in targets:
+            version = target.envelope.instance
+            key = (id(version), target.envelope.hold_reason)
+            if key not in batches:
+                if version is received or not version.edited:
+                    record = _record(envelope, received)
+                else:
+                    new_path = self.spool.write_version(version)
+                    written.append(new_path)
+                    record = _record(envelope, version, new_path)
+                batches[key] = (record, [], target.envelope.hold_reason)
+            batches[key][1].append((target.pipeline, target.backend))
+        return list(batches.values())
 
-    def _make_durable_and_enqueue(self, path: Path, record: InstanceRecord, targets: list[tuple[str, str]]) -> None:
-        """fsync the file while another thread commits its rows; return when both are done."""
-        commit = self._committers.submit(self.queue.enqueue, record, targets)
+    def _make_durable_and_enqueue(self, batches: list[Batch]) -> None:
+        """fsync the files while another thread commits their rows; return when both are done."""
+        commit = self._committers.submit(self.queue.enqueue_many, batches)
         try:
-            self.spool.make_durable(path)
+            for path in dict.fromkeys(record.path for record, _, _ in batches):
+                self.spool.make_durable(Path(path))
         except BaseException:
-            instance_id = _result_or_none(commit)
-            if instance_id is not None:
+            instance_ids = _result_or_none(commit)
+            for instance_id in instance_ids or ():
                 self.queue.forget_instance(instance_id)
             raise
         commit.result()
@@ -130,14 +166,18 @@ def drop_unacknowledged(queue: DeliveryQueue) -> int:
     return dropped
 
 
-def _record(envelope: RequestEnvelope, instance: SpooledInstance) -> InstanceRecord:
+def _record(envelope: RequestEnvelope, instance: SpooledInstance, written: Path | None = None) -> InstanceRecord:
+    """The queue record of a received instance, or of an edited version of it written at ``written``."""
     a = envelope.association
+    uid = envelope.command.affected_sop_instance_uid
+    if written is not None:
+        uid = str(instance.header.get("SOPInstanceUID", uid))
     return InstanceRecord(
-        path=str(instance.path),
-        sop_instance_uid=envelope.command.affected_sop_instance_uid,
+        path=str(written or instance.path),
+        sop_instance_uid=uid,
         sop_class_uid=envelope.command.sop_class_uid,
         transfer_syntax=instance.transfer_syntax,
-        size=instance.size,
+        size=os.path.getsize(written) if written is not None else instance.size,
         received_at=envelope.received_at,
         endpoint=a.endpoint,
         association_id=a.association_id,

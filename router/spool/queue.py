@@ -146,26 +146,40 @@ class DeliveryQueue:
 
     # -- intake -------------------------------------------------------------
 
-    def enqueue(self, instance: InstanceRecord, targets: list[tuple[str, str]], now: float | None = None) -> int:
-        """Record an instance and one pending delivery per (pipeline, backend); commit durably."""
+    def enqueue(self, instance: InstanceRecord, targets: list[tuple[str, str]], now: float | None = None,
+                hold_reason: str | None = None) -> int:
+        """Record an instance and one delivery per (pipeline, backend); commit durably.
+
+        With ``hold_reason`` the deliveries start quarantined with that reason.
+        """
+        return self.enqueue_many([(instance, targets, hold_reason)], now)[0]
+
+    def enqueue_many(self, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
+                     now: float | None = None) -> list[int]:
+        """:meth:`enqueue` for several instances (versions of one received instance) in one commit."""
         now = time.time() if now is None else now
+        ids = []
         with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size, received_at,"
-                " endpoint, association_id, calling_aet, peer) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
-                    instance.size, instance.received_at, instance.endpoint, instance.association_id,
-                    instance.calling_aet, instance.peer,
-                ),
-            )
-            instance_id = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO deliveries (instance_id, backend, pipeline, queued_at, next_attempt_at, updated_at)"
-                " VALUES (?,?,?,?,?,?)",
-                [(instance_id, backend, pipeline, now, now, now) for pipeline, backend in targets],
-            )
-        return instance_id
+            for instance, targets, hold_reason in batches:
+                cur = conn.execute(
+                    "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
+                    " received_at, endpoint, association_id, calling_aet, peer) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
+                        instance.size, instance.received_at, instance.endpoint, instance.association_id,
+                        instance.calling_aet, instance.peer,
+                    ),
+                )
+                instance_id = cur.lastrowid
+                state = "pending" if hold_reason is None else "quarantined"
+                conn.executemany(
+                    "INSERT INTO deliveries (instance_id, backend, pipeline, state, queued_at, next_attempt_at,"
+                    " updated_at, reason) VALUES (?,?,?,?,?,?,?,?)",
+                    [(instance_id, backend, pipeline, state, now, now, now, hold_reason)
+                     for pipeline, backend in targets],
+                )
+                ids.append(instance_id)
+        return ids
 
     # -- delivery -----------------------------------------------------------
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import structlog
 
+from router.spool.splice import write_spliced
+
 log = structlog.get_logger("router.spool")
 
 
@@ -43,6 +45,20 @@ class Spool:
         shard = self.objects / name[:2]
         target = shard / f"{name}.dcm"
         os.replace(received, target)
+        return target
+
+    def write_version(self, instance) -> Path:
+        """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet durable."""
+        name = uuid.uuid4().hex
+        target = self.objects / name[:2] / f"{name}.dcm"
+        tmp = self.incoming / f"{name}.part"
+        try:
+            with open(tmp, "wb") as out:
+                write_spliced(instance.path, instance.header, instance.layout, out)
+            os.replace(tmp, target)
+        except BaseException:
+            self.discard(tmp)
+            raise
         return target
 
     def make_durable(self, path: Path) -> None:

@@ -58,6 +58,24 @@ CASES = [
     ({"sop_class": CTImageStorage, "Modality": "MR"}, {}, False),
     ({"endpoint": "ingest"}, {}, True),
     ({"called_aet": "ROUTER"}, {}, True),
+    ({"Modality": {"regex": "^(CT|MR)$"}}, {}, True),
+    ({"Modality": {"regex": "^MR"}}, {}, False),
+    ({"calling_aet": {"regex": "SCANNER\\d$"}}, {}, True),
+    ({"SeriesNumber": {"min": 1, "max": 3}}, {}, True),
+    ({"SeriesNumber": {"min": 4}}, {}, False),
+    ({"SeriesNumber": {"max": 2.5}}, {}, False),
+    ({"StudyDate": {"min": "2024-01-01", "max": "20241231"}}, {"extra": {"StudyDate": "20240615"}}, True),
+    ({"StudyDate": {"min": "2024-07-01"}}, {"extra": {"StudyDate": "20240615"}}, False),
+    ({"StudyDate": {"max": "2024-07-01"}}, {}, False),  # absent never in range
+    ({"AcquisitionDateTime": {"min": "20240615"}}, {"extra": {"AcquisitionDateTime": "20240615101010"}}, True),
+    ({"StudyDate": {"exists": True}}, {"extra": {"StudyDate": ""}}, True),  # present, empty
+    ({"StudyDate": {"exists": True}}, {}, False),
+    ({"StudyDate": {"exists": False}}, {}, True),
+    ({"StudyDate": {"absent": True}}, {}, True),
+    ({"Modality": {"absent": True}}, {}, False),
+    ({"SeriesNumber": {"min": 1, "regex": "^3$"}}, {}, True),  # operators in one table all hold
+    ({"SeriesNumber": {"min": 1, "regex": "^4$"}}, {}, False),
+    ({"Modality": {"not": {"regex": "^S"}}}, {}, True),
 ]
 
 
@@ -71,7 +89,12 @@ def test_match(table, kwargs, expected):
     [
         ({"Modalty": "CT"}, "'Modalty' is not a DICOM keyword"),
         ({"Modality": []}, "an empty array matches nothing"),
-        ({"Modality": {"regex": "C."}}, "unknown operator(s) ['regex']"),
+        ({"Modality": {"like": "C."}}, "unknown operator(s) ['like']"),
+        ({"Modality": {"regex": "("}}, "invalid regex"),
+        ({"SeriesNumber": {"min": 1, "max": "2024-01-01"}}, "min/max must both be numbers or both be dates"),
+        ({"StudyDate": {"min": "yesterday"}}, "date range bounds must be YYYYMMDD"),
+        ({"StudyDate": {"exists": "yes"}}, "exists takes true or false"),
+        ({"peer_address": "10.0.0.0/33"}, "invalid network"),
         ({"Modality": True}, "true/false is not a condition"),
         ({"Modality": [["CT"]]}, "array members must be strings or numbers"),
     ],

@@ -1,0 +1,384 @@
+"""Apply a resolved PS3.15 profile to a dataset, in place.
+
+What each action does here:
+
+- ``X`` removes, ``Z`` empties (a sequence loses its items, or is removed where the
+  standard allows X), ``D`` writes a dummy of the attribute's VR (a sequence: as Z), ``K`` keeps (a sequence's items are
+  de-identified recursively, as the standard asks), ``U`` replaces every UID value by
+  its keyed ``2.25.`` UID, ``U*`` keeps a sequence and de-identifies its items;
+- ``C`` (clean) depends on the VR: a DA or DT is shifted by the patient's keyed number
+  of days (under Retain Longitudinal Modified Dates; a TM is kept, since whole days do
+  not move it); a sequence is kept and de-identified recursively; an AE title becomes a
+  keyed pseudonym; text has the patient's own identifiers (name parts, IDs, accession
+  number, birth date) cut out of it; anything else is kept.
+
+Patient's Name and Patient ID become a pseudonym (keyed, or from a lookup table), the
+same for every instance of the patient. Under Retain Longitudinal Modified Dates every
+DA and DT value is shifted, listed in the table or not (PS3.15 E.1.1 note 4).
+Attributes the table does not name are kept, except private attributes (removed unless
+Retain Safe Private keeps a listed one) and overlay and curve groups whose data is
+removed. The result carries Patient Identity Removed, the method and its CID 7050
+codes, and Longitudinal Temporal Information Modified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+
+from router.deid.keys import Keyring
+from router.deid.profile import Profile
+from router.middleware.lookup import LookupTable
+
+PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
+LONGITUDINAL_MODIFIED = 0x00280303
+MODIFIED_DATES = "retain_longitudinal_modified_dates"
+FULL_DATES = "retain_longitudinal_full_dates"
+
+CID_7050 = {
+    None: ("113100", "Basic Application Confidentiality Profile"),
+    "clean_graphics": ("113103", "Clean Graphics Option"),
+    "clean_structured_content": ("113104", "Clean Structured Content Option"),
+    "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "retain_longitudinal_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_longitudinal_modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "retain_device_identity": ("113109", "Retain Device Identity Option"),
+    "retain_uids": ("113110", "Retain UIDs Option"),
+    "retain_safe_private": ("113111", "Retain Safe Private Option"),
+    "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
+}
+
+TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN", "CS"}
+DUMMIES = {
+    "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED",
+    "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED", "AE": "ANONYMIZED", "UR": "http://example.invalid",
+    "DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0",
+    "US": 0, "SS": 0, "UL": 0, "SL": 0, "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0, "AT": 0,
+    "OB": b"\0\0", "OW": b"\0\0", "OD": b"\0" * 8, "OF": b"\0" * 4, "OL": b"\0" * 4, "OV": b"\0" * 8, "UN": b"\0\0",
+}
+FILE_META_AE_TAGS = (0x00020016, 0x00020017, 0x00020018)
+
+
+@dataclass(frozen=True)
+class SafePrivate:
+    """Private attributes Retain Safe Private keeps: a creator's block in a group, some or all elements."""
+
+    group: int
+    creator: str
+    elements: tuple[int, ...] | None = None  # low bytes (0x00-0xFF); None: the whole block
+
+    def keeps(self, tag: int, creator: str | None) -> bool:
+        if tag >> 16 != self.group or creator is None or creator.strip() != self.creator:
+            return False
+        return self.elements is None or (tag & 0xFF) in self.elements
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: Profile
+    keys: Keyring
+    pseudonym_prefix: str = "ANON"
+    patient_table: LookupTable | None = None
+    safe_private: tuple[SafePrivate, ...] = ()
+    implementation_uid: str = "1.2.826.0.1.3680043.8.498.1"
+    implementation_version: str = "DICOM_ROUTER"
+
+
+class UnmappedPatient(LookupError):
+    """The patient lookup table has no row for the instance's patient."""
+
+
+@dataclass
+class Report:
+    """What one de-identification did: for the audit trail, the re-identification map and route-test."""
+
+    patient_id: tuple[str, str] | None = None
+    patient_name: tuple[str, str] | None = None
+    uids: dict[str, str] = field(default_factory=dict)
+    date_shift_days: int | None = None
+    actions: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        parts = [f"{n} {a}" for a, n in sorted(self.actions.items())]
+        if self.date_shift_days is not None:
+            parts.append(f"dates shifted {self.date_shift_days} days")
+        return ", ".join(parts)
+
+
+class Deidentifier:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.profile = settings.profile
+        self.options = settings.profile.options
+
+    def apply(self, ds: Dataset) -> Report:
+        """De-identify ``ds`` (a header with file meta) in place; raises :class:`UnmappedPatient`."""
+        report = Report()
+        original_id = _text(ds.get(PATIENT_ID))
+        original_name = _text(ds.get(PATIENT_NAME))
+        new_id, new_name = self._pseudonyms(original_id, original_name)
+        shift = self.settings.keys.date_shift(original_id or original_name) if MODIFIED_DATES in self.options else None
+        run = _Run(self, report, shift, _identifying_pattern(ds), new_id, new_name)
+        run.dataset(ds)
+        if original_id or PATIENT_ID in ds:
+            report.patient_id = (original_id, new_id)
+        if original_name or PATIENT_NAME in ds:
+            report.patient_name = (original_name, new_name)
+        report.date_shift_days = shift.days if shift is not None else None
+        self._mark(ds, dates_touched=shift is not None or report.actions.get("dates removed", 0) > 0)
+        self._replace_file_meta(ds)
+        return report
+
+    def _pseudonyms(self, patient_id: str, patient_name: str) -> tuple[str, str]:
+        table = self.settings.patient_table
+        if table is not None:
+            row = table.rows.get(patient_id.strip())
+            if row is None:
+                raise UnmappedPatient(f"patient ID {patient_id!r} is not in {table.path.name}")
+            pid = row["PseudonymID"]
+            return pid, row.get("PseudonymName") or pid
+        if not patient_id and not patient_name:
+            return "", ""
+        token = self.settings.keys.pseudonym("patient", patient_id or patient_name)
+        pid = f"{self.settings.pseudonym_prefix}{token}"[:64]
+        return pid, pid
+
+    def _mark(self, ds: Dataset, dates_touched: bool) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        chosen = [None] + [o for o in CID_7050 if o in self.options]
+        ds.DeidentificationMethod = ["DICOM PS3.15 E.1 Basic Profile"] + [CID_7050[o][1][:64] for o in chosen[1:]]
+        items = []
+        for option in chosen:
+            code, meaning = CID_7050[option]
+            item = Dataset()
+            item.CodeValue = code
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        if MODIFIED_DATES in self.options:
+            ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "MODIFIED")
+        elif FULL_DATES in self.options:
+            ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "UNMODIFIED")
+        elif dates_touched:
+            ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "REMOVED")
+
+    def _replace_file_meta(self, ds: Dataset) -> None:
+        """PS3.15 E.1.1 item 7: the file meta and preamble describe the de-identifier, nothing else."""
+        meta = getattr(ds, "file_meta", None)
+        if meta is None:
+            return
+        if "retain_device_identity" not in self.options:
+            for tag in FILE_META_AE_TAGS:
+                if tag in meta:
+                    del meta[tag]
+        for tag in [t for t in meta.keys() if Tag(t).is_private or t >= 0x00020100]:
+            del meta[tag]
+        meta.ImplementationClassUID = self.settings.implementation_uid
+        meta.ImplementationVersionName = self.settings.implementation_version
+        ds.preamble = b"\0" * 128
+
+
+class _Run:
+    """One walk over one dataset, carrying what the walk needs at every level."""
+
+    def __init__(self, deid: Deidentifier, report: Report, shift: dt.timedelta | None,
+                 identifying: re.Pattern | None, new_id: str, new_name: str):
+        self.deid = deid
+        self.profile = deid.profile
+        self.keys = deid.settings.keys
+        self.report = report
+        self.shift = shift
+        self.identifying = identifying
+        self.new_id = new_id
+        self.new_name = new_name
+
+    def dataset(self, ds: Dataset) -> None:
+        creators = _private_creators(ds)
+        removed_groups = set()
+        for tag in list(ds.keys()):
+            element = ds[tag]
+            if Tag(tag).is_private:
+                self._private(ds, tag, element, creators)
+                continue
+            if tag in (PATIENT_ID, PATIENT_NAME):
+                self._pseudonym(ds, tag)
+                continue
+            hit = self.profile.decide(tag)
+            action = hit[1].action if hit else None
+            if action in ("Z", "D") and element.VR == "SQ" and hit[1].removable:
+                action = "X"
+            if action is None and element.VR in ("DA", "DT") and self.shift is not None:
+                action = "C"
+            if action is None:
+                if element.VR == "SQ":
+                    self._items(element)
+                continue
+            if action == "X" and tag >> 16 & 0xFF00 in (0x6000, 0x5000) and tag & 0xFFFF in (0x3000, 0x0000):
+                removed_groups.add(tag >> 16)
+            self._act(ds, tag, element, action)
+        for group in removed_groups:
+            for tag in [t for t in ds.keys() if t >> 16 == group]:
+                del ds[tag]
+                self.report.actions["removed"] += 1
+
+    def _act(self, ds: Dataset, tag: int, element: DataElement, action: str) -> None:
+        vr = element.VR
+        if action == "X":
+            del ds[tag]
+            self._count("removed", vr)
+        elif action == "K":
+            if vr == "SQ":
+                self._items(element)
+            self.report.actions["kept"] += 1
+        elif action in ("Z", "D") and vr == "SQ":
+            element.value = Sequence([])
+            self.report.actions["emptied"] += 1
+        elif action == "Z":
+            element.value = None if vr not in ("OB", "OW", "UN") else b""
+            self._count("emptied", vr)
+        elif action == "D":
+            self._dummy(element)
+        elif action == "U" and vr == "UI":
+            self._remap_uids(element)
+        elif action in ("U", "U*") and vr == "SQ":
+            self._items(element)
+            self.report.actions["kept"] += 1
+        elif action == "U":
+            self._dummy(element)
+        else:
+            self._clean(element)
+
+    def _count(self, what: str, vr: str) -> None:
+        self.report.actions[what] += 1
+        if vr in ("DA", "DT", "TM"):
+            self.report.actions["dates removed"] += 1
+
+    def _items(self, element: DataElement) -> None:
+        for item in element.value or ():
+            self.dataset(item)
+
+    def _pseudonym(self, ds: Dataset, tag: int) -> None:
+        element = ds[tag]
+        if _text(element):
+            element.value = self.new_id if tag == PATIENT_ID else self.new_name
+            self.report.actions["pseudonymized"] += 1
+
+    def _dummy(self, element: DataElement) -> None:
+        if element.VR == "UI":
+            self._remap_uids(element)
+            return
+        element.value = DUMMIES.get(element.VR, None)
+        self.report.actions["replaced"] += 1
+
+    def _remap_uids(self, element: DataElement) -> None:
+        values = element.value
+        if not values:
+            return
+        many = not isinstance(values, str)
+        mapped = []
+        for uid in values if many else [values]:
+            new = self.keys.uid(str(uid))
+            self.report.uids[str(uid)] = new
+            mapped.append(new)
+        element.value = mapped if many else mapped[0]
+        self.report.actions["uids remapped"] += 1
+
+    def _clean(self, element: DataElement) -> None:
+        vr = element.VR
+        if vr == "SQ":
+            self._items(element)
+        elif vr in ("DA", "DT"):
+            if self.shift is not None:
+                element.value = _shift_dates(element.value, vr, self.shift)
+                self.report.actions["dates shifted"] += 1
+            return
+        elif vr == "AE":
+            if _text(element):
+                element.value = "AE" + self.keys.pseudonym("ae", _text(element), 14)
+        elif vr in TEXT_VRS and self.identifying is not None and element.value:
+            element.value = _scrub(element.value, self.identifying)
+        self.report.actions["cleaned"] += 1
+
+    def _private(self, ds: Dataset, tag: int, element: DataElement, creators: dict[int, str]) -> None:
+        if "retain_safe_private" in self.deid.options:
+            creator_tag = (tag & 0xFFFF0000) | (tag >> 8 & 0xFF)
+            block_creator = creators.get(creator_tag)
+            if tag & 0xFF00 == 0:  # a private creator element itself
+                if any(s.group == tag >> 16 and s.creator == _text(element).strip() for s in self.deid.settings.safe_private):
+                    return
+            elif any(s.keeps(tag, block_creator) for s in self.deid.settings.safe_private):
+                if element.VR == "SQ":
+                    self._items(element)
+                return
+        del ds[tag]
+        self.report.actions["private removed"] += 1
+
+
+def _private_creators(ds: Dataset) -> dict[int, str]:
+    return {t: _text(ds[t]) for t in ds.keys() if Tag(t).is_private and 0x0010 <= t & 0xFFFF <= 0x00FF}
+
+
+def _text(element) -> str:
+    if element is None or element.value is None:
+        return ""
+    value = element.value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _element(ds: Dataset, keyword: str) -> DataElement | None:
+    tag = tag_for_keyword(keyword)
+    return ds[tag] if tag in ds else None
+
+
+def _identifying_pattern(ds: Dataset) -> re.Pattern | None:
+    """The patient's own identifiers as one case-insensitive pattern, for cleaning free text."""
+    tokens = set()
+    for keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "IssuerOfPatientID", "MedicalRecordLocator"):
+        for value in _text(_element(ds, keyword)).split("\\"):
+            if len(value.strip()) >= 3:
+                tokens.add(value.strip())
+    for keyword in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName"):
+        for part in re.split(r"[\^=\\ ,]+", _text(_element(ds, keyword))):
+            if len(part) >= 3:
+                tokens.add(part)
+    birth = _text(_element(ds, "PatientBirthDate"))
+    if re.fullmatch(r"\d{8}", birth):
+        tokens.update({birth, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", f"{birth[6:]}.{birth[4:6]}.{birth[:4]}",
+                       f"{birth[4:6]}/{birth[6:]}/{birth[:4]}", f"{birth[6:]}/{birth[4:6]}/{birth[:4]}"})
+    if not tokens:
+        return None
+    alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def _scrub(value, pattern: re.Pattern):
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_scrub(v, pattern) for v in value]
+    text = pattern.sub("", str(value))
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _shift_dates(value, vr: str, shift: dt.timedelta):
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_shift_dates(v, vr, shift) for v in value]
+    text = str(value or "")
+    if len(text) < 8 or not text[:8].isdigit():
+        return value if text else value
+    try:
+        day = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])) + shift
+    except ValueError:
+        return DUMMIES[vr]
+    return day.strftime("%Y%m%d") + text[8:]
