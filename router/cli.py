@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="only this backend")
     p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
     p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
+    p = command("keygen", cmd_keygen, "Write a new secret key file (mode 0600) for the anonymize stage.", config=False)
+    p.add_argument("file", type=Path)
     p = command("route-test", cmd_route_test,
                 "Dry run: which pipelines, stages and backends an instance would go through, and what would change.")
     p.add_argument("instance", type=Path, help="a DICOM Part-10 file")
@@ -195,4 +198,22 @@ def cmd_explain_profile(args) -> int:
         print(f"dicom-router explain-profile: {exc}", file=sys.stderr)
         return EX_FAIL
     print("\n".join(lines))
+    return EX_OK
+
+
+def cmd_keygen(args) -> int:
+    from router.deid.keys import new_key_text
+
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"dicom-router keygen: {args.file} exists; a key is never overwritten (its pseudonyms would change)",
+              file=sys.stderr)
+        return EX_FAIL
+    except OSError as exc:
+        print(f"dicom-router keygen: cannot create {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_FAIL
+    with os.fdopen(fd, "w") as f:
+        f.write(new_key_text())
+    print(f"wrote a new key to {args.file} (mode 0600); keep it secret and back it up")
     return EX_OK

@@ -9,6 +9,7 @@ from router import engine
 from router.config import load_config
 from router.observe.logging import setup_logging
 from router.service import RouterService
+from tests.support.deid import have_dciodvfy
 from tests.support.dicomgen import write_series
 from tests.support.peers import free_port, have_dcmtk
 
@@ -21,12 +22,15 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if have_dcmtk():
-        return
-    skip = pytest.mark.skip(reason="DCMTK (storescu/storescp) is not installed: run tests/run.sh, which installs it")
+    missing = {}
+    if not have_dcmtk():
+        missing["dcmtk"] = "DCMTK (storescu/storescp) is not installed: run tests/run.sh, which installs it"
+    if not have_dciodvfy():
+        missing["dicom3tools"] = "dicom3tools (dciodvfy) is not installed: run tests/run.sh, which installs it"
     for item in items:
-        if "dcmtk" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in missing.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ What each action does here:
   its keyed ``2.25.`` UID, ``U*`` keeps a sequence and de-identifies its items;
 - ``C`` (clean) depends on the VR: a DA or DT is shifted by the patient's keyed number
   of days (under Retain Longitudinal Modified Dates; a TM is kept, since whole days do
-  not move it); a sequence is kept and de-identified recursively; an AE title becomes a
+  not move it); a sequence is kept and de-identified recursively, with the text the
+  table does not name inside it cleaned as well; an AE title becomes a
   keyed pseudonym; text has the patient's own identifiers (name parts, IDs, accession
   number, birth date) cut out of it; anything else is kept.
 
@@ -202,7 +203,8 @@ class _Run:
         self.new_id = new_id
         self.new_name = new_name
 
-    def dataset(self, ds: Dataset) -> None:
+    def dataset(self, ds: Dataset, cleaning: bool = False) -> None:
+        """De-identify ``ds``; ``cleaning``: inside a sequence being cleaned, so unlisted text is cleaned too."""
         creators = _private_creators(ds)
         removed_groups = set()
         for tag in list(ds.keys()):
@@ -221,7 +223,9 @@ class _Run:
                 action = "C"
             if action is None:
                 if element.VR == "SQ":
-                    self._items(element)
+                    self._items(element, cleaning)
+                elif cleaning and element.VR in TEXT_VRS and element.VR != "CS":
+                    self._clean(element)
                 continue
             if action == "X" and tag >> 16 & 0xFF00 in (0x6000, 0x5000) and tag & 0xFFFF in (0x3000, 0x0000):
                 removed_groups.add(tag >> 16)
@@ -263,9 +267,9 @@ class _Run:
         if vr in ("DA", "DT", "TM"):
             self.report.actions["dates removed"] += 1
 
-    def _items(self, element: DataElement) -> None:
+    def _items(self, element: DataElement, cleaning: bool = False) -> None:
         for item in element.value or ():
-            self.dataset(item)
+            self.dataset(item, cleaning)
 
     def _pseudonym(self, ds: Dataset, tag: int) -> None:
         element = ds[tag]
@@ -296,7 +300,7 @@ class _Run:
     def _clean(self, element: DataElement) -> None:
         vr = element.VR
         if vr == "SQ":
-            self._items(element)
+            self._items(element, cleaning=True)
         elif vr in ("DA", "DT"):
             if self.shift is not None:
                 element.value = _shift_dates(element.value, vr, self.shift)

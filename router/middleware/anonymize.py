@@ -88,18 +88,41 @@ class AnonymizeConfig(MiddlewareConfig):
     mapping_file: ConfigPath | None = None
     safe_private: list[SafePrivateConfig] = []
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "AnonymizeConfig":
-        low, high = self.date_shift_days
+    @field_validator("key_file")
+    @classmethod
+    def _key_readable(cls, value: Path) -> Path:
+        try:
+            read_key(value)
+        except KeyFileError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("patient_table")
+    @classmethod
+    def _table_readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                LookupTable.load(value, "PatientID", ("PseudonymID",))
+            except LookupError_ as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options_combine(cls, value: list[str]) -> list[str]:
+        resolve(frozenset(value))
+        return value
+
+    @field_validator("date_shift_days")
+    @classmethod
+    def _shift_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
         if not 0 <= low <= high <= 36500:
             raise ValueError("date_shift_days = [min, max] with 0 <= min <= max <= 36500")
-        try:
-            resolve(frozenset(self.options))
-            read_key(self.key_file)
-            if self.patient_table is not None:
-                LookupTable.load(self.patient_table, "PatientID", ("PseudonymID",))
-        except (ValueError, KeyFileError, LookupError_) as exc:
-            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _safe_private_needs_its_option(self) -> "AnonymizeConfig":
         if self.safe_private and "retain_safe_private" not in self.options:
             raise ValueError("safe_private lists attributes for the retain_safe_private option, which is not selected")
         return self

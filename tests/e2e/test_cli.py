@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
 import time
 
@@ -23,14 +25,21 @@ EXAMPLES = sorted((ROOT / "examples").glob("*/router.toml"))
 
 @pytest.mark.xdist_group("port-11112")
 @pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.parent.name)
-def test_examples_pass_check(config):
-    result = run_cli("check", "-c", config)
+def test_examples_pass_check(config, tmp_path):
+    """Each example as an operator gets it: copied, its keys made with `keygen` as its README says."""
+    site = tmp_path / config.parent.name
+    shutil.copytree(config.parent, site)
+    for key in re.findall(r'^key_file = "([^"]+)"', config.read_text(), re.MULTILINE):
+        made = run_cli("keygen", site / key)
+        assert made.returncode == 0, made.stderr
+    result = run_cli("check", "-c", site / "router.toml")
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
 
 
 def test_there_are_the_promised_examples():
-    assert {p.parent.name for p in EXAMPLES} >= {"forward", "fan-out", "filter-by-modality"}
+    assert {p.parent.name for p in EXAMPLES} >= {"forward", "fan-out", "filter-by-modality",
+                                                 "anonymize-to-research", "route-by-rules"}
 
 
 def test_check_reports_every_error_and_exits_78(tmp_path):
@@ -48,7 +57,8 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "site" / "router.toml").exists()
     assert {p.name for p in (tmp_path / "site" / "pipelines").glob("*.toml")} >= {
-        "archive.toml", "forward.toml", "fan-out.toml", "filter-by-modality.toml"}
+        "archive.toml", "forward.toml", "fan-out.toml", "filter-by-modality.toml", "route-by-rules.toml",
+        "anonymize-to-research.toml"}
     check = run_cli("check", "-c", tmp_path / "site" / "router.toml", "--tier", "references")
     assert check.returncode == 0, check.stderr
     again = run_cli("init", tmp_path / "site")
@@ -171,3 +181,134 @@ def test_second_router_on_the_same_data_dir_is_refused(tmp_path):
         assert "another router is using" in second.stderr
     finally:
         assert first.stop() == 0
+
+
+# -- route-test, explain-profile, keygen ------------------------------------------
+
+
+@pytest.fixture
+def research_site(tmp_path):
+    from tests.support.richgen import write_rich_study
+
+    (instance,) = write_rich_study(tmp_path / "in", "P001", series=1, per_series=1)
+    assert run_cli("keygen", tmp_path / "research.key").returncode == 0
+    config = tmp_path / "router.toml"
+    config.write_text(f"""
+[router]
+data_dir = "{tmp_path / 'data'}"
+[endpoints.ingest]
+type = "dimse"
+port = 4242
+[endpoints.other]
+type = "dimse"
+port = 4243
+[backends.pacs]
+type = "filesystem"
+path = "pacs"
+[backends.research]
+type = "filesystem"
+path = "research"
+[backends.ct_ai]
+type = "filesystem"
+path = "ct_ai"
+[pipelines.clinical]
+endpoints = ["ingest"]
+[[pipelines.clinical.middleware]]
+type = "route"
+rules = [{{ match = {{ calling_aet = "CT_*" }}, backends = ["ct_ai", "pacs"] }}]
+default = ["pacs"]
+[[pipelines.clinical.middleware]]
+type = "coerce"
+operations = [{{ set = "StationName", value = "{{calling_aet}}" }}]
+[pipelines.research]
+endpoints = ["ingest"]
+backends = ["research"]
+[[pipelines.research.middleware]]
+type = "anonymize"
+key_file = "research.key"
+options = ["retain_uids", "clean_descriptors"]
+mapping_file = "reid.csv"
+""")
+    return config, instance
+
+
+def test_route_test_prints_stages_backends_and_diff_without_side_effects(research_site, tmp_path):
+    config, instance = research_site
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("route-test", "-c", config, instance, "--calling-aet", "CT_01")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "clinical.middleware[0](route): route (rules [0] -> ['ct_ai', 'pacs'])" in out
+    assert "clinical.middleware[1](coerce): coerce (operations[0]: set StationName)" in out
+    assert "research.middleware[0](anonymize): anonymize (" in out
+    assert "-> ct_ai: edited by pipeline clinical" in out and "-> research: edited by pipeline research" in out
+    assert "~ StationName(0008,1010): 'CTSCAN01' -> 'CT_01'" in out
+    assert "~ PatientName(0010,0010): 'DOE^JANE' -> 'ANON" in out
+    assert "SOPInstanceUID(0008,0018)" not in out.split("changes made by pipeline research")[1]  # retain_uids
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no data dir, no mapping file
+
+    other = run_cli("route-test", "-c", config, instance, "--calling-aet", "WS01", "--endpoint", "other")
+    assert other.returncode == 0 and "no pipeline is bound to endpoint 'other'" in other.stdout
+    default = run_cli("route-test", "-c", config, instance, "--calling-aet", "WS01")
+    assert "no rule matched; default -> ['pacs']" in default.stdout
+    bad = run_cli("route-test", "-c", config, config)
+    assert bad.returncode == 1 and "not a readable DICOM Part-10 file" in bad.stderr
+    unknown = run_cli("route-test", "-c", config, instance, "--endpoint", "nope")
+    assert unknown.returncode == 1 and "no endpoint named 'nope'" in unknown.stderr
+
+
+def test_explain_profile_shows_every_attribute_and_its_reason(research_site):
+    config, _ = research_site
+    result = run_cli("explain-profile", "-c", config, "research")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "options: retain_uids, clean_descriptors" in lines
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("(") or line.startswith("private")}
+    assert len(rows) == 621
+    assert rows["(0008,0018)"][1:4] == ["K", "U", "retain_uids"]
+    assert rows["(0008,1030)"][1:4] == ["C", "X", "clean_descriptors"]  # StudyDescription
+    assert rows["(0010,0010)"][1:5] == ["Z", "Z", "basic", "profile"]
+    assert rows["(60xx,3000)"][1] == "X"
+    none = run_cli("explain-profile", "-c", config, "clinical")
+    assert none.returncode == 1 and "has no anonymize stage" in none.stderr
+
+
+def test_check_locates_middleware_errors(tmp_path):
+    (tmp_path / "short.key").write_text("short")
+    (tmp_path / "router.toml").write_text("""
+[endpoints.ingest]
+type = "dimse"
+port = 4242
+[backends.pacs]
+type = "filesystem"
+path = "pacs"
+[pipelines.p]
+endpoints = ["ingest"]
+[[pipelines.p.middleware]]
+type = "route"
+rules = [{ match = { Modality = { regex = "(" } }, backends = ["pacs"] }, { match = { Modality = "CT" }, backends = ["nowhere"] }]
+[[pipelines.p.middleware]]
+type = "coerce"
+operations = [{ set = "StationNam", value = "x" }]
+[[pipelines.p.middleware]]
+type = "anonymize"
+key_file = "short.key"
+options = ["retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"]
+""")
+    result = run_cli("check", "-c", tmp_path / "router.toml")
+    assert result.returncode == 78
+    err = result.stderr
+    assert "router.toml: pipelines.p.middleware[0].rules[0].match: Modality: invalid regex" in err
+    assert "router.toml: pipelines.p.middleware[1].operations[0]: 'StationNam' is not a DICOM keyword" in err
+    assert "router.toml: pipelines.p.middleware[2].key_file: key file" in err
+    assert "router.toml: pipelines.p.middleware[2].options: retain_longitudinal_full_dates and" in err
+
+
+def test_keygen_never_overwrites(tmp_path):
+    first = run_cli("keygen", tmp_path / "k.key")
+    assert first.returncode == 0
+    assert (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600
+    text = (tmp_path / "k.key").read_text()
+    again = run_cli("keygen", tmp_path / "k.key")
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    assert (tmp_path / "k.key").read_text() == text

@@ -1,4 +1,5 @@
-"""A 300 MB instance passes through with every router process under 150 MiB peak RSS."""
+"""A 300 MB instance passes through with every router process under 150 MiB peak RSS,
+as received and through ``coerce`` and ``anonymize`` (header rewritten, pixel data spliced)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from tests.conftest import dimse_backend_toml, router_toml
+from pydicom import dcmread
+
 from tests.support.cli import ServeProcess
+from tests.support.deid import key_file, pixel_digest
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import write_large
 from tests.support.peers import free_port, start_storescp, stop_process, wait_for
@@ -25,15 +29,29 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+EDITING_STAGES = """
+[[pipelines.default.middleware]]
+type = "coerce"
+operations = [{{ set = "BodyPartExamined", value = "{{calling_aet}}" }}, {{ delete = ["private"] }}]
+
+[[pipelines.default.middleware]]
+type = "anonymize"
+key_file = "{key}"
+options = ["retain_longitudinal_modified_dates"]
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.dcmtk
-def test_300mb_instance_with_flat_memory(tmp_path, write_config):
+@pytest.mark.parametrize("stages", ["as-received", "coerce+anonymize"])
+def test_300mb_instance_with_flat_memory(tmp_path, write_config, stages):
     big = write_large(tmp_path / "big.dcm", SIZE)
     port, dest_port = free_port(), free_port()
     dest = tmp_path / "dest"
     storescp = start_storescp(dest, dest_port, ae_title="PACS")
     backends = dimse_backend_toml(dest_port)
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"])),
+    extra = EDITING_STAGES.format(key=key_file(tmp_path)) if stages != "as-received" else ""
+    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"], extra=extra)),
                          tmp_path / "serve.log").start(port)
     try:
         ae = AE("MODALITY")
@@ -55,4 +73,9 @@ def test_300mb_instance_with_flat_memory(tmp_path, write_config):
         serve.stop()
         stop_process(storescp)
     (arrived,) = list(dest.iterdir())
-    assert dataset_digest(arrived) == dataset_digest(big)
+    if stages == "as-received":
+        assert dataset_digest(arrived) == dataset_digest(big)
+    else:
+        assert pixel_digest(arrived) == pixel_digest(big)
+        header = dcmread(arrived, stop_before_pixels=True)
+        assert header.PatientIdentityRemoved == "YES" and header.BodyPartExamined == "MODALITY"

@@ -89,6 +89,7 @@ def rich_ct(patient: str, study_uid: str, series_uid: str, frame_uid: str, index
     ds.Laterality = ""
     ds.ImageComments = f"Reviewed for {patient}"
     ds.RequestAttributesSequence = Sequence([_request(patient)])
+    ds.AcquisitionContextSequence = Sequence([_context_text(f"Scanned {name.replace('^', ' ')} supine")])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = ds.Columns = rows
@@ -130,6 +131,14 @@ def _other_id(value: str) -> Dataset:
     item = Dataset()
     item.PatientID = value
     item.TypeOfPatientID = "TEXT"
+    return item
+
+
+def _context_text(text: str) -> Dataset:
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.ConceptNameCodeSequence = Sequence([_code("121106", "DCM", "Comment")])
+    item.TextValue = text
     return item
 
 
