@@ -3,12 +3,14 @@
 Run by hand (never in CI):
 
     python benchmarks/forward.py [--ct 200] [--small 1000] [--reps 3] [--workdir /tmp/dicom-router-bench]
+                                 [--stages coerce|anonymize]
 
 For each data set (``ct``: ~0.5 MB instances, ``small``: ~10 KB), each repetition runs
 the direct path and the routed path on the same files, interleaved. The clock starts when
 storescu is spawned and stops when storescp has written the last file (end to end, with
-durable acknowledgements in the router). Prints a Markdown table; JSON goes to
-``benchmarks/results/``.
+durable acknowledgements in the router). With ``--stages``, a third path runs the router
+with that middleware in the pipeline (header rewritten, pixel data spliced). Prints a
+Markdown table; JSON goes to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -92,12 +94,28 @@ def direct(files: Path, count: int, scratch: Path) -> dict:
         scp.wait()
 
 
-def routed(files: Path, count: int, scratch: Path) -> dict:
+STAGES = {
+    "coerce": """
+[[pipelines.default.middleware]]
+type = "coerce"
+operations = [{ set = "StationName", value = "{calling_aet}" }, { delete = ["private"] }]
+""",
+    "anonymize": """
+[[pipelines.default.middleware]]
+type = "anonymize"
+key_file = "bench.key"
+options = ["retain_longitudinal_modified_dates"]
+""",
+}
+
+
+def routed(files: Path, count: int, scratch: Path, stages: str | None = None) -> dict:
     port, dest_port = free_port(), free_port()
     scp = start_storescp(scratch / "routed-out", dest_port)
     config = scratch / "router.toml"
+    (scratch / "bench.key").write_text("benchmark-key-not-secret-0123456789\n")
     config.write_text(router_toml(scratch / "router-data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
-                                  fast_retry=False))
+                                  extra=STAGES[stages] if stages else "", fast_retry=False))
     log = open(scratch / "router.log", "wb")
     router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -125,6 +143,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
+    parser.add_argument("--stages", choices=sorted(STAGES), help="also run the router with this middleware")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
@@ -133,9 +152,12 @@ def main() -> None:
     for kind, count in (("ct", args.ct), ("small", args.small)):
         files = ensure_data(args.workdir, kind, count)
         mb = sum(p.stat().st_size for p in files.glob("*.dcm")) / 1e6
-        runs = {"direct": [], "routed": []}
+        paths = [("direct", direct), ("routed", routed)]
+        if args.stages:
+            paths.append((f"routed+{args.stages}", lambda f, c, s: routed(f, c, s, args.stages)))
+        runs = {name: [] for name, _ in paths}
         for rep in range(args.reps):
-            for name, fn in (("direct", direct), ("routed", routed)):
+            for name, fn in paths:
                 scratch = args.workdir / f"run-{kind}-{name}-{rep}"
                 shutil.rmtree(scratch, ignore_errors=True)
                 scratch.mkdir()
@@ -156,15 +178,17 @@ def render(results: dict) -> str:
     for kind, s in results["sets"].items():
         rate = {n: [s["count"] / r["seconds"] for r in runs] for n, runs in s["runs"].items()}
         med = {n: statistics.median(v) for n, v in rate.items()}
-        for name in ("direct", "routed"):
+        for name in s["runs"]:
             v = rate[name]
-            ratio = f"{med['routed'] / med['direct']:.2f}" if name == "routed" else ""
+            ratio = f"{med[name] / med['direct']:.2f}" if name != "direct" else ""
             acks = ""
             rss = ""
-            if name == "routed":
-                acks = f"{statistics.median(s['count'] / r['ack_seconds'] for r in s['runs']['routed']):.0f}"
-                rss = f"{max(r['peak_rss_mib'] for r in s['runs']['routed']):.0f} MiB"
+            if name != "direct":
+                acks = f"{statistics.median(s['count'] / r['ack_seconds'] for r in s['runs'][name]):.0f}"
+                rss = f"{max(r['peak_rss_mib'] for r in s['runs'][name]):.0f} MiB"
             label = "storescu -> storescp" if name == "direct" else "storescu -> router -> storescp"
+            if "+" in name:
+                label = f"storescu -> router ({name.split('+')[1]}) -> storescp"
             lines.append(f"| {kind} ({s['count']} x {s['megabytes'] / s['count'] * 1000:.0f} KB) | {label} | "
                          f"{med[name]:.0f} ({min(v):.0f}-{max(v):.0f}) | {med[name] * s['megabytes'] / s['count']:.1f} | "
                          f"{ratio} | {acks} | {rss} |")

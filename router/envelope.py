@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom import Dataset
 
-from router.spool.splice import Layout, read_header
+from router.spool.splice import Layout, clone_header, read_header
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class SpooledInstance:
 
     def editable_header(self) -> Dataset:
         """A copy of the header to change; the original stays as it was for other pipelines."""
-        return copy.deepcopy(self.header)
+        return clone_header(self.header)
 
     def with_header(self, header: Dataset) -> "SpooledInstance":
         return SpooledInstance(self.path, self.transfer_syntax, self.size, header=header,

@@ -11,6 +11,7 @@ rewritten whole (they are small in practice).
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.sequence import Sequence
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.filewriter import correct_ambiguous_vr, dcmwrite, write_dataset, write_file_meta_info
 from pydicom.uid import UID
 
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -123,26 +126,50 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out) -> N
         return
     cut = layout.pixel_tag if layout.pixel_tag is not None else 0xFFFFFFFF
     before, after = _split(header, cut)
-    dcmwrite(out, before, enforce_file_format=True)
+    ts = UID(header.file_meta.TransferSyntaxUID)
+    fp = DicomFileLike(out)
+    fp.is_little_endian = ts.is_little_endian
+    fp.is_implicit_VR = ts.is_implicit_VR
+    fp.write((getattr(header, "preamble", None) or b"\0" * 128)[:128].ljust(128, b"\0") + b"DICM")
+    write_file_meta_info(fp, header.file_meta, enforce_standard=True)
+    charset = header.get("SpecificCharacterSet", "iso8859")
+    write_dataset(fp, correct_ambiguous_vr(before, ts.is_little_endian), parent_encoding=charset)
     if layout.pixel_start is None:
         return
     with open(source, "rb") as src:
         src.seek(layout.pixel_start)
         _copy_range(src, out, layout.pixel_end - layout.pixel_start)
     if len(after):
-        ts = UID(header.file_meta.TransferSyntaxUID)
-        fp = DicomFileLike(out)
-        fp.is_little_endian = ts.is_little_endian
-        fp.is_implicit_VR = ts.is_implicit_VR
-        write_dataset(fp, after, parent_encoding=header.get("SpecificCharacterSet", "iso8859"))
+        write_dataset(fp, correct_ambiguous_vr(after, ts.is_little_endian), parent_encoding=charset)
 
 
 def _split(header: Dataset, cut: int) -> tuple[Dataset, Dataset]:
+    """The elements before and after ``cut``; unconverted (raw) elements stay raw, to be written as read."""
     before, after = Dataset(), Dataset()
     before.file_meta = header.file_meta
-    for element in header:
-        (before if element.tag < cut else after).add(element)
+    for element in header.elements():
+        (before if element.tag < cut else after)[element.tag] = element
     return before, after
+
+
+def clone_header(header: Dataset) -> Dataset:
+    """An independent copy of a header, much cheaper than ``copy.deepcopy``.
+
+    Elements not yet decoded (raw) are immutable and shared; decoded ones are copied, and
+    sequences copied item by item, so editing the clone never changes ``header``.
+    """
+    clone = Dataset()
+    for element in header.elements():
+        if isinstance(element, RawDataElement):
+            clone[element.tag] = element
+        elif element.VR == "SQ":
+            clone[element.tag] = DataElement(element.tag, "SQ", Sequence([clone_header(i) for i in element.value]))
+        else:
+            clone[element.tag] = copy.copy(element)
+    if hasattr(header, "file_meta"):
+        clone.file_meta = copy.deepcopy(header.file_meta)
+    clone.preamble = getattr(header, "preamble", None)
+    return clone
 
 
 def _write_whole(source, header: Dataset, out) -> None:
