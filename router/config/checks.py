@@ -70,13 +70,13 @@ def check_environment(config: RouterConfig) -> list[ConfigIssue]:
     """What the machine must allow: writable directories, bindable ports."""
     issues: list[ConfigIssue] = []
     main = config.origin("")
-    problem = _writable_dir_problem(config.router.data_dir)
+    problem = writable_dir_problem(config.router.data_dir)
     if problem:
         issues.append(ConfigIssue(main, "router.data_dir", problem))
     for name, backend in config.backends.items():
         path = getattr(backend, "path", None)
         if isinstance(path, Path):
-            problem = _writable_dir_problem(path)
+            problem = writable_dir_problem(path)
             if problem:
                 issues.append(ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}.path", problem))
     for name, endpoint in config.endpoints.items():
@@ -86,10 +86,16 @@ def check_environment(config: RouterConfig) -> list[ConfigIssue]:
         problem = _bind_problem(bind, port)
         if problem:
             issues.append(ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", problem))
+    for name, pipeline in config.pipelines.items():
+        for index, stage in enumerate(pipeline.middleware):
+            for key, message, severity in stage.environment_problems():
+                location = f"pipelines.{name}.middleware[{index}].{key}"
+                issues.append(ConfigIssue(config.origin(f"pipelines.{name}"), location, message, severity))
     return issues
 
 
-def _writable_dir_problem(path: Path) -> str | None:
+
+def writable_dir_problem(path: Path) -> str | None:
     """None when ``path`` exists as a writable directory or can be created."""
     probe = path
     while not probe.exists():

@@ -41,6 +41,10 @@ class MiddlewareConfig(ComponentConfig):
         """(dotted key below this stage, backend name) pairs this stage routes to."""
         return []
 
+    def environment_problems(self) -> list[tuple[str, str, str]]:
+        """(dotted key below this stage, message, "error" or "warning") about files this stage uses."""
+        return []
+
 
 class RetryPolicyConfig(StrictModel):
     """How a failed delivery is retried; see :class:`router.spool.retry.RetryPolicy`."""

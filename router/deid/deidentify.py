@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
@@ -204,63 +204,62 @@ class _Run:
         self.new_name = new_name
 
     def dataset(self, ds: Dataset, cleaning: bool = False) -> None:
-        """De-identify ``ds``; ``cleaning``: inside a sequence being cleaned, so unlisted text is cleaned too."""
+        """De-identify ``ds``; ``cleaning``: inside a sequence being cleaned, so unlisted text is cleaned too.
+
+        Elements are decoded only when they are changed or descended into: the ones kept as
+        they are stay raw and are written back byte for byte.
+        """
         creators = _private_creators(ds)
         removed_groups = set()
         for tag in list(ds.keys()):
-            element = ds[tag]
+            vr = _vr(ds, tag)
             if Tag(tag).is_private:
-                self._private(ds, tag, element, creators)
+                self._private(ds, tag, vr, creators)
                 continue
             if tag in (PATIENT_ID, PATIENT_NAME):
                 self._pseudonym(ds, tag)
                 continue
             hit = self.profile.decide(tag)
             action = hit[1].action if hit else None
-            if action in ("Z", "D") and element.VR == "SQ" and hit[1].removable:
+            if action in ("Z", "D") and vr == "SQ" and hit[1].removable:
                 action = "X"
-            if action is None and element.VR in ("DA", "DT") and self.shift is not None:
+            if action is None and vr in ("DA", "DT") and self.shift is not None:
                 action = "C"
             if action is None:
-                if element.VR == "SQ":
-                    self._items(element, cleaning)
-                elif cleaning and element.VR in TEXT_VRS and element.VR != "CS":
-                    self._clean(element)
+                if vr == "SQ":
+                    self._items(ds[tag], cleaning)
+                elif cleaning and vr in TEXT_VRS and vr != "CS":
+                    self._clean(ds[tag])
                 continue
             if action == "X" and tag >> 16 & 0xFF00 in (0x6000, 0x5000) and tag & 0xFFFF in (0x3000, 0x0000):
                 removed_groups.add(tag >> 16)
-            self._act(ds, tag, element, action)
+            self._act(ds, tag, vr, action)
         for group in removed_groups:
             for tag in [t for t in ds.keys() if t >> 16 == group]:
                 del ds[tag]
                 self.report.actions["removed"] += 1
 
-    def _act(self, ds: Dataset, tag: int, element: DataElement, action: str) -> None:
-        vr = element.VR
+    def _act(self, ds: Dataset, tag: int, vr: str, action: str) -> None:
         if action == "X":
             del ds[tag]
             self._count("removed", vr)
         elif action == "K":
             if vr == "SQ":
-                self._items(element)
+                self._items(ds[tag])
             self.report.actions["kept"] += 1
         elif action in ("Z", "D") and vr == "SQ":
-            element.value = Sequence([])
+            ds[tag].value = Sequence([])
             self.report.actions["emptied"] += 1
         elif action == "Z":
-            element.value = None if vr not in ("OB", "OW", "UN") else b""
+            ds[tag].value = None if vr not in ("OB", "OW", "UN") else b""
             self._count("emptied", vr)
-        elif action == "D":
-            self._dummy(element)
-        elif action == "U" and vr == "UI":
-            self._remap_uids(element)
+        elif action == "D" or action == "U" and vr != "SQ":
+            self._dummy(ds[tag])
         elif action in ("U", "U*") and vr == "SQ":
-            self._items(element)
+            self._items(ds[tag])
             self.report.actions["kept"] += 1
-        elif action == "U":
-            self._dummy(element)
         else:
-            self._clean(element)
+            self._clean(ds[tag])
 
     def _count(self, what: str, vr: str) -> None:
         self.report.actions[what] += 1
@@ -313,19 +312,29 @@ class _Run:
             element.value = _scrub(element.value, self.identifying)
         self.report.actions["cleaned"] += 1
 
-    def _private(self, ds: Dataset, tag: int, element: DataElement, creators: dict[int, str]) -> None:
+    def _private(self, ds: Dataset, tag: int, vr: str, creators: dict[int, str]) -> None:
         if "retain_safe_private" in self.deid.options:
-            creator_tag = (tag & 0xFFFF0000) | (tag >> 8 & 0xFF)
-            block_creator = creators.get(creator_tag)
+            safe = self.deid.settings.safe_private
             if tag & 0xFF00 == 0:  # a private creator element itself
-                if any(s.group == tag >> 16 and s.creator == _text(element).strip() for s in self.deid.settings.safe_private):
+                if any(s.group == tag >> 16 and s.creator == creators.get(tag, "").strip() for s in safe):
                     return
-            elif any(s.keeps(tag, block_creator) for s in self.deid.settings.safe_private):
-                if element.VR == "SQ":
-                    self._items(element)
+            elif any(s.keeps(tag, creators.get((tag & 0xFFFF0000) | (tag >> 8 & 0xFF))) for s in safe):
+                if vr == "SQ":
+                    self._items(ds[tag])
                 return
         del ds[tag]
         self.report.actions["private removed"] += 1
+
+
+def _vr(ds: Dataset, tag: int) -> str:
+    """The VR of an element without decoding it (implicit VR files leave it to the dictionary)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return vr
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"
 
 
 def _private_creators(ds: Dataset) -> dict[int, str]:

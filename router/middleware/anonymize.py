@@ -33,6 +33,7 @@ from typing import Literal
 import structlog
 from pydantic import Field, field_validator, model_validator
 
+from router.config.checks import writable_dir_problem
 from router.config.models import MiddlewareConfig
 from router.config.registry import register
 from router.config.types import ConfigPath, StrictModel
@@ -126,6 +127,18 @@ class AnonymizeConfig(MiddlewareConfig):
         if self.safe_private and "retain_safe_private" not in self.options:
             raise ValueError("safe_private lists attributes for the retain_safe_private option, which is not selected")
         return self
+
+    def environment_problems(self) -> list[tuple[str, str, str]]:
+        problems = []
+        for key in ("key_file", "patient_table"):
+            path = getattr(self, key)
+            if path is not None and path.exists() and path.stat().st_mode & 0o077:
+                problems.append((key, f"{path} is readable by other users; chmod 600 it", "warning"))
+        if self.mapping_file is not None:
+            problem = writable_dir_problem(self.mapping_file.parent)
+            if problem:
+                problems.append(("mapping_file", problem, "error"))
+        return problems
 
     def settings(self) -> Settings:
         table = LookupTable.load(self.patient_table, "PatientID", ("PseudonymID",)) if self.patient_table else None

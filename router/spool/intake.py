@@ -104,7 +104,7 @@ class Intake:
                 log.warning("instance held in quarantine for review", reason=hold,
                             backends=[b for _, b in pairs], **ctx)
         log.debug("instance spooled", backends=[t.backend for t in targets], size=instance.size,
-                  versions=len(batches), **ctx)
+                  versions=len(batches), stages=_audit_trail(routing), **ctx)
         return IntakeResult(SUCCESS, True)
 
     def _versions(self, envelope: RequestEnvelope, received: SpooledInstance, targets: list[Target],
@@ -137,6 +137,12 @@ class Intake:
                 self.queue.forget_instance(instance_id)
             raise
         commit.result()
+
+
+def _audit_trail(routing) -> list[str]:
+    """What each stage did, one entry per stage that did more than pass."""
+    return [f"{e.stage}: {e.action} {e.detail}".rstrip() for r in routing.results for e in r.envelope.audit
+            if e.action != "pass"]
 
 
 def _result_or_none(future):

@@ -147,9 +147,20 @@ def _split(header: Dataset, cut: int) -> tuple[Dataset, Dataset]:
     """The elements before and after ``cut``; unconverted (raw) elements stay raw, to be written as read."""
     before, after = Dataset(), Dataset()
     before.file_meta = header.file_meta
+    for part in (before, after):
+        _copy_encoding(header, part)
     for element in header.elements():
         (before if element.tag < cut else after)[element.tag] = element
     return before, after
+
+
+def _copy_encoding(source: Dataset, target: Dataset) -> None:
+    """Carry the encoding a dataset was read with, so pydicom writes its raw elements as they are."""
+    implicit, little = source.original_encoding
+    if implicit is None:
+        ts = UID(source.file_meta.TransferSyntaxUID)
+        implicit, little = ts.is_implicit_VR, ts.is_little_endian
+    target.set_original_encoding(implicit, little, source.original_character_set)
 
 
 def clone_header(header: Dataset) -> Dataset:
@@ -159,6 +170,8 @@ def clone_header(header: Dataset) -> Dataset:
     sequences copied item by item, so editing the clone never changes ``header``.
     """
     clone = Dataset()
+    if hasattr(header, "file_meta"):
+        _copy_encoding(header, clone)
     for element in header.elements():
         if isinstance(element, RawDataElement):
             clone[element.tag] = element

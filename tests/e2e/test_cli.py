@@ -312,3 +312,15 @@ def test_keygen_never_overwrites(tmp_path):
     again = run_cli("keygen", tmp_path / "k.key")
     assert again.returncode == 1 and "never overwritten" in again.stderr
     assert (tmp_path / "k.key").read_text() == text
+
+
+def test_check_warns_about_a_readable_key_and_an_unwritable_mapping_dir(research_site, tmp_path):
+    config, _ = research_site
+    (tmp_path / "research.key").chmod(0o644)
+    text = config.read_text().replace('mapping_file = "reid.csv"', 'mapping_file = "research.key/reid.csv"')
+    text = text.replace('[endpoints.other]\ntype = "dimse"\nport = 4243\n', "")
+    config.write_text(text)
+    result = run_cli("check", "-c", config, "--tier", "environment")
+    assert "pipelines.research.middleware[0].key_file:" in result.stderr and "chmod 600" in result.stderr
+    assert "pipelines.research.middleware[0].mapping_file:" in result.stderr
+    assert result.returncode == 78

@@ -128,3 +128,13 @@ def test_broken_encapsulation_is_refused(tmp_path):
     src.write_bytes(bytes(data[:at + 8]))
     with pytest.raises(SpliceError):
         read_header(src)
+
+
+@pytest.mark.parametrize("ts,pixels,trailing", CASES)
+def test_unedited_header_writes_the_same_bytes(tmp_path, ts, pixels, trailing):
+    """Elements nobody changed are written back as read: no decode, no re-encode."""
+    src = _write(tmp_path, ts, pixels=pixels, trailing=trailing)
+    header, layout = read_header(src)
+    out = io.BytesIO()
+    write_spliced(src, header, layout, out)
+    assert out.getvalue() == src.read_bytes()
