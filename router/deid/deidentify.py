@@ -67,6 +67,8 @@ DUMMIES = {
     "OB": b"\0\0", "OW": b"\0\0", "OD": b"\0" * 8, "OF": b"\0" * 4, "OL": b"\0" * 4, "OV": b"\0" * 8, "UN": b"\0\0",
 }
 FILE_META_AE_TAGS = (0x00020016, 0x00020017, 0x00020018)
+# The Implementation Class UID of files the router de-identified (a UUID-derived 2.25 UID, fixed).
+IMPLEMENTATION_UID = "2.25.331114056858831486114601867974090797565"
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Settings:
     pseudonym_prefix: str = "ANON"
     patient_table: LookupTable | None = None
     safe_private: tuple[SafePrivate, ...] = ()
-    implementation_uid: str = "1.2.826.0.1.3680043.8.498.1"
+    implementation_uid: str = IMPLEMENTATION_UID
     implementation_version: str = "DICOM_ROUTER"
 
 

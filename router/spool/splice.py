@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.sequence import Sequence
 from pydicom.filebase import DicomFileLike
@@ -169,20 +170,24 @@ def clone_header(header: Dataset) -> Dataset:
     Elements not yet decoded (raw) are immutable and shared; decoded ones are copied, and
     sequences copied item by item, so editing the clone never changes ``header``.
     """
-    clone = Dataset()
+    clone = _clone_elements(header, Dataset())
     if hasattr(header, "file_meta"):
         _copy_encoding(header, clone)
-    for element in header.elements():
-        if isinstance(element, RawDataElement):
-            clone[element.tag] = element
-        elif element.VR == "SQ":
-            clone[element.tag] = DataElement(element.tag, "SQ", Sequence([clone_header(i) for i in element.value]))
-        else:
-            clone[element.tag] = copy.copy(element)
-    if hasattr(header, "file_meta"):
-        clone.file_meta = copy.deepcopy(header.file_meta)
+        clone.file_meta = _clone_elements(header.file_meta, FileMetaDataset())
+        clone.file_meta.set_original_encoding(False, True)
     clone.preamble = getattr(header, "preamble", None)
     return clone
+
+
+def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
+    for element in source.elements():
+        if isinstance(element, RawDataElement):
+            target[element.tag] = element
+        elif element.VR == "SQ":
+            target[element.tag] = DataElement(element.tag, "SQ", Sequence([clone_header(i) for i in element.value]))
+        else:
+            target[element.tag] = copy.copy(element)
+    return target
 
 
 def _write_whole(source, header: Dataset, out) -> None:

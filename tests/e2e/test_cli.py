@@ -324,3 +324,11 @@ def test_check_warns_about_a_readable_key_and_an_unwritable_mapping_dir(research
     assert "pipelines.research.middleware[0].key_file:" in result.stderr and "chmod 600" in result.stderr
     assert "pipelines.research.middleware[0].mapping_file:" in result.stderr
     assert result.returncode == 78
+
+
+def test_config_show_round_trips_the_new_stages(research_site, tmp_path):
+    config, _ = research_site
+    shown = run_cli("config", "show", "-c", config)
+    assert shown.returncode == 0, shown.stderr
+    (tmp_path / "shown.toml").write_text(shown.stdout)
+    assert load_config(tmp_path / "shown.toml").to_dict() == load_config(config).to_dict()

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 from pydicom import dcmread
 from pydicom.uid import SecondaryCaptureImageStorage
+from pynetdicom import AE
+
+from router.config import load_config
+from router.tools.queue_admin import queue_command
 
 from tests.conftest import dimse_backend_toml
+from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support.deid import key_file, raw_pixel_bytes
 from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
 from tests.support.richgen import write_rich_study
@@ -86,8 +91,6 @@ mapping_file = "{tmp_path / 'reid.csv'}"
 
 
 def test_route_rules_choose_filesystem_backends(tmp_path, write_config, start_router, port):
-    from tests.integration.test_forwarding import send_with_pynetdicom
-
     ct = write_rich_study(tmp_path / "ct", "P001", series=1, per_series=2)
     backends = "".join(f'\n[backends.{n}]\ntype = "filesystem"\npath = "{tmp_path / n}"\n'
                        for n in ("from_scanner", "chest", "archive"))
@@ -112,10 +115,6 @@ rules = [
 
 
 def test_burned_in_annotation_is_held_until_released(tmp_path, write_config, start_router, port):
-    from tests.integration.test_forwarding import send_with_pynetdicom
-    from router.tools.queue_admin import queue_command
-    from router.config import load_config
-
     (path,) = write_rich_study(tmp_path / "in", series=1, per_series=1)
     ds = dcmread(path)
     del ds.BurnedInAnnotation
@@ -133,7 +132,6 @@ burned_in_annotation = "quarantine"
 """
         config_path = write_config(config_text(tmp_path / "data", port, dimse_backend_toml(scp.port), pipelines))
         service = start_router(config_path)
-        from pynetdicom import AE
         ae = AE("MODALITY")
         ae.add_requested_context(SecondaryCaptureImageStorage, ["1.2.840.10008.1.2.1"])
         assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
@@ -150,8 +148,6 @@ burned_in_annotation = "quarantine"
 
 
 def test_unmapped_value_rejects_with_the_configured_status(tmp_path, write_config, start_router, port):
-    from tests.integration.test_forwarding import send_with_pynetdicom
-
     files = write_rich_study(tmp_path / "in", series=1, per_series=1)
     table = tmp_path / "map.csv"
     table.write_text("from,to\nOther Hospital,H2\n")

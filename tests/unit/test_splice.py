@@ -7,7 +7,6 @@ import struct
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
