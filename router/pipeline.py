@@ -69,11 +69,8 @@ class Pipeline:
     def __init__(self, name: str, config: PipelineConfig):
         self.name = name
         self.config = config
-        self.stages: list[tuple[str, Stage]] = []
-        for i, stage_config in enumerate(config.middleware):
-            component = registry.lookup("middleware", stage_config.type)
-            stage_name = f"{name}.middleware[{i}]({stage_config.type})"
-            self.stages.append((stage_name, component.build(stage_name, stage_config)))
+        self.stages = _build_stages(name, "middleware", config.middleware)
+        self.response_stages = _build_stages(name, "response_middleware", config.response_middleware)
 
     def run(self, envelope: RequestEnvelope) -> PipelineResult:
         envelope = replace(envelope, backends=tuple(self.config.backends))
@@ -86,6 +83,24 @@ class Pipeline:
             envelope = outcome if len(outcome.audit) > len(envelope.audit) else outcome.with_audit(stage_name, "pass")
         return PipelineResult(self.name, envelope, None)
 
+    def respond(self, envelope: RequestEnvelope) -> RequestEnvelope | None:
+        """Run a C-FIND answer (``envelope.identifier``) through ``response_middleware``; None: leave it out."""
+        for _, stage in self.response_stages:
+            outcome = stage(envelope)
+            if isinstance(outcome, (Drop, Reject)):
+                return None
+            envelope = outcome
+        return envelope
+
+
+def _build_stages(pipeline: str, key: str, configs) -> list[tuple[str, Stage]]:
+    stages = []
+    for i, stage_config in enumerate(configs):
+        component = registry.lookup("middleware", stage_config.type)
+        stage_name = f"{pipeline}.{key}[{i}]({stage_config.type})"
+        stages.append((stage_name, component.build(stage_name, stage_config)))
+    return stages
+
 
 class PipelineSet:
     """The pipelines of a configuration, looked up by endpoint."""
@@ -96,6 +111,9 @@ class PipelineSet:
             endpoint: [self.pipelines[n] for n in config.pipelines_for_endpoint(endpoint)]
             for endpoint in config.endpoints
         }
+
+    def for_endpoint(self, endpoint: str) -> list[Pipeline]:
+        return self._by_endpoint.get(endpoint, [])
 
     def route(self, envelope: RequestEnvelope) -> Routing:
         pipelines = self._by_endpoint.get(envelope.association.endpoint, [])

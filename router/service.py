@@ -21,6 +21,7 @@ from router import engine
 from router.config import registry
 from router.config.models import RouterConfig
 from router.pipeline import PipelineSet
+from router.qr.service import QueryRetrieveService
 from router.spool.delivery_process import run_delivery
 from router.spool.intake import Intake, drop_unacknowledged
 from router.spool.queue import DeliveryQueue
@@ -49,6 +50,7 @@ class RouterService:
         self._lock_file = None
         self._last_sweep = 0.0
         self.admin = None
+        self.qr: QueryRetrieveService | None = None
 
     def start(self) -> None:
         engine.configure()
@@ -60,10 +62,12 @@ class RouterService:
         self.spool.sweep_unreferenced(self.queue.referenced_paths())
         self._last_sweep = time.monotonic()
         self._start_delivery()
-        intake = self.intake = Intake(self.spool, self.queue, PipelineSet(self.config))
+        pipelines = PipelineSet(self.config)
+        intake = self.intake = Intake(self.spool, self.queue, pipelines)
+        self.qr = QueryRetrieveService(self.config, pipelines, self.spool)
         for name, endpoint_config in self.config.endpoints.items():
             component = registry.lookup("endpoint", endpoint_config.type)
-            endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake)
+            endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake, self.qr)
             endpoint.start()
             self.endpoints[name] = endpoint
         if self.config.admin is not None:

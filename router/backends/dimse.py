@@ -6,6 +6,9 @@ type = "dimse"
 host = "10.1.2.3"
 port = 104
 ae_title = "PACS"
+query = true              # forward C-FIND (Patient and Study Root) here
+worklist = true           # forward Modality Worklist C-FIND here
+retrieve = "move"         # fetch instances for C-MOVE/C-GET with C-MOVE to the router ("get": C-GET)
 ```
 
 Each worker keeps one association open and reuses it while the instances it sends fit
@@ -52,6 +55,11 @@ class DimseBackendConfig(BackendConfig):
     network_timeout: Seconds = 60.0
     idle_release_seconds: Seconds = 5.0
     max_pdu_size: int = Field(default=1048576, ge=4096, le=16777216)
+    query: bool = False
+    worklist: bool = False
+    retrieve: Literal["get", "move"] | None = None
+    retrieve_ae_title: AETitle | None = None
+    query_timeout: Seconds = 60.0
 
 
 class DimseBackend:

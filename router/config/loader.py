@@ -169,18 +169,23 @@ def _validate_pipeline(raw: Any, file: str, location: str, base_dir: Path, issue
         issues.append(ConfigIssue(file, location, "must be a table"))
         return None
     raw = dict(raw)
-    stages_raw = raw.pop("middleware", [])
+    stage_lists = {key: raw.pop(key, []) for key in STAGE_LISTS}
     pipeline = _validate(PipelineConfig, raw, file, location, base_dir, issues)
-    if not isinstance(stages_raw, list):
-        issues.append(ConfigIssue(file, f"{location}.middleware", "must be an array of tables ([[...middleware]])"))
+    update = {}
+    for key, stages_raw in stage_lists.items():
+        if not isinstance(stages_raw, list):
+            issues.append(ConfigIssue(file, f"{location}.{key}", f"must be an array of tables ([[...{key}]])"))
+            return None
+        update[key] = [
+            _validate_component("middleware", stage, file, f"{location}.{key}[{i}]", base_dir, issues)
+            for i, stage in enumerate(stages_raw)
+        ]
+    if pipeline is None or any(s is None for stages in update.values() for s in stages):
         return None
-    stages = [
-        _validate_component("middleware", stage, file, f"{location}.middleware[{i}]", base_dir, issues)
-        for i, stage in enumerate(stages_raw)
-    ]
-    if pipeline is None or any(s is None for s in stages):
-        return None
-    return pipeline.model_copy(update={"middleware": stages})
+    return pipeline.model_copy(update=update)
+
+
+STAGE_LISTS = ("middleware", "response_middleware")
 
 
 _MESSAGES = {

@@ -66,6 +66,7 @@ class PipelineConfig(StrictModel):
     endpoints: list[str] = Field(min_length=1)
     backends: list[str] = []
     middleware: list[SerializeAsAny[MiddlewareConfig]] = []
+    response_middleware: list[SerializeAsAny[MiddlewareConfig]] = []
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``dimse`` endpoint: a DICOM SCP for C-ECHO and C-STORE of any storage SOP class.
+"""``dimse`` endpoint: a DICOM SCP for C-ECHO, C-STORE of any storage SOP class, and query/retrieve.
 
 ```toml
 [endpoints.ingest]
@@ -6,10 +6,14 @@ type = "dimse"
 port = 11112
 allowed_calling_aets = ["CT_*", "MR01"]
 allowed_hosts = ["10.0.0.0/8"]
+move_destinations = { VIEWER01 = "10.0.0.5:104" }   # C-MOVE targets besides dimse backends
 ```
 
 Every storage SOP class is accepted in the transfer syntax the sender lists first, and
 the dataset streams to a file in the spool as it arrives; it is never held in memory.
+C-FIND, C-MOVE and C-GET are offered when a pipeline bound to the endpoint has a backend
+that can answer them (see :mod:`router.qr.service`); a C-STORE that an upstream sends for
+a retrieval in progress goes to that retrieval, not to the pipelines.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from pynetdicom.sop_class import Verification
 from router import engine
 from router.config.models import EndpointConfig
 from router.config.registry import register
-from router.config.types import CIDR, AETitle, Port, Seconds
+from router.config.types import CIDR, AETitle, HostPort, Port, Seconds
 from router.endpoints.access import AccessPolicy
 from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.qr.service import QueryRetrieveService
 from router.spool.intake import CANNOT_UNDERSTAND, Intake
 
 log = structlog.get_logger("router.endpoint")
@@ -50,14 +55,17 @@ class DimseEndpointConfig(EndpointConfig):
     acse_timeout: Seconds = 30.0
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 120.0
+    move_destinations: dict[AETitle, HostPort] = {}
 
 
 class DimseEndpoint:
-    def __init__(self, name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake):
+    def __init__(self, name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake,
+                 qr: QueryRetrieveService | None = None):
         self.name = name
         self.config = config
         self.ae_title = config.ae_title or router_ae_title
         self.intake = intake
+        self.qr = qr
         self.access = AccessPolicy.from_lists(config.allowed_calling_aets, config.allowed_hosts)
         self.server = None
         self._ae: AE | None = None
@@ -70,6 +78,9 @@ class DimseEndpoint:
         engine.configure()
         ae = AE(self.ae_title)
         ae.add_supported_context(Verification)
+        qr_classes = self.qr.sop_classes(self.name) if self.qr is not None else []
+        for sop_class in qr_classes:
+            ae.add_supported_context(sop_class)
         ae.maximum_associations = self.config.max_associations
         ae.maximum_pdu_size = self.config.max_pdu_size
         ae.acse_timeout = self.config.acse_timeout
@@ -85,11 +96,15 @@ class DimseEndpoint:
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
         ]
         self._ae = ae
         self.server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers)
         log.info("endpoint listening", endpoint=self.name, ae_title=self.ae_title,
-                 address=f"{self.address[0]}:{self.address[1]}")
+                 address=f"{self.address[0]}:{self.address[1]}",
+                 query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [])
 
     def stop(self) -> None:
         if self.server is not None:
@@ -160,6 +175,11 @@ class DimseEndpoint:
     def _on_store(self, event) -> int:
         rq = event.request
         info = self._info(event.assoc)
+        if self.qr is not None and self.qr.collector.claim(
+            str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
+            Path(event.dataset_path),
+        ):
+            return 0x0000
         envelope = RequestEnvelope(
             association=info,
             command=Command(
@@ -178,6 +198,26 @@ class DimseEndpoint:
         return result.status
 
 
+    def _on_find(self, event):
+        rq = event.request
+        info = self._info(event.assoc)
+        yield from self.qr.find(info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
+                                lambda: event.is_cancelled)
+
+    def _on_move(self, event):
+        rq = event.request
+        info = self._info(event.assoc)
+        yield from self.qr.move(info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
+                                str(event.move_destination or "").strip(), self.ae_title, lambda: event.is_cancelled)
+
+    def _on_get(self, event):
+        rq = event.request
+        info = self._info(event.assoc)
+        yield from self.qr.get(info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
+                               self.ae_title, event.assoc.accepted_contexts, lambda: event.is_cancelled)
+
+
 @register("endpoint", "dimse", DimseEndpointConfig)
-def build_dimse_endpoint(name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake) -> DimseEndpoint:
-    return DimseEndpoint(name, config, router_ae_title, intake)
+def build_dimse_endpoint(name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake,
+                         qr: QueryRetrieveService | None = None) -> DimseEndpoint:
+    return DimseEndpoint(name, config, router_ae_title, intake, qr)

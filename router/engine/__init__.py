@@ -16,6 +16,7 @@ from pynetdicom.transport import AssociationSocket
 
 from router.engine.backpressure import install_backpressure
 from router.engine.fast_store import install_fast_store_rsp
+from router.engine.file_datasets import install_send_from_file
 from router.engine.part10 import install_fast_file_meta
 from router.engine.reactors import install_reactors
 from router.engine.socket_reads import install_fast_recv
@@ -42,6 +43,7 @@ def configure() -> None:
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         _install_nodelay()
+        install_send_from_file()
         if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
             install_backpressure()
             install_reactors()

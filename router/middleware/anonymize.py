@@ -173,6 +173,8 @@ class AnonymizeStage:
         return quiet
 
     def __call__(self, envelope: RequestEnvelope) -> RequestEnvelope | Reject:
+        if envelope.instance is None:
+            return envelope  # a query identifier: de-identification applies to instances
         ds = envelope.editable_dataset()
         burned_in = burned_in_reason(ds, envelope.command.sop_class_uid)
         if burned_in and self.config.burned_in_annotation == "reject":

@@ -47,10 +47,13 @@ class Spool:
         os.replace(received, target)
         return target
 
-    def write_version(self, instance) -> Path:
-        """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet durable."""
+    def write_version(self, instance, directory: Path | None = None) -> Path:
+        """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet durable.
+
+        It goes into ``objects/`` unless ``directory`` says otherwise.
+        """
         name = uuid.uuid4().hex
-        target = self.objects / name[:2] / f"{name}.dcm"
+        target = (directory or self.objects / name[:2]) / f"{name}.dcm"
         tmp = self.incoming / f"{name}.part"
         try:
             with open(tmp, "wb") as out:

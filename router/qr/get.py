@@ -1,0 +1,59 @@
+"""The C-GET SCP: retrieve from the upstream and send each instance back on the requester's association.
+
+pynetdicom's protocol for the handler: yield the number of sub-operations, then
+``(0xFF00, dataset or file)`` per instance; pynetdicom sends it with C-STORE on the
+same association (the requester negotiated the SCP role for the storage SOP classes).
+A file goes as it is when the requester accepted its transfer syntax; an uncompressed
+little endian file is converted when the requester accepted only the other one; anything
+else counts as failed. Counts, cancel and the final status work as for C-MOVE.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import structlog
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from router.engine.file_datasets import FileBackedDataset
+from router.qr.move import CANCEL, PENDING, final_status
+from router.qr.relay import Relay, file_instance_uid
+
+log = structlog.get_logger("router.qr.get")
+
+UNCOMPRESSED_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def get_responses(relay: Relay | None, accepted_contexts, is_cancelled, ctx: dict) -> Iterator:
+    planned = relay.retrieval.planned if relay is not None else []
+    yield len(planned)
+    if not planned:
+        return
+    log.info("C-GET relaying", instances=len(planned), **ctx)
+    for fetched, path in relay.instances():
+        if is_cancelled():
+            relay.retrieval.cancel()
+            log.info("C-GET cancelled by the client; cancelled upstream", **ctx)
+            yield CANCEL, None
+            return
+        payload = sendable(path, fetched, accepted_contexts)
+        if payload is None:
+            log.warning("the requester accepts this instance's SOP class in no usable transfer syntax",
+                        sop_instance_uid=fetched.sop_instance_uid, transfer_syntax=fetched.transfer_syntax, **ctx)
+            relay.sent.discard(fetched.sop_instance_uid)
+            relay.refused.append(fetched.sop_instance_uid)
+            continue
+        yield PENDING, payload
+    yield from final_status(relay, ctx, "C-GET")
+
+
+def sendable(path, fetched, accepted_contexts):
+    """The file when the requester takes its syntax, a converted dataset when possible, else None."""
+    sop_class, transfer_syntax = fetched.sop_class_uid, fetched.transfer_syntax
+    syntaxes = {cx.transfer_syntax[0] for cx in accepted_contexts if cx.abstract_syntax == sop_class}
+    if transfer_syntax in syntaxes:
+        return FileBackedDataset(path, sop_class, file_instance_uid(path, fetched))
+    if UID(transfer_syntax) in UNCOMPRESSED_LE and syntaxes & set(UNCOMPRESSED_LE):
+        return dcmread(path)
+    return None

@@ -1,0 +1,60 @@
+"""The C-MOVE SCP: resolve the destination, retrieve from the upstream, relay each instance.
+
+pynetdicom's protocol for the handler: yield the destination ``(host, port, kwargs)``,
+then the number of sub-operations, then ``(0xFF00, file)`` per instance (pynetdicom
+sends it on a sub-association and reports the running counts in pending responses).
+The number announced is what the upstream's C-FIND listed; whatever was not sent in the
+end (never arrived, or refused by a stage) is reported in a final Warning (0xB000, some
+sent) or Failure (0xA702, none sent) with the Failed SOP Instance UID List, never as a
+silent Success. A client's C-CANCEL cancels the upstream retrieval too.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import structlog
+from pydicom import Dataset
+
+from router.engine.file_datasets import FileBackedDataset
+from router.qr.relay import Relay, file_instance_uid
+from router.qr.upstream import storage_contexts
+
+log = structlog.get_logger("router.qr.move")
+
+CANCEL, PENDING = 0xFE00, 0xFF00
+WARNING_SUBOPS_FAILED, FAILURE_SUBOPS = 0xB000, 0xA702
+
+
+def move_responses(destination: tuple[str, int] | None, relay: Relay | None, is_cancelled,
+                   ctx: dict) -> Iterator:
+    """The C-MOVE handler's yields; ``relay`` is None when nothing matched."""
+    if destination is None:
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    planned = relay.retrieval.planned if relay is not None else []
+    sop_classes = sorted({p.sop_class_uid for p in planned if p.sop_class_uid})
+    yield destination[0], destination[1], {"contexts": storage_contexts(sop_classes) if sop_classes else None}
+    yield len(planned)
+    if not planned:
+        return
+    log.info("C-MOVE relaying", instances=len(planned), destination=f"{destination[0]}:{destination[1]}", **ctx)
+    for fetched, path in relay.instances():
+        if is_cancelled():
+            relay.retrieval.cancel()
+            log.info("C-MOVE cancelled by the client; cancelled upstream", **ctx)
+            yield CANCEL, None
+            return
+        yield PENDING, FileBackedDataset(path, fetched.sop_class_uid, file_instance_uid(path, fetched))
+    yield from final_status(relay, ctx, "C-MOVE")
+
+
+def final_status(relay: Relay, ctx: dict, what: str) -> Iterator:
+    missing = relay.missing()
+    if not missing:
+        return
+    failed = Dataset()
+    failed.FailedSOPInstanceUIDList = missing
+    status = WARNING_SUBOPS_FAILED if relay.sent else FAILURE_SUBOPS
+    log.warning(f"{what} incomplete", sent=len(relay.sent), failed=len(missing), refused=len(relay.refused), **ctx)
+    yield status, failed

@@ -1,0 +1,248 @@
+"""Fetching instances from an upstream for a C-MOVE or C-GET the router answers.
+
+:class:`Retrieval` first lists what the request covers (C-FIND down the hierarchy to the
+IMAGE level, so strict hierarchical upstreams answer too), then fetches it:
+
+- ``retrieve = "get"``: a C-GET on one association; the instances come back on it;
+- ``retrieve = "move"``: a C-MOVE naming the router's AE title; the instances arrive as
+  C-STOREs on a router endpoint, where :class:`Collector` hands them to the retrieval that
+  expects them instead of to the store pipelines.
+
+Either way every instance streams into a file in the spool's ``incoming/`` folder, never
+into memory, and :meth:`Retrieval.fetch` yields those files as they arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import structlog
+from pydicom import Dataset
+from pynetdicom import build_context
+
+from router.qr.models import FIND_FOR_RETRIEVE, HIERARCHY, PATIENT_FIND
+from router.qr.upstream import Upstream, UpstreamError
+
+log = structlog.get_logger("router.qr.retrieve")
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Planned:
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+
+
+class _End:
+    def __init__(self, error: str | None = None):
+        self.error = error
+
+
+class Collector:
+    """Where C-STOREs sent by an upstream for a C-MOVE retrieval are claimed (one per receiving process)."""
+
+    def __init__(self):
+        self._expected: dict[str, "Retrieval"] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, retrieval: "Retrieval", uids) -> None:
+        with self._lock:
+            for uid in uids:
+                self._expected[uid] = retrieval
+
+    def forget(self, retrieval: "Retrieval") -> None:
+        with self._lock:
+            for uid in [u for u, r in self._expected.items() if r is retrieval]:
+                del self._expected[uid]
+
+    def claim(self, sop_instance_uid: str, sop_class_uid: str, transfer_syntax: str, path: Path) -> bool:
+        """True when a retrieval expected this instance and took the file."""
+        with self._lock:
+            retrieval = self._expected.pop(sop_instance_uid, None)
+        if retrieval is None:
+            return False
+        retrieval.accept(sop_instance_uid, sop_class_uid, transfer_syntax, path)
+        return True
+
+
+class Retrieval:
+    def __init__(self, upstream: Upstream, retrieve_model: str, identifier: Dataset, incoming: Path,
+                 collector: Collector, move_ae_title: str, log_context: dict | None = None):
+        self.upstream = upstream
+        self.retrieve_model = retrieve_model
+        self.find_model = FIND_FOR_RETRIEVE[retrieve_model]
+        self.identifier = identifier
+        self.incoming = Path(incoming)
+        self.collector = collector
+        self.move_ae_title = move_ae_title
+        self.ctx = log_context or {}
+        self.planned: list[Planned] = []
+        self._arrivals: queue.Queue = queue.Queue(maxsize=16)
+        self._stop = threading.Event()
+        self._assoc = None
+        self._thread: threading.Thread | None = None
+
+    # -- planning -------------------------------------------------------------
+
+    def plan(self) -> list[Planned]:
+        """Every instance the request covers, from the upstream's own C-FIND answers."""
+        level = str(self.identifier.get("QueryRetrieveLevel", "")).upper()
+        if level not in LEVELS:
+            raise UpstreamError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
+        keys = {k: self.identifier.get(k) for k in HIERARCHY if self.identifier.get(k)}
+        planned = {p.sop_instance_uid: p for p in self._descend(level, keys)}
+        self.planned = list(planned.values())
+        return self.planned
+
+    def _descend(self, level: str, keys: dict) -> Iterator[Planned]:
+        if level == "IMAGE":
+            for answer in self._find("IMAGE", keys, ("SOPInstanceUID", "SOPClassUID")):
+                if answer.get("SOPInstanceUID"):
+                    yield Planned(str(answer.SOPInstanceUID), str(answer.get("SOPClassUID", "")))
+            return
+        child = LEVELS[LEVELS.index(level) + 1]
+        child_key = HIERARCHY[LEVELS.index(child)]
+        for answer in self._find(child, keys, (child_key,)):
+            value = answer.get(child_key)
+            if value:
+                yield from self._descend(child, {**keys, child_key: value})
+
+    def _find(self, level: str, keys: dict, wanted: tuple[str, ...]) -> list[Dataset]:
+        query = Dataset()
+        query.QueryRetrieveLevel = level
+        for keyword in HIERARCHY[: LEVELS.index(level) + 1]:
+            if self.find_model != PATIENT_FIND and keyword == "PatientID" and keyword not in keys:
+                continue
+            setattr(query, keyword, keys.get(keyword, ""))
+        for keyword in wanted:
+            if keyword not in query:
+                setattr(query, keyword, "")
+        answers = []
+        for status, answer in self.upstream.find(self.find_model, query).responses():
+            if status in (0xFF00, 0xFF01) and answer is not None:
+                answers.append(answer)
+            elif status != 0x0000:
+                raise UpstreamError(f"{self.upstream.describe()}: C-FIND for the retrieval ended 0x{status:04X}")
+        return answers
+
+    # -- fetching ---------------------------------------------------------------
+
+    def fetch(self) -> Iterator[Fetched]:
+        """Start fetching and yield each instance's file as it arrives; raises UpstreamError at the end
+        if the upstream failed before sending everything (what did arrive was yielded first)."""
+        if not self.planned:
+            return
+        how = self.upstream.backend.config.retrieve
+        if how == "move":
+            self.collector.expect(self, [p.sop_instance_uid for p in self.planned])
+        target = self._get if how == "get" else self._move
+        self._thread = threading.Thread(target=self._run, args=(target,), daemon=True, name="retrieve")
+        self._thread.start()
+        try:
+            while True:
+                try:
+                    item = self._arrivals.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    if self._stop.is_set() and not self._thread.is_alive():
+                        return
+                    continue
+                if isinstance(item, _End):
+                    if item.error:
+                        raise UpstreamError(item.error)
+                    return
+                yield item
+        finally:
+            self.collector.forget(self)
+
+    def cancel(self) -> None:
+        """Stop the upstream retrieval (C-CANCEL) and drop what arrives afterwards."""
+        self._stop.set()
+        assoc = self._assoc
+        if assoc is not None and assoc.is_established:
+            context = next((cx for cx in assoc.accepted_contexts if cx.abstract_syntax == self.retrieve_model), None)
+            if context is not None:
+                try:
+                    assoc.send_c_cancel(1, context.context_id)
+                except Exception as exc:
+                    log.warning("could not cancel the upstream retrieval", error=repr(exc), **self.ctx)
+
+    def _run(self, target) -> None:
+        error = None
+        try:
+            target()
+        except UpstreamError as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"{self.upstream.describe()}: {exc!r}"
+        finally:
+            if self._assoc is not None and self._assoc.is_established:
+                self._assoc.release()
+        self._put(_End(error))
+
+    def _get(self) -> None:
+        sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
+        self._assoc = self.upstream.retrieve_association(self.retrieve_model, sop_classes, self._on_get_store)
+        self._final(self._assoc.send_c_get(self.identifier, self.retrieve_model, msg_id=1), "C-GET")
+
+    def _move(self) -> None:
+        self._assoc = self.upstream.associate([build_context(self.retrieve_model)])
+        responses = self._assoc.send_c_move(self.identifier, self.move_ae_title, self.retrieve_model, msg_id=1)
+        self._final(responses, "C-MOVE")
+
+    def _final(self, responses, what: str) -> None:
+        last = None
+        for status, _ in responses:
+            if "Status" not in status:
+                raise UpstreamError(f"{self.upstream.describe()}: no {what} response (timeout or abort)")
+            last = int(status.Status)
+            if self._stop.is_set():
+                continue
+        if last not in (0x0000, 0xFE00) and not (last is not None and 0xB000 <= last <= 0xBFFF):
+            raise UpstreamError(f"{self.upstream.describe()}: {what} ended with status 0x{(last or 0):04X}")
+
+    def _on_get_store(self, event) -> int:
+        rq = event.request
+        path = self._adopt(Path(event.dataset_path))
+        self.accept(str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
+                    path)
+        return 0x0000
+
+    def _adopt(self, received: Path) -> Path:
+        target = self.incoming / f"retrieved-{uuid.uuid4().hex}.dcm"
+        os.replace(received, target)
+        return target
+
+    def accept(self, sop_instance_uid: str, sop_class_uid: str, transfer_syntax: str, path: Path) -> None:
+        """An instance arrived (by C-GET, or claimed from an endpoint for a C-MOVE)."""
+        if not path.name.startswith("retrieved-"):
+            path = self._adopt(path)
+        if self._stop.is_set():
+            path.unlink(missing_ok=True)
+            return
+        self._put(Fetched(path, sop_instance_uid, sop_class_uid, transfer_syntax))
+
+    def _put(self, item) -> None:
+        while True:
+            try:
+                self._arrivals.put(item, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                if self._stop.is_set() and isinstance(item, Fetched):
+                    item.path.unlink(missing_ok=True)
+                    return
