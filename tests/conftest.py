@@ -11,6 +11,7 @@ from router.observe.logging import setup_logging
 from router.service import RouterService
 from tests.support.deid import have_dciodvfy
 from tests.support.dicomgen import write_series
+from tests.support.pacs import have_orthanc
 from tests.support.peers import free_port, have_dcmtk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,8 @@ def pytest_collection_modifyitems(config, items):
     missing = {}
     if not have_dcmtk():
         missing["dcmtk"] = "DCMTK (storescu/storescp) is not installed: run tests/run.sh, which installs it"
+    if not have_orthanc():
+        missing["orthanc"] = "Orthanc is not installed: run tests/run.sh, which installs it"
     if not have_dciodvfy():
         missing["dicom3tools"] = "dicom3tools (dciodvfy) is not installed: run tests/run.sh, which installs it"
     for item in items:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the tests need (DCMTK and dicom3tools from Debian, the package with its test extras) and run them.
+# Install what the tests need (DCMTK, dicom3tools and Orthanc from Debian, the package with its test extras) and run them.
 # Usage: bash tests/run.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
+[ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

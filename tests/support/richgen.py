@@ -19,6 +19,7 @@ from tests.support.dicomgen import IMPL_UID, _pixels
 PATIENTS = {
     "P001": ("DOE^JANE", "19700312", "F"),
     "P002": ("ROE^RICHARD", "19551104", "M"),
+    "P003": ("POE^EDGAR", "19800119", "M"),
 }
 
 

@@ -1,0 +1,251 @@
+"""Query/retrieve behaviour with scripted pynetdicom upstreams: worklist, cancel, failures, what is offered."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pydicom import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from router import engine
+from tests.support.peers import free_port, wait_for
+from tests.support.qrclients import findscu
+
+ROUTER_AE = "DICOM_ROUTER"
+
+
+def worklist_item(accession: str, modality: str, patient: str) -> Dataset:
+    step = Dataset()
+    step.Modality = modality
+    step.ScheduledStationAETitle = f"{modality}01"
+    step.ScheduledProcedureStepStartDate = "20261122"
+    step.ScheduledProcedureStepID = f"SPS-{accession}"
+    item = Dataset()
+    item.AccessionNumber = accession
+    item.PatientID = patient
+    item.PatientName = f"PATIENT^{patient}"
+    item.StudyInstanceUID = f"1.2.826.0.1.3680043.10.1338.99.{accession[3:]}"
+    item.ScheduledProcedureStepSequence = Sequence([step])
+    return item
+
+
+class ScriptedUpstream:
+    """A pynetdicom C-FIND SCP whose answers and pace the test chooses; records what it saw."""
+
+    def __init__(self, model, answers: list[Dataset], delay: float = 0.0, ae_title: str = "UPSTREAM"):
+        self.model = model
+        self.answers = answers
+        self.delay = delay
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.queries: list[Dataset] = []
+        self.cancelled = threading.Event()
+        self.server = None
+
+    def __enter__(self):
+        engine.configure()
+        ae = AE(self.ae_title)
+        ae.add_supported_context(self.model)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_FIND, self._on_find)])
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+    def _on_find(self, event):
+        self.queries.append(event.identifier)
+        modality = None
+        if "ScheduledProcedureStepSequence" in event.identifier:
+            modality = event.identifier.ScheduledProcedureStepSequence[0].get("Modality") or None
+        for answer in self.answers:
+            if event.is_cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+            if modality and answer.ScheduledProcedureStepSequence[0].Modality != modality:
+                continue
+            time.sleep(self.delay)
+            yield 0xFF00, answer
+        yield 0x0000, None
+
+
+def config(tmp_path, port, backends: str, upstreams: list[str], pipeline_extra: str = "") -> str:
+    return f"""
+[router]
+ae_title = "{ROUTER_AE}"
+data_dir = "{tmp_path / 'data'}"
+min_free_space_mb = 0
+log_format = "json"
+
+[endpoints.qr]
+type = "dimse"
+bind = "127.0.0.1"
+port = {port}
+
+[endpoints.store_only]
+type = "dimse"
+bind = "127.0.0.1"
+port = {free_port()}
+
+{backends}
+
+[backends.archive]
+type = "filesystem"
+path = "{tmp_path / 'archive'}"
+
+[pipelines.qr]
+endpoints = ["qr"]
+backends = {upstreams!r}
+{pipeline_extra}
+
+[pipelines.store]
+endpoints = ["store_only"]
+backends = ["archive"]
+""".replace("'", '"')
+
+
+def upstream_table(name: str, port: int, ae_title: str, flag: str = "query", timeout: float | None = None) -> str:
+    extra = f"query_timeout = {timeout}\n" if timeout else ""
+    return f'\n[backends.{name}]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {port}\nae_title = "{ae_title}"\n{flag} = true\n{extra}'
+
+
+def client_find(port: int, model, query: Dataset, cancel_after: int | None = None):
+    ae = AE("QRCLIENT")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+    assert assoc.is_established
+    answers, statuses = [], []
+    try:
+        for status, identifier in assoc.send_c_find(query, model, msg_id=7):
+            statuses.append(int(status.Status) if "Status" in status else None)
+            if identifier is not None and statuses[-1] in (0xFF00, 0xFF01):
+                answers.append(identifier)
+                if cancel_after is not None and len(answers) == cancel_after:
+                    context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == model)
+                    assoc.send_c_cancel(7, context.context_id)
+    finally:
+        assoc.release()
+    return answers, statuses
+
+
+@pytest.mark.dcmtk
+def test_worklist_through_the_router_with_response_middleware(tmp_path, write_config, start_router):
+    items = [worklist_item("ACC1001", "CT", "P1"), worklist_item("ACC1002", "MR", "P2"),
+             worklist_item("ACC1003", "CT", "P3")]
+    with ScriptedUpstream(ModalityWorklistInformationFind, items, ae_title="RIS") as ris:
+        port = free_port()
+        response = """
+[[pipelines.qr.response_middleware]]
+type = "coerce"
+operations = [{ set = "InstitutionName", value = "via {called_aet}" }]
+"""
+        start_router(write_config(config(tmp_path, port, upstream_table("ris", ris.port, "RIS", "worklist"), ["ris"],
+                                         response)))
+        keys = ["ScheduledProcedureStepSequence[0].Modality=CT", "AccessionNumber", "PatientID",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID", "InstitutionName"]
+        direct, expected = findscu(ris.port, "RIS", keys, tmp_path / "direct", "worklist")
+        routed, answers = findscu(port, ROUTER_AE, keys, tmp_path / "routed", "worklist")
+    assert routed.returncode == 0, routed.stderr
+    assert sorted(a.AccessionNumber for a in answers) == sorted(e.AccessionNumber for e in expected) == [
+        "ACC1001", "ACC1003"]
+    assert {a.InstitutionName for a in answers} == {f"via {ROUTER_AE}"}
+    assert ris.queries[-1].ScheduledProcedureStepSequence[0].Modality == "CT"
+
+
+def test_cancel_reaches_the_upstream(tmp_path, write_config, start_router):
+    answers = [worklist_item(f"ACC{i:04d}", "CT", f"P{i}") for i in range(40)]
+    for a in answers:
+        a.QueryRetrieveLevel = "STUDY"
+    with ScriptedUpstream(StudyRootQueryRetrieveInformationModelFind, answers, delay=0.05) as pacs:
+        port = free_port()
+        start_router(write_config(config(tmp_path, port, upstream_table("pacs", pacs.port, "UPSTREAM"), ["pacs"])))
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        got, statuses = client_find(port, StudyRootQueryRetrieveInformationModelFind, query, cancel_after=2)
+        wait_for(pacs.cancelled.is_set, 10, message="the upstream to see the C-CANCEL")
+    assert statuses[-1] == 0xFE00
+    assert 2 <= len(got) < 40
+
+
+def test_unreachable_upstream_gives_unable_to_process(tmp_path, write_config, start_router):
+    port = free_port()
+    start_router(write_config(config(tmp_path, port, upstream_table("pacs", free_port(), "NOBODY"), ["pacs"])))
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    got, statuses = client_find(port, StudyRootQueryRetrieveInformationModelFind, query)
+    assert got == [] and statuses[-1] == 0xC001
+
+
+def test_one_upstream_down_the_other_answers(tmp_path, write_config, start_router):
+    answer = worklist_item("ACC0001", "CT", "P1")
+    answer.QueryRetrieveLevel = "STUDY"
+    with ScriptedUpstream(StudyRootQueryRetrieveInformationModelFind, [answer]) as pacs:
+        port = free_port()
+        backends = upstream_table("pacs", pacs.port, "UPSTREAM") + upstream_table("down", free_port(), "NOBODY")
+        start_router(write_config(config(tmp_path, port, backends, ["pacs", "down"])))
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        got, statuses = client_find(port, StudyRootQueryRetrieveInformationModelFind, query)
+    assert [g.StudyInstanceUID for g in got] == [answer.StudyInstanceUID]
+    assert statuses[-1] == 0x0000
+
+
+def test_filter_refuses_a_query_and_coerce_rewrites_it(tmp_path, write_config, start_router):
+    answer = worklist_item("ACC0001", "CT", "P1")
+    answer.QueryRetrieveLevel = "STUDY"
+    with ScriptedUpstream(StudyRootQueryRetrieveInformationModelFind, [answer]) as pacs:
+        port = free_port()
+        stages = """
+[[pipelines.qr.middleware]]
+type = "filter"
+match = { calling_aet = "QRCLIENT" }
+action = "reject"
+reject_status = 0xA700
+
+[[pipelines.qr.middleware]]
+type = "coerce"
+operations = [{ set = "AccessionNumber", value = "ACC*" }]
+"""
+        start_router(write_config(config(tmp_path, port, upstream_table("pacs", pacs.port, "UPSTREAM"), ["pacs"],
+                                         stages)))
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        got, statuses = client_find(port, StudyRootQueryRetrieveInformationModelFind, query)
+        assert statuses[-1] == 0x0000 and len(got) == 1
+        assert pacs.queries[-1].AccessionNumber == "ACC*"  # the query was rewritten on its way
+        other = AE("INTRUDER")
+        other.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = other.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+        refused = [int(s.Status) for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+        assoc.release()
+    assert refused == [0xA700]
+
+
+def test_query_retrieve_is_offered_only_where_a_pipeline_can_answer(tmp_path, write_config, start_router):
+    port = free_port()
+    service = start_router(write_config(config(tmp_path, port, upstream_table("pacs", free_port(), "PACS"), ["pacs"])))
+    store_port = service.endpoints["store_only"].address[1]
+    for target, offered in ((port, True), (store_port, False)):
+        ae = AE("QRCLIENT")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", target, ae_title=ROUTER_AE)
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts} if assoc.is_established else set()
+        if assoc.is_established:
+            assoc.release()
+        # the pacs backend answers queries only (no retrieve): C-FIND offered, C-MOVE not
+        assert (StudyRootQueryRetrieveInformationModelFind in accepted) is offered
+        assert StudyRootQueryRetrieveInformationModelMove not in accepted

@@ -1,0 +1,234 @@
+"""Query/retrieve through the router to Orthanc (and dcmqrscp): the same answers as asking the PACS directly."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom import dcmread
+
+from tests.support.deid import key_file, raw_pixel_bytes
+from tests.support.dicomfiles import digests_by_uid
+from tests.support.pacs import load, start_dcmqrscp, start_orthanc
+from tests.support.peers import free_port, start_storescp, stop_process, wait_for
+from tests.support.qrclients import answers_by, final_counts, findscu, getscu, movescu
+from tests.support.richgen import write_rich_study
+
+pytestmark = [pytest.mark.xdist_group("qr-orthanc"), pytest.mark.orthanc, pytest.mark.dcmtk]
+
+ROUTER_AE = "DICOM_ROUTER"
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qr-studies")
+    return {
+        "P001": write_rich_study(root / "p1", "P001", series=2, per_series=2, study_date="20240315"),
+        "P002": write_rich_study(root / "p2", "P002", series=1, per_series=3, study_date="20240401"),
+    }
+
+
+@pytest.fixture(scope="module")
+def ports():
+    return {"router": free_port(), "viewer": free_port(), "client": free_port()}
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, studies, ports):
+    upstream = start_orthanc(tmp_path_factory.mktemp("orthanc"), {
+        ROUTER_AE: ("127.0.0.1", ports["router"]),
+        "QRCLIENT": ("127.0.0.1", ports["client"]),
+        "VIEWER": ("127.0.0.1", ports["viewer"]),
+    })
+    load(upstream, [p for files in studies.values() for p in files])
+    yield upstream
+    upstream.stop()
+
+
+def router_config(tmp_path, ports, orthanc, retrieve="get", extra_backends="", pipeline_extra="",
+                  upstreams=("pacs",)) -> str:
+    return f"""
+[router]
+ae_title = "{ROUTER_AE}"
+data_dir = "{tmp_path / 'data'}"
+min_free_space_mb = 0
+log_format = "json"
+
+[endpoints.qr]
+type = "dimse"
+bind = "127.0.0.1"
+port = {ports['router']}
+move_destinations = {{ VIEWER = "127.0.0.1:{ports['viewer']}" }}
+
+[backends.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = {orthanc.port}
+ae_title = "{orthanc.ae_title}"
+query = true
+retrieve = "{retrieve}"
+{extra_backends}
+
+[pipelines.qr]
+endpoints = ["qr"]
+backends = {list(upstreams)!r}
+{pipeline_extra}
+""".replace("'", '"')
+
+
+@pytest.fixture
+def viewer(tmp_path, ports):
+    process = start_storescp(tmp_path / "viewer", ports["viewer"], "VIEWER")
+    yield tmp_path / "viewer"
+    stop_process(process)
+
+
+STUDY_KEYS = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID", "PatientName", "StudyDate",
+              "AccessionNumber", "ModalitiesInStudy"]
+
+
+@pytest.mark.parametrize("model,keys", [
+    ("study", STUDY_KEYS),
+    ("study", ["QueryRetrieveLevel=STUDY", "PatientID=P00*", "StudyInstanceUID", "StudyDate=20240301-"]),
+    ("patient", ["QueryRetrieveLevel=PATIENT", "PatientID", "PatientName"]),
+    ("study", ["QueryRetrieveLevel=SERIES", "StudyInstanceUID={study}", "SeriesInstanceUID", "Modality",
+               "SeriesNumber"]),
+])
+def test_find_answers_what_the_pacs_answers(tmp_path, write_config, start_router, ports, orthanc, studies, model,
+                                            keys):
+    study = str(dcmread(studies["P001"][0]).StudyInstanceUID)
+    keys = [k.format(study=study) for k in keys]
+    start_router(write_config(router_config(tmp_path, ports, orthanc)))
+    direct, expected = findscu(orthanc.port, orthanc.ae_title, keys, tmp_path / "direct", model)
+    routed, answers = findscu(ports["router"], ROUTER_AE, keys, tmp_path / "routed", model)
+    assert direct.returncode == 0 and routed.returncode == 0, routed.stderr
+    assert expected, direct.stderr
+    wanted = [k.split("=")[0] for k in keys if k.split("=")[0] != "QueryRetrieveLevel"]
+    assert answers_by(answers, *wanted) == answers_by(expected, *wanted)
+    assert len(answers) == len(expected)
+
+
+def moved_directly(orthanc, viewer, keys) -> dict[str, str]:
+    """What the viewer receives when the PACS itself answers the C-MOVE (then the folder is emptied)."""
+    direct = movescu(orthanc.port, orthanc.ae_title, "VIEWER", keys)
+    assert direct.returncode == 0, direct.stderr
+    digests = digests_by_uid(viewer.iterdir())
+    for path in viewer.iterdir():
+        path.unlink()
+    return digests
+
+
+@pytest.mark.parametrize("retrieve", ["get", "move"])
+def test_move_delivers_the_pacs_instances_unchanged(tmp_path, write_config, start_router, ports, orthanc, studies,
+                                                    viewer, retrieve):
+    service = start_router(write_config(router_config(tmp_path, ports, orthanc, retrieve)))
+    study = str(dcmread(studies["P001"][0]).StudyInstanceUID)
+    keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"]
+    expected = moved_directly(orthanc, viewer, keys)
+    assert set(expected) == set(digests_by_uid(studies["P001"]))
+    result = movescu(ports["router"], ROUTER_AE, "VIEWER", keys)
+    assert result.returncode == 0, result.stderr
+    assert final_counts(result.stderr + result.stdout).get("Completed") == 4
+    assert digests_by_uid(viewer.iterdir()) == expected
+    assert not list((tmp_path / "data" / "incoming").iterdir())  # nothing left behind
+    assert service.queue.counts() == {}  # retrievals never enter the delivery queue
+
+
+@pytest.mark.parametrize("retrieve", ["get", "move"])
+def test_get_returns_the_pacs_instances_unchanged(tmp_path, write_config, start_router, ports, orthanc, studies,
+                                                  retrieve):
+    start_router(write_config(router_config(tmp_path, ports, orthanc, retrieve)))
+    study = str(dcmread(studies["P002"][0]).StudyInstanceUID)
+    keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"]
+    direct = getscu(orthanc.port, orthanc.ae_title, keys, tmp_path / "direct")
+    assert direct.returncode == 0, direct.stderr
+    result = getscu(ports["router"], ROUTER_AE, keys, tmp_path / "got")
+    assert result.returncode == 0, result.stderr
+    assert final_counts(result.stderr + result.stdout).get("Completed") == 3
+    expected = digests_by_uid((tmp_path / "direct").iterdir())
+    assert set(expected) == set(digests_by_uid(studies["P002"]))
+    assert digests_by_uid((tmp_path / "got").iterdir()) == expected
+
+
+def test_move_to_an_unknown_destination_is_refused(tmp_path, write_config, start_router, ports, orthanc, studies):
+    start_router(write_config(router_config(tmp_path, ports, orthanc)))
+    result = movescu(ports["router"], ROUTER_AE, "NOBODY", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3"])
+    assert "MoveDestinationUnknown" in result.stderr + result.stdout or "a801" in (result.stderr + result.stdout).lower()
+
+
+def test_move_series_and_image_levels(tmp_path, write_config, start_router, ports, orthanc, studies, viewer):
+    start_router(write_config(router_config(tmp_path, ports, orthanc, "move")))
+    first = dcmread(studies["P001"][0])
+    series = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=SERIES",
+                     f"StudyInstanceUID={first.StudyInstanceUID}", f"SeriesInstanceUID={first.SeriesInstanceUID}"])
+    assert series.returncode == 0, series.stderr
+    image = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=IMAGE",
+                    f"StudyInstanceUID={first.StudyInstanceUID}", f"SeriesInstanceUID={first.SeriesInstanceUID}",
+                    f"SOPInstanceUID={first.SOPInstanceUID}"])
+    assert image.returncode == 0, image.stderr
+    arrived = {dcmread(p).SOPInstanceUID for p in viewer.iterdir()}
+    assert arrived == {str(dcmread(p).SOPInstanceUID) for p in studies["P001"]
+                       if dcmread(p).SeriesInstanceUID == first.SeriesInstanceUID}
+
+
+def test_retrieval_goes_through_the_pipeline_stages(tmp_path, write_config, start_router, ports, orthanc, studies,
+                                                    viewer):
+    anonymize = f"""
+[[pipelines.qr.middleware]]
+type = "anonymize"
+key_file = "{key_file(tmp_path)}"
+burned_in_annotation = "pass"
+"""
+    start_router(write_config(router_config(tmp_path, ports, orthanc, "get", pipeline_extra=anonymize)))
+    study = str(dcmread(studies["P002"][0]).StudyInstanceUID)
+    result = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"])
+    assert result.returncode == 0, result.stderr
+    arrived = [dcmread(p) for p in viewer.iterdir()]
+    assert len(arrived) == 3
+    assert {ds.PatientIdentityRemoved for ds in arrived} == {"YES"}
+    assert {str(ds.PatientID) for ds in arrived} != {"P002"}
+    assert sorted(raw_pixel_bytes(p) for p in viewer.iterdir()) == sorted(raw_pixel_bytes(p) for p in studies["P002"])
+
+
+def test_instances_a_stage_refuses_are_reported_failed(tmp_path, write_config, start_router, ports, orthanc, studies,
+                                                       viewer):
+    first = dcmread(studies["P001"][0])
+    refuse_one_series = f"""
+[[pipelines.qr.middleware]]
+type = "filter"
+match = {{ SeriesInstanceUID = {{ not = "{first.SeriesInstanceUID}" }} }}
+"""
+    start_router(write_config(router_config(tmp_path, ports, orthanc, "get", pipeline_extra=refuse_one_series)))
+    result = movescu(ports["router"], ROUTER_AE, "VIEWER",
+                     ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={first.StudyInstanceUID}"])
+    output = result.stderr + result.stdout
+    counts = final_counts(output)
+    assert counts.get("Completed") == 2 and counts.get("Failed") == 2, output
+    assert "Warning" in output or "b000" in output.lower()
+    assert len(list(viewer.iterdir())) == 2
+
+
+def test_find_merges_two_pacs_without_duplicates(tmp_path, write_config, start_router, ports, orthanc, studies):
+    p3 = write_rich_study(tmp_path / "p3", "P003", series=1, per_series=1, study_date="20240501")
+    second = start_dcmqrscp(tmp_path / "dcmqrscp", files=studies["P002"] + p3)
+    try:
+        extra = f"""
+[backends.archive]
+type = "dimse"
+host = "127.0.0.1"
+port = {second.port}
+ae_title = "{second.ae_title}"
+query = true
+"""
+        start_router(write_config(router_config(tmp_path, ports, orthanc, extra_backends=extra,
+                                                upstreams=("pacs", "archive"))))
+        keys = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID"]
+        routed, answers = findscu(ports["router"], ROUTER_AE, keys, tmp_path / "routed")
+        _, from_orthanc = findscu(orthanc.port, orthanc.ae_title, keys, tmp_path / "o")
+        _, from_archive = findscu(second.port, second.ae_title, keys, tmp_path / "a")
+    finally:
+        second.stop()
+    assert routed.returncode == 0, routed.stderr
+    union = answers_by(from_orthanc, "StudyInstanceUID", "PatientID") | answers_by(from_archive, "StudyInstanceUID",
+                                                                                    "PatientID")
+    assert len(from_archive) == 2 and len(from_orthanc) >= 2
+    assert answers_by(answers, "StudyInstanceUID", "PatientID") == union
+    assert len(answers) == len(union)  # P002's study, held by both, answered once

@@ -1,0 +1,100 @@
+"""Upstream PACS for query/retrieve tests: Orthanc and DCMTK dcmqrscp as subprocesses, on loopback ports.
+
+Each runs with its own configuration and storage in a temporary folder (never as a system
+service) and is loaded with generated instances over DICOM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.peers import dcmtk, dcmtk_env, free_port, stop_process, storescu, wait_for_port
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+def have_orthanc() -> bool:
+    return os.access(ORTHANC, os.X_OK)
+
+
+@dataclass
+class Upstream:
+    ae_title: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_title: str = "ORTHANC") -> Upstream:
+    """Orthanc with C-GET allowed and the given DICOM modalities (AE title -> (host, port)) known.
+
+    Orthanc answers C-FIND, C-MOVE and C-GET only for modalities it knows, and C-MOVEs only
+    to them; the HTTP server is off.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = {
+        "Name": "dicom-router-test",
+        "StorageDirectory": str(directory / "storage"),
+        "IndexDirectory": str(directory / "index"),
+        "DicomAet": ae_title,
+        "DicomPort": port,
+        "HttpServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "Plugins": [],
+        "DicomAlwaysAllowGet": True,
+        "DicomCheckCalledAet": False,
+        "DicomScpTimeout": 30,
+        "DicomModalities": {aet.lower(): [aet, host, p] for aet, (host, p) in modalities.items()},
+    }
+    (directory / "orthanc.json").write_text(json.dumps(config, indent=2))
+    log_path = directory / "orthanc.log"
+    process = subprocess.Popen([ORTHANC, str(directory / "orthanc.json")], stdout=open(log_path, "wb"),
+                               stderr=subprocess.STDOUT, env=dcmtk_env())
+    wait_for_port(port, 60)
+    return Upstream(ae_title, port, process, log_path)
+
+
+def start_dcmqrscp(directory: Path, ae_title: str = "DCMQRSCP", files: list[Path] = ()) -> Upstream:
+    """DCMTK dcmqrscp serving ``files`` (indexed with dcmqridx) from one read-only storage area."""
+    storage = directory / "db"
+    storage.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(files):
+        shutil.copyfile(path, storage / f"{i:05d}.dcm")
+    if files:
+        subprocess.run([dcmtk("dcmqridx"), str(storage), *sorted(str(p) for p in storage.glob("*.dcm"))],
+                       check=True, env=dcmtk_env(), capture_output=True, timeout=120)
+    port = free_port()
+    (directory / "dcmqrscp.cfg").write_text(f"""
+NetworkTCPPort  = {port}
+MaxPDUSize      = 16384
+MaxAssociations = 16
+HostTable BEGIN
+HostTable END
+VendorTable BEGIN
+VendorTable END
+AETable BEGIN
+{ae_title}   {storage}   R   (200, 1024mb)   ANY
+AETable END
+""")
+    log_path = directory / "dcmqrscp.log"
+    process = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(directory / "dcmqrscp.cfg"), "-v", str(port)],
+                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=dcmtk_env())
+    wait_for_port(port, 30)
+    return Upstream(ae_title, port, process, log_path)
+
+
+def load(upstream: Upstream, files: list[Path]) -> None:
+    result = storescu(upstream.port, files, called=upstream.ae_title, calling="LOADER")
+    assert result.returncode == 0, result.stderr
