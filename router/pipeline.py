@@ -107,6 +107,7 @@ class PipelineSet:
 
     def __init__(self, config: RouterConfig):
         self.pipelines = {name: Pipeline(name, p) for name, p in config.pipelines.items()}
+        self.non_storing = {name for name, b in config.backends.items() if getattr(b, "store", True) is False}
         self._by_endpoint = {
             endpoint: [self.pipelines[n] for n in config.pipelines_for_endpoint(endpoint)]
             for endpoint in config.endpoints

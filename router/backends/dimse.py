@@ -6,6 +6,7 @@ type = "dimse"
 host = "10.1.2.3"
 port = 104
 ae_title = "PACS"
+store = true              # false: a node that only answers queries (a RIS) gets no C-STOREs
 query = true              # forward C-FIND (Patient and Study Root) here
 worklist = true           # forward Modality Worklist C-FIND here
 retrieve = "move"         # fetch instances for C-MOVE/C-GET with C-MOVE to the router ("get": C-GET)
@@ -55,6 +56,7 @@ class DimseBackendConfig(BackendConfig):
     network_timeout: Seconds = 60.0
     idle_release_seconds: Seconds = 5.0
     max_pdu_size: int = Field(default=1048576, ge=4096, le=16777216)
+    store: bool = True
     query: bool = False
     worklist: bool = False
     retrieve: Literal["get", "move"] | None = None

@@ -41,7 +41,10 @@ def check_references(config: RouterConfig) -> list[ConfigIssue]:
             issues.append(
                 ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}", "no pipeline is bound to this endpoint")
             )
-    for name in config.backends:
+    retrieving = any(getattr(b, "retrieve", None) for b in config.backends.values())
+    for name, backend in config.backends.items():
+        if retrieving and backend.type == "dimse":
+            continue  # a C-MOVE destination, named by its AE title in requests
         if name not in used_backends:
             issues.append(
                 ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}", "no pipeline sends to this backend", "warning")

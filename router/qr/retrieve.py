@@ -26,7 +26,7 @@ import structlog
 from pydicom import Dataset
 from pynetdicom import build_context
 
-from router.qr.models import FIND_FOR_RETRIEVE, HIERARCHY, PATIENT_FIND
+from router.qr.models import FIND_FOR_RETRIEVE, GET_FOR_FIND, HIERARCHY, MOVE_FOR_FIND, PATIENT_FIND
 from router.qr.upstream import Upstream, UpstreamError
 
 log = structlog.get_logger("router.qr.retrieve")
@@ -85,8 +85,9 @@ class Retrieval:
     def __init__(self, upstream: Upstream, retrieve_model: str, identifier: Dataset, incoming: Path,
                  collector: Collector, move_ae_title: str, log_context: dict | None = None):
         self.upstream = upstream
-        self.retrieve_model = retrieve_model
         self.find_model = FIND_FOR_RETRIEVE[retrieve_model]
+        how = upstream.backend.config.retrieve
+        self.upstream_model = (GET_FOR_FIND if how == "get" else MOVE_FOR_FIND)[self.find_model]
         self.identifier = identifier
         self.incoming = Path(incoming)
         self.collector = collector
@@ -175,7 +176,7 @@ class Retrieval:
         self._stop.set()
         assoc = self._assoc
         if assoc is not None and assoc.is_established:
-            context = next((cx for cx in assoc.accepted_contexts if cx.abstract_syntax == self.retrieve_model), None)
+            context = next((cx for cx in assoc.accepted_contexts if cx.abstract_syntax == self.upstream_model), None)
             if context is not None:
                 try:
                     assoc.send_c_cancel(1, context.context_id)
@@ -197,12 +198,12 @@ class Retrieval:
 
     def _get(self) -> None:
         sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
-        self._assoc = self.upstream.retrieve_association(self.retrieve_model, sop_classes, self._on_get_store)
-        self._final(self._assoc.send_c_get(self.identifier, self.retrieve_model, msg_id=1), "C-GET")
+        self._assoc = self.upstream.retrieve_association(self.upstream_model, sop_classes, self._on_get_store)
+        self._final(self._assoc.send_c_get(self.identifier, self.upstream_model, msg_id=1), "C-GET")
 
     def _move(self) -> None:
-        self._assoc = self.upstream.associate([build_context(self.retrieve_model)])
-        responses = self._assoc.send_c_move(self.identifier, self.move_ae_title, self.retrieve_model, msg_id=1)
+        self._assoc = self.upstream.associate([build_context(self.upstream_model)])
+        responses = self._assoc.send_c_move(self.identifier, self.move_ae_title, self.upstream_model, msg_id=1)
         self._final(responses, "C-MOVE")
 
     def _final(self, responses, what: str) -> None:

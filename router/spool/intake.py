@@ -76,7 +76,7 @@ class Intake:
             log.info("instance rejected", stage=rejection.stage, status=f"0x{rejection.status:04X}",
                      reason=rejection.reason, **ctx)
             return IntakeResult(rejection.status, False, rejection.reason)
-        targets = routing.deliveries
+        targets = [t for t in routing.deliveries if t.backend not in self.pipelines.non_storing]
         if not targets:
             self.spool.discard(path)
             drops = [f"{r.verdict.stage}: {r.verdict.reason}" for r in routing.results if r.verdict]

@@ -79,3 +79,54 @@ def test_300mb_instance_with_flat_memory(tmp_path, write_config, stages):
         assert pixel_digest(arrived) == pixel_digest(big)
         header = dcmread(arrived, stop_before_pixels=True)
         assert header.PatientIdentityRemoved == "YES" and header.BodyPartExamined == "MODALITY"
+
+
+@pytest.mark.slow
+@pytest.mark.dcmtk
+def test_retrieving_hundreds_of_instances_keeps_memory_flat(tmp_path, write_config):
+    """200 x 0.5 MB through a C-GET proxied to an upstream C-GET: every router process stays small."""
+    from tests.support.dicomgen import write_series
+    from tests.support.qrclients import final_counts, getscu
+    from tests.support.qrpeer import ScriptedPACS
+
+    files = write_series(tmp_path / "study", 200, "ct", patient="BULK")
+    port = free_port()
+    with ScriptedPACS(files) as pacs:
+        text = f"""
+[router]
+data_dir = "{tmp_path / 'data'}"
+min_free_space_mb = 0
+log_format = "json"
+log_level = "info"
+
+[endpoints.qr]
+type = "dimse"
+bind = "127.0.0.1"
+port = {port}
+
+[backends.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = {pacs.port}
+ae_title = "{pacs.ae_title}"
+query = true
+retrieve = "get"
+
+[pipelines.qr]
+endpoints = ["qr"]
+backends = ["pacs"]
+"""
+        serve = ServeProcess(write_config(text), tmp_path / "serve.log").start(port)
+        try:
+            study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            result = getscu(port, "DICOM_ROUTER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
+                            tmp_path / "got")
+            processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
+            peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
+        finally:
+            serve.stop()
+    print(f"router peak RSS per process after retrieving 200 x 0.5 MB (MiB): {peaks}")
+    assert result.returncode == 0, result.stderr
+    assert final_counts(result.stderr + result.stdout).get("Completed") == 200
+    assert len(list((tmp_path / "got").iterdir())) == 200
+    assert max(peaks.values()) < LIMIT_MIB

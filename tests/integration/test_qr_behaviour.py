@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -16,7 +16,9 @@ from pynetdicom.sop_class import (
 )
 
 from router import engine
-from tests.support.peers import free_port, wait_for
+from tests.support.dicomgen import write_series
+from tests.support.peers import StorageSCP, free_port, wait_for
+from tests.support.qrpeer import ScriptedPACS
 from tests.support.qrclients import findscu
 
 ROUTER_AE = "DICOM_ROUTER"
@@ -249,3 +251,46 @@ def test_query_retrieve_is_offered_only_where_a_pipeline_can_answer(tmp_path, wr
         # the pacs backend answers queries only (no retrieve): C-FIND offered, C-MOVE not
         assert (StudyRootQueryRetrieveInformationModelFind in accepted) is offered
         assert StudyRootQueryRetrieveInformationModelMove not in accepted
+
+
+def test_move_cancel_reaches_the_upstream_retrieval(tmp_path, write_config, start_router):
+    files = write_series(tmp_path / "study", 20, "small", patient="CANCEL")
+    with ScriptedPACS(files, delay=0.1) as pacs, StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
+        port = free_port()
+        backends = upstream_table("pacs", pacs.port, pacs.ae_title).replace("query = true", 'retrieve = "get"')
+        text = config(tmp_path, port, backends, ["pacs"]).replace(
+            f"port = {port}\n", f'port = {port}\nmove_destinations = {{ VIEWER = "127.0.0.1:{viewer.port}" }}\n', 1)
+        start_router(write_config(text))
+        ae = AE("QRCLIENT")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = str(dcmread(files[0]).StudyInstanceUID)
+        statuses = []
+        for status, _ in assoc.send_c_move(query, "VIEWER", StudyRootQueryRetrieveInformationModelMove, msg_id=9):
+            statuses.append(int(status.Status))
+            if statuses.count(0xFF00) == 2:
+                context = next(cx for cx in assoc.accepted_contexts
+                               if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelMove)
+                assoc.send_c_cancel(9, context.context_id)
+        assoc.release()
+        wait_for(pacs.cancelled.is_set, 10, message="the upstream C-GET to be cancelled")
+    assert statuses[-1] == 0xFE00
+    assert 2 <= len(viewer.received) < 20
+    assert pacs.sent < 20
+
+
+def test_a_query_only_backend_receives_no_stores(tmp_path, write_config, start_router, small_files):
+    with StorageSCP(tmp_path / "ris", ae_title="RIS") as ris:
+        port = free_port()
+        backends = upstream_table("ris", ris.port, "RIS", "worklist") + "store = false\n"
+        service = start_router(write_config(config(tmp_path, port, backends, ["ris", "archive"])))
+        sender = AE("MODALITY")
+        sender.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+        assoc = sender.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+        assert [int(assoc.send_c_store(p).Status) for p in small_files[:3]] == [0, 0, 0]
+        assoc.release()
+        wait_for(lambda: service.queue.counts().get("archive", {}).get("delivered") == 3, 30, message="archive")
+    assert "ris" not in service.queue.counts()
+    assert ris.received == []

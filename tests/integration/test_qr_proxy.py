@@ -8,7 +8,7 @@ from pydicom import dcmread
 from tests.support.deid import key_file, raw_pixel_bytes
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.pacs import load, start_dcmqrscp, start_orthanc
-from tests.support.peers import free_port, start_storescp, stop_process, wait_for
+from tests.support.peers import free_port, start_storescp, stop_process
 from tests.support.qrclients import answers_by, final_counts, findscu, getscu, movescu
 from tests.support.richgen import write_rich_study
 
