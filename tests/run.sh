@@ -11,8 +11,21 @@ need_apt=()
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  # Debian starts daemons it installs (orthanc); the tests run their own instances on loopback
+  # ports, never the system service, so forbid service starts for the duration of the install.
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo_cmd chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+    trap '$sudo_cmd rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then
+    $sudo_cmd rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

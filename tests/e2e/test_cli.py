@@ -39,7 +39,7 @@ def test_examples_pass_check(config, tmp_path):
 
 def test_there_are_the_promised_examples():
     assert {p.parent.name for p in EXAMPLES} >= {"forward", "fan-out", "filter-by-modality",
-                                                 "anonymize-to-research", "route-by-rules"}
+                                                 "anonymize-to-research", "route-by-rules", "query-proxy"}
 
 
 def test_check_reports_every_error_and_exits_78(tmp_path):
