@@ -28,8 +28,12 @@ class UpstreamError(RuntimeError):
 
 
 def storage_contexts(sop_classes: list[str], budget: int = MAX_CONTEXTS - 1):
-    """One uncompressed context per SOP class, then one per (SOP class, compressed syntax) while they fit."""
-    contexts = [build_context(sop, UNCOMPRESSED) for sop in sop_classes]
+    """Per SOP class one context per uncompressed syntax, then one per compressed syntax while they fit.
+
+    Each syntax in a context of its own lets the peer accept all of them, so a file goes in
+    the syntax it is stored in whichever that is.
+    """
+    contexts = [build_context(sop, [ts]) for sop in sop_classes for ts in UNCOMPRESSED]
     for ts in COMPRESSED:
         for sop in sop_classes:
             if len(contexts) >= budget:

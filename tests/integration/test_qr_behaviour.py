@@ -294,3 +294,23 @@ def test_a_query_only_backend_receives_no_stores(tmp_path, write_config, start_r
         wait_for(lambda: service.queue.counts().get("archive", {}).get("delivered") == 3, 30, message="archive")
     assert "ris" not in service.queue.counts()
     assert ris.received == []
+
+
+def test_move_with_the_upstream_down_fails_cleanly(tmp_path, write_config, start_router):
+    with StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
+        port = free_port()
+        backends = upstream_table("pacs", free_port(), "NOBODY").replace("query = true", 'retrieve = "get"')
+        text = config(tmp_path, port, backends, ["pacs"]).replace(
+            f"port = {port}\n", f'port = {port}\nmove_destinations = {{ VIEWER = "127.0.0.1:{viewer.port}" }}\n', 1)
+        start_router(write_config(text))
+        ae = AE("QRCLIENT")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3.4"
+        statuses = [int(s.Status) for s, _ in assoc.send_c_move(query, "VIEWER", StudyRootQueryRetrieveInformationModelMove)]
+        assert assoc.is_established  # the association survives the failure
+        assoc.release()
+    assert len(statuses) == 1 and 0xC000 <= statuses[0] <= 0xCFFF
+    assert viewer.received == []

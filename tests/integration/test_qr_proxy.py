@@ -23,6 +23,7 @@ def studies(tmp_path_factory):
     return {
         "P001": write_rich_study(root / "p1", "P001", series=2, per_series=2, study_date="20240315"),
         "P002": write_rich_study(root / "p2", "P002", series=1, per_series=3, study_date="20240401"),
+        "P003": write_rich_study(root / "p3", "P003", series=1, per_series=2, study_date="20240501", implicit=True),
     }
 
 
@@ -116,17 +117,17 @@ def moved_directly(orthanc, viewer, keys) -> dict[str, str]:
     return digests
 
 
-@pytest.mark.parametrize("retrieve", ["get", "move"])
+@pytest.mark.parametrize("retrieve,patient", [("get", "P001"), ("move", "P001"), ("get", "P003"), ("move", "P003")])
 def test_move_delivers_the_pacs_instances_unchanged(tmp_path, write_config, start_router, ports, orthanc, studies,
-                                                    viewer, retrieve):
+                                                    viewer, retrieve, patient):
     service = start_router(write_config(router_config(tmp_path, ports, orthanc, retrieve)))
-    study = str(dcmread(studies["P001"][0]).StudyInstanceUID)
+    study = str(dcmread(studies[patient][0]).StudyInstanceUID)
     keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"]
     expected = moved_directly(orthanc, viewer, keys)
-    assert set(expected) == set(digests_by_uid(studies["P001"]))
+    assert set(expected) == set(digests_by_uid(studies[patient]))
     result = movescu(ports["router"], ROUTER_AE, "VIEWER", keys)
     assert result.returncode == 0, result.stderr
-    assert final_counts(result.stderr + result.stdout).get("Completed") == 4
+    assert final_counts(result.stderr + result.stdout).get("Completed") == len(studies[patient])
     assert digests_by_uid(viewer.iterdir()) == expected
     assert not list((tmp_path / "data" / "incoming").iterdir())  # nothing left behind
     assert service.queue.counts() == {}  # retrievals never enter the delivery queue
