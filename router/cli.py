@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="only this backend")
     p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
     p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
+    command("status", cmd_status, "One-screen summary of the running router (endpoints, queues, recent problems).")
     p = command("keygen", cmd_keygen, "Write a new secret key file (mode 0600) for the anonymize stage.", config=False)
     p.add_argument("file", type=Path)
     p = command("route-test", cmd_route_test,
@@ -217,3 +218,15 @@ def cmd_keygen(args) -> int:
         f.write(new_key_text())
     print(f"wrote a new key to {args.file} (mode 0600); keep it secret and back it up")
     return EX_OK
+
+
+def cmd_status(args) -> int:
+    from router.tools.status import StatusError, fetch_status, render_status
+
+    try:
+        status = fetch_status(_load(args))
+    except StatusError as exc:
+        print(f"dicom-router status: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print("\n".join(render_status(status)))
+    return EX_OK if status["ready"] else EX_FAIL

@@ -66,9 +66,10 @@ class Target:
 
 
 class Pipeline:
-    def __init__(self, name: str, config: PipelineConfig):
+    def __init__(self, name: str, config: PipelineConfig, metrics=None):
         self.name = name
         self.config = config
+        self.metrics = metrics
         self.stages = _build_stages(name, "middleware", config.middleware)
         self.response_stages = _build_stages(name, "response_middleware", config.response_middleware)
 
@@ -79,9 +80,16 @@ class Pipeline:
             if isinstance(outcome, (Drop, Reject)):
                 detail = outcome.reason if isinstance(outcome, Drop) else f"0x{outcome.status:04X} {outcome.reason}"
                 envelope = envelope.with_audit(stage_name, type(outcome).__name__.lower(), detail)
+                self._count(stage_name, type(outcome).__name__.lower())
                 return PipelineResult(self.name, envelope, outcome)
+            if outcome.hold_reason and not envelope.hold_reason:
+                self._count(stage_name, "hold")
             envelope = outcome if len(outcome.audit) > len(envelope.audit) else outcome.with_audit(stage_name, "pass")
         return PipelineResult(self.name, envelope, None)
+
+    def _count(self, stage: str, verdict: str) -> None:
+        if self.metrics is not None:
+            self.metrics.stage_verdicts.labels(self.name, stage, verdict).inc()
 
     def respond(self, envelope: RequestEnvelope) -> RequestEnvelope | None:
         """Run a C-FIND answer (``envelope.identifier``) through ``response_middleware``; None: leave it out."""
@@ -105,8 +113,8 @@ def _build_stages(pipeline: str, key: str, configs) -> list[tuple[str, Stage]]:
 class PipelineSet:
     """The pipelines of a configuration, looked up by endpoint."""
 
-    def __init__(self, config: RouterConfig):
-        self.pipelines = {name: Pipeline(name, p) for name, p in config.pipelines.items()}
+    def __init__(self, config: RouterConfig, metrics=None):
+        self.pipelines = {name: Pipeline(name, p, metrics) for name, p in config.pipelines.items()}
         self.non_storing = {name for name, b in config.backends.items() if getattr(b, "store", True) is False}
         self._by_endpoint = {
             endpoint: [self.pipelines[n] for n in config.pipelines_for_endpoint(endpoint)]

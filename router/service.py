@@ -20,6 +20,7 @@ import structlog
 from router import engine
 from router.config import registry
 from router.config.models import RouterConfig
+from router.observe.metrics import Metrics
 from router.pipeline import PipelineSet
 from router.qr.service import QueryRetrieveService
 from router.spool.delivery_process import run_delivery
@@ -51,6 +52,8 @@ class RouterService:
         self._last_sweep = 0.0
         self.admin = None
         self.qr: QueryRetrieveService | None = None
+        self.metrics = Metrics()
+        self.started_at = time.time()
 
     def start(self) -> None:
         engine.configure()
@@ -62,12 +65,14 @@ class RouterService:
         self.spool.sweep_unreferenced(self.queue.referenced_paths())
         self._last_sweep = time.monotonic()
         self._start_delivery()
-        pipelines = PipelineSet(self.config)
+        self.metrics.watch_queue(self.queue, self.config.backends)
+        pipelines = PipelineSet(self.config, self.metrics)
         intake = self.intake = Intake(self.spool, self.queue, pipelines)
         self.qr = QueryRetrieveService(self.config, pipelines, self.spool)
         for name, endpoint_config in self.config.endpoints.items():
             component = registry.lookup("endpoint", endpoint_config.type)
-            endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake, self.qr)
+            endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake, self.qr,
+                                       self.metrics)
             endpoint.start()
             self.endpoints[name] = endpoint
         if self.config.admin is not None:

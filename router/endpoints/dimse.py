@@ -18,6 +18,7 @@ a retrieval in progress goes to that retrieval, not to the pipelines.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from router.config.registry import register
 from router.config.types import CIDR, AETitle, HostPort, Port, Seconds
 from router.endpoints.access import AccessPolicy
 from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
 from router.spool.intake import CANNOT_UNDERSTAND, Intake
 
@@ -60,8 +62,9 @@ class DimseEndpointConfig(EndpointConfig):
 
 class DimseEndpoint:
     def __init__(self, name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake,
-                 qr: QueryRetrieveService | None = None):
+                 qr: QueryRetrieveService | None = None, metrics: Metrics | None = None):
         self.name = name
+        self.metrics = metrics or Metrics()
         self.config = config
         self.ae_title = config.ae_title or router_ae_title
         self.intake = intake
@@ -143,14 +146,17 @@ class DimseEndpoint:
             return
         diagnostic = DIAG_CALLING_AET if "calling AE" in refusal else DIAG_NO_REASON
         self._assoc_log(assoc).warning("association rejected", reason=refusal, called_aet=info.called_aet)
+        self.metrics.associations.labels(self.name, "rejected").inc()
         assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_USER, diagnostic)
         assoc.kill()
 
     def _on_established(self, event) -> None:
         engine.arm_socket_timeout(event.assoc, self.config.network_timeout)
+        self.metrics.associations.labels(self.name, "accepted").inc()
         self._assoc_log(event.assoc).info("association accepted", called_aet=self._info(event.assoc).called_aet)
 
     def _on_rejected(self, event) -> None:
+        self.metrics.associations.labels(self.name, "rejected").inc()
         self._assoc_log(event.assoc).warning("association rejected by the negotiation",
                                              active=len(self._ae.active_associations) if self._ae else None)
 
@@ -170,6 +176,7 @@ class DimseEndpoint:
 
     def _on_echo(self, event) -> int:
         self._assoc_log(event.assoc).debug("C-ECHO")
+        self.metrics.response(self.name, "C-ECHO", 0x0000)
         return 0x0000
 
     def _on_store(self, event) -> int:
@@ -179,6 +186,7 @@ class DimseEndpoint:
             str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
             Path(event.dataset_path),
         ):
+            self.metrics.response(self.name, "C-STORE", 0x0000)
             return 0x0000
         envelope = RequestEnvelope(
             association=info,
@@ -190,34 +198,70 @@ class DimseEndpoint:
                 affected_sop_instance_uid=str(rq.AffectedSOPInstanceUID),
             ),
         )
+        self._count_received(Path(event.dataset_path))
         try:
             result = self.intake.receive_store(envelope, Path(event.dataset_path), str(event.context.transfer_syntax))
+            status = result.status
         except Exception as exc:  # never let a bug take the association or the daemon down
             log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())
-            return CANNOT_UNDERSTAND
-        return result.status
+            status = CANNOT_UNDERSTAND
+        self.metrics.response(self.name, "C-STORE", status)
+        return status
+
+    def _count_received(self, path: Path) -> None:
+        self.metrics.instances_received.labels(self.name).inc()
+        try:
+            self.metrics.bytes_received.labels(self.name).inc(os.path.getsize(path))
+        except OSError:
+            pass
 
 
     def _on_find(self, event):
         rq = event.request
         info = self._info(event.assoc)
-        yield from self.qr.find(info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
-                                lambda: event.is_cancelled)
+        yield from self._counted("C-FIND", self.qr.find(
+            info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier, lambda: event.is_cancelled))
 
     def _on_move(self, event):
         rq = event.request
         info = self._info(event.assoc)
-        yield from self.qr.move(info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
-                                str(event.move_destination or "").strip(), self.ae_title, lambda: event.is_cancelled)
+        yield from self._counted("C-MOVE", self.qr.move(
+            info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
+            str(event.move_destination or "").strip(), self.ae_title, lambda: event.is_cancelled))
 
     def _on_get(self, event):
         rq = event.request
         info = self._info(event.assoc)
-        yield from self.qr.get(info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
-                               self.ae_title, event.assoc.accepted_contexts, lambda: event.is_cancelled)
+        yield from self._counted("C-GET", self.qr.get(
+            info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier, self.ae_title,
+            event.assoc.accepted_contexts, lambda: event.is_cancelled))
+
+    def _counted(self, service: str, responses):
+        """Pass a handler's yields through; count its final status (an exception counts as 0xC000)."""
+        last = None
+        try:
+            for last in responses:
+                yield last
+        except Exception:
+            self.metrics.response(self.name, service, 0xC000)
+            raise
+        self.metrics.response(self.name, service, _final_status(last))
+
+
+def _final_status(last) -> int:
+    """The status in a handler's last yield: ``(status, dataset)`` with an int or a status Dataset."""
+    if isinstance(last, tuple) and len(last) == 2 and last[0] is not None:
+        status = last[0]
+        if isinstance(status, int):
+            return 0x0000 if status in (0xFF00, 0xFF01) else status
+        if hasattr(status, "Status"):
+            return int(status.Status)
+    if isinstance(last, tuple) and len(last) == 2 and last[0] is None:
+        return 0xA801  # a C-MOVE to an unknown destination
+    return 0x0000
 
 
 @register("endpoint", "dimse", DimseEndpointConfig)
 def build_dimse_endpoint(name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake,
-                         qr: QueryRetrieveService | None = None) -> DimseEndpoint:
-    return DimseEndpoint(name, config, router_ae_title, intake, qr)
+                         qr: QueryRetrieveService | None = None, metrics: Metrics | None = None) -> DimseEndpoint:
+    return DimseEndpoint(name, config, router_ae_title, intake, qr, metrics)

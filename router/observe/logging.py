@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections import deque
 
 import structlog
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+RECENT_PROBLEMS = deque(maxlen=50)  # the latest warnings and errors of this process, for `dicom-router status`
+_recent_lock = threading.Lock()
+KEPT_FIELDS = ("timestamp", "level", "logger", "event", "endpoint", "backend", "assoc_id", "calling_aet",
+               "sop_instance_uid", "reason", "error")
 
 
 def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = None) -> None:
@@ -25,6 +31,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _remember_problems,
     ]
     if process:
         shared.append(_add_process(process))
@@ -57,6 +64,20 @@ def _add_process(name: str):
         return event_dict
 
     return add
+
+
+def _remember_problems(logger, method, event_dict):
+    if event_dict.get("level") in ("warning", "error", "critical"):
+        entry = {k: str(event_dict[k]) for k in KEPT_FIELDS if k in event_dict}
+        with _recent_lock:
+            RECENT_PROBLEMS.append(entry)
+    return event_dict
+
+
+def recent_problems() -> list[dict]:
+    """The latest warnings and errors logged by this process, newest first."""
+    with _recent_lock:
+        return list(reversed(RECENT_PROBLEMS))
 
 
 def _identity(logger, method, event_dict):

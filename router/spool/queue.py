@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS delivered_counts (
     backend TEXT PRIMARY KEY,
     delivered INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS delivery_events (
+    backend TEXT NOT NULL,
+    event TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (backend, event)
+);
 """
 
 STATES = ("pending", "in_flight", "quarantined")
@@ -213,7 +219,7 @@ class DeliveryQueue:
             ).fetchall()
         return [Delivery(*row) for row in rows]
 
-    def mark_delivered(self, delivery: Delivery) -> str | None:
+    def mark_delivered(self, delivery: Delivery, warning: bool = False) -> str | None:
         """Record success; returns the spool path when no delivery needs the file any more."""
         with self._write() as conn:
             conn.execute("DELETE FROM deliveries WHERE id=?", (delivery.id,))
@@ -222,32 +228,61 @@ class DeliveryQueue:
                 " ON CONFLICT(backend) DO UPDATE SET delivered = delivered + 1",
                 (delivery.backend,),
             )
+            if warning:
+                _count_event(conn, delivery.backend, "delivered_with_warning")
             return self._drop_instance_if_done(conn, delivery.instance_id)
 
-    def schedule_retry(self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str) -> None:
-        """Record a failed attempt; the delivery is due again at ``next_attempt_at``."""
+    def schedule_retry(self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str,
+                       failure: str = "transient") -> None:
+        """Record a failed attempt (``failure``: its class); the delivery is due again at ``next_attempt_at``."""
         with self._write() as conn:
             conn.execute(
                 "UPDATE deliveries SET state='pending', attempts=attempts+1, next_attempt_at=?, updated_at=?,"
                 " last_status=?, reason=? WHERE id=?",
                 (next_attempt_at, time.time(), status, reason, delivery.id),
             )
+            _count_event(conn, delivery.backend, f"failure:{failure}")
+            _count_event(conn, delivery.backend, "retry")
 
-    def postpone(self, deliveries: list[Delivery], until: float, reason: str) -> None:
-        """Put claimed deliveries back untried (the backend was unreachable); no attempt counted."""
+    def postpone(self, deliveries: list[Delivery], until: float, reason: str, unreachable: bool = False) -> None:
+        """Put claimed deliveries back untried; no attempt counted (``unreachable``: counted as one failure)."""
         with self._write() as conn:
             conn.executemany(
                 "UPDATE deliveries SET state='pending', next_attempt_at=?, updated_at=?, reason=? WHERE id=?",
                 [(until, time.time(), reason, d.id) for d in deliveries],
             )
+            if unreachable and deliveries:
+                _count_event(conn, deliveries[0].backend, "failure:unreachable")
 
-    def quarantine(self, delivery: Delivery, status: int | None, reason: str, count_attempt: bool = True) -> None:
+    def quarantine(self, delivery: Delivery, status: int | None, reason: str, count_attempt: bool = True,
+                   failure: str = "permanent") -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE deliveries SET state='quarantined', attempts=attempts+?, updated_at=?, last_status=?,"
                 " reason=? WHERE id=?",
                 (1 if count_attempt else 0, time.time(), status, reason, delivery.id),
             )
+            if count_attempt:
+                _count_event(conn, delivery.backend, f"failure:{failure}")
+            _count_event(conn, delivery.backend, "quarantined")
+
+    def events(self) -> dict[str, dict[str, int]]:
+        """Per backend, how often each delivery event happened: delivered_with_warning, failure:<class>,
+        retry, quarantined (kept across restarts, counted by every process)."""
+        out: dict[str, dict[str, int]] = {}
+        for backend, event, count in self._conn().execute("SELECT backend, event, count FROM delivery_events"):
+            out.setdefault(backend, {})[event] = count
+        return out
+
+    def recent_problems(self, limit: int = 10) -> list[dict]:
+        """The latest reasons recorded on waiting or quarantined deliveries, newest first."""
+        rows = self._conn().execute(
+            "SELECT d.backend, d.state, d.attempts, d.updated_at, d.reason, i.sop_instance_uid FROM deliveries d"
+            " JOIN instances i ON i.id=d.instance_id WHERE d.reason IS NOT NULL ORDER BY d.updated_at DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("backend", "state", "attempts", "at", "reason", "sop_instance_uid")
+        return [dict(zip(keys, row)) for row in rows]
 
     # -- operators ----------------------------------------------------------
 
@@ -325,6 +360,14 @@ class DeliveryQueue:
         row = conn.execute("SELECT path FROM instances WHERE id=?", (instance_id,)).fetchone()
         conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
         return row[0] if row else None
+
+
+def _count_event(conn: sqlite3.Connection, backend: str, event: str) -> None:
+    conn.execute(
+        "INSERT INTO delivery_events (backend, event, count) VALUES (?, ?, 1)"
+        " ON CONFLICT(backend, event) DO UPDATE SET count = count + 1",
+        (backend, event),
+    )
 
 
 def _narrow(query: str, args: list, backend: str | None, delivery_ids: list[int] | None) -> tuple[str, list]:

@@ -87,7 +87,7 @@ class BackendWorker(threading.Thread):
     def record(self, delivery: Delivery, result: DeliveryResult) -> None:
         ctx = delivery.log_context()
         if result.delivered:
-            path = self.queue.mark_delivered(delivery)
+            path = self.queue.mark_delivered(delivery, warning=result.outcome is Outcome.WARNING)
             if path:
                 self.spool.discard(path)
             if result.outcome is Outcome.WARNING:
@@ -103,11 +103,11 @@ class BackendWorker(threading.Thread):
             give_up = self.policy.give_up_reason(attempts, delivery.queued_at, now)
         if give_up:
             reason = f"{result.reason} ({give_up})"
-            self.queue.quarantine(delivery, result.status, reason)
+            self.queue.quarantine(delivery, result.status, reason, failure=result.outcome.value)
             log.error("delivery quarantined", reason=reason, attempts=attempts, **ctx)
             return
         delay = self.policy.delay(attempts)
-        self.queue.schedule_retry(delivery, now + delay, result.status, result.reason)
+        self.queue.schedule_retry(delivery, now + delay, result.status, result.reason, failure=result.outcome.value)
         log.warning("delivery failed, will retry", reason=result.reason, attempts=attempts,
                     retry_in_s=round(delay, 1), **ctx)
 
@@ -118,10 +118,10 @@ class BackendWorker(threading.Thread):
         expired = [d for d in untried if self.policy.give_up_reason(0, d.queued_at, now)]
         for delivery in expired:
             reason = f"{result.reason} ({self.policy.give_up_reason(0, delivery.queued_at, now)})"
-            self.queue.quarantine(delivery, None, reason, count_attempt=False)
+            self.queue.quarantine(delivery, None, reason, count_attempt=False, failure="unreachable")
             log.error("delivery quarantined", reason=reason, **delivery.log_context())
         waiting = [d for d in untried if d not in expired]
-        self.queue.postpone(waiting, now + delay, result.reason)
+        self.queue.postpone(waiting, now + delay, result.reason, unreachable=True)
         log.warning("backend unreachable", backend=self.backend, reason=result.reason, waiting=len(waiting),
                     retry_in_s=round(delay, 1))
         self.stop_event.wait(delay)

@@ -36,3 +36,77 @@ def test_health_ready_and_queues(tmp_path, write_config, start_router, port, sma
     status, body = get(admin_port, "/readyz")
     assert status == 503 and body["checks"]["free_space_above_floor"] is False
     assert get(admin_port, "/nope")[0] == 404
+
+
+def metric(text: str, name: str, **labels) -> float | None:
+    """The value of one sample in Prometheus text output."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        found = dict(part.split("=", 1) for part in head[len(name) + 1:-1].split(",")) if "{" in head else {}
+        if {k: v.strip('"') for k, v in found.items()} == {k: str(v) for k, v in labels.items()}:
+            return float(value)
+    return None
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return r.read().decode()
+
+
+def test_metrics_after_a_transfer(tmp_path, write_config, start_router, port, small_files):
+    from tests.support.peers import StorageSCP, wait_for
+
+    admin_port = free_port()
+    with StorageSCP(tmp_path / "dest") as scp:
+        backends = dimse_backend_toml(scp.port, "STORE_SCP") + dimse_backend_toml(free_port(), "DEAD", "dead")
+        extra = """
+[[pipelines.default.middleware]]
+type = "filter"
+match = { InstanceNumber = { max = 8 } }
+"""
+        text = router_toml(tmp_path / "data", port, backends, ["pacs", "dead"], extra=extra)
+        text += f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+        service = start_router(write_config(text))
+        sizes = sum(p.stat().st_size for p in small_files[:10])
+        assert send_with_pynetdicom(port, small_files[:10]) == [0] * 10
+        wait_for(lambda: len(scp.received) == 8, 30, message="8 deliveries")
+        wait_for(lambda: service.queue.events().get("dead", {}).get("failure:unreachable"), 30,
+                 message="the dead backend to be tried")
+        text = scrape(admin_port)
+    assert metric(text, "dicom_router_associations_total", endpoint="ingest", result="accepted") == 1
+    assert metric(text, "dicom_router_instances_received_total", endpoint="ingest") == 10
+    assert metric(text, "dicom_router_received_bytes_total", endpoint="ingest") >= sizes - 10 * 400
+    assert metric(text, "dicom_router_responses_total", endpoint="ingest", service="C-STORE", status="0x0000") == 10
+    assert metric(text, "dicom_router_stage_verdicts_total", pipeline="default",
+                  stage="default.middleware[0](filter)", verdict="drop") == 2
+    assert metric(text, "dicom_router_deliveries_total", backend="pacs") == 8
+    assert metric(text, "dicom_router_queue_depth", backend="pacs", state="pending") == 0
+    assert metric(text, "dicom_router_queue_depth", backend="dead", state="pending") + metric(
+        text, "dicom_router_queue_depth", backend="dead", state="in_flight") == 8
+    assert metric(text, "dicom_router_queue_oldest_age_seconds", backend="dead") > 0
+    assert metric(text, "dicom_router_delivery_failures_total", backend="dead", **{"class": "unreachable"}) >= 1
+    assert metric(text, "dicom_router_quarantined", backend="pacs") == 0
+
+
+def test_status_command_summarises_the_running_router(tmp_path, write_config, start_router, port, small_files):
+    from tests.support.cli import run_cli
+
+    admin_port, dead_port = free_port(), free_port()
+    text = router_toml(tmp_path / "data", port, dimse_backend_toml(dead_port), ["pacs"])
+    config = write_config(text + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n')
+    start_router(config)
+    assert send_with_pynetdicom(port, small_files[:2]) == [0, 0]
+    result = run_cli("status", "-c", config)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("router READY")
+    assert "ingest" in out and "listening" in out
+    assert "pacs" in out and "dimse" in out
+    no_admin = write_config(text, "no-admin.toml")
+    missing = run_cli("status", "-c", no_admin)
+    assert missing.returncode == 1 and "no [admin] table" in missing.stderr
