@@ -101,16 +101,29 @@ class RouterService:
             self.spool.sweep_incoming(older_than_seconds=INCOMING_MAX_AGE)
             self._last_sweep = time.monotonic()
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop accepting, let open associations finish (up to the grace period), then stop delivery.
+
+        Everything acknowledged is durable in the queue and goes out after the next start.
+        """
+        grace = self.config.router.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        for endpoint in self.endpoints.values():
+            endpoint.close()
+        deadline = time.monotonic() + grace
+        open_now = sum(len(e.active_associations()) for e in self.endpoints.values())
+        if open_now:
+            log.info("waiting for open associations to finish", associations=open_now, grace_seconds=grace)
+        aborted = sum(endpoint.drain(deadline) for endpoint in self.endpoints.values())
+        if aborted:
+            log.warning("aborted associations at the end of the grace period", aborted=aborted)
+        self.endpoints = {}
         if self.admin is not None:
             self.admin.stop()
             self.admin = None
-        for endpoint in self.endpoints.values():
-            endpoint.stop()
-        self.endpoints = {}
         if self.intake is not None:
             self.intake.close()
             self.intake = None
+            self.spool.sweep_incoming()  # partial files of aborted transfers: never acknowledged
         if self.delivery is not None:
             if self.delivery.is_alive():
                 os.kill(self.delivery.pid, signal.SIGTERM)

@@ -22,6 +22,7 @@ class RouterSection(StrictModel):
     min_free_space_mb: int = Field(default=1024, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_grace_seconds: Seconds = 30.0
 
 
 class AdminSection(StrictModel):

@@ -19,6 +19,7 @@ a retrieval in progress goes to that retrieval, not to the pipelines.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -109,11 +110,44 @@ class DimseEndpoint:
                  address=f"{self.address[0]}:{self.address[1]}",
                  query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [])
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop listening, let open associations finish for ``grace_seconds``, then abort the rest."""
+        self.close()
+        self.drain(time.monotonic() + grace_seconds)
+
+    def close(self) -> None:
+        """Stop accepting associations; the open ones go on."""
         if self.server is not None:
+            self._closed_server = self.server
             self.server.shutdown()
             self.server = None
-            log.info("endpoint closed", endpoint=self.name)
+            log.info("endpoint closed", endpoint=self.name, open_associations=len(self.active_associations()))
+
+    def active_associations(self) -> list:
+        """Associations still talking; a connection that closed before its A-ASSOCIATE-RQ leaves a thread
+        waiting out ``acse_timeout`` with its transport already gone, which does not count."""
+        server = self.server or getattr(self, "_closed_server", None)
+        if server is None:
+            return []
+        return [a for a in server.active_associations if a.is_alive() and (a.is_established or a.dul.is_alive())]
+
+    def drain(self, deadline: float) -> int:
+        """Wait until the open associations end or ``deadline`` (monotonic) passes; abort what is left.
+
+        Returns how many were aborted. An aborted C-STORE was never acknowledged, and its
+        partial file is swept, so nothing acknowledged is lost.
+        """
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.active_associations()
+        for assoc in left:
+            log.warning("aborting an association still open at the end of the shutdown grace period",
+                        endpoint=self.name, assoc_id=getattr(getattr(assoc, "router_info", None), "association_id",
+                                                             None))
+            assoc.abort()
+        for assoc in left:
+            assoc.join(timeout=5)
+        return len(left)
 
     # -- association events -------------------------------------------------
 

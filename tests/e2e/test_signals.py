@@ -1,0 +1,65 @@
+"""Signals on the `serve` subprocess: SIGTERM during a transfer loses nothing acknowledged."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+from pynetdicom import AE
+
+from router import engine
+from tests.conftest import dimse_backend_toml, router_toml
+from tests.support.cli import ServeProcess
+from tests.support.dicomfiles import digests_by_uid
+from tests.support.peers import dcmtk, dcmtk_env, free_port, start_storescp, stop_process, wait_for
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_transfer_loses_nothing_acknowledged(tmp_path, write_config, small_files, sig):
+    port, dest_port = free_port(), free_port()
+    dest = tmp_path / "dest"
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "DEST"), ["pacs"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    sender = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "DICOM_ROUTER", "127.0.0.1", str(port),
+                               *map(str, small_files)], env=dcmtk_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: len(list((tmp_path / "data" / "objects").rglob("*.dcm"))) >= 10, 30,
+             message="the transfer to be under way")
+    serve.proc.send_signal(sig)
+    assert serve.proc.wait(60) == 0  # the open association finished within the grace period
+    output, _ = sender.communicate(timeout=60)
+    acknowledged = output.count("Received Store Response (Success)")
+    assert acknowledged == len(small_files), output[-2000:]  # the open association was let finish
+    assert "waiting for open associations to finish" in serve.log_text()
+    # the destination was down all along: everything acknowledged waits in the queue, then goes out
+    storescp = start_storescp(dest, dest_port, "DEST")
+    again = ServeProcess(config, tmp_path / "serve2.log").start(port)
+    try:
+        wait_for(lambda: len(list(dest.iterdir())) >= acknowledged, 120, message="every acknowledged instance")
+    finally:
+        assert again.stop() == 0
+        stop_process(storescp)
+    assert digests_by_uid(dest.iterdir()) == digests_by_uid(small_files)
+
+
+def test_an_association_left_open_is_aborted_after_the_grace_period(tmp_path, write_config):
+    port = free_port()
+    text = router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"])
+    text = text.replace("min_free_space_mb = 0", "min_free_space_mb = 0\nshutdown_grace_seconds = 1")
+    serve = ServeProcess(write_config(text), tmp_path / "serve.log").start(port)
+    engine.configure()
+    ae = AE("IDLER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert assoc.is_established
+    serve.proc.send_signal(signal.SIGTERM)
+    assert serve.proc.wait(60) == 0
+    wait_for(lambda: not assoc.is_established, 10, message="the idle association to be aborted")
+    assert assoc.is_aborted
+    assert "aborting an association still open at the end of the shutdown grace period" in serve.log_text()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and ae.active_associations:
+        time.sleep(0.05)
