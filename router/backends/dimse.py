@@ -37,6 +37,7 @@ from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import AETitle, Port, Seconds
 from router.spool.queue import Delivery
+from router.tls import BackendTLSConfig, client_context
 
 log = structlog.get_logger("router.backends.dimse")
 
@@ -62,6 +63,7 @@ class DimseBackendConfig(BackendConfig):
     retrieve: Literal["get", "move"] | None = None
     retrieve_ae_title: AETitle | None = None
     query_timeout: Seconds = 60.0
+    tls: BackendTLSConfig | None = None
 
 
 class DimseBackend:
@@ -82,12 +84,20 @@ class DimseBackend:
         ae.maximum_pdu_size = self.config.max_pdu_size
         return ae
 
+    def tls_args(self):
+        """pynetdicom's ``tls_args``: the client context and the name the server certificate must carry."""
+        tls = self.config.tls
+        if tls is None:
+            return None
+        return client_context(tls), (tls.server_name or self.config.host) if tls.verify else None
+
     def associate(self, ae: AE, contexts):
         assoc = ae.associate(
             self.config.host,
             self.config.port,
             ae_title=self.config.ae_title,
             contexts=contexts,
+            tls_args=self.tls_args(),
         )
         if assoc.is_established:
             engine.arm_socket_timeout(assoc, self.config.network_timeout)

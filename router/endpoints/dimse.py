@@ -19,6 +19,7 @@ a retrieval in progress goes to that retrieval, not to the pipelines.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +39,7 @@ from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
 from router.spool.intake import CANNOT_UNDERSTAND, Intake
+from router.tls import EndpointTLSConfig, HandshakeInWorkerServer, peer_name, server_context
 
 log = structlog.get_logger("router.endpoint")
 
@@ -59,6 +61,7 @@ class DimseEndpointConfig(EndpointConfig):
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 120.0
     move_destinations: dict[AETitle, HostPort] = {}
+    tls: EndpointTLSConfig | None = None
 
 
 class DimseEndpoint:
@@ -105,10 +108,22 @@ class DimseEndpoint:
             (evt.EVT_C_GET, self._on_get),
         ]
         self._ae = ae
-        self.server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers)
+        self.server = self._listen(ae, handlers)
         log.info("endpoint listening", endpoint=self.name, ae_title=self.ae_title,
                  address=f"{self.address[0]}:{self.address[1]}",
                  query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [])
+
+    def _listen(self, ae: AE, handlers):
+        """Plain TCP with pynetdicom's server; TLS with the handshake moved off the accept loop."""
+        address = (self.config.bind, self.config.port)
+        if self.config.tls is None:
+            return ae.start_server(address, block=False, evt_handlers=handlers)
+        server = ae.make_server(address, evt_handlers=handlers, ssl_context=server_context(self.config.tls),
+                                server_class=HandshakeInWorkerServer)
+        server.handshake_timeout = self.config.tls.handshake_timeout
+        ae._servers.append(server)  # pynetdicom's shutdown() removes it from this list
+        threading.Thread(target=server.serve_forever, name=f"tls-accept-{self.name}", daemon=True).start()
+        return server
 
     def stop(self, grace_seconds: float = 0.0) -> None:
         """Stop listening, let open associations finish for ``grace_seconds``, then abort the rest."""
@@ -163,6 +178,7 @@ class DimseEndpoint:
                 called_aet=(primitive.called_ae_title or "").strip(),
                 peer_host=assoc.requestor.address,
                 peer_port=assoc.requestor.port,
+                tls_peer=peer_name(getattr(assoc.dul.socket, "socket", None)) if self.config.tls else None,
             )
             assoc.router_info = info
         return info
@@ -187,7 +203,9 @@ class DimseEndpoint:
     def _on_established(self, event) -> None:
         engine.arm_socket_timeout(event.assoc, self.config.network_timeout)
         self.metrics.associations.labels(self.name, "accepted").inc()
-        self._assoc_log(event.assoc).info("association accepted", called_aet=self._info(event.assoc).called_aet)
+        info = self._info(event.assoc)
+        self._assoc_log(event.assoc).info("association accepted", called_aet=info.called_aet,
+                                          tls=self.config.tls is not None, tls_peer=info.tls_peer)
 
     def _on_rejected(self, event) -> None:
         self.metrics.associations.labels(self.name, "rejected").inc()

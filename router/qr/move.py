@@ -26,7 +26,7 @@ CANCEL, PENDING = 0xFE00, 0xFF00
 WARNING_SUBOPS_FAILED, FAILURE_SUBOPS = 0xB000, 0xA702
 
 
-def move_responses(destination: tuple[str, int] | None, relay: Relay | None, is_cancelled,
+def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | None, is_cancelled,
                    ctx: dict) -> Iterator:
     """The C-MOVE handler's yields; ``relay`` is None when nothing matched."""
     if destination is None:
@@ -34,7 +34,8 @@ def move_responses(destination: tuple[str, int] | None, relay: Relay | None, is_
         return
     planned = relay.retrieval.planned if relay is not None else []
     sop_classes = sorted({p.sop_class_uid for p in planned if p.sop_class_uid})
-    yield destination[0], destination[1], {"contexts": storage_contexts(sop_classes) if sop_classes else None}
+    options = {**destination[2], "contexts": storage_contexts(sop_classes) if sop_classes else None}
+    yield destination[0], destination[1], {k: v for k, v in options.items() if v is not None}
     yield len(planned)
     if not planned:
         return

@@ -131,16 +131,18 @@ class QueryRetrieveService:
         relay = self._relay(envelope, endpoint_ae, ctx)
         yield from get_responses(relay, accepted_contexts, is_cancelled, ctx)
 
-    def resolve_destination(self, endpoint: str, ae_title: str) -> tuple[str, int] | None:
-        """A C-MOVE destination: a configured ``dimse`` backend with that AE title, or the endpoint's list."""
+    def resolve_destination(self, endpoint: str, ae_title: str) -> tuple[str, int, dict] | None:
+        """A C-MOVE destination (host, port, association options): a ``dimse`` backend with that AE title
+        (with its TLS settings), or an entry of the endpoint's ``move_destinations``."""
         ae_title = ae_title.strip()
-        for backend in self.config.backends.values():
+        for name, backend in self.config.backends.items():
             if backend.type == "dimse" and backend.ae_title == ae_title:
-                return backend.host, backend.port
+                built = registry.lookup("backend", "dimse").build(name, backend, self.config.router.ae_title)
+                return backend.host, backend.port, {"tls_args": built.tls_args()}
         known = getattr(self.config.endpoints.get(endpoint), "move_destinations", {}) or {}
         if ae_title in known:
             host, _, port = known[ae_title].rpartition(":")
-            return host, int(port)
+            return host, int(port), {}
         return None
 
     def _relay(self, envelope: RequestEnvelope, endpoint_ae: str, ctx: dict) -> Relay | None:

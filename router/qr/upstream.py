@@ -57,7 +57,8 @@ class Upstream:
         ae = self.backend.new_ae()
         ae.dimse_timeout = self.backend.config.query_timeout
         assoc = ae.associate(self.backend.config.host, self.backend.config.port, ae_title=self.backend.config.ae_title,
-                             contexts=contexts, ext_neg=roles or None, evt_handlers=handlers or None)
+                             contexts=contexts, ext_neg=roles or None, evt_handlers=handlers or None,
+                             tls_args=self.backend.tls_args())
         if not assoc.is_established:
             state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
             raise UpstreamError(f"{self.describe()}: association {state}")
