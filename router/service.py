@@ -21,6 +21,7 @@ from router import engine
 from router.config import registry
 from router.config.models import RouterConfig
 from router.observe.metrics import Metrics
+from router.observe.systemd import Notifier
 from router.pipeline import PipelineSet
 from router.qr.service import QueryRetrieveService
 from router.spool.delivery_process import run_delivery
@@ -84,11 +85,20 @@ class RouterService:
                  backends=sorted(self.config.backends))
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT; restart the delivery process if it dies."""
+        """Run until SIGTERM or SIGINT; restart the delivery process if it dies.
+
+        Under systemd (``Type=notify``) it reports READY once the endpoints listen, pings the
+        watchdog while the loop runs, and STOPPING when it begins to shut down.
+        """
+        notifier = Notifier()
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        while not self._stop.wait(0.5):
+        notifier.ready(f"listening on {', '.join(sorted(self.endpoints))}")
+        notifier.watchdog()
+        while not self._stop.wait(0.5 if notifier.watchdog_interval is None else min(0.5, notifier.watchdog_interval)):
             self.tend()
+            notifier.watchdog()
+        notifier.stopping()
         self.stop()
 
     def tend(self) -> None:

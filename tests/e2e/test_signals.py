@@ -11,7 +11,7 @@ from pynetdicom import AE
 
 from router import engine
 from tests.conftest import dimse_backend_toml, router_toml
-from tests.support.cli import ServeProcess
+from tests.support.cli import ServeProcess, router_command
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.peers import dcmtk, dcmtk_env, free_port, start_storescp, stop_process, wait_for
 
@@ -63,3 +63,45 @@ def test_an_association_left_open_is_aborted_after_the_grace_period(tmp_path, wr
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and ae.active_associations:
         time.sleep(0.05)
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(tmp_path, write_config):
+    """Under systemd (Type=notify): READY=1 once the endpoint listens, WATCHDOG=1 pings, STOPPING=1."""
+    import os
+    import socket as socketlib
+
+    port = free_port()
+    notify_path = tmp_path / "notify.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]))
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+    serve = subprocess.Popen([*router_command(),
+                              "serve", "-c", str(config)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        messages = []
+        while not any("WATCHDOG=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+            if any("READY=1" in m for m in messages):
+                with socketlib.create_connection(("127.0.0.1", port), timeout=5):
+                    pass  # the endpoint listens by the time READY=1 is sent
+        serve.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        listener.close()
+    ready = next(m for m in messages if "READY=1" in m)
+    assert "STATUS=listening on ingest" in ready and f"MAINPID={serve.pid}" in ready
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck():
+    from tests.conftest import ROOT
+
+    text = (ROOT / "Dockerfile").read_text()
+    assert "USER dicom-router" in text and "HEALTHCHECK" in text and "/healthz" in text
+    assert 'listen = "127.0.0.1:8080"' in (ROOT / "examples" / "docker" / "router.toml").read_text()
