@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="only this backend")
     p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
     p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
+    command("reload", cmd_reload, "Check a configuration, then have the running router switch to it (SIGHUP).")
     command("status", cmd_status, "One-screen summary of the running router (endpoints, queues, recent problems).")
     p = command("keygen", cmd_keygen, "Write a new secret key file (mode 0600) for the anonymize stage.", config=False)
     p.add_argument("file", type=Path)
@@ -230,3 +232,23 @@ def cmd_status(args) -> int:
         return EX_FAIL
     print("\n".join(render_status(status)))
     return EX_OK if status["ready"] else EX_FAIL
+
+
+def cmd_reload(args) -> int:
+    """Validate first (so a typo never reaches the router), then signal the router holding the data dir."""
+    config, issues = validate(args.config, through="references")
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    if config is None or any(i.severity == "error" for i in issues):
+        print("reload not requested: the configuration has errors; the router keeps its current one", file=sys.stderr)
+        return EX_CONFIG
+    lock = Path(config.router.data_dir) / "router.lock"
+    try:
+        pid = int(lock.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        print(f"dicom-router reload: no running router holds {config.router.data_dir}", file=sys.stderr)
+        return EX_FAIL
+    os.kill(pid, signal.SIGHUP)
+    print(f"reload requested (pid {pid}); the router logs what changed, or why it kept the old configuration")
+    return EX_OK

@@ -19,10 +19,13 @@ import structlog
 
 from router import engine
 from router.config import registry
+from router.config import ConfigError, load_config
+from router.config.checks import check_references
 from router.config.models import RouterConfig
 from router.observe.metrics import Metrics
 from router.observe.systemd import Notifier
 from router.pipeline import PipelineSet
+from router.reload import compare, refusal
 from router.qr.service import QueryRetrieveService
 from router.spool.delivery_process import run_delivery
 from router.spool.intake import Intake, drop_unacknowledged
@@ -55,6 +58,8 @@ class RouterService:
         self.qr: QueryRetrieveService | None = None
         self.metrics = Metrics()
         self.started_at = time.time()
+        self._reload_requested = threading.Event()
+        self._retired: list = []  # endpoints closed by a reload whose associations may still run
 
     def start(self) -> None:
         engine.configure()
@@ -66,23 +71,114 @@ class RouterService:
         self.spool.sweep_unreferenced(self.queue.referenced_paths())
         self._last_sweep = time.monotonic()
         self._start_delivery()
-        self.metrics.watch_queue(self.queue, self.config.backends)
+        self.metrics.watch_queue(self.queue, lambda: self.config.backends)
         pipelines = PipelineSet(self.config, self.metrics)
-        intake = self.intake = Intake(self.spool, self.queue, pipelines)
+        self.intake = Intake(self.spool, self.queue, pipelines)
         self.qr = QueryRetrieveService(self.config, pipelines, self.spool)
-        for name, endpoint_config in self.config.endpoints.items():
-            component = registry.lookup("endpoint", endpoint_config.type)
-            endpoint = component.build(name, endpoint_config, self.config.router.ae_title, intake, self.qr,
-                                       self.metrics)
-            endpoint.start()
-            self.endpoints[name] = endpoint
+        for name in self.config.endpoints:
+            self.endpoints[name] = self._build_endpoint(self.config, name, self.qr)
+            self.endpoints[name].start()
+        self._start_admin()
+        log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
+                 backends=sorted(self.config.backends))
+
+    def _build_endpoint(self, config: RouterConfig, name: str, qr: QueryRetrieveService):
+        endpoint_config = config.endpoints[name]
+        component = registry.lookup("endpoint", endpoint_config.type)
+        return component.build(name, endpoint_config, config.router.ae_title, self.intake, qr, self.metrics)
+
+    def _start_admin(self) -> None:
         if self.config.admin is not None:
             from router.observe.admin import AdminServer
 
             self.admin = AdminServer(self.config.admin.listen, self)
             self.admin.start()
-        log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
-                 backends=sorted(self.config.backends))
+
+    # -- reload ------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the configuration file and switch to it; on any problem keep running the old one.
+
+        New requests see the new pipelines at once; added endpoints listen, changed ones get a
+        new listener bound before the old closes (SO_REUSEPORT), removed ones stop listening;
+        open associations are never dropped. Backends' queues are kept even when the backend
+        is gone. Returns whether the new configuration is in effect.
+        """
+        source = self.config.source
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("reload refused: invalid configuration; the old one stays in effect", issue=str(issue))
+            return False
+        problems = [i for i in check_references(new) if i.severity == "error"]
+        reason = refusal(self.config, new)
+        for issue in problems:
+            log.error("reload refused: invalid configuration; the old one stays in effect", issue=str(issue))
+        if reason:
+            log.error("reload refused; the old configuration stays in effect", reason=reason)
+        if problems or reason:
+            return False
+        changes = compare(self.config, new)
+        if changes.empty:
+            log.info("configuration reloaded: nothing changed", source=str(source))
+            return True
+        try:
+            pipelines = PipelineSet(new, self.metrics)
+            qr = QueryRetrieveService(new, pipelines, self.spool)
+        except Exception as exc:
+            log.error("reload refused: the new configuration cannot be built; the old one stays in effect",
+                      error=repr(exc))
+            return False
+        old_config, old_qr = self.config, self.qr
+        self.intake.pipelines = pipelines
+        self.qr = qr
+        self.config = new
+        self._switch_endpoints(old_config, old_qr, changes)
+        if changes.delivery_affected:
+            self._restart_delivery()
+        if changes.admin_changed:
+            if self.admin is not None:
+                self.admin.stop()
+                self.admin = None
+            self._start_admin()
+        kept = {b: c for b, c in self.queue.counts().items() if b in changes.backends_removed}
+        log.info("configuration reloaded", source=str(source), **changes.summary(),
+                 queues_of_removed_backends_kept=kept)
+        return True
+
+    def _switch_endpoints(self, old_config: RouterConfig, old_qr: QueryRetrieveService, changes) -> None:
+        for name in list(self.endpoints):
+            if name in changes.endpoints_removed:
+                self._retire(self.endpoints.pop(name))
+        for name in self.config.endpoints:
+            current = self.endpoints.get(name)
+            same_services = old_qr is not None and old_qr.offered(name) == self.qr.offered(name)
+            rereads_files = getattr(self.config.endpoints[name], "tls", None) is not None  # rotated certificates
+            if current is not None and name not in changes.endpoints_changed and same_services and not rereads_files:
+                current.qr = self.qr
+                continue
+            try:
+                replacement = self._build_endpoint(self.config, name, self.qr)
+                replacement.start(exclusive=current is None)  # next to the old listener (SO_REUSEPORT) until it closes
+            except Exception as exc:
+                log.error("reload could not open the endpoint; it keeps its previous settings", endpoint=name,
+                          error=repr(exc))
+                if current is not None:
+                    current.qr = self.qr
+                continue
+            self.endpoints[name] = replacement
+            if current is not None:
+                self._retire(current)
+
+    def _retire(self, endpoint) -> None:
+        """Stop listening; its open associations finish on their own."""
+        endpoint.close()
+        self._retired.append(endpoint)
+
+    def _restart_delivery(self) -> None:
+        self._stop_delivery()
+        self._start_delivery()
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT; restart the delivery process if it dies.
@@ -93,9 +189,15 @@ class RouterService:
         notifier = Notifier()
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         notifier.ready(f"listening on {', '.join(sorted(self.endpoints))}")
         notifier.watchdog()
         while not self._stop.wait(0.5 if notifier.watchdog_interval is None else min(0.5, notifier.watchdog_interval)):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                notifier.send("RELOADING=1", "STATUS=reloading the configuration")
+                self.reload()
+                notifier.ready(f"listening on {', '.join(sorted(self.endpoints))}")
             self.tend()
             notifier.watchdog()
         notifier.stopping()
@@ -117,13 +219,15 @@ class RouterService:
         Everything acknowledged is durable in the queue and goes out after the next start.
         """
         grace = self.config.router.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-        for endpoint in self.endpoints.values():
+        endpoints = list(self.endpoints.values()) + self._retired
+        for endpoint in endpoints:
             endpoint.close()
         deadline = time.monotonic() + grace
-        open_now = sum(len(e.active_associations()) for e in self.endpoints.values())
+        open_now = sum(len(e.active_associations()) for e in endpoints)
         if open_now:
             log.info("waiting for open associations to finish", associations=open_now, grace_seconds=grace)
-        aborted = sum(endpoint.drain(deadline) for endpoint in self.endpoints.values())
+        aborted = sum(endpoint.drain(deadline) for endpoint in endpoints)
+        self._retired = []
         if aborted:
             log.warning("aborted associations at the end of the grace period", aborted=aborted)
         self.endpoints = {}
@@ -134,6 +238,16 @@ class RouterService:
             self.intake.close()
             self.intake = None
             self.spool.sweep_incoming()  # partial files of aborted transfers: never acknowledged
+        self._stop_delivery()
+        if self.queue is not None:
+            self.queue.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        log.info("router stopped")
+
+    def _stop_delivery(self) -> None:
+        """SIGTERM: workers put unsent batches back untried and exit; killed after a minute."""
         if self.delivery is not None:
             if self.delivery.is_alive():
                 os.kill(self.delivery.pid, signal.SIGTERM)
@@ -142,12 +256,6 @@ class RouterService:
                     self.delivery.kill()
                     self.delivery.join()
             self.delivery = None
-        if self.queue is not None:
-            self.queue.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-        log.info("router stopped")
 
     def _start_delivery(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -156,10 +264,15 @@ class RouterService:
         self.delivery.start()
 
     def _lock_data_dir(self) -> None:
-        self._lock_file = open(self.spool.data_dir / "router.lock", "w")
+        """Hold ``router.lock`` (one router per data directory); it holds our PID for ``dicom-router reload``."""
+        self._lock_file = open(self.spool.data_dir / "router.lock", "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
             self._lock_file = None
             raise DataDirInUse(f"another router is using {self.spool.data_dir}") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()

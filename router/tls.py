@@ -24,6 +24,7 @@ never delays anyone else.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
@@ -114,7 +115,16 @@ def peer_name(sock) -> str | None:
     return None
 
 
-class HandshakeInWorkerServer(ThreadedAssociationServer):
+class ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with SO_REUSEPORT: a reload binds the new listener before closing the old."""
+
+    def server_bind(self) -> None:
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class HandshakeInWorkerServer(ReusePortServer):
     """accept() on the serve_forever thread only; the TLS handshake in the connection's own thread."""
 
     handshake_timeout = 5.0

@@ -86,7 +86,7 @@ def check_environment(config: RouterConfig) -> list[ConfigIssue]:
         port, bind = getattr(endpoint, "port", None), getattr(endpoint, "bind", "0.0.0.0")
         if port is None:
             continue
-        problem = _bind_problem(bind, port)
+        problem = bind_problem(bind, port)
         if problem:
             issues.append(ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", problem))
     for name, pipeline in config.pipelines.items():
@@ -112,7 +112,7 @@ def writable_dir_problem(path: Path) -> str | None:
     return None
 
 
-def _bind_problem(bind: str, port: int) -> str | None:
+def bind_problem(bind: str, port: int) -> str | None:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -18,6 +18,7 @@ a retrieval in progress goes to that retrieval, not to the pipelines.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from router import engine
+from router.config.checks import bind_problem
 from router.config.models import EndpointConfig
 from router.config.registry import register
 from router.config.types import CIDR, AETitle, HostPort, Port, Seconds
@@ -39,7 +41,7 @@ from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
 from router.spool.intake import CANNOT_UNDERSTAND, Intake
-from router.tls import EndpointTLSConfig, HandshakeInWorkerServer, peer_name, server_context
+from router.tls import EndpointTLSConfig, HandshakeInWorkerServer, ReusePortServer, peer_name, server_context
 
 log = structlog.get_logger("router.endpoint")
 
@@ -81,8 +83,14 @@ class DimseEndpoint:
     def address(self) -> tuple[str, int]:
         return self.server.server_address[:2] if self.server else (self.config.bind, self.config.port)
 
-    def start(self) -> None:
+    def start(self, exclusive: bool = True) -> None:
+        """Listen. ``exclusive``: first make sure nothing else listens on the port (SO_REUSEPORT would
+        otherwise let a second router share it silently); a reload replacing this endpoint skips that."""
         engine.configure()
+        if exclusive:
+            problem = bind_problem(self.config.bind, self.config.port)
+            if problem:
+                raise OSError(errno.EADDRINUSE, problem)
         ae = AE(self.ae_title)
         ae.add_supported_context(Verification)
         qr_classes = self.qr.sop_classes(self.name) if self.qr is not None else []
@@ -114,15 +122,17 @@ class DimseEndpoint:
                  query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [])
 
     def _listen(self, ae: AE, handlers):
-        """Plain TCP with pynetdicom's server; TLS with the handshake moved off the accept loop."""
+        """A listener with SO_REUSEPORT (a reload binds the new one before closing the old); with TLS the
+        handshake runs in the connection's thread, off the accept loop."""
         address = (self.config.bind, self.config.port)
         if self.config.tls is None:
-            return ae.start_server(address, block=False, evt_handlers=handlers)
-        server = ae.make_server(address, evt_handlers=handlers, ssl_context=server_context(self.config.tls),
-                                server_class=HandshakeInWorkerServer)
-        server.handshake_timeout = self.config.tls.handshake_timeout
+            server = ae.make_server(address, evt_handlers=handlers, server_class=ReusePortServer)
+        else:
+            server = ae.make_server(address, evt_handlers=handlers, ssl_context=server_context(self.config.tls),
+                                    server_class=HandshakeInWorkerServer)
+            server.handshake_timeout = self.config.tls.handshake_timeout
         ae._servers.append(server)  # pynetdicom's shutdown() removes it from this list
-        threading.Thread(target=server.serve_forever, name=f"tls-accept-{self.name}", daemon=True).start()
+        threading.Thread(target=server.serve_forever, name=f"accept-{self.name}", daemon=True).start()
         return server
 
     def stop(self, grace_seconds: float = 0.0) -> None:

@@ -35,6 +35,7 @@ class Metrics:
                                       "held for review", ["pipeline", "stage", "verdict"], registry=r)
 
     def watch_queue(self, queue, backends) -> None:
+        """Report the queue's figures for the backends ``backends()`` names (and any with rows)."""
         self.registry.register(QueueCollector(queue, backends))
 
     def response(self, endpoint: str, service: str, status: int) -> None:
@@ -49,7 +50,7 @@ class QueueCollector:
 
     def __init__(self, queue, backends):
         self.queue = queue
-        self.backends = list(backends)
+        self.backends = backends
 
     def describe(self):
         return []
@@ -57,7 +58,7 @@ class QueueCollector:
     def collect(self):
         counts = self.queue.counts()
         events = self.queue.events()
-        backends = sorted(set(self.backends) | set(counts) | set(events))
+        backends = sorted(set(self.backends()) | set(counts) | set(events))
         now = time.time()
         depth = GaugeMetricFamily("dicom_router_queue_depth", "Deliveries waiting, by backend and state "
                                   "(pending, in_flight)", labels=["backend", "state"])

@@ -105,3 +105,89 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
     assert "USER dicom-router" in text and "HEALTHCHECK" in text and "/healthz" in text
     assert 'listen = "127.0.0.1:8080"' in (ROOT / "examples" / "docker" / "router.toml").read_text()
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "reload command"])
+def test_reload_adds_a_backend_while_an_association_stays_open(tmp_path, write_config, small_files, how):
+    from tests.support.cli import run_cli
+    from tests.support.peers import StorageSCP
+
+    port = free_port()
+    with StorageSCP(tmp_path / "first", ae_title="FIRST") as first, StorageSCP(tmp_path / "second",
+                                                                               ae_title="SECOND") as second:
+        one = dimse_backend_toml(first.port, "FIRST", "first")
+        two = dimse_backend_toml(second.port, "SECOND", "second")
+        config = write_config(router_toml(tmp_path / "data", port, one, ["first"]))
+        serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+        try:
+            engine.configure()
+            ae = AE("MODALITY")
+            ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+            assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+            assert int(assoc.send_c_store(small_files[0]).Status) == 0
+            config.write_text(router_toml(tmp_path / "data", port, one + two, ["first", "second"]))
+            if how == "SIGHUP":
+                serve.proc.send_signal(signal.SIGHUP)
+            else:
+                result = run_cli("reload", "-c", config)
+                assert result.returncode == 0, result.stderr
+            wait_for(lambda: "configuration reloaded" in serve.log_text(), 30, message="the reload")
+            assert assoc.is_established  # the open association was not dropped
+            assert int(assoc.send_c_store(small_files[1]).Status) == 0  # and keeps working
+            assoc.release()
+            wait_for(lambda: len(first.received) == 2 and len(second.received) == 1, 30,
+                     message="deliveries under the new configuration")
+            assert "backends_added" in serve.log_text()
+        finally:
+            assert serve.stop() == 0
+
+
+def test_an_invalid_reload_keeps_the_old_configuration(tmp_path, write_config, small_files):
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.cli import run_cli
+
+    port = free_port()
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    try:
+        good = config.read_text()
+        config.write_text(good.replace('backends = ["pacs"]', 'backends = ["nowhere"]'))
+        refused = run_cli("reload", "-c", config)
+        assert refused.returncode == 78 and "no backend named 'nowhere'" in refused.stderr
+        serve.proc.send_signal(signal.SIGHUP)  # the router itself also refuses it
+        wait_for(lambda: "reload refused" in serve.log_text(), 30, message="the refusal in the log")
+        assert send_with_pynetdicom(port, small_files[:1]) == [0]  # still running the old one
+    finally:
+        assert serve.stop() == 0
+
+
+def test_reload_changes_and_adds_endpoints_without_dropping_associations(tmp_path, write_config, small_files):
+    from tests.integration.test_forwarding import send_with_pynetdicom
+
+    port, new_port = free_port(), free_port()
+    archive = f'[backends.archive]\ntype = "filesystem"\npath = "{tmp_path / "archive"}"\n'
+    config = write_config(router_toml(tmp_path / "data", port, archive, ["archive"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    try:
+        engine.configure()
+        ae = AE("MODALITY")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert assoc.is_established
+        text = router_toml(tmp_path / "data", port, archive, ["archive"], endpoint_extra='allowed_calling_aets = ["CT_*"]')
+        text += f'\n[endpoints.second]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {new_port}\n'
+        config.write_text(text.replace('endpoints = ["ingest"]', 'endpoints = ["ingest", "second"]'))
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in serve.log_text(), 30, message="the reload")
+        assert int(assoc.send_c_store(small_files[0]).Status) == 0  # admitted under the old rules, still open
+        assoc.release()
+        assert send_with_pynetdicom(new_port, small_files[1:2]) == [0]  # the added endpoint listens
+        refused = AE("MODALITY")
+        refused.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+        late = refused.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert late.is_rejected  # the changed endpoint applies its new rules to new associations
+        assert send_with_pynetdicom(port, small_files[2:3], calling="CT_01") == [0]
+        log_text = serve.log_text()
+        assert "endpoints_added" in log_text and "endpoints_changed" in log_text
+    finally:
+        assert serve.stop() == 0
