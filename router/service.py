@@ -120,7 +120,8 @@ class RouterService:
         if problems or reason:
             return False
         changes = compare(self.config, new)
-        if changes.empty:
+        tls_endpoints = [n for n, e in new.endpoints.items() if getattr(e, "tls", None) is not None]
+        if changes.empty and not tls_endpoints:
             log.info("configuration reloaded: nothing changed", source=str(source))
             return True
         try:
@@ -144,7 +145,7 @@ class RouterService:
             self._start_admin()
         kept = {b: c for b, c in self.queue.counts().items() if b in changes.backends_removed}
         log.info("configuration reloaded", source=str(source), **changes.summary(),
-                 queues_of_removed_backends_kept=kept)
+                 tls_files_reread=tls_endpoints, queues_of_removed_backends_kept=kept)
         return True
 
     def _switch_endpoints(self, old_config: RouterConfig, old_qr: QueryRetrieveService, changes) -> None:

@@ -167,3 +167,23 @@ tls = {{ ca_bundle = "{ca}", certificate = "{client.certificate}", private_key =
             wait_for(lambda: service.queue.events().get("pacs", {}).get("failure:unreachable"), 30,
                      message="the untrusted peer to be refused")
             assert pacs.received == []
+
+
+def served_certificate(port: int, pki) -> bytes:
+    context = client_context(pki)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_rotated_certificates_are_served_after_a_reload(tls_router, pki):
+    port, service = tls_router
+    before = served_certificate(port, pki)
+    fresh = pki["ca"].issue("router-2027", server=True)
+    server = pki["server"]
+    server.certificate.write_bytes(fresh.certificate.read_bytes())  # replaced in place, same paths
+    server.private_key.write_bytes(fresh.private_key.read_bytes())
+    assert service.reload() is True
+    after = served_certificate(port, pki)
+    assert after != before
+    assert echo(port, client_context(pki)) == 0x0000
