@@ -34,6 +34,10 @@ log = structlog.get_logger("router.qr")
 SERVICES = {"find": "query", "worklist": "worklist", "retrieve": "retrieve"}
 
 
+class RetrievalRefused(RuntimeError):
+    """A pipeline stage refused a C-MOVE or C-GET request."""
+
+
 @dataclass(frozen=True)
 class Choice:
     pipeline: Pipeline
@@ -148,8 +152,8 @@ class QueryRetrieveService:
     def _relay(self, envelope: RequestEnvelope, endpoint_ae: str, ctx: dict) -> Relay | None:
         """Plan the retrieval on the first capable upstream that has matches; raises when none answers."""
         choices, refusal = self._choose(envelope, "retrieve")
-        if refusal is not None:
-            raise UpstreamError(f"refused by {refusal[0]:#06x}")
+        if refusal is not None:  # pynetdicom's retrieve SCPs answer a handler error with a Cxxx failure
+            raise RetrievalRefused(f"refused by a pipeline stage: {refusal[0].ErrorComment}")
         errors = []
         for choice in choices:
             for upstream in choice.upstreams:

@@ -314,3 +314,24 @@ def test_move_with_the_upstream_down_fails_cleanly(tmp_path, write_config, start
         assoc.release()
     assert len(statuses) == 1 and 0xC000 <= statuses[0] <= 0xCFFF
     assert viewer.received == []
+
+
+def test_a_refused_move_retrieves_nothing(tmp_path, write_config, start_router):
+    files = write_series(tmp_path / "study", 3, "small", patient="REFUSED")
+    with ScriptedPACS(files) as pacs, StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
+        port = free_port()
+        backends = upstream_table("pacs", pacs.port, pacs.ae_title).replace("query = true", 'retrieve = "get"')
+        refuse = '[[pipelines.qr.middleware]]\ntype = "filter"\nmatch = { calling_aet = "TRUSTED" }\naction = "reject"\n'
+        text = config(tmp_path, port, backends, ["pacs"], refuse).replace(
+            f"port = {port}\n", f'port = {port}\nmove_destinations = {{ VIEWER = "127.0.0.1:{viewer.port}" }}\n', 1)
+        start_router(write_config(text))
+        ae = AE("QRCLIENT")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = str(dcmread(files[0]).StudyInstanceUID)
+        statuses = [int(s.Status) for s, _ in assoc.send_c_move(query, "VIEWER", StudyRootQueryRetrieveInformationModelMove)]
+        assoc.release()
+    assert len(statuses) == 1 and 0xC000 <= statuses[0] <= 0xCFFF
+    assert viewer.received == [] and pacs.sent == 0
