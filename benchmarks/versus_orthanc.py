@@ -1,0 +1,170 @@
+"""dicom-router against Orthanc used as a router, on the same generated data, interleaved.
+
+Run by hand (never in CI):
+
+    python benchmarks/versus_orthanc.py [--reps 3] [--workdir /tmp/dicom-router-bench]
+
+Orthanc (Debian ``orthanc``) runs as a subprocess with its own storage on this disk, a Lua
+``OnStoredInstance`` that calls ``SendToModality``, and ``TCP_NODELAY=1`` in its
+environment. (Adding ``Delete(instanceId)`` after the send, so Orthanc keeps nothing,
+made it about 3.5x slower here; the table uses the faster form.) dicom-router runs ``serve`` with one ``dimse``
+backend and durable acknowledgements. Each set is timed from the first sender's spawn to
+the last file written by DCMTK ``storescp`` at the destination:
+
+- ``ct``: 200 x 0.5 MB CT instances, one storescu;
+- ``small``: 1000 x 10 KB instances, one storescu;
+- ``ct-4``: 4 storescu at once, 50 CT instances each.
+
+Prints a Markdown table; JSON goes to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.forward import ensure_data, peak_rss_mib, router_tree, run_storescu, start_storescp, wait_for_files  # noqa: E402
+from tests.conftest import dimse_backend_toml, router_toml  # noqa: E402
+from tests.support.cli import router_command  # noqa: E402
+from tests.support.dicomgen import write_series  # noqa: E402
+from tests.support.peers import dcmtk_env, free_port, wait_for_port  # noqa: E402
+
+ORTHANC = "/usr/sbin/Orthanc"
+LUA = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  SendToModality(instanceId, 'dest')
+end
+"""
+
+
+def data_sets(workdir: Path) -> dict[str, list[Path]]:
+    ct = ensure_data(workdir, "ct", 200)
+    small = ensure_data(workdir, "small", 1000)
+    four = workdir / "data-ct-4x50"
+    if not four.exists():
+        for i in range(4):
+            write_series(four / f"sender{i}", 50, "ct", patient=f"CT4S{i}", seed=1000 * i)
+    return {"ct": [ct], "small": [small], "ct-4": sorted(p for p in four.iterdir() if p.is_dir())}
+
+
+def count(folders: list[Path]) -> int:
+    return sum(len(list(f.glob("*.dcm"))) for f in folders)
+
+
+def send_all(port: int, called: str, folders: list[Path]) -> list[subprocess.Popen]:
+    return [run_storescu(port, called, folder) for folder in folders]
+
+
+def via_orthanc(folders: list[Path], scratch: Path) -> dict:
+    dest_port, port = free_port(), free_port()
+    scp = start_storescp(scratch / "out", dest_port)
+    (scratch / "route.lua").write_text(LUA)
+    config = {
+        "Name": "orthanc-router", "StorageDirectory": str(scratch / "storage"), "IndexDirectory": str(scratch / "index"),
+        "DicomAet": "ORTHANC", "DicomPort": port, "HttpServerEnabled": False, "Plugins": [],
+        "LuaScripts": [str(scratch / "route.lua")], "DicomCheckCalledAet": False,
+        "DicomModalities": {"dest": ["DEST", "127.0.0.1", dest_port]},
+    }
+    (scratch / "orthanc.json").write_text(json.dumps(config))
+    log = open(scratch / "orthanc.log", "wb")
+    orthanc = subprocess.Popen([ORTHANC, str(scratch / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
+                               env={**dcmtk_env(), "TCP_NODELAY": "1"})
+    try:
+        wait_for_port(port, 60)
+        t0 = time.monotonic()
+        senders = send_all(port, "ORTHANC", folders)
+        for s in senders:
+            s.wait()
+        t_acked = time.monotonic()
+        t_end = wait_for_files(scratch / "out", count(folders))
+        return {"seconds": t_end - t0, "ack_seconds": t_acked - t0, "peak_rss_mib": peak_rss_mib(orthanc.pid)}
+    finally:
+        orthanc.terminate()
+        orthanc.wait(60)
+        log.close()
+        scp.terminate()
+        scp.wait()
+
+
+def via_router(folders: list[Path], scratch: Path) -> dict:
+    dest_port, port = free_port(), free_port()
+    scp = start_storescp(scratch / "out", dest_port)
+    config = scratch / "router.toml"
+    config.write_text(router_toml(scratch / "data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
+                                  fast_retry=False))
+    log = open(scratch / "router.log", "wb")
+    router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        senders = send_all(port, "DICOM_ROUTER", folders)
+        for s in senders:
+            s.wait()
+        t_acked = time.monotonic()
+        t_end = wait_for_files(scratch / "out", count(folders))
+        peaks = {pid: peak_rss_mib(pid) for pid in router_tree(router.pid)}
+        return {"seconds": t_end - t0, "ack_seconds": t_acked - t0, "peak_rss_mib": max(peaks.values())}
+    finally:
+        router.terminate()
+        router.wait(60)
+        log.close()
+        scp.terminate()
+        scp.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
+    parser.add_argument("--sets", default="ct,small,ct-4")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    sets = data_sets(args.workdir)
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+               "command": " ".join(["python", "benchmarks/versus_orthanc.py", *sys.argv[1:]]), "sets": {}}
+    for name in args.sets.split(","):
+        folders = sets[name]
+        runs = {"orthanc": [], "dicom-router": []}
+        for rep in range(args.reps):
+            for label, fn in (("orthanc", via_orthanc), ("dicom-router", via_router)):
+                scratch = args.workdir / f"vs-{name}-{label}-{rep}"
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir()
+                runs[label].append(fn(folders, scratch))
+                shutil.rmtree(scratch, ignore_errors=True)
+                print(f"{name} {label} rep {rep}: {count(folders) / runs[label][-1]['seconds']:.0f} instances/s",
+                      file=sys.stderr)
+        results["sets"][name] = {"count": count(folders), "runs": runs}
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"versus-orthanc-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+
+
+def render(results: dict) -> str:
+    lines = ["| set | Orthanc instances/s (median, min-max) | dicom-router instances/s | ratio | peak RSS Orthanc / router |",
+             "|---|---|---|---|---|"]
+    for name, s in results["sets"].items():
+        rate = {k: [s["count"] / r["seconds"] for r in v] for k, v in s["runs"].items()}
+        med = {k: statistics.median(v) for k, v in rate.items()}
+        rss = {k: max(r["peak_rss_mib"] for r in v) for k, v in s["runs"].items()}
+        lines.append(f"| {name} ({s['count']}) | {med['orthanc']:.0f} ({min(rate['orthanc']):.0f}-{max(rate['orthanc']):.0f}) "
+                     f"| {med['dicom-router']:.0f} ({min(rate['dicom-router']):.0f}-{max(rate['dicom-router']):.0f}) "
+                     f"| {med['dicom-router'] / med['orthanc']:.2f} | {rss['orthanc']:.0f} / {rss['dicom-router']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
