@@ -149,12 +149,14 @@ class DimseEndpoint:
             log.info("endpoint closed", endpoint=self.name, open_associations=len(self.active_associations()))
 
     def active_associations(self) -> list:
-        """Associations still talking; a connection that closed before its A-ASSOCIATE-RQ leaves a thread
-        waiting out ``acse_timeout`` with its transport already gone, which does not count."""
-        server = self.server or getattr(self, "_closed_server", None)
+        """Associations still talking (a thread whose transport is already gone does not count)."""
+        server = self._closed_server_or_server()
         if server is None:
             return []
         return [a for a in server.active_associations if a.is_alive() and (a.is_established or a.dul.is_alive())]
+
+    def _closed_server_or_server(self):
+        return self.server or getattr(self, "_closed_server", None)
 
     def drain(self, deadline: float) -> int:
         """Wait until the open associations end or ``deadline`` (monotonic) passes; abort what is left.

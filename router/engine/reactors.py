@@ -39,6 +39,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
 
 MAX_WAIT = 0.02
 
@@ -259,6 +260,28 @@ def _assoc_kill(self) -> None:
         time.sleep(0.001)
 
 
+def _dul_receive_pdu(self, wait: bool = False, timeout: float | None = None):
+    """pynetdicom 3.0.4 ``receive_pdu`` that stops waiting once the DUL thread has ended.
+
+    Stock pynetdicom waits out the whole timeout (``acse_timeout``, 30 s by default) for
+    an A-ASSOCIATE-RQ even after the peer closed the connection, so every connection that
+    closes before its request (a port probe, a load balancer's health check) left an
+    association thread behind for that long.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = MAX_WAIT if deadline is None else min(MAX_WAIT, deadline - time.monotonic())
+        try:
+            primitive = self.to_user_queue.get(block=wait and remaining > 0, timeout=max(remaining, 0) if wait else None)
+        except queue.Empty:
+            if not wait or (deadline is not None and time.monotonic() >= deadline) or not self.is_alive():
+                return None
+            continue
+        if isinstance(primitive, (A_ASSOCIATE, A_RELEASE, A_ABORT, A_P_ABORT)):
+            evt.trigger(self.assoc, evt.EVT_ACSE_RECV, {"primitive": primitive})
+        return primitive
+
+
 # -- installation -----------------------------------------------------------------------
 
 
@@ -269,6 +292,7 @@ def install_reactors() -> None:
     DULServiceProvider.run_reactor = _dul_run_reactor
     DULServiceProvider.kill_dul = _dul_kill
     DULServiceProvider.stop_dul = _dul_stop
+    DULServiceProvider.receive_pdu = _dul_receive_pdu
     Association.__init__ = _assoc_init
     Association.wake_reactor = _assoc_wake
     Association._run_reactor = _assoc_run_reactor

@@ -126,3 +126,19 @@ def test_every_association_socket_has_nagle_off(tmp_path):
             assert raw.getsockopt(socketlib.IPPROTO_TCP, socketlib.TCP_NODELAY) == 1
         finally:
             assoc.release()
+
+
+def test_a_connection_closed_before_its_request_leaves_no_thread_behind(tmp_path, write_config, start_router, port):
+    """Stock pynetdicom waits out acse_timeout (30 s) for the A-ASSOCIATE-RQ of a closed connection."""
+    import socket
+
+    from tests.conftest import dimse_backend_toml, router_toml
+    from tests.support.peers import free_port, wait_for
+
+    service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()),
+                                                    ["pacs"])))
+    endpoint = service.endpoints["ingest"]
+    for _ in range(5):
+        socket.create_connection(("127.0.0.1", port)).close()
+    wait_for(lambda: not endpoint._closed_server_or_server().active_associations, 10,
+             message="the association threads of closed connections to end")
