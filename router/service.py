@@ -126,7 +126,7 @@ class RouterService:
             return True
         try:
             pipelines = PipelineSet(new, self.metrics)
-            qr = QueryRetrieveService(new, pipelines, self.spool)
+            qr = QueryRetrieveService(new, pipelines, self.spool, self.qr.collector if self.qr else None)
         except Exception as exc:
             log.error("reload refused: the new configuration cannot be built; the old one stays in effect",
                       error=repr(exc))

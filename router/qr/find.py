@@ -80,6 +80,8 @@ class FindProxy:
                     yield PENDING, answer
         finally:
             self._stopping.set()
+            if len(finished) < len(threads):  # the client went away or cancelled: stop the upstreams too
+                self._cancel()
         failures = [d for d in finished if d.error is not None or (d.status or 0) not in (SUCCESS, CANCEL)]
         if failures and len(failures) == len(finished):
             reasons = "; ".join(d.error or f"{d.upstream.name}: status 0x{d.status:04X}" for d in failures)
@@ -119,7 +121,7 @@ class FindProxy:
 
     def _cancel(self) -> None:
         with self._lock:
-            calls = list(self._calls)
+            calls, self._calls = list(self._calls), []
         for call in calls:
             try:
                 call.cancel()

@@ -169,6 +169,8 @@ class Retrieval:
                     return
                 yield item
         finally:
+            if self._thread.is_alive():  # the requester went away or cancelled: stop the upstream too
+                self.cancel()
             self.collector.forget(self)
 
     def cancel(self) -> None:

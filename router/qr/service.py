@@ -46,11 +46,11 @@ class Choice:
 
 
 class QueryRetrieveService:
-    def __init__(self, config: RouterConfig, pipelines: PipelineSet, spool: Spool):
+    def __init__(self, config: RouterConfig, pipelines: PipelineSet, spool: Spool, collector: Collector | None = None):
         self.config = config
         self.pipelines = pipelines
         self.spool = spool
-        self.collector = Collector()
+        self.collector = collector or Collector()  # kept across reloads: retrievals in progress still claim
         self.upstreams: dict[str, Upstream] = {}
         for name, backend in config.backends.items():
             if backend.type == "dimse" and (backend.query or backend.worklist or backend.retrieve):
