@@ -187,3 +187,29 @@ def test_rotated_certificates_are_served_after_a_reload(tls_router, pki):
     after = served_certificate(port, pki)
     assert after != before
     assert echo(port, client_context(pki)) == 0x0000
+
+
+def test_tls_settings_round_trip_and_bad_files_are_located(tmp_path, write_config, pki):
+    import tomli_w
+
+    from router.config import ConfigError, load_config
+
+    port = free_port()
+    client = pki["client"]
+    backend = f"""
+[backends.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = 2762
+ae_title = "PACS"
+tls = {{ ca_bundle = "{pki['ca'].bundle}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}
+"""
+    config = write_config(router_toml(tmp_path / "data", port, backend, ["pacs"], endpoint_extra=tls_endpoint(pki)))
+    loaded = load_config(config)
+    (tmp_path / "shown.toml").write_text(tomli_w.dumps(loaded.to_dict()))
+    assert load_config(tmp_path / "shown.toml").to_dict() == loaded.to_dict()
+    broken = config.read_text().replace(str(pki["server"].private_key), str(tmp_path / "missing.key"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_config(broken, "broken.toml"))
+    assert any(i.location == "endpoints.ingest.tls" and "cannot load the TLS files" in i.message
+               for i in exc.value.issues)
