@@ -97,12 +97,12 @@ def via_orthanc(folders: list[Path], scratch: Path) -> dict:
         scp.wait()
 
 
-def via_router(folders: list[Path], scratch: Path) -> dict:
+def via_router(folders: list[Path], scratch: Path, receive_processes: int = 1) -> dict:
     dest_port, port = free_port(), free_port()
     scp = start_storescp(scratch / "out", dest_port)
     config = scratch / "router.toml"
-    config.write_text(router_toml(scratch / "data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
-                                  fast_retry=False))
+    text = router_toml(scratch / "data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"], fast_retry=False)
+    config.write_text(text.replace("min_free_space_mb = 0", f"min_free_space_mb = 0\nreceive_processes = {receive_processes}"))
     log = open(scratch / "router.log", "wb")
     router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
     parser.add_argument("--sets", default="ct,small,ct-4")
+    parser.add_argument("--receive-processes", type=int, default=1,
+                        help="also run the router with this many receiving processes (router.receive_processes)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     sets = data_sets(args.workdir)
@@ -136,10 +138,14 @@ def main() -> None:
                "command": " ".join(["python", "benchmarks/versus_orthanc.py", *sys.argv[1:]]), "sets": {}}
     for name in args.sets.split(","):
         folders = sets[name]
-        runs = {"orthanc": [], "dicom-router": []}
+        paths = [("orthanc", via_orthanc), ("dicom-router", via_router)]
+        if args.receive_processes > 1:
+            paths.append((f"dicom-router x{args.receive_processes}",
+                          lambda f, s: via_router(f, s, args.receive_processes)))
+        runs = {label: [] for label, _ in paths}
         for rep in range(args.reps):
-            for label, fn in (("orthanc", via_orthanc), ("dicom-router", via_router)):
-                scratch = args.workdir / f"vs-{name}-{label}-{rep}"
+            for label, fn in paths:
+                scratch = args.workdir / f"vs-{name}-{label.replace(' ', '')}-{rep}"
                 shutil.rmtree(scratch, ignore_errors=True)
                 scratch.mkdir()
                 runs[label].append(fn(folders, scratch))
@@ -154,15 +160,15 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    lines = ["| set | Orthanc instances/s (median, min-max) | dicom-router instances/s | ratio | peak RSS Orthanc / router |",
-             "|---|---|---|---|---|"]
+    lines = ["| set | router | instances/s (median, min-max) | ratio to Orthanc | peak RSS |", "|---|---|---|---|---|"]
     for name, s in results["sets"].items():
         rate = {k: [s["count"] / r["seconds"] for r in v] for k, v in s["runs"].items()}
         med = {k: statistics.median(v) for k, v in rate.items()}
-        rss = {k: max(r["peak_rss_mib"] for r in v) for k, v in s["runs"].items()}
-        lines.append(f"| {name} ({s['count']}) | {med['orthanc']:.0f} ({min(rate['orthanc']):.0f}-{max(rate['orthanc']):.0f}) "
-                     f"| {med['dicom-router']:.0f} ({min(rate['dicom-router']):.0f}-{max(rate['dicom-router']):.0f}) "
-                     f"| {med['dicom-router'] / med['orthanc']:.2f} | {rss['orthanc']:.0f} / {rss['dicom-router']:.0f} MiB |")
+        for label in s["runs"]:
+            rss = max(r["peak_rss_mib"] for r in s["runs"][label])
+            ratio = "" if label == "orthanc" else f"{med[label] / med['orthanc']:.2f}"
+            lines.append(f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
+                         f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB |")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from router.config.models import RouterConfig
 from router.observe.metrics import Metrics
 from router.observe.systemd import Notifier
 from router.pipeline import PipelineSet
+from router.receive_workers import ReceiveWorkers, enable_shared_metrics
 from router.reload import compare, refusal
 from router.qr.service import QueryRetrieveService
 from router.spool.delivery_process import run_delivery
@@ -44,8 +45,13 @@ class DataDirInUse(RuntimeError):
 
 
 class RouterService:
-    def __init__(self, config: RouterConfig):
+    """``role``: ``main`` (sweeps, delivery, admin, extra receiving processes) or ``receive-worker``
+    (endpoints and pipelines only; see :mod:`router.receive_workers`)."""
+
+    def __init__(self, config: RouterConfig, role: str = "main"):
         self.config = config
+        self.role = role
+        self.workers: ReceiveWorkers | None = None
         self.spool = Spool(config.router.data_dir, config.router.min_free_space_mb)
         self.queue: DeliveryQueue | None = None
         self.intake: Intake | None = None
@@ -56,29 +62,40 @@ class RouterService:
         self._last_sweep = 0.0
         self.admin = None
         self.qr: QueryRetrieveService | None = None
-        self.metrics = Metrics()
+        if role == "main" and config.router.receive_processes > 1:
+            enable_shared_metrics(config)
+        self.metrics = Metrics(shared=config.router.receive_processes > 1)
         self.started_at = time.time()
         self._reload_requested = threading.Event()
         self._retired: list = []  # endpoints closed by a reload whose associations may still run
 
+    @property
+    def is_main(self) -> bool:
+        return self.role == "main"
+
     def start(self) -> None:
         engine.configure()
         self.spool.prepare()
-        self._lock_data_dir()
         self.queue = DeliveryQueue(self.spool.queue_path)
-        self.spool.sweep_incoming()
-        drop_unacknowledged(self.queue)
-        self.spool.sweep_unreferenced(self.queue.referenced_paths())
-        self._last_sweep = time.monotonic()
-        self._start_delivery()
-        self.metrics.watch_queue(self.queue, lambda: self.config.backends)
+        if self.is_main:
+            self._lock_data_dir()
+            self.spool.sweep_incoming()
+            drop_unacknowledged(self.queue)
+            self.spool.sweep_unreferenced(self.queue.referenced_paths())
+            self._last_sweep = time.monotonic()
+            self._start_delivery()
+            self.metrics.watch_queue(self.queue, lambda: self.config.backends)
         pipelines = PipelineSet(self.config, self.metrics)
         self.intake = Intake(self.spool, self.queue, pipelines)
         self.qr = QueryRetrieveService(self.config, pipelines, self.spool)
         for name in self.config.endpoints:
             self.endpoints[name] = self._build_endpoint(self.config, name, self.qr)
-            self.endpoints[name].start()
-        self._start_admin()
+            self.endpoints[name].start(exclusive=self.is_main)
+        if self.is_main:
+            self._start_admin()
+            if self.config.router.receive_processes > 1:
+                self.workers = ReceiveWorkers(self.config)
+                self.workers.start()
         log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
                  backends=sorted(self.config.backends))
 
@@ -136,9 +153,9 @@ class RouterService:
         self.qr = qr
         self.config = new
         self._switch_endpoints(old_config, old_qr, changes)
-        if changes.delivery_affected:
+        if changes.delivery_affected and self.is_main:
             self._restart_delivery()
-        if changes.admin_changed:
+        if changes.admin_changed and self.is_main:
             if self.admin is not None:
                 self.admin.stop()
                 self.admin = None
@@ -181,13 +198,13 @@ class RouterService:
         self._stop_delivery()
         self._start_delivery()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, parent_pid: int | None = None) -> None:
         """Run until SIGTERM or SIGINT; restart the delivery process if it dies.
 
         Under systemd (``Type=notify``) it reports READY once the endpoints listen, pings the
         watchdog while the loop runs, and STOPPING when it begins to shut down.
         """
-        notifier = Notifier()
+        notifier = Notifier() if self.is_main else Notifier({})
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
@@ -197,15 +214,24 @@ class RouterService:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 notifier.send("RELOADING=1", "STATUS=reloading the configuration")
+                if self.workers is not None:
+                    self.workers.signal(signal.SIGHUP)
                 self.reload()
                 notifier.ready(f"listening on {', '.join(sorted(self.endpoints))}")
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.error("the main process is gone; stopping")
+                break
             self.tend()
             notifier.watchdog()
         notifier.stopping()
         self.stop()
 
     def tend(self) -> None:
-        """Periodic care: restart a dead delivery process, sweep stale partial files."""
+        """Periodic care: restart a dead delivery or receiving process, sweep stale partial files."""
+        if not self.is_main:
+            return
+        if self.workers is not None:
+            self.workers.tend()
         if self.delivery is not None and not self.delivery.is_alive():
             log.error("delivery process exited; restarting it", exitcode=self.delivery.exitcode)
             time.sleep(DELIVERY_RESTART_DELAY)
@@ -220,6 +246,8 @@ class RouterService:
         Everything acknowledged is durable in the queue and goes out after the next start.
         """
         grace = self.config.router.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        if self.workers is not None:
+            self.workers.signal(signal.SIGTERM)  # they drain in parallel with us
         endpoints = list(self.endpoints.values()) + self._retired
         for endpoint in endpoints:
             endpoint.close()
@@ -235,10 +263,14 @@ class RouterService:
         if self.admin is not None:
             self.admin.stop()
             self.admin = None
+        if self.workers is not None:
+            self.workers.stop(timeout=grace + 30)
+            self.workers = None
         if self.intake is not None:
             self.intake.close()
             self.intake = None
-            self.spool.sweep_incoming()  # partial files of aborted transfers: never acknowledged
+            if self.is_main:  # partial files of aborted transfers (never acknowledged); workers are gone
+                self.spool.sweep_incoming()
         self._stop_delivery()
         if self.queue is not None:
             self.queue.close()

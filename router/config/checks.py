@@ -49,6 +49,13 @@ def check_references(config: RouterConfig) -> list[ConfigIssue]:
             issues.append(
                 ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}", "no pipeline sends to this backend", "warning")
             )
+    if config.router.receive_processes > 1:
+        for name, backend in config.backends.items():
+            if getattr(backend, "retrieve", None) == "move":
+                issues.append(ConfigIssue(
+                    config.origin(f"backends.{name}"), f"backends.{name}.retrieve",
+                    "retrieve = \"move\" needs router.receive_processes = 1 (the upstream's C-STOREs could reach "
+                    "another receiving process); use retrieve = \"get\""))
     issues += _duplicate_listeners(config)
     return issues
 

@@ -23,6 +23,7 @@ class RouterSection(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_grace_seconds: Seconds = 30.0
+    receive_processes: int = Field(default=1, ge=1, le=16)
 
 
 class AdminSection(StrictModel):

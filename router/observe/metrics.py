@@ -20,9 +20,13 @@ FAILURE_CLASSES = ("transient", "permanent", "unreachable")
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self):
+    def __init__(self, shared: bool = False):
+        """``shared``: several receiving processes; values live in prometheus-client's multiprocess
+        files (``PROMETHEUS_MULTIPROC_DIR``) and are summed at scrape time."""
+        self.shared = shared
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._queue_collector = None
+        r = None if shared else self.registry
         self.associations = Counter("dicom_router_associations", "Associations requested, by endpoint and result "
                                     "(accepted, rejected)", ["endpoint", "result"], registry=r)
         self.instances_received = Counter("dicom_router_instances_received", "C-STORE requests whose dataset was "
@@ -36,13 +40,22 @@ class Metrics:
 
     def watch_queue(self, queue, backends) -> None:
         """Report the queue's figures for the backends ``backends()`` names (and any with rows)."""
-        self.registry.register(QueueCollector(queue, backends))
+        self._queue_collector = QueueCollector(queue, backends)
+        self.registry.register(self._queue_collector)
 
     def response(self, endpoint: str, service: str, status: int) -> None:
         self.responses.labels(endpoint, service, f"0x{status:04X}").inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.shared:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        if self._queue_collector is not None:
+            registry.register(self._queue_collector)
+        return generate_latest(registry)
 
 
 class QueueCollector:
