@@ -23,22 +23,26 @@ def test_signal_during_a_transfer_loses_nothing_acknowledged(tmp_path, write_con
     dest = tmp_path / "dest"
     config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "DEST"), ["pacs"]))
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    sending = small_files * 3  # long enough to be under way when the signal lands, on a fast machine too
+    sender_log = open(tmp_path / "storescu.log", "w")  # a file: an unread pipe would stall storescu
     sender = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "DICOM_ROUTER", "127.0.0.1", str(port),
-                               *map(str, small_files)], env=dcmtk_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                               *map(str, sending)], env=dcmtk_env(), stdout=sender_log, stderr=subprocess.STDOUT)
     wait_for(lambda: len(list((tmp_path / "data" / "objects").rglob("*.dcm"))) >= 10, 30,
              message="the transfer to be under way")
     serve.proc.send_signal(sig)
     assert serve.proc.wait(60) == 0  # the open association finished within the grace period
-    output, _ = sender.communicate(timeout=60)
+    sender.wait(60)
+    sender_log.close()
+    output = (tmp_path / "storescu.log").read_text()
     acknowledged = output.count("Received Store Response (Success)")
-    assert acknowledged == len(small_files), output[-2000:]  # the open association was let finish
+    assert acknowledged == len(sending), output[-2000:]  # the open association was let finish
     assert "waiting for open associations to finish" in serve.log_text()
     # the destination was down all along: everything acknowledged waits in the queue, then goes out
     storescp = start_storescp(dest, dest_port, "DEST")
     again = ServeProcess(config, tmp_path / "serve2.log").start(port)
     try:
-        wait_for(lambda: len(list(dest.iterdir())) >= acknowledged, 120, message="every acknowledged instance")
+        wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 120,
+                 message="every acknowledged instance delivered (the spool empty)")
     finally:
         assert again.stop() == 0
         stop_process(storescp)
