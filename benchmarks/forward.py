@@ -109,32 +109,44 @@ options = ["retain_longitudinal_modified_dates"]
 }
 
 
-def routed(files: Path, count: int, scratch: Path, stages: str | None = None) -> dict:
+def routed(files: Path | list[Path], count: int, scratch: Path, stages: str | None = None,
+           receive_processes: int = 1) -> dict:
+    """One storescu per folder in ``files`` -> ``dicom-router serve`` -> storescp, timed end to end."""
     port, dest_port = free_port(), free_port()
     scp = start_storescp(scratch / "routed-out", dest_port)
     config = scratch / "router.toml"
     (scratch / "bench.key").write_text("benchmark-key-not-secret-0123456789\n")
-    config.write_text(router_toml(scratch / "router-data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
-                                  extra=STAGES[stages] if stages else "", fast_retry=False))
+    text = router_toml(scratch / "router-data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
+                       extra=STAGES[stages] if stages else "", fast_retry=False)
+    config.write_text(text.replace("min_free_space_mb = 0",
+                                   f"min_free_space_mb = 0\nreceive_processes = {receive_processes}"))
     log = open(scratch / "router.log", "wb")
     router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, 30)
         time.sleep(1.0)  # let the delivery process start
-        t0 = time.monotonic()
-        scu = run_storescu(port, "DICOM_ROUTER", files)
-        scu.wait()
-        t_acked = time.monotonic()
-        t_end = wait_for_files(scratch / "routed-out", count)
+        result = timed_transfer(port, "DICOM_ROUTER", files if isinstance(files, list) else [files],
+                                scratch / "routed-out", count)
         peaks = {pid: peak_rss_mib(pid) for pid in router_tree(router.pid)}
-        return {"seconds": t_end - t0, "ack_seconds": t_acked - t0, "peak_rss_mib": max(peaks.values()),
-                "rss_by_process": peaks, "storescu_rc": scu.returncode}
+        return {**result, "peak_rss_mib": max(peaks.values()), "rss_by_process": peaks}
     finally:
         router.terminate()
         router.wait(60)
         log.close()
         scp.terminate()
         scp.wait()
+
+
+def timed_transfer(port: int, called: str, folders: list[Path], out: Path, count: int) -> dict:
+    """Start one storescu per folder at once; seconds until all were acknowledged and until ``out`` has all."""
+    t0 = time.monotonic()
+    senders = [run_storescu(port, called, folder) for folder in folders]
+    for sender in senders:
+        sender.wait()
+    t_acked = time.monotonic()
+    t_end = wait_for_files(out, count)
+    return {"seconds": t_end - t0, "ack_seconds": t_acked - t0,
+            "storescu_rc": max(sender.returncode for sender in senders)}
 
 
 def main() -> None:

@@ -34,9 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.forward import ensure_data, peak_rss_mib, router_tree, run_storescu, start_storescp, wait_for_files  # noqa: E402
-from tests.conftest import dimse_backend_toml, router_toml  # noqa: E402
-from tests.support.cli import router_command  # noqa: E402
+from benchmarks.forward import ensure_data, peak_rss_mib, routed, start_storescp, timed_transfer  # noqa: E402
 from tests.support.dicomgen import write_series  # noqa: E402
 from tests.support.peers import dcmtk_env, free_port, wait_for_port  # noqa: E402
 
@@ -62,10 +60,6 @@ def count(folders: list[Path]) -> int:
     return sum(len(list(f.glob("*.dcm"))) for f in folders)
 
 
-def send_all(port: int, called: str, folders: list[Path]) -> list[subprocess.Popen]:
-    return [run_storescu(port, called, folder) for folder in folders]
-
-
 def via_orthanc(folders: list[Path], scratch: Path) -> dict:
     dest_port, port = free_port(), free_port()
     scp = start_storescp(scratch / "out", dest_port)
@@ -82,13 +76,8 @@ def via_orthanc(folders: list[Path], scratch: Path) -> dict:
                                env={**dcmtk_env(), "TCP_NODELAY": "1"})
     try:
         wait_for_port(port, 60)
-        t0 = time.monotonic()
-        senders = send_all(port, "ORTHANC", folders)
-        for s in senders:
-            s.wait()
-        t_acked = time.monotonic()
-        t_end = wait_for_files(scratch / "out", count(folders))
-        return {"seconds": t_end - t0, "ack_seconds": t_acked - t0, "peak_rss_mib": peak_rss_mib(orthanc.pid)}
+        result = timed_transfer(port, "ORTHANC", folders, scratch / "out", count(folders))
+        return {**result, "peak_rss_mib": peak_rss_mib(orthanc.pid)}
     finally:
         orthanc.terminate()
         orthanc.wait(60)
@@ -98,30 +87,7 @@ def via_orthanc(folders: list[Path], scratch: Path) -> dict:
 
 
 def via_router(folders: list[Path], scratch: Path, receive_processes: int = 1) -> dict:
-    dest_port, port = free_port(), free_port()
-    scp = start_storescp(scratch / "out", dest_port)
-    config = scratch / "router.toml"
-    text = router_toml(scratch / "data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"], fast_retry=False)
-    config.write_text(text.replace("min_free_space_mb = 0", f"min_free_space_mb = 0\nreceive_processes = {receive_processes}"))
-    log = open(scratch / "router.log", "wb")
-    router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, 30)
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        senders = send_all(port, "DICOM_ROUTER", folders)
-        for s in senders:
-            s.wait()
-        t_acked = time.monotonic()
-        t_end = wait_for_files(scratch / "out", count(folders))
-        peaks = {pid: peak_rss_mib(pid) for pid in router_tree(router.pid)}
-        return {"seconds": t_end - t0, "ack_seconds": t_acked - t0, "peak_rss_mib": max(peaks.values())}
-    finally:
-        router.terminate()
-        router.wait(60)
-        log.close()
-        scp.terminate()
-        scp.wait()
+    return routed(folders, count(folders), scratch, receive_processes=receive_processes)
 
 
 def main() -> None:

@@ -182,23 +182,23 @@ def cmd_queue(args) -> int:
 def cmd_route_test(args) -> int:
     from router.tools.route_test import RouteTestError, route_test
 
-    try:
-        lines = route_test(_load(args), args.instance, endpoint=args.endpoint, calling_aet=args.calling_aet,
-                           called_aet=args.called_aet, peer_address=args.peer_address)
-    except RouteTestError as exc:
-        print(f"dicom-router route-test: {exc}", file=sys.stderr)
-        return EX_FAIL
-    print("\n".join(lines))
-    return EX_OK
+    return _print_lines("route-test", RouteTestError, lambda: route_test(
+        _load(args), args.instance, endpoint=args.endpoint, calling_aet=args.calling_aet,
+        called_aet=args.called_aet, peer_address=args.peer_address))
 
 
 def cmd_explain_profile(args) -> int:
     from router.tools.explain_profile import ExplainError, explain_profile
 
+    return _print_lines("explain-profile", ExplainError, lambda: explain_profile(_load(args), args.pipeline))
+
+
+def _print_lines(command: str, expected_error: type[Exception], produce) -> int:
+    """Print what ``produce()`` returns, or the ``expected_error`` it raises (exit 1)."""
     try:
-        lines = explain_profile(_load(args), args.pipeline)
-    except ExplainError as exc:
-        print(f"dicom-router explain-profile: {exc}", file=sys.stderr)
+        lines = produce()
+    except expected_error as exc:
+        print(f"dicom-router {command}: {exc}", file=sys.stderr)
         return EX_FAIL
     print("\n".join(lines))
     return EX_OK

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom import Dataset
 
-from router.spool.splice import Layout, clone_header, read_header
+from router.spool.splice import Layout, clone_header, locate_pixel_data, read_header_before_pixels
 
 
 @dataclass(frozen=True)
@@ -60,22 +60,34 @@ class SpooledInstance:
         self.edited = edited
         self._header = header
         self._layout = layout
+        self._pixel_start: int | None = None
 
     @property
     def header(self) -> Dataset:
+        """The elements before the pixel data; once :attr:`layout` is known, also those after it."""
         if self._header is None:
-            self._header, self._layout = read_header(self.path)
+            self._header, self._pixel_start = read_header_before_pixels(self.path)
         return self._header
 
     @property
     def layout(self) -> Layout:
+        """Where the pixel data is; needed to edit, not to match (so a filter never walks the pixel data).
+
+        Finding it also adds the elements after the pixel data to :attr:`header`.
+        """
         if self._layout is None:
-            self._header, self._layout = read_header(self.path)
+            self.full_header()
         return self._layout
 
+    def full_header(self) -> Dataset:
+        """The header with the elements after the pixel data too: what an edit must carry over."""
+        if self._layout is None:
+            self._layout = locate_pixel_data(self.path, self.header, self._pixel_start)
+        return self._header
+
     def editable_header(self) -> Dataset:
-        """A copy of the header to change; the original stays as it was for other pipelines."""
-        return clone_header(self.header)
+        """A copy of the whole header (trailing elements included) to change; the original stays as it was."""
+        return clone_header(self.full_header())
 
     def with_header(self, header: Dataset) -> "SpooledInstance":
         return SpooledInstance(self.path, self.transfer_syntax, self.size, header=header,

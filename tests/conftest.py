@@ -90,24 +90,23 @@ ae_title = "{ae_title}"
 '''
 
 
+def router_section(data_dir: Path, extra: str = "") -> str:
+    """The ``[router]`` table every test configuration starts with (JSON logs, no free-space floor)."""
+    return f'\n[router]\ndata_dir = "{data_dir}"\nmin_free_space_mb = 0\nlog_format = "json"\n{extra}\n'
+
+
+def endpoint_section(name: str, port: int, extra: str = "") -> str:
+    """A ``dimse`` endpoint on 127.0.0.1."""
+    return f'\n[endpoints.{name}]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {port}\n{extra}\n'
+
+
 def router_toml(data_dir: Path, port: int, backends: str, pipeline_backends: list[str], extra: str = "",
                 endpoint_extra: str = "", fast_retry: bool = True) -> str:
     """A config text with one endpoint on ``port`` and the given backend tables."""
     retry = ""
     if fast_retry:
         retry = "initial_delay_seconds = 0.2\nmax_delay_seconds = 1.0\n"
-    text = f"""
-[router]
-data_dir = "{data_dir}"
-min_free_space_mb = 0
-log_format = "json"
-
-[endpoints.ingest]
-type = "dimse"
-bind = "127.0.0.1"
-port = {port}
-{endpoint_extra}
-
+    text = router_section(data_dir) + endpoint_section("ingest", port, endpoint_extra) + f"""
 {backends}
 
 [pipelines.default]

@@ -262,9 +262,10 @@ class DimseEndpoint:
                 affected_sop_instance_uid=str(rq.AffectedSOPInstanceUID),
             ),
         )
-        self._count_received(Path(event.dataset_path))
+        received = Path(event.dataset_path)
+        size = self._count_received(received)
         try:
-            result = self.intake.receive_store(envelope, Path(event.dataset_path), str(event.context.transfer_syntax))
+            result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size)
             status = result.status
         except Exception as exc:  # never let a bug take the association or the daemon down
             log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())
@@ -272,12 +273,15 @@ class DimseEndpoint:
         self.metrics.response(self.name, "C-STORE", status)
         return status
 
-    def _count_received(self, path: Path) -> None:
+    def _count_received(self, path: Path) -> int | None:
+        """Count the instance and its bytes; returns its size (None if the file is unreadable)."""
         self.metrics.instances_received.labels(self.name).inc()
         try:
-            self.metrics.bytes_received.labels(self.name).inc(os.path.getsize(path))
+            size = os.path.getsize(path)
         except OSError:
-            pass
+            return None
+        self.metrics.bytes_received.labels(self.name).inc(size)
+        return size
 
 
     def _on_find(self, event):

@@ -17,7 +17,6 @@ from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from router.engine.file_datasets import FileBackedDataset
-from router.qr.move import CANCEL, PENDING, final_status
 from router.qr.relay import Relay, file_instance_uid
 
 log = structlog.get_logger("router.qr.get")
@@ -31,21 +30,15 @@ def get_responses(relay: Relay | None, accepted_contexts, is_cancelled, ctx: dic
     if not planned:
         return
     log.info("C-GET relaying", instances=len(planned), **ctx)
-    for fetched, path in relay.instances():
-        if is_cancelled():
-            relay.retrieval.cancel()
-            log.info("C-GET cancelled by the client; cancelled upstream", **ctx)
-            yield CANCEL, None
-            return
+
+    def payload_for(fetched, path):
         payload = sendable(path, fetched, accepted_contexts)
         if payload is None:
             log.warning("the requester accepts this instance's SOP class in no usable transfer syntax",
                         sop_instance_uid=fetched.sop_instance_uid, transfer_syntax=fetched.transfer_syntax, **ctx)
-            relay.sent.discard(fetched.sop_instance_uid)
-            relay.refused.append(fetched.sop_instance_uid)
-            continue
-        yield PENDING, payload
-    yield from final_status(relay, ctx, "C-GET")
+        return payload
+
+    yield from relay.responses(payload_for, is_cancelled, "C-GET")
 
 
 def sendable(path, fetched, accepted_contexts):

@@ -14,17 +14,12 @@ from __future__ import annotations
 from typing import Iterator
 
 import structlog
-from pydicom import Dataset
 
 from router.engine.file_datasets import FileBackedDataset
 from router.qr.relay import Relay, file_instance_uid
 from router.qr.upstream import storage_contexts
 
 log = structlog.get_logger("router.qr.move")
-
-CANCEL, PENDING = 0xFE00, 0xFF00
-WARNING_SUBOPS_FAILED, FAILURE_SUBOPS = 0xB000, 0xA702
-
 
 def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | None, is_cancelled,
                    ctx: dict) -> Iterator:
@@ -40,22 +35,6 @@ def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | Non
     if not planned:
         return
     log.info("C-MOVE relaying", instances=len(planned), destination=f"{destination[0]}:{destination[1]}", **ctx)
-    for fetched, path in relay.instances():
-        if is_cancelled():
-            relay.retrieval.cancel()
-            log.info("C-MOVE cancelled by the client; cancelled upstream", **ctx)
-            yield CANCEL, None
-            return
-        yield PENDING, FileBackedDataset(path, fetched.sop_class_uid, file_instance_uid(path, fetched))
-    yield from final_status(relay, ctx, "C-MOVE")
-
-
-def final_status(relay: Relay, ctx: dict, what: str) -> Iterator:
-    missing = relay.missing()
-    if not missing:
-        return
-    failed = Dataset()
-    failed.FailedSOPInstanceUIDList = missing
-    status = WARNING_SUBOPS_FAILED if relay.sent else FAILURE_SUBOPS
-    log.warning(f"{what} incomplete", sent=len(relay.sent), failed=len(missing), refused=len(relay.refused), **ctx)
-    yield status, failed
+    yield from relay.responses(
+        lambda fetched, path: FileBackedDataset(path, fetched.sop_class_uid, file_instance_uid(path, fetched)),
+        is_cancelled, "C-MOVE")

@@ -11,9 +11,10 @@ sub-operation. Files are removed once sent.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import structlog
+from pydicom import Dataset
 from pydicom.filereader import read_file_meta_info
 
 from router.envelope import AssociationInfo, Command, RequestEnvelope, SpooledInstance
@@ -22,6 +23,9 @@ from router.qr.retrieve import Fetched, Retrieval
 from router.spool.store import Spool
 
 log = structlog.get_logger("router.qr.relay")
+
+CANCEL, PENDING = 0xFE00, 0xFF00
+WARNING_SUBOPS_FAILED, FAILURE_SUBOPS = 0xB000, 0xA702
 
 
 class Relay:
@@ -36,7 +40,25 @@ class Relay:
         self.refused: list[str] = []
         self._files: list[Path] = []
 
-    def instances(self) -> Iterator[tuple[Fetched, Path]]:
+    def responses(self, payload_for: Callable[[Fetched, Path], Dataset | None], is_cancelled, what: str) -> Iterator:
+        """A retrieve SCP handler's ``(status, dataset)`` yields after the count: ``(0xFF00, payload)`` per
+        instance (``payload_for`` returns None for one the requester cannot take), then the end:
+        0xFE00 when the client cancelled (the upstream is cancelled too), else the failed list, if any."""
+        for fetched, path in self._instances():
+            if is_cancelled():
+                self.retrieval.cancel()
+                log.info(f"{what} cancelled by the client; cancelled upstream", **self.ctx)
+                yield CANCEL, None
+                return
+            payload = payload_for(fetched, path)
+            if payload is None:
+                self.refused.append(fetched.sop_instance_uid)
+                continue
+            self.sent.add(fetched.sop_instance_uid)
+            yield PENDING, payload
+        yield from self._final_status(what)
+
+    def _instances(self) -> Iterator[tuple[Fetched, Path]]:
         """(fetched, file to send) for each instance the stages let through; cleans up after each."""
         try:
             for fetched in self.retrieval.fetch():
@@ -46,10 +68,20 @@ class Relay:
                 if path is None:
                     self.refused.append(fetched.sop_instance_uid)
                     continue
-                self.sent.add(fetched.sop_instance_uid)
                 yield fetched, path
         finally:
             self._clean()
+
+    def _final_status(self, what: str) -> Iterator:
+        """Nothing when everything planned was sent; else 0xB000 (some sent) or 0xA702 with the failed list."""
+        missing = self.missing()
+        if not missing:
+            return
+        failed = Dataset()
+        failed.FailedSOPInstanceUIDList = missing
+        log.warning(f"{what} incomplete", sent=len(self.sent), failed=len(missing), refused=len(self.refused),
+                    **self.ctx)
+        yield (WARNING_SUBOPS_FAILED if self.sent else FAILURE_SUBOPS), failed
 
     def missing(self) -> list[str]:
         """Planned instances that were not sent: never arrived, or refused by a stage."""

@@ -9,6 +9,7 @@ can leave a row whose file is not durable, for an instance that was never acknow
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -49,8 +50,9 @@ class Intake:
     def close(self) -> None:
         self._committers.shutdown(wait=True)
 
-    def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str) -> IntakeResult:
-        """Take ownership of the received file at ``received`` and answer for it."""
+    def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str,
+                      size: int | None = None) -> IntakeResult:
+        """Take ownership of the received file at ``received`` (``size`` bytes, if known) and answer for it."""
         ctx = envelope.log_context()
         if not self.spool.has_free_space():
             log.error("refusing instance: free space in the data directory is under the floor",
@@ -61,7 +63,7 @@ class Intake:
         except OSError as exc:
             log.error("cannot move the received instance into the spool", error=str(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"spool write failed: {exc}")
-        instance = SpooledInstance(path, transfer_syntax, os.path.getsize(path))
+        instance = SpooledInstance(path, transfer_syntax, os.path.getsize(path) if size is None else size)
         envelope = replace(envelope, instance=instance)
         try:
             routing = self.pipelines.route(envelope)
@@ -103,8 +105,9 @@ class Intake:
             if hold:
                 log.warning("instance held in quarantine for review", reason=hold,
                             backends=[b for _, b in pairs], **ctx)
-        log.debug("instance spooled", backends=[t.backend for t in targets], size=instance.size,
-                  versions=len(batches), stages=_audit_trail(routing), **ctx)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("instance spooled", backends=[t.backend for t in targets], size=instance.size,
+                      versions=len(batches), stages=_audit_trail(routing), **ctx)
         return IntakeResult(SUCCESS, True)
 
     def _versions(self, envelope: RequestEnvelope, received: SpooledInstance, targets: list[Target],

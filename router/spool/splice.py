@@ -2,7 +2,8 @@
 
 :func:`read_header` parses everything except the top-level pixel data element: the
 elements before it, and any elements after it (trailing padding, private groups,
-signatures), merged into one dataset. :func:`write_spliced` writes an edited header,
+signatures), merged into one dataset. Matching needs only the first part
+(:func:`read_header_before_pixels`); :func:`locate_pixel_data` adds the rest. :func:`write_spliced` writes an edited header,
 then the original pixel data element copied verbatim from the source file, then the
 edited trailing elements. Memory stays at the size of the header whatever the size of
 the pixel data. Deflated files are one zlib stream and cannot be spliced; they are
@@ -48,23 +49,37 @@ class Layout:
 
 
 def read_header(path: Path | str) -> tuple[Dataset, Layout]:
-    """The dataset without its top-level pixel data, and where that pixel data is."""
-    size = os.path.getsize(path)
+    """The dataset without its top-level pixel data (trailing elements included), and where that pixel data is."""
+    header, start = read_header_before_pixels(path)
+    return header, locate_pixel_data(path, header, start)
+
+
+def read_header_before_pixels(path: Path | str) -> tuple[Dataset, int]:
+    """The elements before the top-level pixel data, and the offset where that pixel data starts.
+
+    This is all that matching needs; :func:`locate_pixel_data` does the rest for an edit.
+    """
     with open(path, "rb") as f:
         ds = dcmread(f, stop_before_pixels=True)
-        ts = UID(ds.file_meta.TransferSyntaxUID)
-        if ts.is_deflated:
-            return ds, Layout(None, None, None, size, deflated=True)
-        start = f.tell()
-        if start >= size:
-            return ds, Layout(None, None, None, size)
+        return ds, f.tell()
+
+
+def locate_pixel_data(path: Path | str, header: Dataset, start: int) -> Layout:
+    """Where the pixel data element that starts at ``start`` ends; elements after it are added to ``header``."""
+    size = os.path.getsize(path)
+    ts = UID(header.file_meta.TransferSyntaxUID)
+    if ts.is_deflated:
+        return Layout(None, None, None, size, deflated=True)
+    if start >= size:
+        return Layout(None, None, None, size)
+    with open(path, "rb") as f:
         tag, end = _pixel_element_end(f, start, size, ts)
         if end < size:
             f.seek(end)
             tail = read_dataset(BytesIO(f.read(size - end)), ts.is_implicit_VR, ts.is_little_endian)
             for element in tail:
-                ds.add(element)
-    return ds, Layout(tag, start, end, size)
+                header.add(element)
+    return Layout(tag, start, end, size)
 
 
 def _pixel_element_end(f, start: int, size: int, ts: UID) -> tuple[int, int]:

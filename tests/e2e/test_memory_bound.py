@@ -9,7 +9,7 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from tests.conftest import dimse_backend_toml, router_toml
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section, router_toml
 from pydicom import dcmread
 
 from tests.support.cli import ServeProcess
@@ -97,24 +97,8 @@ def test_retrieving_hundreds_of_instances_keeps_memory_flat(tmp_path, write_conf
     files = write_series(tmp_path / "study", 200, "ct", patient="BULK")
     port = free_port()
     with ScriptedPACS(files) as pacs:
-        text = f"""
-[router]
-data_dir = "{tmp_path / 'data'}"
-min_free_space_mb = 0
-log_format = "json"
-log_level = "info"
-
-[endpoints.qr]
-type = "dimse"
-bind = "127.0.0.1"
-port = {port}
-
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {pacs.port}
-ae_title = "{pacs.ae_title}"
-query = true
+        text = router_section(tmp_path / "data", 'log_level = "info"') + endpoint_section("qr", port) + (
+            dimse_backend_toml(pacs.port, pacs.ae_title)) + """query = true
 retrieve = "get"
 
 [pipelines.qr]

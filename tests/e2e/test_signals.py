@@ -10,7 +10,7 @@ import pytest
 from pynetdicom import AE
 
 from router import engine
-from tests.conftest import dimse_backend_toml, router_toml
+from tests.conftest import dimse_backend_toml, endpoint_section, router_toml
 from tests.support.cli import ServeProcess, router_command
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.peers import dcmtk, dcmtk_env, free_port, start_storescp, stop_process, wait_for
@@ -111,6 +111,14 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck():
     assert 'listen = "127.0.0.1:8080"' in (ROOT / "examples" / "docker" / "router.toml").read_text()
 
 
+def open_ct_association(port: int):
+    """An association from MODALITY proposing CT Image Storage, left open for the test to use."""
+    engine.configure()
+    ae = AE("MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    return ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+
+
 @pytest.mark.parametrize("how", ["SIGHUP", "reload command"])
 def test_reload_adds_a_backend_while_an_association_stays_open(tmp_path, write_config, small_files, how):
     from tests.support.cli import run_cli
@@ -124,10 +132,7 @@ def test_reload_adds_a_backend_while_an_association_stays_open(tmp_path, write_c
         config = write_config(router_toml(tmp_path / "data", port, one, ["first"]))
         serve = ServeProcess(config, tmp_path / "serve.log").start(port)
         try:
-            engine.configure()
-            ae = AE("MODALITY")
-            ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
-            assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+            assoc = open_ct_association(port)
             assert int(assoc.send_c_store(small_files[0]).Status) == 0
             config.write_text(router_toml(tmp_path / "data", port, one + two, ["first", "second"]))
             if how == "SIGHUP":
@@ -173,13 +178,10 @@ def test_reload_changes_and_adds_endpoints_without_dropping_associations(tmp_pat
     config = write_config(router_toml(tmp_path / "data", port, archive, ["archive"]))
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     try:
-        engine.configure()
-        ae = AE("MODALITY")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assoc = open_ct_association(port)
         assert assoc.is_established
         text = router_toml(tmp_path / "data", port, archive, ["archive"], endpoint_extra='allowed_calling_aets = ["CT_*"]')
-        text += f'\n[endpoints.second]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {new_port}\n'
+        text += endpoint_section("second", new_port)
         config.write_text(text.replace('endpoints = ["ingest"]', 'endpoints = ["ingest", "second"]'))
         serve.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "configuration reloaded" in serve.log_text(), 30, message="the reload")

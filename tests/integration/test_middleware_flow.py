@@ -10,7 +10,7 @@ from pynetdicom import AE
 from router.config import load_config
 from router.tools.queue_admin import queue_command
 
-from tests.conftest import dimse_backend_toml
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support.deid import key_file, raw_pixel_bytes
 from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
@@ -18,17 +18,7 @@ from tests.support.richgen import write_rich_study
 
 
 def config_text(data_dir, port, backends: str, pipelines: str) -> str:
-    return f"""
-[router]
-data_dir = "{data_dir}"
-min_free_space_mb = 0
-log_format = "json"
-
-[endpoints.ingest]
-type = "dimse"
-bind = "127.0.0.1"
-port = {port}
-
+    return router_section(data_dir) + endpoint_section("ingest", port) + f"""
 {backends}
 
 {pipelines}

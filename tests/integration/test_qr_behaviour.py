@@ -16,6 +16,7 @@ from pynetdicom.sop_class import (
 )
 
 from router import engine
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.dicomgen import write_series
 from tests.support.peers import StorageSCP, free_port, wait_for
 from tests.support.qrpeer import ScriptedPACS
@@ -80,24 +81,11 @@ class ScriptedUpstream:
         yield 0x0000, None
 
 
-def config(tmp_path, port, backends: str, upstreams: list[str], pipeline_extra: str = "") -> str:
-    return f"""
-[router]
-ae_title = "{ROUTER_AE}"
-data_dir = "{tmp_path / 'data'}"
-min_free_space_mb = 0
-log_format = "json"
-
-[endpoints.qr]
-type = "dimse"
-bind = "127.0.0.1"
-port = {port}
-
-[endpoints.store_only]
-type = "dimse"
-bind = "127.0.0.1"
-port = {free_port()}
-
+def config(tmp_path, port, backends: str, upstreams: list[str], pipeline_extra: str = "",
+           endpoint_extra: str = "") -> str:
+    head = (router_section(tmp_path / "data", f'ae_title = "{ROUTER_AE}"') + endpoint_section("qr", port, endpoint_extra)
+            + endpoint_section("store_only", free_port()))
+    return head + f"""
 {backends}
 
 [backends.archive]
@@ -115,9 +103,8 @@ backends = ["archive"]
 """.replace("'", '"')
 
 
-def upstream_table(name: str, port: int, ae_title: str, flag: str = "query", timeout: float | None = None) -> str:
-    extra = f"query_timeout = {timeout}\n" if timeout else ""
-    return f'\n[backends.{name}]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {port}\nae_title = "{ae_title}"\n{flag} = true\n{extra}'
+def upstream_table(name: str, port: int, ae_title: str, flag: str = "query") -> str:
+    return dimse_backend_toml(port, ae_title, name) + f"{flag} = true\n"
 
 
 def client_find(port: int, model, query: Dataset, cancel_after: int | None = None):
@@ -253,28 +240,40 @@ def test_query_retrieve_is_offered_only_where_a_pipeline_can_answer(tmp_path, wr
         assert StudyRootQueryRetrieveInformationModelMove not in accepted
 
 
+def move_config(tmp_path, port: int, upstream_port: int, upstream_ae: str, viewer_port: int,
+                pipeline_extra: str = "") -> str:
+    """The Q/R endpoint with a C-GET-retrieving upstream and VIEWER as a known move destination."""
+    backends = upstream_table("pacs", upstream_port, upstream_ae).replace("query = true", 'retrieve = "get"')
+    return config(tmp_path, port, backends, ["pacs"], pipeline_extra,
+                  endpoint_extra=f'move_destinations = {{ VIEWER = "127.0.0.1:{viewer_port}" }}')
+
+
+def send_move(port: int, study_uid: str, cancel_after: int | None = None) -> list[int]:
+    """C-MOVE a study to VIEWER; the statuses received (a C-CANCEL after ``cancel_after`` pending ones)."""
+    model = StudyRootQueryRetrieveInformationModelMove
+    ae = AE("QRCLIENT")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    statuses = []
+    for status, _ in assoc.send_c_move(query, "VIEWER", model, msg_id=9):
+        statuses.append(int(status.Status))
+        if cancel_after is not None and statuses.count(0xFF00) == cancel_after:
+            context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == model)
+            assoc.send_c_cancel(9, context.context_id)
+    assert assoc.is_established  # the association survives whatever the C-MOVE ended with
+    assoc.release()
+    return statuses
+
+
 def test_move_cancel_reaches_the_upstream_retrieval(tmp_path, write_config, start_router):
     files = write_series(tmp_path / "study", 20, "small", patient="CANCEL")
     with ScriptedPACS(files, delay=0.1) as pacs, StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
         port = free_port()
-        backends = upstream_table("pacs", pacs.port, pacs.ae_title).replace("query = true", 'retrieve = "get"')
-        text = config(tmp_path, port, backends, ["pacs"]).replace(
-            f"port = {port}\n", f'port = {port}\nmove_destinations = {{ VIEWER = "127.0.0.1:{viewer.port}" }}\n', 1)
-        start_router(write_config(text))
-        ae = AE("QRCLIENT")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = str(dcmread(files[0]).StudyInstanceUID)
-        statuses = []
-        for status, _ in assoc.send_c_move(query, "VIEWER", StudyRootQueryRetrieveInformationModelMove, msg_id=9):
-            statuses.append(int(status.Status))
-            if statuses.count(0xFF00) == 2:
-                context = next(cx for cx in assoc.accepted_contexts
-                               if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelMove)
-                assoc.send_c_cancel(9, context.context_id)
-        assoc.release()
+        start_router(write_config(move_config(tmp_path, port, pacs.port, pacs.ae_title, viewer.port)))
+        statuses = send_move(port, str(dcmread(files[0]).StudyInstanceUID), cancel_after=2)
         wait_for(pacs.cancelled.is_set, 10, message="the upstream C-GET to be cancelled")
     assert statuses[-1] == 0xFE00
     assert 2 <= len(viewer.received) < 20
@@ -299,19 +298,8 @@ def test_a_query_only_backend_receives_no_stores(tmp_path, write_config, start_r
 def test_move_with_the_upstream_down_fails_cleanly(tmp_path, write_config, start_router):
     with StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
         port = free_port()
-        backends = upstream_table("pacs", free_port(), "NOBODY").replace("query = true", 'retrieve = "get"')
-        text = config(tmp_path, port, backends, ["pacs"]).replace(
-            f"port = {port}\n", f'port = {port}\nmove_destinations = {{ VIEWER = "127.0.0.1:{viewer.port}" }}\n', 1)
-        start_router(write_config(text))
-        ae = AE("QRCLIENT")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = "1.2.3.4"
-        statuses = [int(s.Status) for s, _ in assoc.send_c_move(query, "VIEWER", StudyRootQueryRetrieveInformationModelMove)]
-        assert assoc.is_established  # the association survives the failure
-        assoc.release()
+        start_router(write_config(move_config(tmp_path, port, free_port(), "NOBODY", viewer.port)))
+        statuses = send_move(port, "1.2.3.4")
     assert len(statuses) == 1 and 0xC000 <= statuses[0] <= 0xCFFF
     assert viewer.received == []
 
@@ -320,18 +308,8 @@ def test_a_refused_move_retrieves_nothing(tmp_path, write_config, start_router):
     files = write_series(tmp_path / "study", 3, "small", patient="REFUSED")
     with ScriptedPACS(files) as pacs, StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
         port = free_port()
-        backends = upstream_table("pacs", pacs.port, pacs.ae_title).replace("query = true", 'retrieve = "get"')
         refuse = '[[pipelines.qr.middleware]]\ntype = "filter"\nmatch = { calling_aet = "TRUSTED" }\naction = "reject"\n'
-        text = config(tmp_path, port, backends, ["pacs"], refuse).replace(
-            f"port = {port}\n", f'port = {port}\nmove_destinations = {{ VIEWER = "127.0.0.1:{viewer.port}" }}\n', 1)
-        start_router(write_config(text))
-        ae = AE("QRCLIENT")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE)
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = str(dcmread(files[0]).StudyInstanceUID)
-        statuses = [int(s.Status) for s, _ in assoc.send_c_move(query, "VIEWER", StudyRootQueryRetrieveInformationModelMove)]
-        assoc.release()
+        start_router(write_config(move_config(tmp_path, port, pacs.port, pacs.ae_title, viewer.port, refuse)))
+        statuses = send_move(port, str(dcmread(files[0]).StudyInstanceUID))
     assert len(statuses) == 1 and 0xC000 <= statuses[0] <= 0xCFFF
     assert viewer.received == [] and pacs.sent == 0

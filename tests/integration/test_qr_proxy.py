@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom import dcmread
 
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.deid import key_file, raw_pixel_bytes
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.pacs import load, start_dcmqrscp, start_orthanc
@@ -46,25 +47,9 @@ def orthanc(tmp_path_factory, studies, ports):
 
 def router_config(tmp_path, ports, orthanc, retrieve="get", extra_backends="", pipeline_extra="",
                   upstreams=("pacs",)) -> str:
-    return f"""
-[router]
-ae_title = "{ROUTER_AE}"
-data_dir = "{tmp_path / 'data'}"
-min_free_space_mb = 0
-log_format = "json"
-
-[endpoints.qr]
-type = "dimse"
-bind = "127.0.0.1"
-port = {ports['router']}
-move_destinations = {{ VIEWER = "127.0.0.1:{ports['viewer']}" }}
-
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {orthanc.port}
-ae_title = "{orthanc.ae_title}"
-query = true
+    viewer = f'move_destinations = {{ VIEWER = "127.0.0.1:{ports["viewer"]}" }}'
+    return router_section(tmp_path / "data", f'ae_title = "{ROUTER_AE}"') + endpoint_section(
+        "qr", ports["router"], viewer) + dimse_backend_toml(orthanc.port, orthanc.ae_title) + f"""query = true
 retrieve = "{retrieve}"
 {extra_backends}
 
@@ -211,14 +196,7 @@ def test_find_merges_two_pacs_without_duplicates(tmp_path, write_config, start_r
     p3 = write_rich_study(tmp_path / "p3", "P003", series=1, per_series=1, study_date="20240501")
     second = start_dcmqrscp(tmp_path / "dcmqrscp", files=studies["P002"] + p3)
     try:
-        extra = f"""
-[backends.archive]
-type = "dimse"
-host = "127.0.0.1"
-port = {second.port}
-ae_title = "{second.ae_title}"
-query = true
-"""
+        extra = dimse_backend_toml(second.port, second.ae_title, "archive") + "query = true\n"
         start_router(write_config(router_config(tmp_path, ports, orthanc, extra_backends=extra,
                                                 upstreams=("pacs", "archive"))))
         keys = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID"]

@@ -11,7 +11,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from router import engine
-from tests.conftest import router_toml
+from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for
 from tests.support.tls import CertificateAuthority
 
@@ -151,14 +151,8 @@ def test_backend_verifies_its_tls_peer(tmp_path, write_config, start_router, pki
         port = free_port()
         ca = pki["ca"].bundle if trusted else pki["rogue_ca"].bundle
         client = pki["client"]
-        backend = f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {pacs.port}
-ae_title = "TLS_PACS"
-tls = {{ ca_bundle = "{ca}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}
-"""
+        backend = dimse_backend_toml(pacs.port, "TLS_PACS") + (
+            f'tls = {{ ca_bundle = "{ca}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}\n')
         service = start_router(write_config(router_toml(tmp_path / "data", port, backend, ["pacs"])))
         assert send_with_pynetdicom(port, small_files[:2]) == [0, 0]
         if trusted:
