@@ -246,7 +246,7 @@ class DimseEndpoint:
     def _on_store(self, event) -> int:
         rq = event.request
         info = self._info(event.assoc)
-        if self.qr is not None and self.qr.collector.claim(
+        if self.qr is not None and self.qr.collector.active and self.qr.collector.claim(
             str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
             Path(event.dataset_path),
         ):

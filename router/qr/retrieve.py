@@ -71,6 +71,11 @@ class Collector:
             for uid in [u for u, r in self._expected.items() if r is retrieval]:
                 del self._expected[uid]
 
+    @property
+    def active(self) -> bool:
+        """Whether any retrieval waits for instances (checked on every C-STORE before anything else)."""
+        return bool(self._expected)
+
     def claim(self, sop_instance_uid: str, sop_class_uid: str, transfer_syntax: str, path: Path) -> bool:
         """True when a retrieval expected this instance and took the file."""
         with self._lock:
