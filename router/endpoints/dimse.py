@@ -40,7 +40,7 @@ from router.endpoints.access import AccessPolicy
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
-from router.spool.intake import CANNOT_UNDERSTAND, Intake
+from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
 from router.tls import EndpointTLSConfig, HandshakeInWorkerServer, ReusePortServer, peer_name, server_context
 
 log = structlog.get_logger("router.endpoint")
@@ -246,6 +246,13 @@ class DimseEndpoint:
     def _on_store(self, event) -> int:
         rq = event.request
         info = self._info(event.assoc)
+        receive_error = getattr(rq, "_receive_error", None)
+        if receive_error is not None:
+            log.error("refusing instance: its data set could not be written", error=receive_error,
+                      association_id=info.association_id, calling_aet=info.calling_aet,
+                      sop_instance_uid=str(rq.AffectedSOPInstanceUID))
+            self.metrics.response(self.name, "C-STORE", OUT_OF_RESOURCES)
+            return OUT_OF_RESOURCES
         if self.qr is not None and self.qr.collector.active and self.qr.collector.claim(
             str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
             Path(event.dataset_path),

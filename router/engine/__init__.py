@@ -20,6 +20,7 @@ from router.engine.file_datasets import install_send_from_file
 from router.engine.part10 import install_fast_file_meta
 from router.engine.reactors import install_reactors
 from router.engine.socket_reads import install_fast_recv
+from router.engine.store_decode import install_fast_store_decode
 
 SUPPORTED_PYNETDICOM = "3.0.4"
 
@@ -31,7 +32,8 @@ def configure() -> None:
     """Stream received and sent datasets through files, accept any storage class and
     transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
     every association socket, bound the outgoing PDU queue, make the reactor loops
-    event-driven, and encode C-STORE command sets and received files' meta directly.
+    event-driven, encode and decode C-STORE command sets directly, and write received
+    data sets straight to their Part-10 files.
     Idempotent."""
     global _configured
     with _lock:
@@ -50,6 +52,7 @@ def configure() -> None:
             install_fast_store_rsp()
             install_fast_recv()
             install_fast_file_meta()
+            install_fast_store_decode()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "

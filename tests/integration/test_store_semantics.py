@@ -113,6 +113,18 @@ def test_free_space_floor_answers_out_of_resources(tmp_path, write_config, start
     assert not any((tmp_path / "data" / "objects").rglob("*.dcm"))
 
 
+def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, write_config, start_router, port,
+                                                                      ct_files):
+    text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
+    service = start_router(write_config(text))
+    incoming = tmp_path / "data" / "incoming"
+    incoming.rmdir()  # every write of a received data set now fails, as on a broken disk
+    assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0xA700
+    assert service.queue.counts() == {}
+    incoming.mkdir()
+    assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
+
+
 FILTER = """
 [[pipelines.default.middleware]]
 type = "filter"

@@ -1,0 +1,235 @@
+"""The fast C-STORE decode gives what pynetdicom's own decoder gives: the same primitives, the same files."""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+from io import BytesIO
+from types import SimpleNamespace
+
+import pytest
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import dimse_messages
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu_primitives import P_DATA
+
+from router.engine import store_decode
+
+EVEN_UID = "1.2.840.10008.5.1.4.1.1.2"  # 25 characters: odd
+ODD_UID = "1.2.840.10008.5.1.4.1.1.20"  # 26 characters: even
+LONG_UID = "1.2.826.0.1.3680043.8.498." + "1" * 38
+SYNTAX = "1.2.840.10008.1.2.1"
+FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+          "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "Status", "ErrorComment",
+          "OffendingElement", "_context_id")
+
+
+class FakeAssociation:
+    def __init__(self, handlers=None):
+        self._accepted_cx = {1: SimpleNamespace(transfer_syntax=[SYNTAX]), 3: SimpleNamespace(transfer_syntax=[SYNTAX])}
+        self._handlers = handlers or {}
+        self.dul = SimpleNamespace(event_queue=queue.Queue())
+
+    def _abort_nonblocking(self):
+        pass
+
+    _abort_blocking = _abort_nonblocking
+
+    def get_handlers(self, event):
+        return self._handlers.get(event, [])
+
+
+@pytest.fixture
+def stock_file_meta(monkeypatch, tmp_path):
+    """pynetdicom's own file meta writer, and received files under ``tmp_path``."""
+    monkeypatch.setattr(dimse_messages, "create_file_meta", create_file_meta)
+    monkeypatch.setattr(dimse_messages, "write_file_meta_info", write_file_meta_info)
+    monkeypatch.setattr(dimse_messages._config, "STORE_RECV_CHUNKED_DATASET", True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
+def feed(receive, pdatas, handlers=None):
+    """Run P-DATA primitives through a decoder; returns (messages, events, provider)."""
+    provider = DIMSEServiceProvider(FakeAssociation(handlers))
+    for pdata in pdatas:
+        receive(provider, pdata)
+    messages = []
+    while not provider.msg_queue.empty():
+        messages.append(provider.msg_queue.get())
+    events = []
+    while not provider.dul.event_queue.empty():
+        events.append(provider.dul.event_queue.get())
+    return messages, events, provider
+
+
+def pdata_of(message, primitive, max_pdu: int, context_id: int = 1) -> list[P_DATA]:
+    message.primitive_to_message(primitive)
+    return list(message.encode_msg(context_id, max_pdu))
+
+
+def store_rq(instance=EVEN_UID, sop_class=EVEN_UID, size=1000, message_id=7, priority=2, originator=None):
+    p = C_STORE()
+    p.MessageID = message_id
+    p.AffectedSOPClassUID = sop_class
+    p.AffectedSOPInstanceUID = instance
+    p.Priority = priority
+    if originator is not None:
+        p.MoveOriginatorApplicationEntityTitle = originator
+        p.MoveOriginatorMessageID = 3
+    p.DataSet = BytesIO(bytes(range(256)) * (size // 256) + b"\x01" * (size % 256))
+    return p
+
+
+def summary(item) -> tuple:
+    context_id, primitive = item
+    return (context_id, type(primitive).__name__, *(str(getattr(primitive, f, None)) for f in FIELDS))
+
+
+def received_bytes(item) -> bytes:
+    return open(item[1]._dataset_path, "rb").read()
+
+
+def both(pdatas_factory, handlers=None):
+    stock = feed(store_decode._stock_receive_primitive, pdatas_factory(), handlers)
+    fast = feed(store_decode._receive_primitive, pdatas_factory(), handlers)
+    return stock, fast
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 16384, 131072, 1048576])
+@pytest.mark.parametrize("size", [1, 4090, 16378, 100_000, 525_000])
+@pytest.mark.parametrize("instance", [EVEN_UID, ODD_UID, LONG_UID])
+@pytest.mark.parametrize("originator", [None, "MOVE_SCU"])
+def test_received_request_and_file_identical(stock_file_meta, max_pdu, size, instance, originator):
+    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RQ(), store_rq(instance, size=size, originator=originator),
+                                                         max_pdu))
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert len(fast) == 1
+    assert received_bytes(fast[0]) == received_bytes(stock[0])
+    assert fast[0][1].DataSet.getvalue() == stock[0][1].DataSet.getvalue() == b""
+    assert fast[0][1].is_valid_request
+
+
+def test_command_and_data_set_in_one_pdata(stock_file_meta):
+    def one_pdata():
+        pdatas = pdata_of(C_STORE_RQ(), store_rq(size=50_000), 16384)
+        merged = P_DATA()
+        merged.presentation_data_value_list = [list(pdv) for p in pdatas for pdv in p.presentation_data_value_list]
+        return [merged]
+
+    (stock, _, _), (fast, _, _) = both(one_pdata)
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert received_bytes(fast[0]) == received_bytes(stock[0])
+
+
+def test_two_requests_in_a_row(stock_file_meta):
+    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RQ(), store_rq(EVEN_UID, size=3000), 16384)
+                                       + pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=70_000, message_id=8), 16384, 3))
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert [received_bytes(m) for m in fast] == [received_bytes(m) for m in stock]
+
+
+def store_rsp(status, instance=EVEN_UID, sop_class=EVEN_UID, comment=None, offending=None):
+    p = C_STORE()
+    p.MessageIDBeingRespondedTo = 9
+    p.AffectedSOPClassUID = sop_class
+    if instance is not None:
+        p.AffectedSOPInstanceUID = instance
+    p.Status = status
+    if comment is not None:
+        p.ErrorComment = comment
+    if offending is not None:
+        p.OffendingElement = offending
+    return p
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xA900, 0xC000, 0x0110, 0xFFFF])
+@pytest.mark.parametrize("instance", [EVEN_UID, ODD_UID, LONG_UID, None])
+@pytest.mark.parametrize("comment", [None, "disk full"])
+@pytest.mark.parametrize("sop_class", [EVEN_UID, None])
+def test_responses_identical(status, instance, comment, sop_class):
+    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RSP(), store_rsp(status, instance, sop_class, comment),
+                                                         16384))
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert fast[0][1].is_valid_response
+
+
+def test_response_with_offending_element_goes_to_pynetdicom():
+    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RSP(), store_rsp(0xA900, offending=[0x00100010]), 16384))
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert str(fast[0][1].OffendingElement) == str(stock[0][1].OffendingElement)
+
+
+def test_other_messages_and_split_command_sets_go_to_pynetdicom(stock_file_meta):
+    echo = C_ECHO()
+    echo.MessageID = 5
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_ECHO_RQ(), echo, 16384))
+    assert isinstance(fast[0][1], C_ECHO)
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+
+    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RQ(), store_rq(size=5000), 40))  # command in pieces
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert received_bytes(fast[0]) == received_bytes(stock[0])
+
+
+def test_with_a_dimse_recv_handler_bound_pynetdicom_decodes(stock_file_meta):
+    from pynetdicom import evt
+
+    handlers = {evt.EVT_DIMSE_RECV: [(lambda event: None, None)]}
+    _, (fast, _, provider) = both(lambda: pdata_of(C_STORE_RQ(), store_rq(), 16384), handlers)
+    assert len(fast) == 1
+    assert getattr(provider, "_incoming_data_set", None) is None
+    assert fast[0][1]._dataset_file.__class__.__name__ == "_TemporaryFileWrapper"
+
+
+def test_invalid_uid_gets_the_same_abort_as_pynetdicom(stock_file_meta):
+    def bad():
+        pdatas = pdata_of(C_STORE_RQ(), store_rq(instance="1.2.3"), 16384)
+        cid, data = pdatas[0].presentation_data_value_list[0]
+        pdatas[0].presentation_data_value_list = [[cid, data.replace(b"1.2.3\x00", b"1.2.x\x00")]]
+        return pdatas
+
+    (stock, stock_events, _), (fast, fast_events, _) = both(bad)
+    assert [summary(m) for m in fast] == [summary(m) for m in stock]
+    assert fast_events == stock_events
+
+
+def test_command_inside_a_data_set_aborts_and_leaves_no_file(stock_file_meta, tmp_path):
+    def broken():
+        first = pdata_of(C_STORE_RQ(), store_rq(size=50_000), 16384)
+        return first[:2] + pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=10), 16384)[:1]
+
+    messages, events, _ = feed(store_decode._receive_primitive, broken())
+    assert messages == []
+    assert events == ["Evt19"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_set_that_cannot_be_written_is_reported_not_aborted(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    messages, events, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=50_000), 16384))
+    assert events == []
+    (context_id, request), = messages
+    assert "cannot write the received data set" in request._receive_error
+    request._dataset_file.close()  # what pynetdicom's storage SCP does after the handler
+    assert request.is_valid_request
+
+
+def test_write_failure_midway_removes_the_partial_file(monkeypatch, tmp_path, stock_file_meta):
+    calls = {"n": 0}
+    real_write = store_decode.IncomingDataSet._write
+
+    def failing_write(self, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real_write(self, data)
+
+    monkeypatch.setattr(store_decode.IncomingDataSet, "_write", failing_write)
+    messages, events, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=60_000), 16384))
+    (_, request), = messages
+    assert "No space left" in request._receive_error
+    assert list(tmp_path.iterdir()) == []
