@@ -10,7 +10,7 @@ a shorter way:
 - a C-STORE-RQ whose command set fits one PDV becomes its primitive directly, and its data
   set is written fragment by fragment to a file in the temporary directory (the spool's
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
-  byte-identical);
+  byte-identical); the file for the next data set is opened while the handler runs;
   after each fragment but the last the kernel is asked to start writing the file out
   (``sync_file_range``), so the fsync before the response mostly finds it written;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
@@ -31,6 +31,7 @@ import os
 import struct
 import tempfile
 import uuid
+import weakref
 from io import BytesIO
 from pathlib import Path
 
@@ -129,17 +130,53 @@ def store_response(fields: dict[int, bytes]) -> C_STORE:
     return primitive
 
 
+class SpareFile:
+    """An empty file in the temporary directory, opened ahead of the next data set.
+
+    Creating a file costs 0.1-0.5 ms on ext4 here; the socket thread does it while the
+    handler runs, not between a command and its data set. A spare never used is removed
+    when its association is collected (and ``incoming/`` is swept at start and stop).
+    """
+
+    def __init__(self):
+        self.path = Path(tempfile.gettempdir()) / f"{uuid.uuid4().hex}.dcm"
+        self.file = open(self.path, "xb", buffering=0, opener=_private)
+        self._finalizer = weakref.finalize(self, _remove, self.file, self.path)
+
+    def take(self):
+        self._finalizer.detach()
+        return self.path, self.file
+
+
+def _remove(file, path: Path) -> None:
+    file.close()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _spare_or_none() -> SpareFile | None:
+    try:
+        return SpareFile()
+    except OSError:
+        return None
+
+
 class IncomingDataSet:
     """A received data set being written to its Part-10 file, fragment by fragment."""
 
-    def __init__(self, primitive: C_STORE, context_id: int, transfer_syntax: str):
+    def __init__(self, primitive: C_STORE, context_id: int, transfer_syntax: str, spare: SpareFile | None = None):
         self.primitive = primitive
         self.context_id = context_id
-        self.path = Path(tempfile.gettempdir()) / f"{uuid.uuid4().hex}.dcm"
         self.error: str | None = None
         self.file = None
         try:
-            self.file = open(self.path, "xb", buffering=0, opener=_private)
+            if spare is not None:
+                self.path, self.file = spare.take()
+            else:
+                self.path = Path(tempfile.gettempdir()) / f"{uuid.uuid4().hex}.dcm"
+                self.file = open(self.path, "xb", buffering=0, opener=_private)
             self._write(PREAMBLE + encode_file_meta(FileMetaValues(
                 str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID), str(transfer_syntax))))
         except OSError as exc:
@@ -251,6 +288,8 @@ def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
     if data[0] & 2:
         self._incoming_data_set = None
         self.msg_queue.put((incoming.context_id, incoming.finish()))
+        if incoming.error is None and getattr(self, "_spare_file", None) is None:
+            self._spare_file = _spare_or_none()
     return True
 
 
@@ -266,7 +305,9 @@ def _take_command(self, context_id: int, data) -> bool:
         context = self.assoc._accepted_cx.get(context_id)
         if context is None:
             return False
-        self._incoming_data_set = IncomingDataSet(store_request(fields), context_id, context.transfer_syntax[0])
+        request = store_request(fields)
+        spare, self._spare_file = getattr(self, "_spare_file", None), None
+        self._incoming_data_set = IncomingDataSet(request, context_id, context.transfer_syntax[0], spare)
         return True
     except NotPlain:
         return False

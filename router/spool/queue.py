@@ -221,16 +221,26 @@ class DeliveryQueue:
 
     def mark_delivered(self, delivery: Delivery, warning: bool = False) -> str | None:
         """Record success; returns the spool path when no delivery needs the file any more."""
+        return self.mark_delivered_many([(delivery, warning)])[0]
+
+    def mark_delivered_many(self, results: list[tuple[Delivery, bool]]) -> list[str | None]:
+        """Record several successes (each with its warning flag) in one transaction.
+
+        Returns, for each, the spool path when no delivery needs the file any more.
+        """
         with self._write() as conn:
-            conn.execute("DELETE FROM deliveries WHERE id=?", (delivery.id,))
-            conn.execute(
-                "INSERT INTO delivered_counts (backend, delivered) VALUES (?, 1)"
-                " ON CONFLICT(backend) DO UPDATE SET delivered = delivered + 1",
-                (delivery.backend,),
-            )
-            if warning:
-                _count_event(conn, delivery.backend, "delivered_with_warning")
-            return self._drop_instance_if_done(conn, delivery.instance_id)
+            paths = []
+            for delivery, warning in results:
+                conn.execute("DELETE FROM deliveries WHERE id=?", (delivery.id,))
+                conn.execute(
+                    "INSERT INTO delivered_counts (backend, delivered) VALUES (?, 1)"
+                    " ON CONFLICT(backend) DO UPDATE SET delivered = delivered + 1",
+                    (delivery.backend,),
+                )
+                if warning:
+                    _count_event(conn, delivery.backend, "delivered_with_warning")
+                paths.append(self._drop_instance_if_done(conn, delivery.instance_id))
+            return paths
 
     def schedule_retry(self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str,
                        failure: str = "transient") -> None:

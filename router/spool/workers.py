@@ -4,6 +4,11 @@ Each backend gets ``concurrency`` workers; each claims a batch of due deliveries
 them to its deliverer (one association, reused) and records every result at once. A
 backend that cannot be reached puts the batch back untried and waits, with its own
 backoff, so one dead backend never stalls the others.
+
+Successes are recorded by a :class:`SuccessRecorder` beside each worker: it commits them in
+batches and removes the spool files nobody needs, while the worker already sends the next
+instance. A success not yet committed when the process dies is still ``in_flight`` in the
+queue, so it is sent again after the restart (a duplicate, never a loss).
 """
 
 from __future__ import annotations
@@ -31,6 +36,68 @@ class Deliverer(Protocol):
     def close(self) -> None: ...
 
 
+class SuccessRecorder:
+    """Commits successful deliveries in batches and removes spool files, on its own thread."""
+
+    def __init__(self, queue: DeliveryQueue, spool: Spool, name: str):
+        self.queue = queue
+        self.spool = spool
+        self._pending: list[tuple[Delivery, bool]] = []
+        self._changed = threading.Condition()
+        self._added = 0
+        self._recorded = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, delivery: Delivery, warning: bool) -> None:
+        with self._changed:
+            self._pending.append((delivery, warning))
+            self._added += 1
+            self._changed.notify_all()
+
+    def wait_recorded(self) -> None:
+        """Return once everything added so far is committed (or the recorder has died)."""
+        with self._changed:
+            target = self._added
+            while self._recorded < target and self._thread.is_alive():
+                self._changed.wait(0.5)
+
+    def close(self) -> None:
+        self.wait_recorded()
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    while not self._pending and not self._closing:
+                        self._changed.wait()
+                    if not self._pending:
+                        return
+                    batch, self._pending = self._pending, []
+                self._record(batch)
+                with self._changed:
+                    self._recorded += len(batch)
+                    self._changed.notify_all()
+        finally:
+            self.queue.close()
+
+    def _record(self, batch: list[tuple[Delivery, bool]]) -> None:
+        try:
+            paths = self.queue.mark_delivered_many(batch)
+        except Exception:
+            log.exception("cannot record deliveries; they will be sent again after a restart",
+                          deliveries=len(batch), backend=batch[0][0].backend)
+            return
+        for path in paths:
+            if path:
+                self.spool.discard(path)
+
+
 class BackendWorker(threading.Thread):
     def __init__(
         self,
@@ -53,6 +120,7 @@ class BackendWorker(threading.Thread):
 
     def run(self) -> None:
         deliverer = self.open_deliverer()
+        self.recorder = SuccessRecorder(self.queue, self.spool, name=f"{self.name}-record")
         try:
             while not self.stop_event.is_set():
                 batch = self.queue.claim_due(self.backend, BATCH_SIZE)
@@ -65,6 +133,7 @@ class BackendWorker(threading.Thread):
             log.exception("delivery worker crashed", backend=self.backend)
             raise
         finally:
+            self.recorder.close()
             deliverer.close()
             self.queue.close()
 
@@ -87,9 +156,7 @@ class BackendWorker(threading.Thread):
     def record(self, delivery: Delivery, result: DeliveryResult) -> None:
         ctx = delivery.log_context()
         if result.delivered:
-            path = self.queue.mark_delivered(delivery, warning=result.outcome is Outcome.WARNING)
-            if path:
-                self.spool.discard(path)
+            self.recorder.add(delivery, result.outcome is Outcome.WARNING)
             if result.outcome is Outcome.WARNING:
                 log.warning("delivered with a warning", reason=result.reason, **ctx)
             else:

@@ -233,3 +233,19 @@ def test_write_failure_midway_removes_the_partial_file(monkeypatch, tmp_path, st
     (_, request), = messages
     assert "No space left" in request._receive_error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_file_is_opened_ahead_and_removed_with_its_association(stock_file_meta, tmp_path):
+    import gc
+
+    messages, _, provider = feed(store_decode._receive_primitive,
+                                 pdata_of(C_STORE_RQ(), store_rq(EVEN_UID, size=3000), 16384))
+    spare = provider._spare_file.path
+    assert spare.exists() and spare != messages[0][1]._dataset_path
+    messages, _, _ = feed(lambda p, pdata: store_decode._receive_primitive(provider, pdata),
+                          pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=3000), 16384))
+    assert provider.msg_queue.get()[1]._dataset_path == spare
+    next_spare = provider._spare_file.path
+    del provider, messages
+    gc.collect()
+    assert not next_spare.exists()
