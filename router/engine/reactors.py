@@ -153,7 +153,21 @@ def _dul_run_reactor(self) -> None:
     finally:
         self._wake_rx.close()
         self._wake_tx.close()
+        for hook in _exit_hooks:
+            try:
+                hook(self)
+            except Exception:  # a clean-up must not keep the association from ending
+                DUL_LOGGER.exception("clean-up at the end of an association failed")
         self.assoc.wake_reactor()
+
+
+_exit_hooks: list = []
+
+
+def on_reactor_exit(hook) -> None:
+    """Run ``hook(dul)`` on the socket thread once it has handled its last PDU."""
+    if hook not in _exit_hooks:
+        _exit_hooks.append(hook)
 
 
 def _dul_kill(self) -> None:

@@ -41,6 +41,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine.part10 import FileMetaValues, encode_file_meta
+from router.engine.reactors import on_reactor_exit
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -135,7 +136,7 @@ class SpareFile:
 
     Creating a file costs 0.1-0.5 ms on ext4 here; the socket thread does it while the
     handler runs, not between a command and its data set. A spare never used is removed
-    when its association is collected (and ``incoming/`` is swept at start and stop).
+    when its association ends (:func:`release_files`), or failing that when it is collected.
     """
 
     def __init__(self):
@@ -146,6 +147,9 @@ class SpareFile:
     def take(self):
         self._finalizer.detach()
         return self.path, self.file
+
+    def discard(self) -> None:
+        self._finalizer()
 
 
 def _remove(file, path: Path) -> None:
@@ -316,5 +320,17 @@ def _take_command(self, context_id: int, data) -> bool:
 _RSP_FIELD = struct.pack("<H", C_STORE_RSP)
 
 
+def release_files(dul) -> None:
+    """At the end of an association: remove the spare file and the partial file of a data set cut short."""
+    dimse = dul.assoc.dimse
+    spare, dimse._spare_file = getattr(dimse, "_spare_file", None), None
+    if spare is not None:
+        spare.discard()
+    incoming, dimse._incoming_data_set = getattr(dimse, "_incoming_data_set", None), None
+    if incoming is not None:
+        incoming.discard()
+
+
 def install_fast_store_decode() -> None:
     DIMSEServiceProvider.receive_primitive = _receive_primitive
+    on_reactor_exit(release_files)

@@ -125,6 +125,33 @@ def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, wr
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
 
 
+def test_an_association_aborted_mid_data_set_leaves_no_partial_file(tmp_path, write_config, start_router, port):
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
+    start_router(write_config(text))
+    ae = AE("MODALITY")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CTImageStorage, generate_uid()
+    request.DataSet = BytesIO(b"\x00" * 200_000)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdatas = list(message.encode_msg(assoc.accepted_contexts[0].context_id, 16384))
+    for pdata in pdatas[:4]:  # the command and part of the data set
+        assoc.dul.send_pdu(pdata)
+    incoming = tmp_path / "data" / "incoming"
+    wait_for(lambda: any(incoming.iterdir()), 10, message="the partial file")
+    assoc.abort()
+    wait_for(lambda: not any(incoming.iterdir()), 10, message="the partial file to be removed")
+
+
 FILTER = """
 [[pipelines.default.middleware]]
 type = "filter"
