@@ -84,3 +84,33 @@ def test_rows_whose_file_never_became_durable_are_dropped(tmp_path):
     assert drop_unacknowledged(q) == 2
     assert q.referenced_paths() == {str(whole)}
     assert len(q.claim_due("pacs", 10)) == 1
+
+
+def test_successes_recorded_in_one_batch_release_each_file_once(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record("/s/a.dcm", "1.1"), [("default", "pacs")])
+    q.enqueue(record("/s/b.dcm", "1.2"), [("default", "pacs"), ("default", "archive")])
+    a, b = q.claim_due("pacs", 10)
+    assert q.mark_delivered_many([(a, False), (b, True)]) == ["/s/a.dcm", None]  # b: archive still needs it
+    (b_archive,) = q.claim_due("archive", 10)
+    assert q.mark_delivered_many([(b_archive, False)]) == ["/s/b.dcm"]
+    counts = q.counts()
+    assert counts["pacs"]["delivered"] == 2 and counts["archive"]["delivered"] == 1
+
+
+def test_success_recorder_commits_off_thread_and_removes_files(tmp_path):
+    from router.spool.store import Spool
+    from router.spool.workers import SuccessRecorder
+
+    spool_file = tmp_path / "a.dcm"
+    spool_file.write_bytes(b"x")
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(str(spool_file), "1.1"), [("default", "pacs")])
+    (delivery,) = q.claim_due("pacs", 10)
+    recorder = SuccessRecorder(DeliveryQueue(tmp_path / "q.db", durable_commits=False), Spool(tmp_path), "record")
+    recorder.add(delivery, False)
+    recorder.wait_recorded()
+    assert not spool_file.exists()
+    assert q.counts()["pacs"]["delivered"] == 1
+    recorder.close()
+
