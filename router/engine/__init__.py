@@ -14,6 +14,7 @@ import pynetdicom
 from pynetdicom import _config
 from pynetdicom.transport import AssociationSocket
 
+from router.engine.acceptor import install_shared_contexts
 from router.engine.backpressure import install_backpressure
 from router.engine.fast_store import install_fast_store_rsp
 from router.engine.file_datasets import install_send_from_file
@@ -33,7 +34,8 @@ def configure() -> None:
     transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
     every association socket, bound the outgoing PDU queue, make the reactor loops
     event-driven, encode and decode C-STORE command sets directly, and write received
-    data sets straight to their Part-10 files.
+    data sets straight to their Part-10 files, and share the supported contexts between
+    accepted associations instead of deep-copying them.
     Idempotent."""
     global _configured
     with _lock:
@@ -53,6 +55,7 @@ def configure() -> None:
             install_fast_recv()
             install_fast_file_meta()
             install_fast_store_decode()
+            install_shared_contexts()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "

@@ -33,24 +33,31 @@ def requestor(ae_title="SOAK", dimse_timeout=20):
 
 
 def test_soak_no_send_waits_for_a_lost_response(tmp_path, small_files):
-    """3 x 1000 C-STOREs: every one answered (the stock reactor loses about 1 in 12,500,
-    and 1 in 2,900 with a faster DUL alone; a lost one shows as an empty status)."""
-    path = small_files[0]
-    with StorageSCP(tmp_path / "dest", status=0x0000) as scp:
-        scp.directory = tmp_path  # keep the disk out of it: statuses are what is tested
+    """20 x 1000 C-STOREs: every one answered (the stock reactor loses about 1 in 12,500,
+    and 1 in 2,900 with a faster DUL alone; a lost one shows as an empty status after
+    ``dimse_timeout``). The SCP answers without filing, so the disk stays out of it."""
+    answered = []
+    scp_ae = AE("STORE_SCP")
+    scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    scp_ae.dimse_timeout = 20
+    server = scp_ae.start_server(("127.0.0.1", 0), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, lambda event: answered.append(1) or 0x0000)])
+    try:
         ae = requestor()
         missing = 0
-        for _ in range(3):
-            assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORE_SCP")
+        for _ in range(20):
+            assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="STORE_SCP")
             assert assoc.is_established
             for _ in range(1000):
-                rsp = assoc.send_c_store(path)
+                rsp = assoc.send_c_store(small_files[0])
                 if rsp is None or "Status" not in rsp:
                     missing += 1
                     break
             assoc.release()
         assert missing == 0
-        assert len(scp.received) == 3000
+        assert len(answered) == 20_000
+    finally:
+        server.shutdown()
 
 
 def open_fds() -> int:
@@ -142,3 +149,24 @@ def test_a_connection_closed_before_its_request_leaves_no_thread_behind(tmp_path
         socket.create_connection(("127.0.0.1", port)).close()
     wait_for(lambda: not endpoint._closed_server_or_server().active_associations, 10,
              message="the association threads of closed connections to end")
+
+
+def test_accepted_associations_share_the_supported_contexts_instead_of_copying_them():
+    engine.configure()
+    seen = []
+    scp_ae = AE("ECHO_SCP")
+    scp_ae.add_supported_context(Verification)
+    scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_REQUESTED, lambda event: seen.append(list(event.assoc.acceptor.supported_contexts)))])
+    try:
+        for _ in range(2):
+            assoc = requestor().associate("127.0.0.1", server.server_address[1], ae_title="ECHO_SCP")
+            assert assoc.is_established
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            assoc.release()
+        first, second = seen
+        assert all(a is b for a, b in zip(first, second))
+        assert [cx.abstract_syntax for cx in first] == [cx.abstract_syntax for cx in server.contexts]
+    finally:
+        server.shutdown()

