@@ -170,3 +170,83 @@ def test_accepted_associations_share_the_supported_contexts_instead_of_copying_t
         assert [cx.abstract_syntax for cx in first] == [cx.abstract_syntax for cx in server.contexts]
     finally:
         server.shutdown()
+
+
+def store_scp(handler, extra_handlers=()):
+    engine.configure()
+    ae = AE("STORE_SCP")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    return ae.start_server(("127.0.0.1", 0), block=False,
+                           evt_handlers=[(evt.EVT_C_STORE, handler), *extra_handlers])
+
+
+def store_once(server, path):
+    assoc = requestor().associate("127.0.0.1", server.server_address[1], ae_title="STORE_SCP")
+    assert assoc.is_established
+    try:
+        rsp = assoc.send_c_store(path)
+        return (int(rsp.Status) if rsp is not None and "Status" in rsp else None), assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_plain_c_store_is_served_on_the_socket_thread(small_files):
+    from pynetdicom.dul import DULServiceProvider
+
+    seen = []
+
+    def on_store(event):
+        seen.append((threading.current_thread(), os.path.exists(event.dataset_path)))
+        return 0x0000
+
+    server = store_scp(on_store)
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0x0000
+        (thread, file_there), = seen
+        assert isinstance(thread, DULServiceProvider) and file_there
+    finally:
+        server.shutdown()
+
+
+def test_with_a_dimse_sent_handler_the_association_thread_serves(small_files):
+    from pynetdicom.dul import DULServiceProvider
+
+    seen = []
+    server = store_scp(lambda event: seen.append(threading.current_thread()) or 0x0000,
+                       [(evt.EVT_DIMSE_SENT, lambda event: None)])
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0x0000
+        assert not isinstance(seen[0], DULServiceProvider)
+    finally:
+        server.shutdown()
+
+
+def test_a_handler_that_raises_is_answered_c211_and_its_file_removed(small_files):
+    paths = []
+
+    def on_store(event):
+        paths.append(event.dataset_path)
+        raise RuntimeError("bug in a handler")
+
+    server = store_scp(on_store)
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0xC211
+        assert not os.path.exists(paths[0])
+    finally:
+        server.shutdown()
+
+
+def test_a_handler_that_aborts_gets_no_response_and_no_deadlock(small_files):
+    server = store_scp(lambda event: event.assoc.abort() or 0x0000)
+    try:
+        status, assoc = store_once(server, small_files[0])
+        assert status is None
+        wait_for(lambda: assoc.is_aborted, 10, message="the abort to reach the requestor")
+        status, _ = store_once(server, small_files[0])  # the server still serves
+        assert status is None
+    finally:
+        server.shutdown()

@@ -28,6 +28,8 @@ FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "Affe
 
 
 class FakeAssociation:
+    is_acceptor = False  # requests go to the association's queue, where these tests read them
+
     def __init__(self, handlers=None):
         self._accepted_cx = {1: SimpleNamespace(transfer_syntax=[SYNTAX]), 3: SimpleNamespace(transfer_syntax=[SYNTAX])}
         self._handlers = handlers or {}
@@ -240,12 +242,24 @@ def test_the_next_file_is_opened_ahead_and_removed_with_its_association(stock_fi
 
     messages, _, provider = feed(store_decode._receive_primitive,
                                  pdata_of(C_STORE_RQ(), store_rq(EVEN_UID, size=3000), 16384))
+    dul = SimpleNamespace(assoc=SimpleNamespace(dimse=provider))
+    assert getattr(provider, "_spare_file", None) is None  # not before the response has gone out
+    store_decode.prepare_spare_file(dul)
     spare = provider._spare_file.path
     assert spare.exists() and spare != messages[0][1]._dataset_path
     messages, _, _ = feed(lambda p, pdata: store_decode._receive_primitive(provider, pdata),
                           pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=3000), 16384))
     assert provider.msg_queue.get()[1]._dataset_path == spare
+    store_decode.prepare_spare_file(dul)
     next_spare = provider._spare_file.path
-    del provider, messages
+    del provider, messages, dul
     gc.collect()
     assert not next_spare.exists()
+
+
+def test_a_spare_removed_by_a_sweep_is_not_used(stock_file_meta, tmp_path):
+    spare = store_decode.SpareFile()
+    spare.path.unlink()  # the hourly sweep of old partial files
+    incoming = store_decode.IncomingDataSet(store_rq(), 1, SYNTAX, spare)
+    request = incoming.finish()
+    assert request._dataset_path != spare.path and request._dataset_path.exists()
