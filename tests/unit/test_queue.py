@@ -114,3 +114,23 @@ def test_success_recorder_commits_off_thread_and_removes_files(tmp_path):
     assert q.counts()["pacs"]["delivered"] == 1
     recorder.close()
 
+
+
+def wal_frames(path) -> int:
+    import os
+
+    wal = f"{path}-wal"
+    return os.path.getsize(wal) // 4096 if os.path.exists(wal) else 0
+
+
+def test_without_checkpoint_on_commit_the_wal_is_copied_only_when_asked(tmp_path):
+    import sqlite3
+
+    q = DeliveryQueue(tmp_path / "q.db", durable_commits=False, checkpoint_on_commit=False)
+    for i in range(600):
+        q.enqueue(record(f"/s/{i}.dcm", f"1.{i}"), [("default", "pacs")])
+    assert wal_frames(tmp_path / "q.db") > 1000  # SQLite's automatic checkpoint would have run
+    q.checkpoint()
+    busy, logged, copied = sqlite3.connect(tmp_path / "q.db").execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and logged == copied
+    assert len(q.claim_due("pacs", 1000)) == 600
