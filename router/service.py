@@ -18,16 +18,15 @@ import time
 import structlog
 
 from router import engine
-from router.config import registry
-from router.config import ConfigError, load_config
+from router.config import ConfigError, load_config, registry
 from router.config.checks import check_references
 from router.config.models import RouterConfig
 from router.observe.metrics import Metrics
 from router.observe.systemd import Notifier
 from router.pipeline import PipelineSet
+from router.qr.service import QueryRetrieveService
 from router.receive_workers import ReceiveWorkers, enable_shared_metrics
 from router.reload import compare, refusal
-from router.qr.service import QueryRetrieveService
 from router.spool.delivery_process import run_delivery
 from router.spool.intake import Intake, drop_unacknowledged
 from router.spool.queue import DeliveryQueue

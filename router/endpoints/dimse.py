@@ -41,7 +41,13 @@ from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
 from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
-from router.tls import EndpointTLSConfig, HandshakeInWorkerServer, ReusePortServer, peer_name, server_context
+from router.tls import (
+    EndpointTLSConfig,
+    HandshakeInWorkerServer,
+    ReusePortServer,
+    peer_name,
+    server_context,
+)
 
 log = structlog.get_logger("router.endpoint")
 

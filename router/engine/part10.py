@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import inspect
 import struct
-from typing import NamedTuple
-
 from pathlib import Path
+from typing import NamedTuple
 
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID

@@ -41,8 +41,8 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine.part10 import FileMetaValues, encode_file_meta
 from router.engine import store_scp
+from router.engine.part10 import FileMetaValues, encode_file_meta
 from router.engine.reactors import on_reactor_exit, on_reactor_idle
 
 C_STORE_RQ = 0x0001

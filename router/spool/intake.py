@@ -19,8 +19,8 @@ import structlog
 
 from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
-from router.spool.splice import SpliceError
 from router.spool.queue import DeliveryQueue, InstanceRecord
+from router.spool.splice import SpliceError
 from router.spool.store import Spool, fsync_dir
 
 log = structlog.get_logger("router.intake")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -16,8 +17,13 @@ from pynetdicom import AE
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import make_dataset
-from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, wait_for
-import pytest
+from tests.support.peers import (
+    StorageSCP,
+    free_port,
+    start_storescp,
+    stop_process,
+    wait_for,
+)
 
 
 def j2k_file(path):

@@ -8,10 +8,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from router.engine.fast_store import encode_store_rsp
-
-EVEN_UID = "1.2.840.10008.5.1.4.1.1.2"  # 25 characters: odd
-ODD_UID = "1.2.840.10008.5.1.4.1.1.20"  # 26 characters: even
-LONG_UID = "1.2.826.0.1.3680043.8.498." + "1" * 38
+from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID, store_response
 
 
 def stock_bytes(primitive: C_STORE) -> bytes:
@@ -26,14 +23,7 @@ def stock_bytes(primitive: C_STORE) -> bytes:
 @pytest.mark.parametrize("comment", [None, "disk full", "odd comment"])
 @pytest.mark.parametrize("message_id", [1, 2, 65535])
 def test_byte_identical_to_pynetdicom(status, sop_class, instance, comment, message_id):
-    p = C_STORE()
-    p.MessageIDBeingRespondedTo = message_id
-    p.AffectedSOPClassUID = sop_class
-    if instance is not None:
-        p.AffectedSOPInstanceUID = instance
-    p.Status = status
-    if comment is not None:
-        p.ErrorComment = comment
+    p = store_response(status, instance, sop_class, comment, message_id=message_id)
     assert encode_store_rsp(p) == stock_bytes(p)
 
 

@@ -17,10 +17,9 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_decode
+from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID
+from tests.support.primitives import store_response as store_rsp
 
-EVEN_UID = "1.2.840.10008.5.1.4.1.1.2"  # 25 characters: odd
-ODD_UID = "1.2.840.10008.5.1.4.1.1.20"  # 26 characters: even
-LONG_UID = "1.2.826.0.1.3680043.8.498." + "1" * 38
 SYNTAX = "1.2.840.10008.1.2.1"
 FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
           "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "Status", "ErrorComment",
@@ -133,20 +132,6 @@ def test_two_requests_in_a_row(stock_file_meta):
     assert [received_bytes(m) for m in fast] == [received_bytes(m) for m in stock]
 
 
-def store_rsp(status, instance=EVEN_UID, sop_class=EVEN_UID, comment=None, offending=None):
-    p = C_STORE()
-    p.MessageIDBeingRespondedTo = 9
-    p.AffectedSOPClassUID = sop_class
-    if instance is not None:
-        p.AffectedSOPInstanceUID = instance
-    p.Status = status
-    if comment is not None:
-        p.ErrorComment = comment
-    if offending is not None:
-        p.OffendingElement = offending
-    return p
-
-
 @pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xA900, 0xC000, 0x0110, 0xFFFF])
 @pytest.mark.parametrize("instance", [EVEN_UID, ODD_UID, LONG_UID, None])
 @pytest.mark.parametrize("comment", [None, "disk full"])
@@ -247,7 +232,7 @@ def test_the_next_file_is_opened_ahead_and_removed_with_its_association(stock_fi
     store_decode.prepare_spare_file(dul)
     spare = provider._spare_file.path
     assert spare.exists() and spare != messages[0][1]._dataset_path
-    messages, _, _ = feed(lambda p, pdata: store_decode._receive_primitive(provider, pdata),
+    messages, _, _ = feed(lambda _, pdata, target=provider: store_decode._receive_primitive(target, pdata),
                           pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=3000), 16384))
     assert provider.msg_queue.get()[1]._dataset_path == spare
     store_decode.prepare_spare_file(dul)
