@@ -20,7 +20,6 @@ from router.engine.backpressure import install_backpressure
 from router.engine.fast_store import install_fast_store_rsp
 from router.engine.file_datasets import install_send_from_file
 from router.engine.part10 import install_fast_file_meta
-from router.engine.pdata_send import install_fast_p_data_send
 from router.engine.reactors import install_reactors
 from router.engine.socket_reads import install_fast_recv
 from router.engine.store_decode import install_fast_store_decode
@@ -58,7 +57,6 @@ def configure() -> None:
             install_fast_file_meta()
             install_fast_store_decode()
             install_shared_contexts()
-            install_fast_p_data_send()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "

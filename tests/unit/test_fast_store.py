@@ -62,35 +62,3 @@ def test_store_rq_pdata_identical(tmp_path, max_pdu, size, source, uid):
     else:
         p.DataSet = io.BytesIO(payload)
     assert fast_rq_pdvs(p, max_pdu) == stock_rq_pdvs(p, max_pdu)
-
-
-@pytest.mark.parametrize("sizes", [[1], [2, 3], [16378], [131066], [10, 131066, 7]])
-@pytest.mark.parametrize("context_id", [1, 3, 255])
-def test_p_data_tf_identical_to_pynetdicom(sizes, context_id):
-    from pynetdicom.pdu import P_DATA_TF
-    from pynetdicom.pdu_primitives import P_DATA
-
-    from router.engine.pdata_send import encode_p_data
-
-    primitive = P_DATA()
-    primitive.presentation_data_value_list = [[context_id, bytes([i % 256]) * n] for i, n in enumerate(sizes)]
-    assert encode_p_data(primitive) == P_DATA_TF(primitive).encode()
-
-
-def test_received_p_data_values_match_pynetdicom_and_bad_items_are_refused():
-    from pynetdicom.pdu import P_DATA_TF
-    from pynetdicom.pdu_primitives import P_DATA
-
-    from router.engine.pdata_send import encode_p_data
-    from router.engine.socket_reads import presentation_data_values
-
-    primitive = P_DATA()
-    primitive.presentation_data_value_list = [[1, b"\x03" + b"c" * 40], [3, b"\x00" + b"d" * 70_000], [3, b"\x02x"]]
-    body = encode_p_data(primitive)[6:]
-    stock = P_DATA_TF()
-    stock.decode(encode_p_data(primitive))
-    ours = presentation_data_values(memoryview(body))
-    assert [(cid, bytes(v)) for cid, v in ours] == [(i.presentation_context_id, i.presentation_data_value)
-                                                    for i in stock.presentation_data_value_items]
-    assert presentation_data_values(memoryview(body[:-1])) is None  # last item longer than the PDU
-    assert presentation_data_values(memoryview(b"\x00\x00\x00\x01\x01")) is None  # an item with no control header
