@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import threading
 import time
@@ -52,6 +53,7 @@ def test_soak_no_send_waits_for_a_lost_response(tmp_path, small_files):
                 rsp = assoc.send_c_store(small_files[0])
                 if rsp is None or "Status" not in rsp:
                     missing += 1
+                    faulthandler.dump_traceback(all_threads=True)  # where each thread waits, for the log
                     break
             assoc.release()
         assert missing == 0
