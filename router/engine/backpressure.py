@@ -4,8 +4,8 @@ Stock pynetdicom 3.0.4 reads a file being sent ahead of the network into an unbo
 queue (``DULServiceProvider.to_provider_queue``): 200-260 MiB to send a 300 MB instance.
 :func:`install_backpressure` makes the sending thread wait while ``limit`` P-DATA PDUs are
 queued, which keeps memory at a few PDUs whatever the instance size. The reactor that
-drains the queue never waits here (it queues a C-STORE response itself, see
-:mod:`router.engine.store_scp`), so this cannot deadlock.
+drains the queue never waits here, even when it queues a PDU itself, so this cannot
+deadlock.
 A-ABORT and A-RELEASE are never held back.
 """
 

@@ -12,8 +12,7 @@ a shorter way:
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
   byte-identical); the file for the next data set is opened once the response has gone out;
   after each fragment but the last the kernel is asked to start writing the file out
-  (``sync_file_range``), so the fsync before the response mostly finds it written; the
-  request is then served on the same thread (:mod:`router.engine.store_scp`) when it can be;
+  (``sync_file_range``), so the fsync before the response mostly finds it written;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
 
 Values still go through pynetdicom's validating setters. A command set with any other
@@ -41,7 +40,6 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine import store_scp
 from router.engine.part10 import FileMetaValues, encode_file_meta
 from router.engine.reactors import on_reactor_exit, on_reactor_idle
 
@@ -301,8 +299,7 @@ def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
         self._incoming_data_set = None
         request = incoming.finish()
         self._wants_spare_file = incoming.error is None
-        if not store_scp.answer(self, incoming.context_id, request):
-            self.msg_queue.put((incoming.context_id, request))
+        self.msg_queue.put((incoming.context_id, request))
     return True
 
 
