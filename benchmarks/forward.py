@@ -149,6 +149,23 @@ def timed_transfer(port: int, called: str, folders: list[Path], out: Path, count
             "storescu_rc": max(sender.returncode for sender in senders)}
 
 
+def interleaved(paths: list, reps: int, workdir: Path, tag: str, instances: int) -> dict:
+    """Run every ``(label, run(scratch))`` path ``reps`` times, interleaved, each in a fresh scratch directory.
+
+    Returns each label's results in order; prints each repetition's rate as it finishes.
+    """
+    runs = {label: [] for label, _ in paths}
+    for rep in range(reps):
+        for label, run in paths:
+            scratch = workdir / f"{tag}-{label.replace(' ', '')}-{rep}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            runs[label].append(run(scratch))
+            shutil.rmtree(scratch, ignore_errors=True)
+            print(f"{tag} {label} rep {rep}: {instances / runs[label][-1]['seconds']:.0f} instances/s", file=sys.stderr)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ct", type=int, default=200)
@@ -164,18 +181,11 @@ def main() -> None:
     for kind, count in (("ct", args.ct), ("small", args.small)):
         files = ensure_data(args.workdir, kind, count)
         mb = sum(p.stat().st_size for p in files.glob("*.dcm")) / 1e6
-        paths = [("direct", direct), ("routed", routed)]
+        paths = [("direct", lambda scratch: direct(files, count, scratch)),
+                 ("routed", lambda scratch: routed(files, count, scratch))]
         if args.stages:
-            paths.append((f"routed+{args.stages}", lambda f, c, s: routed(f, c, s, args.stages)))
-        runs = {name: [] for name, _ in paths}
-        for rep in range(args.reps):
-            for name, fn in paths:
-                scratch = args.workdir / f"run-{kind}-{name}-{rep}"
-                shutil.rmtree(scratch, ignore_errors=True)
-                scratch.mkdir()
-                runs[name].append(fn(files, count, scratch))
-                shutil.rmtree(scratch, ignore_errors=True)
-                print(f"{kind} {name} rep {rep}: {count / runs[name][-1]['seconds']:.0f} instances/s", file=sys.stderr)
+            paths.append((f"routed+{args.stages}", lambda scratch: routed(files, count, scratch, args.stages)))
+        runs = interleaved(paths, args.reps, args.workdir, kind, count)
         results["sets"][kind] = {"count": count, "megabytes": mb, "runs": runs}
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(exist_ok=True)

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.forward import ensure_data, peak_rss_mib, routed, start_storescp, timed_transfer  # noqa: E402
+from benchmarks.forward import (  # noqa: E402
+    ensure_data, interleaved, peak_rss_mib, routed, start_storescp, timed_transfer,
+)
 from tests.support.dicomgen import write_series  # noqa: E402
 from tests.support.peers import dcmtk_env, free_port, wait_for_port  # noqa: E402
 
@@ -104,20 +105,12 @@ def main() -> None:
                "command": " ".join(["python", "benchmarks/versus_orthanc.py", *sys.argv[1:]]), "sets": {}}
     for name in args.sets.split(","):
         folders = sets[name]
-        paths = [("orthanc", via_orthanc), ("dicom-router", via_router)]
+        paths = [("orthanc", lambda scratch: via_orthanc(folders, scratch)),
+                 ("dicom-router", lambda scratch: via_router(folders, scratch))]
         if args.receive_processes > 1:
             paths.append((f"dicom-router x{args.receive_processes}",
-                          lambda f, s: via_router(f, s, args.receive_processes)))
-        runs = {label: [] for label, _ in paths}
-        for rep in range(args.reps):
-            for label, fn in paths:
-                scratch = args.workdir / f"vs-{name}-{label.replace(' ', '')}-{rep}"
-                shutil.rmtree(scratch, ignore_errors=True)
-                scratch.mkdir()
-                runs[label].append(fn(folders, scratch))
-                shutil.rmtree(scratch, ignore_errors=True)
-                print(f"{name} {label} rep {rep}: {count(folders) / runs[label][-1]['seconds']:.0f} instances/s",
-                      file=sys.stderr)
+                          lambda scratch: via_router(folders, scratch, args.receive_processes)))
+        runs = interleaved(paths, args.reps, args.workdir, name, count(folders))
         results["sets"][name] = {"count": count(folders), "runs": runs}
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(exist_ok=True)

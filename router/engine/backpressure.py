@@ -3,15 +3,13 @@
 Stock pynetdicom 3.0.4 reads a file being sent ahead of the network into an unbounded
 queue (``DULServiceProvider.to_provider_queue``): 200-260 MiB to send a 300 MB instance.
 :func:`install_backpressure` makes the sending thread wait while ``limit`` P-DATA PDUs are
-queued, which keeps memory at a few PDUs whatever the instance size. The reactor that
-drains the queue never waits here, even when it queues a PDU itself, so this cannot
-deadlock.
+queued, which keeps memory at a few PDUs whatever the instance size. Only user threads put
+P-DATA; the reactor that drains the queue never waits here, so this cannot deadlock.
 A-ABORT and A-RELEASE are never held back.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 from pynetdicom.dul import DULServiceProvider
@@ -23,7 +21,7 @@ _original_send_pdu = DULServiceProvider.send_pdu
 
 def install_backpressure(limit: int = DEFAULT_LIMIT) -> None:
     def send_pdu(self, primitive):
-        if isinstance(primitive, P_DATA) and threading.current_thread() is not self:
+        if isinstance(primitive, P_DATA):
             _wait_for_room(self, limit)
         _original_send_pdu(self, primitive)
 

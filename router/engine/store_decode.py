@@ -10,7 +10,8 @@ a shorter way:
 - a C-STORE-RQ whose command set fits one PDV becomes its primitive directly, and its data
   set is written fragment by fragment to a file in the temporary directory (the spool's
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
-  byte-identical); the file for the next data set is opened once the response has gone out;
+  byte-identical); the file for the next data set is opened when the socket thread next
+  waits for the network (while the handler runs), not between a command and its data set;
   after each fragment but the last the kernel is asked to start writing the file out
   (``sync_file_range``), so the fsync before the response mostly finds it written;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
@@ -134,9 +135,9 @@ def store_response(fields: dict[int, bytes]) -> C_STORE:
 class SpareFile:
     """An empty file in the temporary directory, opened ahead of the next data set.
 
-    Creating a file costs 0.1-0.5 ms on ext4 here; the socket thread does it once the
-    response has gone out and it would otherwise wait for the next request, not between a
-    command and its data set. A spare never used is removed when its association ends
+    Creating a file costs 0.1-0.5 ms on ext4 here; the socket thread does it when it would
+    otherwise wait for the network (while the handler runs), not between a command and its
+    data set. A spare never used is removed when its association ends
     (:func:`release_files`), or failing that when it is collected.
     """
 
@@ -338,7 +339,7 @@ def release_files(dul) -> None:
 
 
 def prepare_spare_file(dul) -> None:
-    """When the socket thread goes idle after a data set (its response sent): open the next file."""
+    """When the socket thread goes idle after a data set: open the file for the next one."""
     dimse = dul.assoc.dimse
     if getattr(dimse, "_wants_spare_file", False):
         dimse._wants_spare_file = False

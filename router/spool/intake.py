@@ -21,7 +21,7 @@ from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.splice import SpliceError
-from router.spool.store import Spool, fsync_dir
+from router.spool.store import Spool
 
 log = structlog.get_logger("router.intake")
 
@@ -133,8 +133,7 @@ class Intake:
         commit = self._committers.submit(self.queue.enqueue_many, batches)
         try:
             for path in dict.fromkeys(record.path for record, _, _ in batches):
-                self.spool.fsync_file(Path(path))
-                fsync_dir(Path(path).parent)
+                self.spool.make_durable(Path(path))
         except BaseException:
             instance_ids = _result_or_none(commit)
             for instance_id in instance_ids or ():

@@ -64,13 +64,14 @@ class Spool:
             raise
         return target
 
-    def fsync_file(self, path: Path) -> None:
-        """fsync the file's data (its directory entry is :func:`fsync_dir`'s job)."""
+    def make_durable(self, path: Path) -> None:
+        """fsync the file and the directory entry that names it."""
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        fsync_dir(path.parent)
 
     def discard(self, path: Path | str) -> None:
         try:
