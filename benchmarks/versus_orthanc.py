@@ -119,15 +119,17 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    lines = ["| set | router | instances/s (median, min-max) | ratio to Orthanc | peak RSS |", "|---|---|---|---|---|"]
+    lines = ["| set | router | instances/s (median, min-max) | ratio to Orthanc | peak RSS | CPU stolen per run |",
+             "|---|---|---|---|---|---|"]
     for name, s in results["sets"].items():
         rate = {k: [s["count"] / r["seconds"] for r in v] for k, v in s["runs"].items()}
         med = {k: statistics.median(v) for k, v in rate.items()}
         for label in s["runs"]:
             rss = max(r["peak_rss_mib"] for r in s["runs"][label])
             ratio = "" if label == "orthanc" else f"{med[label] / med['orthanc']:.2f}"
+            stolen = [r.get("steal_seconds", 0.0) for r in s["runs"][label]]
             lines.append(f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
-                         f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB |")
+                         f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB | {min(stolen):.2f}-{max(stolen):.2f} s |")
     return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ from router.engine.backpressure import install_backpressure
 from router.engine.fast_store import install_fast_store_rsp
 from router.engine.file_datasets import install_send_from_file
 from router.engine.part10 import install_fast_file_meta
+from router.engine.pdata_reads import install_pdata_reads
+from router.engine.pdata_sends import install_pdata_sends
 from router.engine.reactors import install_reactors
 from router.engine.socket_reads import install_fast_recv
 from router.engine.store_decode import install_fast_store_decode
@@ -56,6 +58,8 @@ def configure() -> None:
             install_fast_recv()
             install_fast_file_meta()
             install_fast_store_decode()
+            install_pdata_reads()
+            install_pdata_sends()
             install_shared_contexts()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(

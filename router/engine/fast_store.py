@@ -22,6 +22,8 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.pdata_sends import file_fragments
+
 C_STORE_RQ_FIELD = 0x0001
 C_STORE_RSP_FIELD = 0x8001
 DATA_SET_PRESENT = 0x0001
@@ -79,6 +81,10 @@ def store_rq_pdata(primitive: C_STORE, context_id: int, max_pdu: int):
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
     yield pdata
+    if primitive._dataset_path is not None:
+        path, offset = primitive._dataset_path
+        yield from file_fragments(path, offset, context_id, max_pdu)
+        return
     for header, fragment in _data_set_fragments(primitive, max_pdu):
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, header + fragment))
@@ -86,24 +92,18 @@ def store_rq_pdata(primitive: C_STORE, context_id: int, max_pdu: int):
 
 
 def _data_set_fragments(primitive: C_STORE, max_pdu: int):
-    """(message control header, bytes) pairs, the last one flagged, as pynetdicom cuts them."""
-    if primitive._dataset_path is not None:
-        path, offset = primitive._dataset_path
-        with open(path, "rb") as f:
-            f.seek(offset)
-            yield from _fragments(f.read, max_pdu)
-    else:
-        data = primitive.DataSet.getvalue()
-        if data:
-            position = 0
+    """(message control header, bytes) pairs of an in-memory data set, the last one flagged, as pynetdicom cuts them."""
+    data = primitive.DataSet.getvalue()
+    if data:
+        position = 0
 
-            def read(n: int) -> bytes:
-                nonlocal position
-                chunk = data[position:position + n]
-                position += len(chunk)
-                return chunk
+        def read(n: int) -> bytes:
+            nonlocal position
+            chunk = data[position:position + n]
+            position += len(chunk)
+            return chunk
 
-            yield from _fragments(read, max_pdu)
+        yield from _fragments(read, max_pdu)
 
 
 def _fragments(read, max_pdu: int):

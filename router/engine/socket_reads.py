@@ -10,6 +10,8 @@ or a hostile length) go through the stock code, so a peer cannot make us allocat
 
 from __future__ import annotations
 
+import socket
+
 from pynetdicom.transport import AssociationSocket
 
 MAX_BUFFER = 4 * 1024 * 1024
@@ -31,6 +33,14 @@ def _recv(self, nr_bytes: int):
             break
         nr_read += n
     return view[:nr_read]
+
+
+def plain_socket(dul) -> socket.socket | None:
+    """The association's TCP socket, or None (no socket, or TLS: the engine's shortcuts then stand aside)."""
+    raw = getattr(dul.socket, "socket", None) if dul.socket is not None else None
+    if raw is None or type(raw) is not socket.socket:
+        return None
+    return raw
 
 
 def install_fast_recv() -> None:

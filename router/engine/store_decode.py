@@ -195,11 +195,22 @@ class IncomingDataSet:
 
     def write(self, fragment, last: bool) -> None:
         """Append a fragment; before the last one, start writing the file out so the final fsync waits less."""
+        self.write_part(fragment)
+        self.end_fragment(last)
+
+    def write_part(self, data) -> None:
+        """Append part of a fragment (after a write error: discard it)."""
         if self.error is None:
             try:
-                self._write(fragment)
-                if not last:
-                    start_writeback(self.file.fileno())
+                self._write(data)
+            except OSError as exc:
+                self._fail(exc)
+
+    def end_fragment(self, last: bool) -> None:
+        """A fragment is complete: unless it was the last, start writing the file out."""
+        if self.error is None and not last:
+            try:
+                start_writeback(self.file.fileno())
             except OSError as exc:
                 self._fail(exc)
 
@@ -297,11 +308,16 @@ def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
         return False
     incoming.write(memoryview(data)[1:], last=bool(data[0] & 2))
     if data[0] & 2:
-        self._incoming_data_set = None
-        request = incoming.finish()
-        self._wants_spare_file = incoming.error is None
-        self.msg_queue.put((incoming.context_id, request))
+        complete_data_set(self, incoming)
     return True
+
+
+def complete_data_set(dimse, incoming: IncomingDataSet) -> None:
+    """The last fragment is written: queue the request for the association thread."""
+    dimse._incoming_data_set = None
+    request = incoming.finish()
+    dimse._wants_spare_file = incoming.error is None
+    dimse.msg_queue.put((incoming.context_id, request))
 
 
 def _take_command(self, context_id: int, data) -> bool:

@@ -36,9 +36,14 @@ def stock_rq_pdvs(primitive: C_STORE, max_pdu: int) -> list[tuple[int, bytes]]:
 
 
 def fast_rq_pdvs(primitive: C_STORE, max_pdu: int) -> list[tuple[int, bytes]]:
+    """The PDVs the fast path sends; fragments of a file are read as DT-1 would send them."""
     from router.engine.fast_store import store_rq_pdata
+    from router.engine.pdata_sends import FileFragments
 
-    return [pdv for pdata in store_rq_pdata(primitive, 1, max_pdu) for pdv in pdata.presentation_data_value_list]
+    pdatas = []
+    for pdata in store_rq_pdata(primitive, 1, max_pdu):
+        pdatas.extend(pdata.as_p_data() if isinstance(pdata, FileFragments) else [pdata])
+    return [pdv for pdata in pdatas for pdv in pdata.presentation_data_value_list]
 
 
 @pytest.mark.parametrize("max_pdu", [0, 4096, 16382, 16384, 65536, 131072, 1048576])

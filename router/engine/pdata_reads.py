@@ -1,0 +1,150 @@
+"""P-DATA-TF PDUs read PDV by PDV, data set fragments straight into their file (owned code, version-guarded).
+
+pynetdicom 3.0.4 reads each PDU whole into a new bytearray, decodes it into a P_DATA_TF
+object with an item object per PDV, and queues an event for the state machine, whose DT-2
+action turns the PDU into a P-DATA primitive for DIMSE: about 0.25 ms of the socket thread
+per 128 KiB PDU here, and four copies of every byte. :func:`_read_pdu_data` keeps that way
+for every PDU except a P-DATA-TF PDU on an established association (Sta6) while no event
+is waiting, the socket is plain TCP and nothing is bound to EVT_DATA_RECV, EVT_PDU_RECV or
+EVT_FSM_TRANSITION (which need the PDU's bytes and objects). Its PDVs are read one at a
+time:
+
+- a data fragment of the data set that :mod:`router.engine.store_decode` is writing goes
+  from the socket to that file through one reused buffer;
+- any other PDV is read into bytes and given to DIMSE as a one-PDV P-DATA primitive. DT-2
+  gives DIMSE the whole PDU in one primitive; DIMSE takes messages PDV by PDV either way.
+
+A PDU whose items do not add up to its length is an invalid PDU (Evt19) and a connection
+that ends inside one is a closed transport (Evt17), as in pynetdicom; the state stays
+Sta6, as after DT-2.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+
+from pynetdicom import evt
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
+
+from router.engine.socket_reads import plain_socket
+from router.engine.store_decode import complete_data_set
+
+P_DATA_TF = 0x04
+ITEM_HEADER = struct.Struct(">LBB")
+BUFFER_SIZE = 256 * 1024
+LOGGER = logging.getLogger("pynetdicom.dul")
+_NEED_PDU_OBJECTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+
+_stock_read_pdu_data = DULServiceProvider._read_pdu_data
+
+
+class InvalidPDU(Exception):
+    """The PDU's items do not add up to its length."""
+
+
+class TransportClosed(Exception):
+    """The connection ended inside a PDU."""
+
+
+def _read_pdu_data(self) -> None:
+    """pynetdicom 3.0.4 ``_read_pdu_data``, with P-DATA-TF PDUs read PDV by PDV when that is safe."""
+    raw = plain_socket(self)
+    if raw is None or not _can_read_directly(self):
+        _stock_read_pdu_data(self)
+        return
+    try:
+        header = raw.recv(6, socket.MSG_PEEK)
+    except OSError:
+        header = b""
+    if len(header) < 6 or header[0] != P_DATA_TF:
+        _stock_read_pdu_data(self)
+        return
+    reader = _Reader(self, raw)
+    try:
+        reader.exact(6)
+        _read_items(self, reader, struct.unpack_from(">L", header, 2)[0])
+    except InvalidPDU:
+        LOGGER.error("Unable to decode the received PDU data")
+        self.event_queue.put("Evt19")
+    except (OSError, TransportClosed) as exc:
+        LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
+        self.event_queue.put("Evt17")
+
+
+def _read_items(dul, reader: _Reader, remaining: int) -> None:
+    dimse = dul.assoc.dimse
+    while remaining:
+        if remaining < 6:
+            raise InvalidPDU
+        item_length, context_id, control = ITEM_HEADER.unpack(reader.exact(6))
+        if item_length < 2 or item_length > remaining - 4:
+            raise InvalidPDU
+        remaining -= 4 + item_length
+        incoming = getattr(dimse, "_incoming_data_set", None)
+        if incoming is not None and not control & 1:
+            reader.into(incoming, item_length - 2)
+            incoming.end_fragment(last=bool(control & 2))
+            if control & 2:
+                complete_data_set(dimse, incoming)
+            continue
+        primitive = P_DATA()
+        primitive._presentation_data_value_list = [(context_id, bytes((control,)) + reader.exact(item_length - 2))]
+        dimse.receive_primitive(primitive)
+        if not dul.event_queue.empty():  # DIMSE refused the message: the association is ending
+            return
+
+
+class _Reader:
+    """Exact reads from the association's socket into one buffer kept per association."""
+
+    def __init__(self, dul, raw: socket.socket):
+        buffer = getattr(dul, "_pdv_buffer", None)
+        if buffer is None:
+            buffer = dul._pdv_buffer = memoryview(bytearray(BUFFER_SIZE))
+        self.buffer = buffer
+        self.raw = raw
+
+    def exact(self, size: int) -> bytes:
+        """The next ``size`` bytes, as bytes."""
+        if size <= len(self.buffer):
+            self._fill(self.buffer[:size])
+            return bytes(self.buffer[:size])
+        chunks = bytearray()
+        while size:
+            part = self.buffer[:min(size, len(self.buffer))]
+            self._fill(part)
+            chunks += part
+            size -= len(part)
+        return bytes(chunks)
+
+    def into(self, incoming, size: int) -> None:
+        """Pass the next ``size`` bytes to ``incoming.write_part``, a buffer at a time."""
+        while size:
+            part = self.buffer[:min(size, len(self.buffer))]
+            self._fill(part)
+            incoming.write_part(part)
+            size -= len(part)
+
+    def _fill(self, view: memoryview) -> None:
+        filled, size = 0, len(view)
+        while filled < size:
+            n = self.raw.recv_into(view[filled:])
+            if not n:
+                raise TransportClosed(f"{filled} of {size} bytes")
+            filled += n
+
+
+def _can_read_directly(dul) -> bool:
+    return (
+        dul.state_machine.current_state == "Sta6"
+        and dul.event_queue.empty()
+        and dul._recv_pdu.empty()
+        and not any(dul.assoc.get_handlers(event) for event in _NEED_PDU_OBJECTS)
+    )
+
+
+def install_pdata_reads() -> None:
+    DULServiceProvider._read_pdu_data = _read_pdu_data

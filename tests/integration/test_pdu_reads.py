@@ -1,0 +1,207 @@
+"""P-DATA-TF PDUs read PDV by PDV give what pynetdicom's whole-PDU read gives.
+
+A scripted peer speaks raw PDUs to an in-process pynetdicom SCP running the engine; every
+script runs twice, with the engine's read and with pynetdicom's own, and both runs must
+store the same files, answer the same statuses and end the association the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA, ImplementationClassUIDNotification, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+
+from router import engine
+from router.engine import pdata_reads
+from router.engine.store_decode import parse_command_set
+from tests.support.peers import wait_for
+
+A_ASSOCIATE_AC, P_DATA_PDU, A_RELEASE_RP, A_ABORT = 0x02, 0x04, 0x06, 0x07
+
+
+@pytest.fixture(params=["engine", "pynetdicom"])
+def scp(request, tmp_path, monkeypatch):
+    """An SCP keeping each received file's bytes; ``engine`` reads PDVs one at a time, ``pynetdicom`` whole PDUs."""
+    engine.configure()
+    direct = []
+    if request.param == "pynetdicom":
+        monkeypatch.setattr(DULServiceProvider, "_read_pdu_data", pdata_reads._stock_read_pdu_data)
+    else:
+        read_items = pdata_reads._read_items
+        monkeypatch.setattr(pdata_reads, "_read_items", lambda *a: direct.append(1) or read_items(*a))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    received = []
+
+    def on_store(event):
+        received.append(open(event.dataset_path, "rb").read())
+        return 0x0000
+
+    ae = AE("STORE_SCP")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.maximum_pdu_size = 0
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    yield server.server_address[1], received, tmp_path
+    server.shutdown()
+    assert bool(direct) == (request.param == "engine"), "the engine's read was not the one tested"
+
+
+def associate(port: int) -> socket.socket:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "SCRIPTED"
+    primitive.called_ae_title = "STORE_SCP"
+    context = build_context(CTImageStorage, ExplicitVRLittleEndian)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 0
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    primitive.user_information = [maximum, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(pdu.encode())
+    assert read_pdu(sock)[0] == A_ASSOCIATE_AC
+    return sock
+
+
+def read_pdu(sock: socket.socket) -> tuple[int | None, bytes]:
+    header = read_exact(sock, 6)
+    if len(header) < 6:
+        return None, b""
+    pdu_type, length = header[0], struct.unpack(">L", header[2:])[0]
+    return pdu_type, read_exact(sock, length)
+
+
+def read_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def store_pdvs(payload: bytes, message_id: int, max_pdu: int) -> list[tuple[int, bytes]]:
+    """The PDVs of a C-STORE-RQ carrying ``payload``, cut as pynetdicom cuts them for ``max_pdu``."""
+    primitive = C_STORE()
+    primitive.MessageID = message_id
+    primitive.Priority = 2
+    primitive.AffectedSOPClassUID = CTImageStorage
+    primitive.AffectedSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{message_id}"
+    from io import BytesIO
+    primitive.DataSet = BytesIO(payload)
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return [pdv for p_data in message.encode_msg(1, max_pdu) for pdv in p_data.presentation_data_value_list]
+
+
+def pdu(*pdvs: tuple[int, bytes]) -> bytes:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [list(pdv) for pdv in pdvs]
+    return P_DATA_TF(primitive).encode()
+
+
+def status_of(body: bytes) -> int:
+    """The Status of the C-STORE-RSP in a P-DATA-TF body holding one command PDV."""
+    fields = parse_command_set(memoryview(body)[6:])
+    return struct.unpack("<H", fields[0x0900])[0]
+
+
+def release(sock: socket.socket) -> int | None:
+    sock.sendall(A_RELEASE_RQ().encode())
+    pdu_type, _ = read_pdu(sock)
+    sock.close()
+    return pdu_type
+
+
+def leftovers(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if name.endswith(".dcm")]
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 16384, 131072, 0])
+def test_instances_in_separate_pdus(scp, max_pdu):
+    port, received, _ = scp
+    payloads = [os.urandom(size) for size in (1, 5000, 300_000)]
+    sock = associate(port)
+    statuses = []
+    for number, payload in enumerate(payloads, 1):
+        for item in store_pdvs(payload, number, max_pdu):
+            sock.sendall(pdu(item))
+        statuses.append(status_of(read_pdu(sock)[1]))
+    assert release(sock) == A_RELEASE_RP
+    assert statuses == [0, 0, 0]
+    assert [r[-len(p):] for r, p in zip(received, payloads)] == payloads
+    assert len({r[:-len(p)] for r, p in zip(received, payloads)}) == 3  # each with its own file meta
+
+
+def test_command_and_data_and_the_next_command_share_pdus(scp):
+    port, received, _ = scp
+    first, second = os.urandom(40_000), os.urandom(20_000)
+    one, two = store_pdvs(first, 1, 16384), store_pdvs(second, 2, 16384)
+    sock = associate(port)
+    sock.sendall(pdu(*one[:2]) + pdu(*one[2:]))
+    assert status_of(read_pdu(sock)[1]) == 0
+    sock.sendall(pdu(*two))
+    assert status_of(read_pdu(sock)[1]) == 0
+    assert release(sock) == A_RELEASE_RP
+    assert [r[-len(p):] for r, p in zip(received, (first, second))] == [first, second]
+
+
+def test_an_item_longer_than_its_pdu_aborts(scp):
+    port, received, directory = scp
+    command, *data = store_pdvs(os.urandom(10_000), 1, 16384)
+    sock = associate(port)
+    sock.sendall(pdu(command))
+    good = pdu(data[0])
+    broken = good[:6] + struct.pack(">L", len(good)) + good[10:]
+    sock.sendall(broken)
+    assert read_pdu(sock)[0] == A_ABORT
+    sock.close()
+    assert received == []
+    wait_for(lambda: not leftovers(directory), 10, message="the partial file to be removed")
+
+
+def test_a_connection_closed_inside_a_pdu_leaves_nothing(scp):
+    port, received, directory = scp
+    command, *data = store_pdvs(os.urandom(100_000), 1, 16384)
+    sock = associate(port)
+    sock.sendall(pdu(command) + pdu(data[0]) + pdu(data[1])[:5000])
+    time.sleep(0.2)
+    sock.close()
+    assert received == []
+    wait_for(lambda: not leftovers(directory), 10, message="the partial file to be removed")
+
+
+def test_a_command_inside_a_data_set_aborts(scp):
+    port, received, directory = scp
+    command, *data = store_pdvs(os.urandom(50_000), 1, 16384)
+    sock = associate(port)
+    sock.sendall(pdu(command) + pdu(data[0], command))
+    assert read_pdu(sock)[0] == A_ABORT
+    sock.close()
+    assert received == []
+    wait_for(lambda: not leftovers(directory), 10, message="the partial file to be removed")
+
+
+def test_release_between_instances_is_answered(scp):
+    port, received, _ = scp
+    sock = associate(port)
+    for item in store_pdvs(b"\x00" * 1000, 1, 16384):
+        sock.sendall(pdu(item))
+    assert status_of(read_pdu(sock)[1]) == 0
+    assert release(sock) == A_RELEASE_RP
+    assert len(received) == 1
