@@ -21,6 +21,7 @@ from router import engine
 from router.config import ConfigError, load_config, registry
 from router.config.checks import check_references
 from router.config.models import RouterConfig
+from router.engine.spare_files import SPARES
 from router.observe.metrics import Metrics
 from router.observe.systemd import Notifier
 from router.pipeline import PipelineSet
@@ -272,6 +273,7 @@ class RouterService:
         if self.intake is not None:
             self.intake.close()
             self.intake = None
+            SPARES.discard_all()
             if self.is_main:  # partial files of aborted transfers (never acknowledged); workers are gone
                 self.spool.sweep_incoming()
         self._stop_delivery()

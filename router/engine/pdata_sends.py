@@ -39,7 +39,7 @@ class SourceFile:
     """A data set's file, open for as long as a primitive may still send from it."""
 
     def __init__(self, path):
-        self.file = open(path, "rb", buffering=0)
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed when the last primitive is gone
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.file.fileno(), length, offset)

@@ -116,8 +116,6 @@ def _dul_run_reactor(self) -> None:
                 idle = True
 
             if idle:
-                for hook in _idle_hooks:
-                    hook(self)
                 _dul_wait(self)
 
             if self._kill_thread:
@@ -164,13 +162,6 @@ def _dul_run_reactor(self) -> None:
 
 
 _exit_hooks: list = []
-_idle_hooks: list = []
-
-
-def on_reactor_idle(hook) -> None:
-    """Run ``hook(dul)`` on the socket thread each time it is about to wait for the network."""
-    if hook not in _idle_hooks:
-        _idle_hooks.append(hook)
 
 
 def on_reactor_exit(hook) -> None:

@@ -10,9 +10,8 @@ a shorter way:
 - a C-STORE-RQ whose command set fits one PDV becomes its primitive directly, and its data
   set is written fragment by fragment to a file in the temporary directory (the spool's
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
-  byte-identical); the file for the next data set is opened when the socket thread next
-  waits for the network (while the handler runs), not between a command and its data set;
-  after each fragment but the last the kernel is asked to start writing the file out
+  byte-identical), usually one of the empty files :mod:`router.engine.spare_files` keeps
+  ready; after each fragment but the last the kernel is asked to start writing the file out
   (``sync_file_range``), so the fsync before the response mostly finds it written;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
 
@@ -31,8 +30,6 @@ import logging
 import os
 import struct
 import tempfile
-import uuid
-import weakref
 from io import BytesIO
 from pathlib import Path
 
@@ -42,7 +39,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine.part10 import FileMetaValues, encode_file_meta
-from router.engine.reactors import on_reactor_exit, on_reactor_idle
+from router.engine.reactors import on_reactor_exit
+from router.engine.spare_files import SPARES, create_empty
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -132,62 +130,17 @@ def store_response(fields: dict[int, bytes]) -> C_STORE:
     return primitive
 
 
-class SpareFile:
-    """An empty file in the temporary directory, opened ahead of the next data set.
-
-    Creating a file costs 0.1-0.5 ms on ext4 here; the socket thread does it when it would
-    otherwise wait for the network (while the handler runs), not between a command and its
-    data set. A spare never used is removed when its association ends
-    (:func:`release_files`), or failing that when it is collected.
-    """
-
-    def __init__(self):
-        self.path = Path(tempfile.gettempdir()) / f"{uuid.uuid4().hex}.dcm"
-        self.file = open(self.path, "xb", buffering=0, opener=_private)
-        self._finalizer = weakref.finalize(self, _remove, self.file, self.path)
-
-    def take(self):
-        """The path and open file, or None if the file was removed meanwhile (a sweep of old files)."""
-        self._finalizer.detach()
-        if os.fstat(self.file.fileno()).st_nlink == 0:
-            self.file.close()
-            return None
-        return self.path, self.file
-
-    def discard(self) -> None:
-        self._finalizer()
-
-
-def _remove(file, path: Path) -> None:
-    file.close()
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _spare_or_none() -> SpareFile | None:
-    try:
-        return SpareFile()
-    except OSError:
-        return None
-
-
 class IncomingDataSet:
     """A received data set being written to its Part-10 file, fragment by fragment."""
 
-    def __init__(self, primitive: C_STORE, context_id: int, transfer_syntax: str, spare: SpareFile | None = None):
+    def __init__(self, primitive: C_STORE, context_id: int, transfer_syntax: str):
         self.primitive = primitive
         self.context_id = context_id
         self.error: str | None = None
         self.file = None
+        self.path = None
         try:
-            taken = spare.take() if spare is not None else None
-            if taken is not None:
-                self.path, self.file = taken
-            else:
-                self.path = Path(tempfile.gettempdir()) / f"{uuid.uuid4().hex}.dcm"
-                self.file = open(self.path, "xb", buffering=0, opener=_private)
+            self.path, self.file = SPARES.take() or create_empty(tempfile.gettempdir())
             self._write(PREAMBLE + encode_file_meta(FileMetaValues(
                 str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID), str(transfer_syntax))))
         except OSError as exc:
@@ -230,10 +183,11 @@ class IncomingDataSet:
     def discard(self) -> None:
         if self.file is not None:
             self.file.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
     def _write(self, data) -> None:
         view = memoryview(data)
@@ -274,10 +228,6 @@ def start_writeback(fd: int) -> None:
         _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
-def _private(path, flags):
-    return os.open(path, flags, 0o600)
-
-
 def _receive_primitive(self, primitive: P_DATA) -> None:
     """pynetdicom's ``receive_primitive`` with the fast path for plain C-STOREs in front."""
     if getattr(self, "_incoming_data_set", None) is None and (
@@ -315,9 +265,7 @@ def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
 def complete_data_set(dimse, incoming: IncomingDataSet) -> None:
     """The last fragment is written: queue the request for the association thread."""
     dimse._incoming_data_set = None
-    request = incoming.finish()
-    dimse._wants_spare_file = incoming.error is None
-    dimse.msg_queue.put((incoming.context_id, request))
+    dimse.msg_queue.put((incoming.context_id, incoming.finish()))
 
 
 def _take_command(self, context_id: int, data) -> bool:
@@ -333,8 +281,7 @@ def _take_command(self, context_id: int, data) -> bool:
         if context is None:
             return False
         request = store_request(fields)
-        spare, self._spare_file = getattr(self, "_spare_file", None), None
-        self._incoming_data_set = IncomingDataSet(request, context_id, context.transfer_syntax[0], spare)
+        self._incoming_data_set = IncomingDataSet(request, context_id, context.transfer_syntax[0])
         return True
     except NotPlain:
         return False
@@ -344,26 +291,13 @@ _RSP_FIELD = struct.pack("<H", C_STORE_RSP)
 
 
 def release_files(dul) -> None:
-    """At the end of an association: remove the spare file and the partial file of a data set cut short."""
+    """At the end of an association: remove the partial file of a data set cut short."""
     dimse = dul.assoc.dimse
-    spare, dimse._spare_file = getattr(dimse, "_spare_file", None), None
-    if spare is not None:
-        spare.discard()
     incoming, dimse._incoming_data_set = getattr(dimse, "_incoming_data_set", None), None
     if incoming is not None:
         incoming.discard()
 
 
-def prepare_spare_file(dul) -> None:
-    """When the socket thread goes idle after a data set: open the file for the next one."""
-    dimse = dul.assoc.dimse
-    if getattr(dimse, "_wants_spare_file", False):
-        dimse._wants_spare_file = False
-        if getattr(dimse, "_spare_file", None) is None:
-            dimse._spare_file = _spare_or_none()
-
-
 def install_fast_store_decode() -> None:
     DIMSEServiceProvider.receive_primitive = _receive_primitive
     on_reactor_exit(release_files)
-    on_reactor_idle(prepare_spare_file)

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -19,13 +20,19 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
-from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA, ImplementationClassUIDNotification, MaximumLengthNotification
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    P_DATA,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
 from pynetdicom.presentation import build_context
 
 from router import engine
 from router.engine import pdata_reads
 from router.engine.store_decode import parse_command_set
 from tests.support.peers import wait_for
+from tests.support.spool import partial_files
 
 A_ASSOCIATE_AC, P_DATA_PDU, A_RELEASE_RP, A_ABORT = 0x02, 0x04, 0x06, 0x07
 
@@ -44,7 +51,7 @@ def scp(request, tmp_path, monkeypatch):
     received = []
 
     def on_store(event):
-        received.append(open(event.dataset_path, "rb").read())
+        received.append(Path(event.dataset_path).read_bytes())
         return 0x0000
 
     ae = AE("STORE_SCP")
@@ -128,10 +135,6 @@ def release(sock: socket.socket) -> int | None:
     return pdu_type
 
 
-def leftovers(directory) -> list[str]:
-    return [name for name in os.listdir(directory) if name.endswith(".dcm")]
-
-
 @pytest.mark.parametrize("max_pdu", [4096, 16384, 131072, 0])
 def test_instances_in_separate_pdus(scp, max_pdu):
     port, received, _ = scp
@@ -172,7 +175,7 @@ def test_an_item_longer_than_its_pdu_aborts(scp):
     assert read_pdu(sock)[0] == A_ABORT
     sock.close()
     assert received == []
-    wait_for(lambda: not leftovers(directory), 10, message="the partial file to be removed")
+    wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
 
 
 def test_a_connection_closed_inside_a_pdu_leaves_nothing(scp):
@@ -183,7 +186,7 @@ def test_a_connection_closed_inside_a_pdu_leaves_nothing(scp):
     time.sleep(0.2)
     sock.close()
     assert received == []
-    wait_for(lambda: not leftovers(directory), 10, message="the partial file to be removed")
+    wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
 
 
 def test_a_command_inside_a_data_set_aborts(scp):
@@ -194,7 +197,7 @@ def test_a_command_inside_a_data_set_aborts(scp):
     assert read_pdu(sock)[0] == A_ABORT
     sock.close()
     assert received == []
-    wait_for(lambda: not leftovers(directory), 10, message="the partial file to be removed")
+    wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
 
 
 def test_release_between_instances_is_answered(scp):

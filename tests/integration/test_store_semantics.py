@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
@@ -24,6 +26,7 @@ from tests.support.peers import (
     stop_process,
     wait_for,
 )
+from tests.support.spool import partial_files
 
 
 def j2k_file(path):
@@ -124,7 +127,7 @@ def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, wr
     text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
     service = start_router(write_config(text))
     incoming = tmp_path / "data" / "incoming"
-    incoming.rmdir()  # every write of a received data set now fails, as on a broken disk
+    shutil.rmtree(incoming)  # every write of a received data set now fails, as on a broken disk
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0xA700
     assert service.queue.counts() == {}
     incoming.mkdir()
@@ -153,9 +156,9 @@ def test_an_association_aborted_mid_data_set_leaves_no_partial_file(tmp_path, wr
     for pdata in pdatas[:4]:  # the command and part of the data set
         assoc.dul.send_pdu(pdata)
     incoming = tmp_path / "data" / "incoming"
-    wait_for(lambda: any(incoming.iterdir()), 10, message="the partial file")
+    wait_for(lambda: partial_files(incoming), 10, message="the partial file")
     assoc.abort()
-    wait_for(lambda: not any(incoming.iterdir()), 10, message="the partial file to be removed")
+    wait_for(lambda: not partial_files(incoming), 10, message="the partial file to be removed")
 
 
 FILTER = """

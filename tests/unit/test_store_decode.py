@@ -17,8 +17,10 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_decode
+from router.engine.spare_files import SpareFiles
 from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID
 from tests.support.primitives import store_response as store_rsp
+from tests.support.peers import wait_for
 
 SYNTAX = "1.2.840.10008.1.2.1"
 FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
@@ -50,6 +52,7 @@ def stock_file_meta(monkeypatch, tmp_path):
     monkeypatch.setattr(dimse_messages, "write_file_meta_info", write_file_meta_info)
     monkeypatch.setattr(dimse_messages._config, "STORE_RECV_CHUNKED_DATASET", True)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(store_decode, "SPARES", SpareFiles(depth=0))  # only the files these tests make
 
 
 def feed(receive, pdatas, handlers=None):
@@ -222,29 +225,33 @@ def test_write_failure_midway_removes_the_partial_file(monkeypatch, tmp_path, st
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_next_file_is_opened_ahead_and_removed_with_its_association(stock_file_meta, tmp_path):
-    import gc
-
-    messages, _, provider = feed(store_decode._receive_primitive,
-                                 pdata_of(C_STORE_RQ(), store_rq(EVEN_UID, size=3000), 16384))
-    dul = SimpleNamespace(assoc=SimpleNamespace(dimse=provider))
-    assert getattr(provider, "_spare_file", None) is None  # not before the response has gone out
-    store_decode.prepare_spare_file(dul)
-    spare = provider._spare_file.path
-    assert spare.exists() and spare != messages[0][1]._dataset_path
-    messages, _, _ = feed(lambda _, pdata, target=provider: store_decode._receive_primitive(target, pdata),
-                          pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=3000), 16384))
-    assert provider.msg_queue.get()[1]._dataset_path == spare
-    store_decode.prepare_spare_file(dul)
-    next_spare = provider._spare_file.path
-    del provider, messages, dul
-    gc.collect()
-    assert not next_spare.exists()
+def test_data_sets_are_written_to_spare_files_made_ahead(stock_file_meta, tmp_path, monkeypatch):
+    spares = SpareFiles(depth=2)
+    monkeypatch.setattr(store_decode, "SPARES", spares)
+    assert spares.take() is None  # the first asks for some
+    wait_for(lambda: len(spares._ready) == 2, 10, message="two spares")
+    ready = [path for _, path, _ in spares._ready]
+    messages, _, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=3000), 16384))
+    assert messages[0][1]._dataset_path == ready[0]
+    assert ready[0].stat().st_size > 3000
+    spares.discard_all()
+    assert not ready[1].exists()
 
 
-def test_a_spare_removed_by_a_sweep_is_not_used(stock_file_meta, tmp_path):
-    spare = store_decode.SpareFile()
-    spare.path.unlink()  # the hourly sweep of old partial files
-    incoming = store_decode.IncomingDataSet(store_rq(), 1, SYNTAX, spare)
-    request = incoming.finish()
-    assert request._dataset_path != spare.path and request._dataset_path.exists()
+def test_a_spare_removed_by_a_sweep_or_made_elsewhere_is_not_used(tmp_path, monkeypatch):
+    spares = SpareFiles(depth=2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "old"))
+    (tmp_path / "old").mkdir()
+    spares.take()
+    wait_for(lambda: len(spares._ready) == 2, 10, message="two spares")
+    stale = [path for _, path, _ in spares._ready]
+    stale[0].unlink()  # the hourly sweep of old partial files
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "new"))
+    (tmp_path / "new").mkdir()
+    assert spares.take() is None
+    assert not stale[1].exists()
+    wait_for(lambda: len(spares._ready) == 2, 10, message="two spares in the new directory")
+    path, file = spares.take()
+    assert path.parent == tmp_path / "new"
+    file.close()
+    spares.discard_all()
