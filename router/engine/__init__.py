@@ -25,6 +25,7 @@ from router.engine.pdata_sends import install_pdata_sends
 from router.engine.reactors import install_reactors
 from router.engine.socket_reads import install_fast_recv
 from router.engine.store_decode import install_fast_store_decode
+from router.engine.uid_cache import install_uid_cache
 
 SUPPORTED_PYNETDICOM = "3.0.4"
 
@@ -36,9 +37,10 @@ def configure() -> None:
     """Stream received and sent datasets through files, accept any storage class and
     transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
     every association socket, bound the outgoing PDU queue, make the reactor loops
-    event-driven, encode and decode C-STORE command sets directly, and write received
-    data sets straight to their Part-10 files, and share the supported contexts between
-    accepted associations instead of deep-copying them.
+    event-driven, encode and decode C-STORE command sets directly, read P-DATA PDV by PDV
+    with received data sets going straight to their Part-10 files, send data sets from
+    their files with sendfile(), validate each UID once, and share the supported contexts
+    between accepted associations instead of deep-copying them.
     Idempotent."""
     global _configured
     with _lock:
@@ -60,6 +62,7 @@ def configure() -> None:
             install_fast_store_decode()
             install_pdata_reads()
             install_pdata_sends()
+            install_uid_cache()
             install_shared_contexts()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
