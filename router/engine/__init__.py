@@ -51,7 +51,7 @@ def configure() -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        _install_nodelay()
+        _install_socket_options()
         install_send_from_file()
         if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
             install_backpressure()
@@ -85,17 +85,20 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _install_nodelay() -> None:
-    """Disable Nagle on every association socket, inbound and outbound.
+def _install_socket_options() -> None:
+    """Disable Nagle on every association socket, inbound and outbound, and bound how long an
+    accepted connection's reads wait before its association is established.
 
     pynetdicom writes a PDU in several ``send()`` calls; with Nagle and the peer's delayed
     ACK each C-STORE then stalls about 40 ms (measured: 22 instead of 1115 instances/s).
     """
     original_init = AssociationSocket.__init__
 
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
+    def init(self, assoc, client_socket=None, address=None):
+        original_init(self, assoc, client_socket, address)
         set_nodelay(self.socket)
+        if client_socket is not None:
+            _limit_wait_for_request(self.socket, assoc)
 
     original_create = AssociationSocket._create_socket
 
@@ -106,6 +109,23 @@ def _install_nodelay() -> None:
 
     AssociationSocket.__init__ = init
     AssociationSocket._create_socket = create
+
+
+def _limit_wait_for_request(sock, assoc) -> None:
+    """Until its association is established (then :func:`arm_socket_timeout` sets the network
+    timeout), an accepted connection's reads time out after half the ACSE timeout.
+
+    Stock, a peer that sends part of a PDU and goes silent holds the connection's thread for
+    good: the socket thread blocks in ``recv()`` and the association thread's own ACSE timeout
+    then waits for it. With half the ACSE timeout the socket thread gives up first, so the
+    connection is closed the usual way (a closed-connection event, which the endpoint logs).
+    """
+    timeout = getattr(assoc, "acse_timeout", None)
+    if timeout:
+        try:
+            sock.settimeout(timeout / 2)
+        except OSError:
+            pass
 
 
 def set_nodelay(sock) -> None:

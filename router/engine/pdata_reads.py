@@ -17,6 +17,11 @@ time:
 A PDU whose items do not add up to its length is an invalid PDU (Evt19) and a connection
 that ends inside one is a closed transport (Evt17), as in pynetdicom; the state stays
 Sta6, as after DT-2.
+
+Every PDU's announced length is checked first, on any plain TCP association: a P-DATA-TF
+PDU longer than the maximum the association offered, or any other PDU over 1 MiB, is
+answered with an abort (Evt19) at once. pynetdicom would wait for the whole announced
+length (up to 4 GiB), holding the association's thread and growing its buffer.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine.socket_reads import plain_socket
+from router.engine.socket_reads import MAX_BUFFER, plain_socket
 from router.engine.store_decode import complete_data_set
 
 P_DATA_TF = 0x04
 ITEM_HEADER = struct.Struct(">LBB")
 BUFFER_SIZE = 256 * 1024
+OTHER_PDU_LIMIT = 1024 * 1024
+PDATA_SLACK = 64
 LOGGER = logging.getLogger("pynetdicom.dul")
 _NEED_PDU_OBJECTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
@@ -52,20 +59,30 @@ class TransportClosed(Exception):
 def _read_pdu_data(self) -> None:
     """pynetdicom 3.0.4 ``_read_pdu_data``, with P-DATA-TF PDUs read PDV by PDV when that is safe."""
     raw = plain_socket(self)
-    if raw is None or not _can_read_directly(self):
+    if raw is None:
         _stock_read_pdu_data(self)
         return
     try:
         header = raw.recv(6, socket.MSG_PEEK)
     except OSError:
         header = b""
-    if len(header) < 6 or header[0] != P_DATA_TF:
+    if len(header) < 6:
+        _stock_read_pdu_data(self)
+        return
+    length = struct.unpack_from(">L", header, 2)[0]
+    limit = _largest_acceptable(self, header[0])
+    if length > limit:
+        raw.recv(6)
+        LOGGER.error("PDU type 0x%02X announces %d bytes, more than the %d accepted; aborting", header[0], length, limit)
+        self.event_queue.put("Evt19")
+        return
+    if header[0] != P_DATA_TF or not _can_read_directly(self):
         _stock_read_pdu_data(self)
         return
     reader = _Reader(self, raw)
     try:
         reader.exact(6)
-        _read_items(self, reader, struct.unpack_from(">L", header, 2)[0])
+        _read_items(self, reader, length)
     except InvalidPDU:
         LOGGER.error("Unable to decode the received PDU data")
         self.event_queue.put("Evt19")
@@ -135,6 +152,20 @@ class _Reader:
             if not n:
                 raise TransportClosed(f"{filled} of {size} bytes")
             filled += n
+
+
+def _largest_acceptable(dul, pdu_type: int) -> int:
+    """The longest PDU of this type the association takes: for P-DATA-TF what it offered as its
+    maximum PDU length (plus :data:`PDATA_SLACK` for peers that count the length differently),
+    for any other PDU :data:`OTHER_PDU_LIMIT`."""
+    if pdu_type != P_DATA_TF:
+        return OTHER_PDU_LIMIT
+    assoc = dul.assoc
+    try:
+        offered = (assoc.acceptor if assoc.is_acceptor else assoc.requestor).maximum_length
+    except AttributeError:
+        offered = None
+    return min(offered + PDATA_SLACK, MAX_BUFFER) if offered else MAX_BUFFER
 
 
 def _can_read_directly(dul) -> bool:

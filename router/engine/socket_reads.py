@@ -4,8 +4,9 @@ Stock ``AssociationSocket.recv`` reads at most 4 KiB per ``recv()`` call and gro
 bytearray: about 32 system calls and as many copies for each 128 KiB PDU. This version
 reads with ``recv_into`` straight into a buffer kept per socket and returns a view of it,
 valid until the next read; pynetdicom's only caller (``DULServiceProvider._read_pdu_data``)
-copies it at once. Reads above :data:`MAX_BUFFER` (a PDU larger than anything we accept,
-or a hostile length) go through the stock code, so a peer cannot make us allocate.
+copies it at once. A read above :data:`MAX_BUFFER` (a PDU larger than anything the router
+accepts: a hostile or garbled length) fails as a closed connection, so a peer cannot make
+the router allocate whatever it announces.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from pynetdicom.transport import AssociationSocket
 
 MAX_BUFFER = 4 * 1024 * 1024
 
-_stock_recv = AssociationSocket.recv
-
 
 def _recv(self, nr_bytes: int):
     if nr_bytes > MAX_BUFFER:
-        return _stock_recv(self, nr_bytes)
+        raise ConnectionError(f"the peer announced a PDU of {nr_bytes} bytes; the limit is {MAX_BUFFER}")
     buffer = getattr(self, "_read_buffer", None)
     if buffer is None or len(buffer) < nr_bytes:
         buffer = self._read_buffer = bytearray(max(nr_bytes, 65536))

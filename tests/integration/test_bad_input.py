@@ -73,6 +73,30 @@ def test_truncated_pdu_is_closed_and_others_still_served(guarded_router):
         assert echo(guarded_router) == (True, 0)  # while the bad one is still open
 
 
+@pytest.mark.parametrize("length", [0xFFFFFFF0, 1024 * 1024 + 1])
+def test_an_announced_length_over_the_limit_is_aborted_at_once(guarded_router, caplog, length):
+    """No wait for a body that would not be accepted anyway (pynetdicom would read up to 4 GiB)."""
+    with socket.create_connection(("127.0.0.1", guarded_router), timeout=10) as s:
+        s.sendall(b"\x01\x00" + struct.pack(">I", length) + b"\x00\x01")
+        assert s.recv(64)[:1] == bytes([A_ABORT])
+    assert events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)") or wait_for(
+        lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"), 10,
+        message="a log line about the bad connection")
+    assert echo(guarded_router) == (True, 0)
+
+
+def test_a_peer_silent_inside_its_request_is_closed_within_the_acse_timeout(guarded_router, caplog):
+    with socket.create_connection(("127.0.0.1", guarded_router), timeout=20) as s:
+        s.sendall(b"\x01\x00" + struct.pack(">I", 200) + b"\x00\x01")  # 194 bytes never come
+        try:
+            rest = s.recv(64)
+        except ConnectionResetError:
+            rest = b""
+        assert rest[:1] in (b"", bytes([A_ABORT]))  # closed by the router (acse_timeout = 3 s), not by our 20 s
+    wait_for(lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"), 10,
+             message="a log line about the silent connection")
+
+
 def test_calling_aet_outside_allow_list_is_rejected(guarded_router, caplog):
     ae = AE("INTRUDER")
     ae.add_requested_context(Verification)
