@@ -164,37 +164,33 @@ def test_command_and_data_and_the_next_command_share_pdus(scp):
     assert [r[-len(p):] for r, p in zip(received, (first, second))] == [first, second]
 
 
-def test_an_item_longer_than_its_pdu_aborts(scp):
-    port, received, directory = scp
-    command, *data = store_pdvs(os.urandom(10_000), 1, 16384)
-    sock = associate(port)
-    sock.sendall(pdu(command))
+def item_longer_than_its_pdu(command, data) -> bytes:
     good = pdu(data[0])
-    broken = good[:6] + struct.pack(">L", len(good)) + good[10:]
-    sock.sendall(broken)
-    assert read_pdu(sock)[0] == A_ABORT
-    sock.close()
-    assert received == []
-    wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
+    return pdu(command) + good[:6] + struct.pack(">L", len(good)) + good[10:]
 
 
-def test_a_connection_closed_inside_a_pdu_leaves_nothing(scp):
+def cut_inside_a_pdu(command, data) -> bytes:
+    return pdu(command) + pdu(data[0]) + pdu(data[1])[:5000]
+
+
+def command_inside_a_data_set(command, data) -> bytes:
+    return pdu(command) + pdu(data[0], command)
+
+
+@pytest.mark.parametrize("script,answer", [
+    (item_longer_than_its_pdu, A_ABORT),
+    (cut_inside_a_pdu, None),  # then the connection is closed
+    (command_inside_a_data_set, A_ABORT),
+])
+def test_a_broken_transfer_stores_nothing_and_leaves_no_file(scp, script, answer):
     port, received, directory = scp
     command, *data = store_pdvs(os.urandom(100_000), 1, 16384)
     sock = associate(port)
-    sock.sendall(pdu(command) + pdu(data[0]) + pdu(data[1])[:5000])
-    time.sleep(0.2)
-    sock.close()
-    assert received == []
-    wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
-
-
-def test_a_command_inside_a_data_set_aborts(scp):
-    port, received, directory = scp
-    command, *data = store_pdvs(os.urandom(50_000), 1, 16384)
-    sock = associate(port)
-    sock.sendall(pdu(command) + pdu(data[0], command))
-    assert read_pdu(sock)[0] == A_ABORT
+    sock.sendall(script(command, data))
+    if answer is None:
+        time.sleep(0.2)
+    else:
+        assert read_pdu(sock)[0] == answer
     sock.close()
     assert received == []
     wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
