@@ -45,7 +45,9 @@ class SourceFile:
         return os.pread(self.file.fileno(), length, offset)
 
     def __del__(self):
-        self.file.close()
+        file = getattr(self, "file", None)  # None when open() failed
+        if file is not None:
+            file.close()
 
 
 class FileFragments(P_DATA):

@@ -31,7 +31,6 @@ import os
 import struct
 import tempfile
 from io import BytesIO
-from pathlib import Path
 
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -175,7 +174,7 @@ class IncomingDataSet:
         primitive._context_id = self.context_id
         primitive.DataSet = BytesIO()
         primitive._dataset_path = self.path
-        primitive._dataset_file = self.file if self.file is not None else _Missing(self.path)
+        primitive._dataset_file = self.file  # None (no file could be made) makes pynetdicom's clean-up skip it
         if self.error is not None:
             primitive._receive_error = self.error
         return primitive
@@ -197,16 +196,6 @@ class IncomingDataSet:
     def _fail(self, exc: OSError) -> None:
         self.error = f"cannot write the received data set: {exc}"
         self.discard()
-
-
-class _Missing:
-    """Stands in for a file that could not be opened, so pynetdicom's clean-up has one to close."""
-
-    def __init__(self, path: Path):
-        self.name = str(path)
-
-    def close(self) -> None:
-        pass
 
 
 def _sync_file_range():
