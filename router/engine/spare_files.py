@@ -32,27 +32,30 @@ def _private(path, flags):
 
 
 class SpareFiles:
-    """Up to ``depth`` empty files kept ready in the current temporary directory."""
+    """Up to ``depth`` empty files kept ready in the temporary directory of the latest :meth:`take`."""
 
     def __init__(self, depth: int = 4):
         self.depth = depth
         self._ready: collections.deque[tuple[str, Path, FileIO]] = collections.deque()
+        self._directory = tempfile.gettempdir()
         self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def take(self) -> tuple[Path, FileIO] | None:
-        """A ready spare for the current temporary directory, or None."""
-        directory = tempfile.gettempdir()
-        self._want_more()
-        while True:
-            try:
-                made_in, path, file = self._ready.popleft()
-            except IndexError:
-                return None
-            if made_in == directory and os.fstat(file.fileno()).st_nlink:
-                return path, file
-            _remove(path, file)
+        """A ready spare for the current temporary directory, or None; asks for more either way."""
+        self._directory = directory = tempfile.gettempdir()
+        try:
+            while True:
+                try:
+                    made_in, path, file = self._ready.popleft()
+                except IndexError:
+                    return None
+                if made_in == directory and os.fstat(file.fileno()).st_nlink:
+                    return path, file
+                _remove(path, file)
+        finally:
+            self._want_more()
 
     def discard_all(self) -> None:
         """Remove every ready spare (the router is stopping)."""
@@ -62,6 +65,13 @@ class SpareFiles:
             except IndexError:
                 return
             _remove(path, file)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's spares (their files are the parent's) and its thread."""
+        self._ready = collections.deque()
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = None
 
     def _want_more(self) -> None:
         if self._thread is None:
@@ -76,7 +86,7 @@ class SpareFiles:
             self._wanted.wait()
             self._wanted.clear()
             while len(self._ready) < self.depth:
-                directory = tempfile.gettempdir()
+                directory = self._directory
                 try:
                     path, file = create_empty(directory)
                 except OSError:
@@ -93,3 +103,5 @@ def _remove(path: Path, file: FileIO) -> None:
 
 
 SPARES = SpareFiles()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=SPARES.forget_after_fork)

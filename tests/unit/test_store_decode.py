@@ -255,3 +255,22 @@ def test_a_spare_removed_by_a_sweep_or_made_elsewhere_is_not_used(tmp_path, monk
     assert path.parent == tmp_path / "new"
     file.close()
     spares.discard_all()
+
+
+def test_a_forked_child_never_takes_its_parents_spares(tmp_path, monkeypatch):
+    import os
+
+    from router.engine.spare_files import SPARES
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    SPARES.take()
+    wait_for(lambda: len(SPARES._ready) == SPARES.depth, 10, message="spares in the parent")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its pool starts empty
+        os.write(write, b"empty" if not SPARES._ready else b"inherited")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"empty"
+    assert len(SPARES._ready) == SPARES.depth
+    SPARES.discard_all()
