@@ -19,6 +19,9 @@ reactor passed it, and the reactor would then take the peer's response off the q
 drop it, leaving ``send_*()`` to wait for ``dimse_timeout``. Here the reactor re-checks the
 checkpoint after unpausing and never touches the queue while paused.
 
+A P-DATA the user queues once a release has begun (Evt9 in Sta7) is dropped with an error
+line instead of ending the socket thread with an unhandled InvalidEventError.
+
 The loop bodies are copies of pynetdicom 3.0.4's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` with only the waits and the re-check changed: re-diff them on
 any pynetdicom upgrade (:func:`router.engine.configure` installs them on 3.0.4 only).
@@ -38,6 +41,7 @@ from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
 
@@ -148,7 +152,12 @@ def _dul_run_reactor(self) -> None:
                 idle = True
                 continue
 
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except InvalidEventError:
+                if event != "Evt9":
+                    raise
+                _drop_late_p_data(self)
             idle = False
     finally:
         self._wake_rx.close()
@@ -159,6 +168,21 @@ def _dul_run_reactor(self) -> None:
             except Exception:  # a clean-up must not keep the association from ending
                 DUL_LOGGER.exception("clean-up at the end of an association failed")
         self.assoc.wake_reactor()
+
+
+def _drop_late_p_data(dul) -> None:
+    """A P-DATA queued once the association is being released (Evt9 outside Sta6/Sta8).
+
+    Stock pynetdicom lets the state machine's error end the socket thread, and the
+    association then hangs until its timeouts; the P-DATA could not be sent anyway (a
+    C-CANCEL racing a release, say), so it is dropped with a log line and the release goes on.
+    """
+    try:
+        dul.to_provider_queue.get(False)
+    except queue.Empty:
+        return
+    DUL_LOGGER.error("dropped a P-DATA queued after the association's release began (state %s)",
+                     dul.state_machine.current_state)
 
 
 _exit_hooks: list = []

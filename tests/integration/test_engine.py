@@ -9,6 +9,7 @@ import time
 
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 from router import engine
@@ -170,5 +171,30 @@ def test_accepted_associations_share_the_supported_contexts_instead_of_copying_t
         first, second = seen
         assert all(a is b for a, b in zip(first, second))
         assert [cx.abstract_syntax for cx in first] == [cx.abstract_syntax for cx in server.contexts]
+    finally:
+        server.shutdown()
+
+
+def test_a_p_data_queued_after_the_release_began_is_dropped_not_fatal(caplog):
+    """Stock pynetdicom ends the socket thread with InvalidEventError (Evt9 in Sta7)."""
+    ae = AE("LATE_SCP")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        assoc = requestor().associate("127.0.0.1", server.server_address[1], ae_title="LATE_SCP")
+        assert assoc.is_established
+        dul = assoc.dul
+        with dul.assoc.lock:
+            dul.state_machine.current_state = "Sta7"  # as if our A-RELEASE-RQ had just gone out
+            late = P_DATA()
+            late.presentation_data_value_list.append([1, b"\x03" + b"\x00" * 8])
+            dul.to_provider_queue.put(late)
+        wait_for(lambda: dul.to_provider_queue.empty(), 10, message="the late P-DATA to be dropped")
+        assert dul.is_alive()
+        assert any("dropped a P-DATA queued after" in r.getMessage() for r in caplog.records)
+        dul.state_machine.current_state = "Sta6"
+        assert int(assoc.send_c_echo().Status) == 0  # nothing was sent, the association carries on
+        assoc.release()
+        assert assoc.is_released
     finally:
         server.shutdown()
