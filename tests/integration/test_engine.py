@@ -198,3 +198,28 @@ def test_a_p_data_queued_after_the_release_began_is_dropped_not_fatal(caplog):
         assert assoc.is_released
     finally:
         server.shutdown()
+
+
+def test_a_store_arriving_before_the_acceptor_counts_itself_established_is_answered(small_files):
+    """pynetdicom sends the A-ASSOCIATE-AC, runs the EVT_ACCEPTED handlers and only then sets
+    ``is_established``; a fast peer's first C-STORE arrives in between. Stop 3's socket-thread
+    SCP answered it there, saw ``is_established`` False and sent no response (5 lost in 5 with
+    a 0.3 s accept handler): the lost response of its soak runs."""
+    answered = []
+    scp_ae = AE("SLOW_ACCEPT")
+    scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: answered.append(1) or 0x0000),
+        (evt.EVT_ACCEPTED, lambda event: time.sleep(0.3)),
+    ])
+    try:
+        ae = requestor(dimse_timeout=5)
+        for _ in range(3):
+            assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="SLOW_ACCEPT")
+            assert assoc.is_established
+            rsp = assoc.send_c_store(small_files[0])
+            assert rsp is not None and int(rsp.Status) == 0x0000
+            assoc.release()
+        assert len(answered) == 3
+    finally:
+        server.shutdown()
