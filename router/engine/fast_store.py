@@ -22,13 +22,12 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine.pdata_sends import file_fragments
+from router.engine.pdata_sends import file_fragments, fragment_bounds
 
 C_STORE_RQ_FIELD = 0x0001
 C_STORE_RSP_FIELD = 0x8001
 DATA_SET_PRESENT = 0x0001
 NO_DATA_SET = 0x0101
-FRAGMENT_CHUNK = 1 << 20
 
 _stock_send_msg = DIMSEServiceProvider.send_msg
 
@@ -85,41 +84,13 @@ def store_rq_pdata(primitive: C_STORE, context_id: int, max_pdu: int):
         path, offset = primitive._dataset_path
         yield from file_fragments(path, offset, context_id, max_pdu)
         return
-    for header, fragment in _data_set_fragments(primitive, max_pdu):
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, header + fragment))
-        yield pdata
-
-
-def _data_set_fragments(primitive: C_STORE, max_pdu: int):
-    """(message control header, bytes) pairs of an in-memory data set, the last one flagged, as pynetdicom cuts them."""
     data = primitive.DataSet.getvalue()
     if data:
-        position = 0
-
-        def read(n: int) -> bytes:
-            nonlocal position
-            chunk = data[position:position + n]
-            position += len(chunk)
-            return chunk
-
-        yield from _fragments(read, max_pdu)
-
-
-def _fragments(read, max_pdu: int):
-    size = max_pdu - 6 if max_pdu else FRAGMENT_CHUNK
-    current = read(size)
-    if max_pdu == 0:  # one fragment holding everything
-        rest = b"".join(iter(lambda: read(FRAGMENT_CHUNK), b""))
-        yield b"\x02", current + rest
-        return
-    while True:
-        following = read(size)
-        if not following:
-            yield b"\x02", current
-            return
-        yield b"\x00", current
-        current = following
+        for position, length, last in fragment_bounds(0, len(data), max_pdu):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append(
+                (context_id, (b"\x02" if last else b"\x00") + data[position:position + length]))
+            yield pdata
 
 
 def _is_plain_store_rq(primitive) -> bool:

@@ -160,12 +160,15 @@ def _largest_acceptable(dul, pdu_type: int) -> int:
     for any other PDU :data:`OTHER_PDU_LIMIT`."""
     if pdu_type != P_DATA_TF:
         return OTHER_PDU_LIMIT
-    assoc = dul.assoc
-    try:
-        offered = (assoc.acceptor if assoc.is_acceptor else assoc.requestor).maximum_length
-    except AttributeError:
-        offered = None
-    return min(offered + PDATA_SLACK, MAX_BUFFER) if offered else MAX_BUFFER
+    limit = getattr(dul, "_pdata_limit", None)
+    if limit is None:  # fixed once negotiated, and P-DATA only comes after that
+        assoc = dul.assoc
+        try:
+            offered = (assoc.acceptor if assoc.is_acceptor else assoc.requestor).maximum_length
+        except AttributeError:
+            offered = None
+        limit = dul._pdata_limit = min(offered + PDATA_SLACK, MAX_BUFFER) if offered else MAX_BUFFER
+    return limit
 
 
 def _can_read_directly(dul) -> bool:

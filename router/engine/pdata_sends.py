@@ -74,25 +74,32 @@ class FileFragments(P_DATA):
         return out
 
 
-def file_fragments(path, offset: int, context_id: int, max_pdu: int):
-    """FileFragments for the data set stored in ``path`` from ``offset`` to its end, cut as
-    pynetdicom cuts it for a peer that takes PDUs of ``max_pdu`` bytes (0: no limit)."""
-    source = SourceFile(path)
-    end = os.fstat(source.file.fileno()).st_size
-    size = max_pdu - 6 if max_pdu else max(end - offset, 0)
-    group: list[tuple[int, int, bool]] = []
-    grouped = 0
-    position = offset
+def fragment_bounds(start: int, end: int, max_pdu: int):
+    """``(offset, length, last)`` of each fragment of the data set in ``[start, end)``, cut as
+    pynetdicom cuts it for a peer that takes PDUs of ``max_pdu`` bytes (0: no limit). An
+    empty data set is one empty last fragment."""
+    size = max_pdu - 6 if max_pdu else max(end - start, 0)
+    position = start
     while True:
         length = max(min(size, end - position), 0)
         last = position + length >= end
-        group.append((position, length, last))
-        grouped += length
+        yield position, length, last
+        if last:
+            return
         position += length
-        if last or grouped >= GROUP_BYTES:
+
+
+def file_fragments(path, offset: int, context_id: int, max_pdu: int):
+    """FileFragments for the data set stored in ``path`` from ``offset`` to its end, at most
+    :data:`GROUP_BYTES` of fragments each."""
+    source = SourceFile(path)
+    group: list[tuple[int, int, bool]] = []
+    grouped = 0
+    for fragment in fragment_bounds(offset, os.fstat(source.file.fileno()).st_size, max_pdu):
+        group.append(fragment)
+        grouped += fragment[1]
+        if fragment[2] or grouped >= GROUP_BYTES:
             yield FileFragments(source, context_id, group)
-            if last:
-                return
             group, grouped = [], 0
 
 
