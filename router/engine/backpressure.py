@@ -3,8 +3,9 @@
 Stock pynetdicom 3.0.4 reads a file being sent ahead of the network into an unbounded
 queue (``DULServiceProvider.to_provider_queue``): 200-260 MiB to send a 300 MB instance.
 :func:`install_backpressure` makes the sending thread wait while ``limit`` P-DATA PDUs are
-queued, which keeps memory at a few PDUs whatever the instance size. Only user threads put
-P-DATA; the reactor that drains the queue never waits here, so this cannot deadlock.
+queued, which keeps memory at a few PDUs whatever the instance size. The reactor that
+drains the queue never waits here: the only P-DATA it queues itself is a C-STORE response
+(:mod:`router.engine.store_scp`), and only into an empty queue, so this cannot deadlock.
 A-ABORT and A-RELEASE are never held back.
 """
 

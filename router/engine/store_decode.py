@@ -12,7 +12,8 @@ a shorter way:
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
   byte-identical), usually one of the empty files :mod:`router.engine.spare_files` keeps
   ready; after each fragment but the last the kernel is asked to start writing the file out
-  (``sync_file_range``), so the fsync before the response mostly finds it written;
+  (``sync_file_range``), so the fsync before the response mostly finds it written; the
+  request is then served on the same thread (:mod:`router.engine.store_scp`) when it can be;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
 
 Values still go through pynetdicom's validating setters. A command set with any other
@@ -37,6 +38,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine import store_scp
 from router.engine.part10 import FileMetaValues, encode_file_meta
 from router.engine.reactors import on_reactor_exit
 from router.engine.spare_files import SPARES, create_empty
@@ -252,9 +254,12 @@ def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
 
 
 def complete_data_set(dimse, incoming: IncomingDataSet) -> None:
-    """The last fragment is written: queue the request for the association thread."""
+    """The last fragment is written: serve the request on this thread when it can be
+    (:mod:`router.engine.store_scp`), else queue it for the association thread."""
     dimse._incoming_data_set = None
-    dimse.msg_queue.put((incoming.context_id, incoming.finish()))
+    request = incoming.finish()
+    if not store_scp.answer(dimse, incoming.context_id, request):
+        dimse.msg_queue.put((incoming.context_id, request))
 
 
 def _take_command(self, context_id: int, data) -> bool:

@@ -204,12 +204,15 @@ def test_a_store_arriving_before_the_acceptor_counts_itself_established_is_answe
     """pynetdicom sends the A-ASSOCIATE-AC, runs the EVT_ACCEPTED handlers and only then sets
     ``is_established``; a fast peer's first C-STORE arrives in between. Stop 3's socket-thread
     SCP answered it there, saw ``is_established`` False and sent no response (5 lost in 5 with
-    a 0.3 s accept handler): the lost response of its soak runs."""
-    answered = []
+    a 0.3 s accept handler): the lost response of its soak runs. Now the association thread
+    serves that first request, and the socket thread the ones after establishment."""
+    from pynetdicom.dul import DULServiceProvider
+
+    served_by = []
     scp_ae = AE("SLOW_ACCEPT")
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
-        (evt.EVT_C_STORE, lambda event: answered.append(1) or 0x0000),
+        (evt.EVT_C_STORE, lambda event: served_by.append(threading.current_thread()) or 0x0000),
         (evt.EVT_ACCEPTED, lambda event: time.sleep(0.3)),
     ])
     try:
@@ -217,9 +220,102 @@ def test_a_store_arriving_before_the_acceptor_counts_itself_established_is_answe
         for _ in range(3):
             assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="SLOW_ACCEPT")
             assert assoc.is_established
-            rsp = assoc.send_c_store(small_files[0])
-            assert rsp is not None and int(rsp.Status) == 0x0000
+            for _ in range(2):
+                rsp = assoc.send_c_store(small_files[0])
+                assert rsp is not None and int(rsp.Status) == 0x0000
             assoc.release()
-        assert len(answered) == 3
+        on_socket_thread = [isinstance(thread, DULServiceProvider) for thread in served_by]
+        assert on_socket_thread == [False, True] * 3
+    finally:
+        server.shutdown()
+
+
+def store_scp(handler, extra_handlers=()):
+    engine.configure()
+    ae = AE("STORE_SCP")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    return ae.start_server(("127.0.0.1", 0), block=False,
+                           evt_handlers=[(evt.EVT_C_STORE, handler), *extra_handlers])
+
+
+def store_once(server, path):
+    """One C-STORE on a new association: (status or None, the association)."""
+    assoc = requestor(dimse_timeout=5).associate("127.0.0.1", server.server_address[1], ae_title="STORE_SCP")
+    assert assoc.is_established
+    try:
+        rsp = assoc.send_c_store(path)
+        return (int(rsp.Status) if rsp is not None and "Status" in rsp else None), assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_a_plain_c_store_is_served_on_the_socket_thread_with_its_file(small_files):
+    from pynetdicom.dul import DULServiceProvider
+
+    seen = []
+
+    def on_store(event):
+        seen.append((threading.current_thread(), os.path.exists(event.dataset_path), event.dataset_path))
+        return 0x0000
+
+    server = store_scp(on_store)
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0x0000
+        (thread, file_there, path), = seen
+        assert isinstance(thread, DULServiceProvider) and file_there
+        assert not os.path.exists(path)  # removed after the handler, as pynetdicom does
+    finally:
+        server.shutdown()
+
+
+def test_with_a_dimse_sent_handler_the_association_thread_serves(small_files):
+    from pynetdicom.dul import DULServiceProvider
+
+    seen = []
+    server = store_scp(lambda event: seen.append(threading.current_thread()) or 0x0000,
+                       [(evt.EVT_DIMSE_SENT, lambda event: None)])
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0x0000
+        assert not isinstance(seen[0], DULServiceProvider)
+    finally:
+        server.shutdown()
+
+
+def test_a_handler_that_raises_is_answered_c211_and_its_file_removed(small_files):
+    paths = []
+
+    def on_store(event):
+        paths.append(event.dataset_path)
+        raise RuntimeError("bug in a handler")
+
+    server = store_scp(on_store)
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0xC211
+        assert not os.path.exists(paths[0])
+    finally:
+        server.shutdown()
+
+
+def test_a_handler_status_pynetdicom_refuses_is_answered_as_pynetdicom_would(small_files):
+    server = store_scp(lambda event: "not a status")
+    try:
+        status, _ = store_once(server, small_files[0])
+        assert status == 0xC002  # validate_status: an invalid status object
+    finally:
+        server.shutdown()
+
+
+def test_a_handler_that_aborts_gets_no_response_and_no_deadlock(small_files):
+    server = store_scp(lambda event: event.assoc.abort() or 0x0000)
+    try:
+        status, assoc = store_once(server, small_files[0])
+        assert status is None
+        wait_for(lambda: assoc.is_aborted, 10, message="the abort to reach the requestor")
+        status, _ = store_once(server, small_files[0])  # the server still serves
+        assert status is None
     finally:
         server.shutdown()
