@@ -279,6 +279,7 @@ class RouterService:
         self._stop_delivery()
         if self.queue is not None:
             self.queue.close()
+        self.spool.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -278,7 +278,8 @@ class DimseEndpoint:
         received = Path(event.dataset_path)
         size = self._count_received(received)
         try:
-            result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size)
+            result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size,
+                                               received_fd=getattr(rq, "_received_fd", None))
             status = result.status
         except Exception as exc:  # never let a bug take the association or the daemon down
             log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())

@@ -16,7 +16,9 @@ time:
 
 A PDU whose items do not add up to its length is an invalid PDU (Evt19) and a connection
 that ends inside one is a closed transport (Evt17), as in pynetdicom; the state stays
-Sta6, as after DT-2.
+Sta6, as after DT-2. While a data set is coming in, the next P-DATA-TF PDU already waiting
+on the socket is read in the same pass (a CT instance comes in about five PDUs); anything
+else, or nothing waiting, goes back to the reactor loop.
 
 Every PDU's announced length is checked first, on any plain TCP association: a P-DATA-TF
 PDU longer than the maximum the association offered, or any other PDU over 1 MiB, is
@@ -57,38 +59,66 @@ class TransportClosed(Exception):
 
 
 def _read_pdu_data(self) -> None:
-    """pynetdicom 3.0.4 ``_read_pdu_data``, with P-DATA-TF PDUs read PDV by PDV when that is safe."""
+    """pynetdicom 3.0.4 ``_read_pdu_data``, with P-DATA-TF PDUs read PDV by PDV when that is safe.
+
+    While a data set is being received, the P-DATA-TF PDUs already waiting on the socket are
+    read in the same pass, without going back to the reactor's ``select()``.
+    """
     raw = plain_socket(self)
     if raw is None:
         _stock_read_pdu_data(self)
         return
-    try:
-        header = raw.recv(6, socket.MSG_PEEK)
-    except OSError:
-        header = b""
+    header = _peek_header(raw, 0)
     if len(header) < 6:
         _stock_read_pdu_data(self)
         return
+    while _read_pdu(self, raw, header) and _data_set_continues(self):
+        header = _peek_header(raw, socket.MSG_DONTWAIT)
+        if len(header) < 6 or header[0] != P_DATA_TF:
+            return
+
+
+def _peek_header(raw: socket.socket, flags: int) -> bytes:
+    try:
+        return raw.recv(6, socket.MSG_PEEK | flags)
+    except OSError:  # nothing waiting (MSG_DONTWAIT), or the connection failed: the usual path sees to it
+        return b""
+
+
+def _read_pdu(self, raw: socket.socket, header: bytes) -> bool:
+    """Read the PDU whose header was peeked; True if it was a P-DATA-TF read PDV by PDV without error."""
     length = struct.unpack_from(">L", header, 2)[0]
     limit = _largest_acceptable(self, header[0])
     if length > limit:
         raw.recv(6)
         LOGGER.error("PDU type 0x%02X announces %d bytes, more than the %d accepted; aborting", header[0], length, limit)
         self.event_queue.put("Evt19")
-        return
+        return False
     if header[0] != P_DATA_TF or not _can_read_directly(self):
         _stock_read_pdu_data(self)
-        return
+        return False
     reader = _Reader(self, raw)
     try:
         reader.exact(6)
         _read_items(self, reader, length)
+        return True
     except InvalidPDU:
         LOGGER.error("Unable to decode the received PDU data")
         self.event_queue.put("Evt19")
     except (OSError, TransportClosed) as exc:
         LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
         self.event_queue.put("Evt17")
+    return False
+
+
+def _data_set_continues(dul) -> bool:
+    """A data set is still coming in and the reactor has nothing else to do."""
+    return (
+        getattr(dul.assoc.dimse, "_incoming_data_set", None) is not None
+        and not dul._kill_thread
+        and dul.event_queue.empty()
+        and dul.to_provider_queue.empty()
+    )
 
 
 def _read_items(dul, reader: _Reader, remaining: int) -> None:

@@ -8,10 +8,12 @@ the kernel copies the file straight from the page cache to the socket. Before, e
 128 KiB fragment was read into Python, copied into its PDV, encoded into a PDU and copied
 again on each partial send: about 1 ms of the sending process per 0.5 MB instance here.
 
+Any other P-DATA (command sets, responses, data sets in memory) is encoded with ``struct``
+and sent in one call, instead of building pynetdicom's PDU and item objects.
+
 The bytes on the wire are the ones pynetdicom sends (a test holds them identical). On a
 TLS association, or while something is bound to EVT_PDU_SENT or EVT_DATA_SENT (which get
-the PDU object and its bytes), the fragments are read and sent through pynetdicom's own
-action instead. A file is held open by the primitives that still have to send from it.
+the PDU object and its bytes), P-DATA is sent through pynetdicom's own action instead. A file is held open by the primitives that still have to send from it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from router.engine.socket_reads import plain_socket
 P_DATA_TF_TYPE = 0x04
 LAST_FRAGMENT = 0x02
 HEADERS = struct.Struct(">BBLLBB")
+PDU_HEADER = struct.Struct(">BBL")
+ITEM_HEADER = struct.Struct(">LB")
 GROUP_BYTES = 4 * 1024 * 1024
 _NEED_PDU_OBJECTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
 
@@ -106,11 +110,19 @@ def file_fragments(path, offset: int, context_id: int, max_pdu: int):
 def _send_p_data(dul, action: str) -> str:
     """DT-1 / AR-7: send the P-DATA at the head of the queue; file fragments with sendfile()."""
     primitive = dul.to_provider_queue.queue[0]
-    if not isinstance(primitive, FileFragments):
-        return _stock_actions[action][1](dul)
-    dul.to_provider_queue.get(False)
     raw = plain_socket(dul)
-    if raw is None or any(dul.assoc.get_handlers(event) for event in _NEED_PDU_OBJECTS):
+    direct = raw is not None and not any(dul.assoc.get_handlers(event) for event in _NEED_PDU_OBJECTS)
+    if not isinstance(primitive, FileFragments):
+        if not direct:
+            return _stock_actions[action][1](dul)
+        dul.to_provider_queue.get(False)
+        try:
+            raw.sendall(encode_p_data_tf(primitive.presentation_data_value_list))
+        except (OSError, ValueError):
+            dul.event_queue.put("Evt17")
+        return _stock_actions[action][2]
+    dul.to_provider_queue.get(False)
+    if not direct:
         for p_data in primitive.as_p_data():
             dul._send(P_DATA_TF(p_data))
         return _stock_actions[action][2]
@@ -127,6 +139,12 @@ def _send_p_data(dul, action: str) -> str:
     except (OSError, ValueError):
         dul.event_queue.put("Evt17")  # as pynetdicom's AssociationSocket.send does
     return _stock_actions[action][2]
+
+
+def encode_p_data_tf(pdvs) -> bytes:
+    """The P-DATA-TF PDU pynetdicom encodes for these ``(context ID, control header + data)`` PDVs."""
+    items = b"".join(ITEM_HEADER.pack(len(data) + 1, context_id) + data for context_id, data in pdvs)
+    return PDU_HEADER.pack(P_DATA_TF_TYPE, 0, len(items)) + items
 
 
 def _dt_1(dul) -> str:

@@ -6,7 +6,8 @@ three ticks (measured here: most of an association's wall time). These replaceme
 for the thing they poll for instead:
 
 - the DUL reactor waits in ``select()`` on its socket and a wake socket that is written
-  whenever a primitive is queued for it (``to_provider_queue``) or it is told to stop;
+  whenever another thread queues a primitive for it (``to_provider_queue``) or it is told
+  to stop; it does not wait while a primitive is queued;
 - the association reactor waits on an Event set whenever the DUL completes a DIMSE message
   or queues an ACSE primitive for it, or the association is killed.
 
@@ -73,7 +74,7 @@ def _dul_init(self, assoc) -> None:
     self._wake_rx, self._wake_tx = socket.socketpair()
     self._wake_rx.setblocking(False)
     self._wake_tx.setblocking(False)
-    self.to_provider_queue = NotifyingQueue(self.wake)
+    self.to_provider_queue = NotifyingQueue(lambda: _dul_wake_unless_own_thread(self))
 
 
 def _dul_wake(self) -> None:
@@ -82,6 +83,13 @@ def _dul_wake(self) -> None:
         self._wake_tx.send(b"\0")
     except (BlockingIOError, OSError):
         pass  # already has a wake-up pending, or the reactor has finished
+
+
+def _dul_wake_unless_own_thread(self) -> None:
+    """Wake the reactor for a primitive queued by another thread; one it queued itself (a
+    C-STORE response answered on the socket thread) it sees on its next pass anyway."""
+    if threading.current_thread() is not self:
+        _dul_wake(self)
 
 
 def _dul_wait(self) -> None:
@@ -149,7 +157,7 @@ def _dul_run_reactor(self) -> None:
             try:
                 event = self.event_queue.get(block=False)
             except queue.Empty:
-                idle = True
+                idle = self.to_provider_queue.empty()
                 continue
 
             try:

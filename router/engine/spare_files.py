@@ -18,12 +18,11 @@ import tempfile
 import threading
 import uuid
 from io import FileIO
-from pathlib import Path
 
 
-def create_empty(directory: str) -> tuple[Path, FileIO]:
+def create_empty(directory: str) -> tuple[str, FileIO]:
     """A new empty file, readable and writable by the owner only, open for writing."""
-    path = Path(directory) / f"{uuid.uuid4().hex}.dcm"
+    path = os.path.join(directory, uuid.uuid4().hex + ".dcm")
     return path, open(path, "xb", buffering=0, opener=_private)
 
 
@@ -36,13 +35,13 @@ class SpareFiles:
 
     def __init__(self, depth: int = 4):
         self.depth = depth
-        self._ready: collections.deque[tuple[str, Path, FileIO]] = collections.deque()
+        self._ready: collections.deque[tuple[str, str, FileIO]] = collections.deque()
         self._directory = tempfile.gettempdir()
         self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def take(self) -> tuple[Path, FileIO] | None:
+    def take(self) -> tuple[str, FileIO] | None:
         """A ready spare for the current temporary directory, or None; asks for more either way."""
         self._directory = directory = tempfile.gettempdir()
         try:
@@ -94,7 +93,7 @@ class SpareFiles:
                 self._ready.append((directory, path, file))
 
 
-def _remove(path: Path, file: FileIO) -> None:
+def _remove(path: str, file: FileIO) -> None:
     file.close()
     try:
         os.unlink(path)

@@ -169,14 +169,15 @@ class IncomingDataSet:
                 self._fail(exc)
 
     def finish(self) -> C_STORE:
-        """Close the file and hand over the primitive (pynetdicom unlinks the file after the handler)."""
-        if self.file is not None:
-            self.file.close()
+        """Hand over the primitive with the file still open: ``_received_fd`` is its descriptor,
+        for the handler to fsync without opening the file again (pynetdicom, or
+        :mod:`router.engine.store_scp`, closes and unlinks the file after the handler)."""
         primitive = self.primitive
         primitive._context_id = self.context_id
         primitive.DataSet = BytesIO()
         primitive._dataset_path = self.path
         primitive._dataset_file = self.file  # None (no file could be made) makes pynetdicom's clean-up skip it
+        primitive._received_fd = self.file.fileno() if self.file is not None and not self.file.closed else None
         if self.error is not None:
             primitive._receive_error = self.error
         return primitive

@@ -11,7 +11,7 @@ that association: :func:`answer` runs the bound EVT_C_STORE handler there and qu
 response for the same thread to send next.
 
 It does what ``Association._serve_request`` and ``StorageServiceClass.SCP`` do: the same
-event, the received file removed after the handler, 0xC211 when the handler raises, no
+event, the received file closed and removed after the handler, 0xC211 when the handler raises, no
 response once the handler has ended the association, the status checked by pynetdicom's
 ``validate_status``.
 
@@ -63,7 +63,7 @@ def answer(dimse, context_id: int, request: C_STORE) -> bool:
         status = HANDLER_FAILED
     finally:
         assoc.abort = assoc._abort_blocking
-        _remove(request._dataset_path)
+        _close_and_remove(request)
     if not assoc.is_established:
         return True
     response = StorageServiceClass(assoc).validate_status(status, response)
@@ -82,10 +82,12 @@ def _can_answer_here(dimse, assoc) -> bool:
     )
 
 
-def _remove(path) -> None:
-    """The received file, unless the handler took it (pynetdicom removes it after the handler too)."""
-    if path is not None:
+def _close_and_remove(request: C_STORE) -> None:
+    """Close the received file and remove it unless the handler took it, as pynetdicom does after the handler."""
+    if request._dataset_file is not None:
+        request._dataset_file.close()
+    if request._dataset_path is not None:
         try:
-            os.unlink(path)
+            os.unlink(request._dataset_path)
         except OSError:
             pass

@@ -51,8 +51,11 @@ class Intake:
         self._committers.shutdown(wait=True)
 
     def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str,
-                      size: int | None = None) -> IntakeResult:
-        """Take ownership of the received file at ``received`` (``size`` bytes, if known) and answer for it."""
+                      size: int | None = None, received_fd: int | None = None) -> IntakeResult:
+        """Take ownership of the received file at ``received`` (``size`` bytes, if known) and answer for it.
+
+        ``received_fd``: a descriptor the file is still open on, fsynced instead of opening the file again.
+        """
         ctx = envelope.log_context()
         if not self.spool.has_free_space():
             log.error("refusing instance: free space in the data directory is under the floor",
@@ -88,7 +91,7 @@ class Intake:
         written: list[Path] = []
         try:
             batches = self._versions(envelope, instance, targets, written)
-            self._make_durable_and_enqueue(batches)
+            self._make_durable_and_enqueue(batches, {str(path): received_fd})
         except SpliceError as exc:
             for p in written + [path]:
                 self.spool.discard(p)
@@ -128,12 +131,13 @@ class Intake:
             batches[key][1].append((target.pipeline, target.backend))
         return list(batches.values())
 
-    def _make_durable_and_enqueue(self, batches: list[Batch]) -> None:
-        """fsync the files while another thread commits their rows; return when both are done."""
+    def _make_durable_and_enqueue(self, batches: list[Batch], open_fds: dict[str, int | None]) -> None:
+        """fsync the files (through ``open_fds``, by path, where given) while another thread commits
+        their rows; return when both are done."""
         commit = self._committers.submit(self.queue.enqueue_many, batches)
         try:
             for path in dict.fromkeys(record.path for record, _, _ in batches):
-                self.spool.make_durable(Path(path))
+                self.spool.make_durable(path, open_fds.get(path))
         except BaseException:
             instance_ids = _result_or_none(commit)
             for instance_id in instance_ids or ():

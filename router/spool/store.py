@@ -30,6 +30,7 @@ class Spool:
         self.objects = self.data_dir / "objects"
         self.queue_path = self.data_dir / "queue.db"
         self.min_free_bytes = min_free_space_mb * 1024 * 1024
+        self._directory_fds: dict[str, int] = {}
 
     def prepare(self) -> None:
         """Create the layout and receive into ``incoming/`` (same filesystem as ``objects/``)."""
@@ -64,14 +65,33 @@ class Spool:
             raise
         return target
 
-    def make_durable(self, path: Path) -> None:
-        """fsync the file and the directory entry that names it."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
+    def make_durable(self, path: Path, fd: int | None = None) -> None:
+        """fsync the file (through ``fd`` if it is open there) and the directory entry that names it."""
+        if fd is not None:
             os.fsync(fd)
-        finally:
+        else:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._fsync_dir(os.path.dirname(path))
+
+    def _fsync_dir(self, directory: str) -> None:
+        """fsync a directory through a descriptor kept open for it (one per shard, opened once)."""
+        fd = self._directory_fds.get(directory)
+        if fd is None:
+            opened = os.open(directory, os.O_RDONLY)
+            fd = self._directory_fds.setdefault(directory, opened)
+            if fd != opened:  # another thread opened it meanwhile
+                os.close(opened)
+        os.fsync(fd)
+
+    def close(self) -> None:
+        """Close the directory descriptors kept for fsyncs (they are opened again if needed)."""
+        fds, self._directory_fds = self._directory_fds, {}
+        for fd in fds.values():
             os.close(fd)
-        fsync_dir(path.parent)
 
     def discard(self, path: Path | str) -> None:
         try:

@@ -12,6 +12,7 @@ import pytest
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import pdata_sends
 from router.engine.pdata_sends import file_fragments
@@ -112,11 +113,31 @@ def test_with_a_sent_handler_bound_pynetdicom_encodes_and_sends(data_file, event
     assert by_pynetdicom == len([f for p in primitives for f in p.fragments])
 
 
-def test_ordinary_p_data_goes_to_pynetdicom(data_file):
+def ordinary_p_data(*pdvs):
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[context_id, data] for context_id, data in pdvs]
+    return primitive
+
+
+@pytest.mark.parametrize("pdvs", [
+    [(1, b"\x03" + bytes(range(200)))],
+    [(1, b"\x03")],
+    [(3, b"\x01" + os.urandom(16378)), (3, b"\x03" + os.urandom(5))],
+    [(1, b"\x03" + os.urandom(90)), (5, b"\x02" + os.urandom(1_000_000))],
+])
+def test_ordinary_p_data_bytes_identical_to_pynetdicom(pdvs):
+    primitive = ordinary_p_data(*pdvs)
+    sent, events, by_pynetdicom = wire_bytes([primitive])
+    assert (events, by_pynetdicom) == ([], 0)
+    assert sent == P_DATA_TF(primitive).encode()
+
+
+def test_ordinary_p_data_with_a_sent_handler_goes_to_pynetdicom(data_file):
     path, offset = data_file(1000)
     ordinary = next(file_fragments(path, offset, 1, 16384)).as_p_data()
-    sent, _, _ = wire_bytes(ordinary)
+    sent, _, by_pynetdicom = wire_bytes(ordinary, handlers={evt.EVT_PDU_SENT: [(lambda e: None, None)]})
     assert sent == b"".join(P_DATA_TF(p).encode() for p in ordinary)
+    assert by_pynetdicom == len(ordinary)
 
 
 def test_a_closed_connection_is_a_transport_event(data_file):

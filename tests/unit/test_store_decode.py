@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import tempfile
 from io import BytesIO
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -230,9 +231,9 @@ def test_data_sets_are_written_to_spare_files_made_ahead(stock_file_meta, tmp_pa
     monkeypatch.setattr(store_decode, "SPARES", spares)
     assert spares.take() is None  # the first asks for some
     wait_for(lambda: len(spares._ready) == 2, 10, message="two spares")
-    ready = [path for _, path, _ in spares._ready]
+    ready = [Path(path) for _, path, _ in spares._ready]
     messages, _, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=3000), 16384))
-    assert messages[0][1]._dataset_path == ready[0]
+    assert Path(messages[0][1]._dataset_path) == ready[0]
     assert ready[0].stat().st_size > 3000
     spares.discard_all()
     assert not ready[1].exists()
@@ -244,7 +245,7 @@ def test_a_spare_removed_by_a_sweep_or_made_elsewhere_is_not_used(tmp_path, monk
     (tmp_path / "old").mkdir()
     spares.take()
     wait_for(lambda: len(spares._ready) == 2, 10, message="two spares")
-    stale = [path for _, path, _ in spares._ready]
+    stale = [Path(path) for _, path, _ in spares._ready]
     stale[0].unlink()  # the hourly sweep of old partial files
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "new"))
     (tmp_path / "new").mkdir()
@@ -252,7 +253,7 @@ def test_a_spare_removed_by_a_sweep_or_made_elsewhere_is_not_used(tmp_path, monk
     assert not stale[1].exists()
     wait_for(lambda: len(spares._ready) == 2, 10, message="two spares in the new directory")
     path, file = spares.take()
-    assert path.parent == tmp_path / "new"
+    assert Path(path).parent == tmp_path / "new"
     file.close()
     spares.discard_all()
 
