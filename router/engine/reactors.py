@@ -9,7 +9,10 @@ for the thing they poll for instead:
   whenever another thread queues a primitive for it (``to_provider_queue``) or it is told
   to stop; it does not wait while a primitive is queued;
 - the association reactor waits on an Event set whenever the DUL completes a DIMSE message
-  or queues an ACSE primitive for it, or the association is killed.
+  or queues an ACSE primitive for it, or the association is killed. A DIMSE message that a
+  ``send_*()`` call is waiting for (the reactor's checkpoint is cleared) does not wake it:
+  the call takes the message itself, and the reactor is woken when the checkpoint is set
+  again if a message is left.
 
 Every wait is bounded by :data:`MAX_WAIT`, so timers (ARTIM, the idle timeout) and flags
 set without a wake-up are still seen within that time.
@@ -221,10 +224,35 @@ def _dul_stop(self) -> bool:
 # -- Association ------------------------------------------------------------------------
 
 
+class Checkpoint(threading.Event):
+    """The association's ``_reactor_checkpoint``: set again, it wakes the reactor if a
+    DIMSE message arrived while it was cleared."""
+
+    def __init__(self, assoc):
+        super().__init__()
+        self._assoc = assoc
+
+    def set(self) -> None:
+        super().set()
+        assoc = self._assoc
+        dimse = getattr(assoc, "dimse", None)
+        if dimse is not None and not dimse.msg_queue.empty():
+            assoc._reactor_wake.set()
+
+
+def _wake_unless_a_send_waits(assoc) -> None:
+    """A DIMSE message arrived: wake the reactor, unless a ``send_*()`` call has paused it and
+    takes the message itself (:class:`Checkpoint` wakes it afterwards if one is left)."""
+    if assoc._reactor_checkpoint.is_set():
+        assoc._reactor_wake.set()
+
+
 def _assoc_init(self, *args, **kwargs) -> None:
     self._reactor_wake = threading.Event()
     _stock["assoc_init"](self, *args, **kwargs)
-    self.dimse.msg_queue = NotifyingQueue(self._reactor_wake.set)
+    self._reactor_checkpoint = Checkpoint(self)
+    self._reactor_checkpoint.set()
+    self.dimse.msg_queue = NotifyingQueue(lambda: _wake_unless_a_send_waits(self))
     self.dul.to_user_queue = NotifyingQueue(self._reactor_wake.set)
 
 

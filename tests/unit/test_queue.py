@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 
-from router.spool.queue import DeliveryQueue, InstanceRecord
+import pytest
+
+from router.spool.queue import DeliveryQueue, InstanceRecord, begin_immediate
 
 
 def record(path="/spool/a.dcm", uid="1.2.3"):
@@ -134,3 +138,46 @@ def test_without_checkpoint_on_commit_the_wal_is_copied_only_when_asked(tmp_path
     busy, logged, copied = sqlite3.connect(tmp_path / "q.db").execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0 and logged == copied
     assert len(q.claim_due("pacs", 1000)) == 600
+
+
+def _hold_write_lock(path, seconds: float, holding):
+    """Another connection (as the delivery process would) holds the write lock for ``seconds``."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    holding.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_write_waits_for_another_connections_lock_and_then_commits(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    holding = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(tmp_path / "q.db", 0.05, holding))
+    holder.start()
+    assert holding.wait(10)
+    instance_id = q.enqueue(record(), [("p", "pacs")])
+    holder.join(10)
+    assert instance_id in [row[0] for row in q.instance_files()]
+    assert q._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 60000
+
+
+def test_a_write_lock_held_past_the_timeout_raises_as_sqlite_would(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    holding = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(tmp_path / "q.db", 1.0, holding))
+    holder.start()
+    assert holding.wait(10)
+    conn = q._conn()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        begin_immediate(conn, timeout=0.05)
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+    holder.join(10)
+
+
+def test_an_error_other_than_a_lock_is_raised_at_once(tmp_path):
+    conn = DeliveryQueue(tmp_path / "q.db")._conn()
+    conn.execute("BEGIN")
+    with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
+        begin_immediate(conn)
+    conn.execute("ROLLBACK")
