@@ -276,7 +276,7 @@ class DimseEndpoint:
             ),
         )
         received = Path(event.dataset_path)
-        size = self._count_received(received)
+        size = self._count_received(received, getattr(rq, "_received_size", None))
         try:
             result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size,
                                                received_fd=getattr(rq, "_received_fd", None))
@@ -287,13 +287,15 @@ class DimseEndpoint:
         self.metrics.response(self.name, "C-STORE", status)
         return status
 
-    def _count_received(self, path: Path) -> int | None:
-        """Count the instance and its bytes; returns its size (None if the file is unreadable)."""
+    def _count_received(self, path: Path, size: int | None = None) -> int | None:
+        """Count the instance and its bytes; returns its size (``size`` if the receiver counted
+        it, else the file's; None if the file is unreadable)."""
         self.metrics.instances_received.labels(self.name).inc()
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            return None
+        if size is None:
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                return None
         self.metrics.bytes_received.labels(self.name).inc(size)
         return size
 

@@ -5,9 +5,11 @@ just deleted (as a spool's are). Made by an association's socket thread, it eith
 between a command and its data set or held the interpreter lock while the handler wanted
 it. :data:`SPARES` keeps a few empty files ready in the temporary directory (the spool's
 ``incoming/``), made by a thread of its own that mostly waits in the system call, outside
-the lock. A spare made for another temporary directory (a router restarted in the same
-process) or removed meanwhile (the hourly sweep of old partial files) is thrown away;
-when none is ready, the caller makes its own file.
+the lock. The thread is asked for more once a received data set has been answered (while
+the association waits for the peer's next request), or when none is left. A spare made
+for another temporary directory (a router restarted in the same process) or removed
+meanwhile (the hourly sweep of old partial files) is thrown away; when none is ready, the
+caller makes its own file.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class SpareFiles:
         self._thread: threading.Thread | None = None
 
     def take(self) -> tuple[str, FileIO] | None:
-        """A ready spare for the current temporary directory, or None; asks for more either way."""
+        """A ready spare for the current temporary directory, or None; asks for more only once
+        none is left (:meth:`refill` is for a moment when the caller waits anyway)."""
         self._directory = directory = tempfile.gettempdir()
         try:
             while True:
@@ -54,6 +57,12 @@ class SpareFiles:
                     return path, file
                 _remove(path, file)
         finally:
+            if not self._ready:
+                self._want_more()
+
+    def refill(self) -> None:
+        """Ask the thread to make spares up to ``depth`` again."""
+        if len(self._ready) < self.depth:
             self._want_more()
 
     def discard_all(self) -> None:

@@ -140,6 +140,7 @@ class IncomingDataSet:
         self.error: str | None = None
         self.file = None
         self.path = None
+        self.size = 0
         try:
             self.path, self.file = SPARES.take() or create_empty(tempfile.gettempdir())
             self._write(PREAMBLE + encode_file_meta(FileMetaValues(
@@ -170,14 +171,16 @@ class IncomingDataSet:
 
     def finish(self) -> C_STORE:
         """Hand over the primitive with the file still open: ``_received_fd`` is its descriptor,
-        for the handler to fsync without opening the file again (pynetdicom, or
-        :mod:`router.engine.store_scp`, closes and unlinks the file after the handler)."""
+        for the handler to fsync without opening the file again, and ``_received_size`` its
+        length (pynetdicom, or :mod:`router.engine.store_scp`, closes and unlinks the file
+        after the handler)."""
         primitive = self.primitive
         primitive._context_id = self.context_id
         primitive.DataSet = BytesIO()
         primitive._dataset_path = self.path
         primitive._dataset_file = self.file  # None (no file could be made) makes pynetdicom's clean-up skip it
         primitive._received_fd = self.file.fileno() if self.file is not None and not self.file.closed else None
+        primitive._received_size = self.size
         if self.error is not None:
             primitive._receive_error = self.error
         return primitive
@@ -193,6 +196,7 @@ class IncomingDataSet:
 
     def _write(self, data) -> None:
         view = memoryview(data)
+        self.size += len(view)
         while view:
             view = view[self.file.write(view):]
 
@@ -261,6 +265,7 @@ def complete_data_set(dimse, incoming: IncomingDataSet) -> None:
     request = incoming.finish()
     if not store_scp.answer(dimse, incoming.context_id, request):
         dimse.msg_queue.put((incoming.context_id, request))
+    SPARES.refill()
 
 
 def _take_command(self, context_id: int, data) -> bool:

@@ -113,6 +113,7 @@ def test_received_request_and_file_identical(stock_file_meta, max_pdu, size, ins
     assert [summary(m) for m in fast] == [summary(m) for m in stock]
     assert len(fast) == 1
     assert received_bytes(fast[0]) == received_bytes(stock[0])
+    assert fast[0][1]._received_size == len(received_bytes(fast[0]))
     assert fast[0][1].DataSet.getvalue() == stock[0][1].DataSet.getvalue() == b""
     assert fast[0][1].is_valid_request
 
