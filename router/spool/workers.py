@@ -13,6 +13,7 @@ queue, so it is sent again after the restart (a duplicate, never a loss).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable, Protocol
@@ -154,14 +155,14 @@ class BackendWorker(threading.Thread):
             self.record(delivery, result)
 
     def record(self, delivery: Delivery, result: DeliveryResult) -> None:
-        ctx = delivery.log_context()
         if result.delivered:
             self.recorder.add(delivery, result.outcome is Outcome.WARNING)
             if result.outcome is Outcome.WARNING:
-                log.warning("delivered with a warning", reason=result.reason, **ctx)
-            else:
-                log.debug("delivered", **ctx)
+                log.warning("delivered with a warning", reason=result.reason, **delivery.log_context())
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("delivered", **delivery.log_context())
             return
+        ctx = delivery.log_context()
         now = time.time()
         attempts = delivery.attempts + 1
         if result.outcome is Outcome.PERMANENT:
