@@ -19,6 +19,7 @@ the PDU object and its bytes), P-DATA is sent through pynetdicom's own action in
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 
@@ -134,11 +135,34 @@ def _send_p_data(dul, action: str) -> str:
                 raw.sendall(headers)
                 continue
             raw.sendall(headers, socket.MSG_MORE)
-            if raw.sendfile(primitive.source.file, offset, length) != length:
-                raise OSError("the file being sent is shorter than when it was queued")
+            send_file_range(raw, primitive.source.file.fileno(), offset, length)
     except (OSError, ValueError):
         dul.event_queue.put("Evt17")  # as pynetdicom's AssociationSocket.send does
     return _stock_actions[action][2]
+
+
+def send_file_range(raw: socket.socket, fd: int, offset: int, length: int) -> None:
+    """Send ``length`` bytes of the file open on ``fd`` from ``offset`` with ``os.sendfile()``.
+
+    ``socket.sendfile()`` polls before every call and, on a blocking socket whose kernel send
+    timeout ran out, waits in ``poll()`` with no limit; here a blocking socket's timeout is a
+    TimeoutError, and a socket with a Python timeout waits for room up to that timeout.
+    """
+    out = raw.fileno()
+    end = offset + length
+    while offset < end:
+        try:
+            sent = os.sendfile(out, fd, offset, end - offset)
+        except BlockingIOError:
+            timeout = raw.gettimeout()
+            if timeout is None:
+                raise TimeoutError("the peer took nothing for the socket's send timeout") from None
+            if not select.select([], [raw], [], timeout)[1]:
+                raise TimeoutError(f"the peer took nothing for {timeout:g} s") from None
+            continue
+        if not sent:
+            raise OSError("the file being sent is shorter than when it was queued")
+        offset += sent
 
 
 def encode_p_data_tf(pdvs) -> bytes:

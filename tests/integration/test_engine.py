@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import threading
 import time
+
+import pytest
 
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -14,7 +17,16 @@ from pynetdicom.sop_class import Verification
 
 from router import engine
 from router.engine import reactors
-from tests.support.peers import StorageSCP, wait_for
+from tests.support.dicomgen import write_large
+from tests.support.peers import (
+    StorageSCP,
+    free_port,
+    have_dcmtk,
+    start_storescp,
+    stop_process,
+    wait_for,
+    wait_for_port,
+)
 
 
 def test_reactors_are_installed():
@@ -319,3 +331,30 @@ def test_a_handler_that_aborts_gets_no_response_and_no_deadlock(small_files):
         assert status is None
     finally:
         server.shutdown()
+
+
+@pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK storescp")
+def test_a_peer_that_stops_reading_ends_the_association_at_the_network_timeout(tmp_path):
+    """A real peer (DCMTK storescp) stopped with SIGSTOP mid-association: the data set's send
+    blocks once the socket buffers are full, the kernel's send timeout armed by
+    ``arm_socket_timeout`` (1 s here) fails it, and the association ends with a transport
+    error instead of the socket thread waiting for ever."""
+    big = write_large(tmp_path / "big.dcm", 64 * 1024 * 1024)
+    port = free_port()
+    scp = start_storescp(tmp_path / "out", port)
+    sender = None
+    try:
+        wait_for_port(port)
+        assoc = requestor(dimse_timeout=120).associate("127.0.0.1", port, ae_title="STORESCP")
+        assert assoc.is_established
+        engine.arm_socket_timeout(assoc, 1.0)
+        os.kill(scp.pid, signal.SIGSTOP)
+        sender = threading.Thread(target=assoc.send_c_store, args=(big,), daemon=True)
+        sender.start()
+        wait_for(lambda: not assoc.dul.is_alive(), 60, message="the socket thread to give up on the stalled peer")
+        wait_for(lambda: not assoc.is_established, 30, message="the association to end")
+        sender.join(30)
+        assert not sender.is_alive()
+    finally:
+        os.kill(scp.pid, signal.SIGCONT)
+        stop_process(scp)

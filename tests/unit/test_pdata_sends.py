@@ -6,6 +6,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -169,3 +170,40 @@ def test_the_file_is_closed_once_its_fragments_are_gone(data_file):
     del primitives
     with pytest.raises(OSError):
         os.fstat(descriptor)
+
+
+def test_send_file_range_on_a_socket_with_a_python_timeout_waits_for_room(data_file):
+    """A socket with Python's timeout is non-blocking underneath: sendfile() meets EAGAIN
+    whenever the buffer is full and must wait for room instead of failing."""
+    path, _ = data_file(3_000_000, offset=0)
+    ours, theirs = socket.socketpair()
+    ours.settimeout(10)
+    received = bytearray()
+
+    def read_slowly():
+        while chunk := theirs.recv(65536):
+            received.extend(chunk)
+            time.sleep(0.001)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    with open(path, "rb") as f:
+        pdata_sends.send_file_range(ours, f.fileno(), 1000, 2_500_000)
+    ours.close()
+    reader.join(30)
+    theirs.close()
+    assert bytes(received) == path.read_bytes()[1000:2_501_000]
+
+
+def test_send_file_range_to_a_peer_that_reads_nothing_times_out(data_file):
+    from router.engine import set_kernel_timeouts
+
+    path, _ = data_file(30_000_000, offset=0)
+    ours, theirs = socket.socketpair()
+    set_kernel_timeouts(ours, 0.2)
+    try:
+        with open(path, "rb") as f, pytest.raises(TimeoutError):
+            pdata_sends.send_file_range(ours, f.fileno(), 0, 30_000_000)
+    finally:
+        ours.close()
+        theirs.close()
