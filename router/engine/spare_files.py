@@ -55,7 +55,7 @@ class SpareFiles:
                     return None
                 if made_in == directory and os.fstat(file.fileno()).st_nlink:
                     return path, file
-                _remove(path, file)
+                close_and_remove(path, file)
         finally:
             if not self._ready:
                 self._want_more()
@@ -72,7 +72,7 @@ class SpareFiles:
                 _, path, file = self._ready.popleft()
             except IndexError:
                 return
-            _remove(path, file)
+            close_and_remove(path, file)
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's spares (their files are the parent's) and its thread."""
@@ -102,12 +102,15 @@ class SpareFiles:
                 self._ready.append((directory, path, file))
 
 
-def _remove(path: str, file: FileIO) -> None:
-    file.close()
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def close_and_remove(path, file) -> None:
+    """Close ``file`` and remove ``path``, either of which may be None; a file already gone is fine."""
+    if file is not None:
+        file.close()
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 SPARES = SpareFiles()

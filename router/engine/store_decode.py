@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import struct
 import tempfile
 from io import BytesIO
@@ -41,7 +40,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from router.engine import store_scp
 from router.engine.part10 import FileMetaValues, encode_file_meta
 from router.engine.reactors import on_reactor_exit
-from router.engine.spare_files import SPARES, create_empty
+from router.engine.spare_files import SPARES, close_and_remove, create_empty
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -186,13 +185,7 @@ class IncomingDataSet:
         return primitive
 
     def discard(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+        close_and_remove(self.path, self.file)
 
     def _write(self, data) -> None:
         view = memoryview(data)

@@ -30,11 +30,12 @@ pynetdicom's way serves the request instead when:
 from __future__ import annotations
 
 import logging
-import os
 
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
+
+from router.engine.spare_files import close_and_remove
 
 LOGGER = logging.getLogger("router.engine")
 HANDLER_FAILED = 0xC211
@@ -63,7 +64,7 @@ def answer(dimse, context_id: int, request: C_STORE) -> bool:
         status = HANDLER_FAILED
     finally:
         assoc.abort = assoc._abort_blocking
-        _close_and_remove(request)
+        close_and_remove(request._dataset_path, request._dataset_file)  # unless the handler took it
     if not assoc.is_established:
         return True
     response = StorageServiceClass(assoc).validate_status(status, response)
@@ -80,14 +81,3 @@ def _can_answer_here(dimse, assoc) -> bool:
         and dimse.dul.to_provider_queue.empty()
         and not assoc.get_handlers(evt.EVT_DIMSE_SENT)
     )
-
-
-def _close_and_remove(request: C_STORE) -> None:
-    """Close the received file and remove it unless the handler took it, as pynetdicom does after the handler."""
-    if request._dataset_file is not None:
-        request._dataset_file.close()
-    if request._dataset_path is not None:
-        try:
-            os.unlink(request._dataset_path)
-        except OSError:
-            pass

@@ -140,22 +140,28 @@ def test_without_checkpoint_on_commit_the_wal_is_copied_only_when_asked(tmp_path
     assert len(q.claim_due("pacs", 1000)) == 600
 
 
-def _hold_write_lock(path, seconds: float, holding):
-    """Another connection (as the delivery process would) holds the write lock for ``seconds``."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("BEGIN IMMEDIATE")
-    holding.set()
-    time.sleep(seconds)
-    conn.execute("COMMIT")
-    conn.close()
+def hold_write_lock(path, seconds: float) -> threading.Thread:
+    """Another connection (as the delivery process would) holds the write lock for ``seconds``;
+    returns once it holds it."""
+    holding = threading.Event()
+
+    def hold():
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+        holding.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    return holder
 
 
 def test_a_write_waits_for_another_connections_lock_and_then_commits(tmp_path):
     q = DeliveryQueue(tmp_path / "q.db")
-    holding = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(tmp_path / "q.db", 0.05, holding))
-    holder.start()
-    assert holding.wait(10)
+    holder = hold_write_lock(tmp_path / "q.db", 0.05)
     instance_id = q.enqueue(record(), [("p", "pacs")])
     holder.join(10)
     assert instance_id in [row[0] for row in q.instance_files()]
@@ -163,12 +169,8 @@ def test_a_write_waits_for_another_connections_lock_and_then_commits(tmp_path):
 
 
 def test_a_write_lock_held_past_the_timeout_raises_as_sqlite_would(tmp_path):
-    q = DeliveryQueue(tmp_path / "q.db")
-    holding = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(tmp_path / "q.db", 1.0, holding))
-    holder.start()
-    assert holding.wait(10)
-    conn = q._conn()
+    conn = DeliveryQueue(tmp_path / "q.db")._conn()
+    holder = hold_write_lock(tmp_path / "q.db", 1.0)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         begin_immediate(conn, timeout=0.05)
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 50
