@@ -358,3 +358,25 @@ def test_a_peer_that_stops_reading_ends_the_association_at_the_network_timeout(t
     finally:
         os.kill(scp.pid, signal.SIGCONT)
         stop_process(scp)
+
+
+def test_a_rejection_that_arrives_before_the_requestor_looks_is_reported_as_a_rejection():
+    """The requestor's association thread checks the connection only after its EVT_REQUESTED
+    handlers; by then a fast peer may have rejected the association and the DUL closed the
+    connection. Stock pynetdicom reported that as an abort (always, with this 0.3 s handler;
+    0.3 % of rejections under load with the event-driven DUL)."""
+    def reject(event):
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()
+
+    scp_ae = AE("REJECTING")
+    scp_ae.add_supported_context(Verification)
+    server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_REQUESTED, reject)])
+    try:
+        ae = requestor()
+        for _ in range(3):
+            assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="REJECTING",
+                                 evt_handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(0.3))])
+            assert assoc.is_rejected and not assoc.is_aborted
+    finally:
+        server.shutdown()
