@@ -162,8 +162,8 @@ def arm_socket_timeout(assoc, seconds: float | None) -> None:
 def set_kernel_timeouts(sock: socket.socket, seconds: float | None) -> None:
     """Make ``sock`` blocking, with its sends and receives bounded by the kernel (None: unbounded)."""
     sock.settimeout(None)
-    whole = int(seconds or 0)
-    interval = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1_000_000))
+    seconds = seconds or 0.0
+    interval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
 

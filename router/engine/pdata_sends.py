@@ -13,7 +13,8 @@ and sent in one call, instead of building pynetdicom's PDU and item objects.
 
 The bytes on the wire are the ones pynetdicom sends (a test holds them identical). On a
 TLS association, or while something is bound to EVT_PDU_SENT or EVT_DATA_SENT (which get
-the PDU object and its bytes), P-DATA is sent through pynetdicom's own action instead. A file is held open by the primitives that still have to send from it.
+the PDU object and its bytes), P-DATA is sent through pynetdicom's own action instead. A
+file is held open by the primitives that still have to send from it.
 """
 
 from __future__ import annotations

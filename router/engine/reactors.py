@@ -237,10 +237,8 @@ class Checkpoint(threading.Event):
 
     def set(self) -> None:
         super().set()
-        assoc = self._assoc
-        dimse = getattr(assoc, "dimse", None)
-        if dimse is not None and not dimse.msg_queue.empty():
-            assoc._reactor_wake.set()
+        if not self._assoc.dimse.msg_queue.empty():
+            self._assoc._reactor_wake.set()
 
 
 def _wake_unless_a_send_waits(assoc) -> None:

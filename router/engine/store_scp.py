@@ -11,9 +11,9 @@ that association: :func:`answer` runs the bound EVT_C_STORE handler there and qu
 response for the same thread to send next.
 
 It does what ``Association._serve_request`` and ``StorageServiceClass.SCP`` do: the same
-event, the received file closed and removed after the handler, 0xC211 when the handler raises, no
-response once the handler has ended the association, the status checked by pynetdicom's
-``validate_status``.
+event, the received file closed and removed after the handler, 0xC211 when the handler
+raises, no response once the handler has ended the association, the status checked by
+pynetdicom's ``validate_status``.
 
 pynetdicom's way serves the request instead when:
 
