@@ -37,6 +37,7 @@ from router.config.models import EndpointConfig
 from router.config.registry import register
 from router.config.types import CIDR, AETitle, HostPort, Port, Seconds
 from router.endpoints.access import AccessPolicy
+from router.engine.store_decode import take_received_file
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
@@ -279,7 +280,7 @@ class DimseEndpoint:
         size = self._count_received(received, getattr(rq, "_received_size", None))
         try:
             result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size,
-                                               received_fd=getattr(rq, "_received_fd", None))
+                                               received_file=take_received_file(rq))
             status = result.status
         except Exception as exc:  # never let a bug take the association or the daemon down
             log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())

@@ -169,16 +169,15 @@ class IncomingDataSet:
                 self._fail(exc)
 
     def finish(self) -> C_STORE:
-        """Hand over the primitive with the file still open: ``_received_fd`` is its descriptor,
-        for the handler to fsync without opening the file again, and ``_received_size`` its
-        length (pynetdicom, or :mod:`router.engine.store_scp`, closes and unlinks the file
-        after the handler)."""
+        """Hand over the primitive with the file still open (for the handler to fsync without
+        opening it again; see :func:`take_received_file`) and ``_received_size`` its length.
+        pynetdicom, or :mod:`router.engine.store_scp`, closes and unlinks the file after the
+        handler unless the handler took it."""
         primitive = self.primitive
         primitive._context_id = self.context_id
         primitive.DataSet = BytesIO()
         primitive._dataset_path = self.path
         primitive._dataset_file = self.file  # None (no file could be made) makes pynetdicom's clean-up skip it
-        primitive._received_fd = self.file.fileno() if self.file is not None and not self.file.closed else None
         primitive._received_size = self.size
         if self.error is not None:
             primitive._receive_error = self.error
@@ -196,6 +195,17 @@ class IncomingDataSet:
     def _fail(self, exc: OSError) -> None:
         self.error = f"cannot write the received data set: {exc}"
         self.discard()
+
+
+def take_received_file(request: C_STORE):
+    """Detach the received data set's open file from ``request`` and return it (None if there is none).
+
+    Neither pynetdicom nor :mod:`router.engine.store_scp` then closes or removes the file
+    after the handler: the caller owns it, closes it, and removes it unless it keeps it.
+    ``request._dataset_path`` (the event's ``dataset_path``) still names it.
+    """
+    file, request._dataset_file = request._dataset_file, None
+    return file
 
 
 def _sync_file_range():

@@ -11,7 +11,8 @@ that association: :func:`answer` runs the bound EVT_C_STORE handler there and qu
 response for the same thread to send next.
 
 It does what ``Association._serve_request`` and ``StorageServiceClass.SCP`` do: the same
-event, the received file closed and removed after the handler, 0xC211 when the handler
+event, the received file closed and removed after the handler (unless the handler took it,
+:func:`router.engine.store_decode.take_received_file`), 0xC211 when the handler
 raises, no response once the handler has ended the association, the status checked by
 pynetdicom's ``validate_status``.
 
@@ -64,7 +65,8 @@ def answer(dimse, context_id: int, request: C_STORE) -> bool:
         status = HANDLER_FAILED
     finally:
         assoc.abort = assoc._abort_blocking
-        close_and_remove(request._dataset_path, request._dataset_file)  # unless the handler took it
+        if request._dataset_file is not None:  # the handler did not take it
+            close_and_remove(request._dataset_path, request._dataset_file)
     if not assoc.is_established:
         return True
     response = StorageServiceClass(assoc).validate_status(status, response)

@@ -41,28 +41,43 @@ class IntakeResult:
 
 
 class Intake:
-    def __init__(self, spool: Spool, queue: DeliveryQueue, pipelines: PipelineSet, committers: int = 4):
+    def __init__(self, spool: Spool, queue: DeliveryQueue, pipelines: PipelineSet, fsyncers: int = 4):
         self.spool = spool
         self.queue = queue
         self.pipelines = pipelines
-        self._committers = ThreadPoolExecutor(committers, thread_name_prefix="queue-commit")
+        self._fsyncers = ThreadPoolExecutor(fsyncers, thread_name_prefix="spool-fsync")
 
     def close(self) -> None:
-        self._committers.shutdown(wait=True)
+        self._fsyncers.shutdown(wait=True)
 
     def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str,
-                      size: int | None = None, received_fd: int | None = None) -> IntakeResult:
+                      size: int | None = None, received_file=None) -> IntakeResult:
         """Take ownership of the received file at ``received`` (``size`` bytes, if known) and answer for it.
 
-        ``received_fd``: a descriptor the file is still open on, fsynced instead of opening the file again.
+        ``received_file``: the file object it is still open on, detached from the request
+        (:func:`router.engine.store_decode.take_received_file`); it is fsynced through it and
+        closed here. The file is removed unless the instance was stored.
         """
+        try:
+            result = self._receive(envelope, received, transfer_syntax, size, received_file)
+        except BaseException:
+            _close(received_file)
+            self.spool.discard(received)
+            raise
+        _close(received_file)
+        if not result.stored:
+            self.spool.discard(received)
+        return result
+
+    def _receive(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str, size: int | None,
+                 received_file) -> IntakeResult:
         ctx = envelope.log_context()
         if not self.spool.has_free_space():
             log.error("refusing instance: free space in the data directory is under the floor",
                       floor_mb=self.spool.min_free_bytes // 2**20, **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, "free space under the configured floor")
         try:
-            path = self.spool.adopt(received)
+            path, entry_durable = self.spool.adopt(received)
         except OSError as exc:
             log.error("cannot move the received instance into the spool", error=str(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"spool write failed: {exc}")
@@ -91,7 +106,8 @@ class Intake:
         written: list[Path] = []
         try:
             batches = self._versions(envelope, instance, targets, written)
-            self._make_durable_and_enqueue(batches, {str(path): received_fd})
+            received_fd = None if received_file is None or received_file.closed else received_file.fileno()
+            self._make_durable_and_enqueue(batches, str(path), received_fd, entry_durable)
         except SpliceError as exc:
             for p in written + [path]:
                 self.spool.discard(p)
@@ -131,19 +147,42 @@ class Intake:
             batches[key][1].append((target.pipeline, target.backend))
         return list(batches.values())
 
-    def _make_durable_and_enqueue(self, batches: list[Batch], open_fds: dict[str, int | None]) -> None:
-        """fsync the files (through ``open_fds``, by path, where given) while another thread commits
-        their rows; return when both are done."""
-        commit = self._committers.submit(self.queue.enqueue_many, batches)
+    def _make_durable_and_enqueue(self, batches: list[Batch], received: str, received_fd: int | None,
+                                  entry_durable: bool) -> None:
+        """Commit the rows while another thread fsyncs their files; return when both are done.
+
+        The received file at ``received`` is fsynced through ``received_fd`` when given, and its
+        directory entry only when not ``entry_durable``. The commit is the longer of the two
+        (it fsyncs the queue's WAL too), so it runs on the calling thread, with no hand-off
+        to another thread in front of it. Rows whose files could not be made durable are
+        removed again before the error is raised.
+        """
+        paths = list(dict.fromkeys(record.path for record, _, _ in batches))
+        fsynced = self._fsyncers.submit(self._make_files_durable, paths, received, received_fd, entry_durable)
         try:
-            for path in dict.fromkeys(record.path for record, _, _ in batches):
-                self.spool.make_durable(path, open_fds.get(path))
+            instance_ids = self.queue.enqueue_many(batches)
         except BaseException:
-            instance_ids = _result_or_none(commit)
-            for instance_id in instance_ids or ():
+            _result_or_none(fsynced)
+            raise
+        try:
+            fsynced.result()
+        except BaseException:
+            for instance_id in instance_ids:
                 self.queue.forget_instance(instance_id)
             raise
-        commit.result()
+
+    def _make_files_durable(self, paths: list[str], received: str, received_fd: int | None,
+                            entry_durable: bool) -> None:
+        for path in paths:
+            if path == received:
+                self.spool.make_durable(path, received_fd, entry_durable)
+            else:
+                self.spool.make_durable(path)
+
+
+def _close(file) -> None:
+    if file is not None:
+        file.close()
 
 
 def _audit_trail(routing) -> list[str]:

@@ -2,8 +2,9 @@
 
 Layout under the data directory::
 
-    incoming/          partial files while an instance is being received
-    objects/XX/*.dcm   received instances, durable once acknowledged
+    incoming/          partial files of instances received the stock pynetdicom way, edited versions being written
+    objects/XX/*.dcm   received instances, durable once acknowledged; empty ones are spares
+                       (:meth:`Spool.make_spares`) or instances being received
     queue.db           the delivery queue (see :mod:`router.spool.queue`)
 """
 
@@ -14,13 +15,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from io import FileIO
 from pathlib import Path
 
 import structlog
 
+from router.engine.spare_files import SPARES, close_and_remove, create_empty
 from router.spool.splice import write_spliced
 
 log = structlog.get_logger("router.spool")
+
+SHARDS = 256
 
 
 class Spool:
@@ -31,22 +36,50 @@ class Spool:
         self.queue_path = self.data_dir / "queue.db"
         self.min_free_bytes = min_free_space_mb * 1024 * 1024
         self._directory_fds: dict[str, int] = {}
+        self._spare_shard = 0
 
     def prepare(self) -> None:
-        """Create the layout and receive into ``incoming/`` (same filesystem as ``objects/``)."""
+        """Create the layout, receive into spares made by :meth:`make_spares`, and otherwise into
+        ``incoming/`` (same filesystem as ``objects/``)."""
         for d in (self.data_dir, self.incoming, self.objects):
             d.mkdir(parents=True, exist_ok=True)
-        for shard in range(256):
+        for shard in range(SHARDS):
             (self.objects / f"{shard:02x}").mkdir(exist_ok=True)
         tempfile.tempdir = str(self.incoming)
+        SPARES.keep_in(self.make_spares)
 
-    def adopt(self, received: Path | str) -> Path:
-        """Move a fully received temporary file into the spool; not yet durable."""
+    def make_spares(self, count: int) -> list[tuple[str, FileIO]]:
+        """``count`` empty files to receive instances into, in the next shard of ``objects/``,
+        with the shard directory fsynced once they exist: an instance received into one is
+        spooled where it is (see :meth:`adopt`). Left behind by a crash, they are removed at the
+        next start (no queue row names them)."""
+        self._spare_shard = (self._spare_shard + 1) % SHARDS
+        shard = os.path.join(self.objects, f"{self._spare_shard:02x}")
+        made: list[tuple[str, FileIO]] = []
+        try:
+            for _ in range(count):
+                made.append(create_empty(shard))
+            fsync_dir(shard)
+        except OSError:
+            for path, file in made:
+                close_and_remove(path, file)
+            raise
+        return made
+
+    def adopt(self, received: Path | str) -> tuple[Path, bool]:
+        """Take a fully received file into the spool; not yet durable.
+
+        Returns its spool path, and whether its directory entry is durable already: a file
+        received into a spare of :meth:`make_spares` stays where it is (True); any other is
+        moved into a shard (False: :meth:`make_durable` must fsync the directory too).
+        """
+        received = os.fspath(received)
+        if os.path.dirname(os.path.dirname(received)) == os.fspath(self.objects):
+            return Path(received), True
         name = uuid.uuid4().hex
-        shard = self.objects / name[:2]
-        target = shard / f"{name}.dcm"
+        target = self.objects / name[:2] / f"{name}.dcm"
         os.replace(received, target)
-        return target
+        return target, False
 
     def write_version(self, instance, directory: Path | None = None) -> Path:
         """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet durable.
@@ -65,8 +98,9 @@ class Spool:
             raise
         return target
 
-    def make_durable(self, path: Path, fd: int | None = None) -> None:
-        """fsync the file (through ``fd`` if it is open there) and the directory entry that names it."""
+    def make_durable(self, path: Path | str, fd: int | None = None, entry_durable: bool = False) -> None:
+        """fsync the file (through ``fd`` if it is open there) and, unless ``entry_durable``, the
+        directory entry that names it."""
         if fd is not None:
             os.fsync(fd)
         else:
@@ -75,7 +109,8 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._fsync_dir(os.path.dirname(path))
+        if not entry_durable:
+            self._fsync_dir(os.path.dirname(path))
 
     def _fsync_dir(self, directory: str) -> None:
         """fsync a directory through a descriptor kept open for it (one per shard, opened once)."""
@@ -88,7 +123,9 @@ class Spool:
         os.fsync(fd)
 
     def close(self) -> None:
-        """Close the directory descriptors kept for fsyncs (they are opened again if needed)."""
+        """Remove the spares made for this spool; close the directory descriptors kept for fsyncs
+        (they are opened again if needed)."""
+        SPARES.stop_keeping_in(self.make_spares)
         fds, self._directory_fds = self._directory_fds, {}
         for fd in fds.values():
             os.close(fd)

@@ -12,6 +12,7 @@ from pynetdicom import AE
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.cli import ServeProcess
 from tests.support.peers import StorageSCP, free_port, wait_for
+from tests.support.spool import spooled_files
 
 KILL_AFTER = 25
 
@@ -63,7 +64,7 @@ def test_kill_9_during_transfer_then_resume(tmp_path, write_config, small_files)
         serve = ServeProcess(config, tmp_path / "serve2.log").start(port)
         try:
             wait_for(lambda: set(acked) <= set(pacs.received), 120, message="every acknowledged instance to arrive")
-            wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 30, message="an empty spool")
+            wait_for(lambda: not spooled_files(tmp_path / "data"), 30, message="an empty spool")
         finally:
             assert serve.stop() == 0
     duplicates = len(pacs.received) - len(set(pacs.received))

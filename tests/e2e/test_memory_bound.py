@@ -17,6 +17,7 @@ from tests.support.deid import key_file, pixel_digest
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import write_large
 from tests.support.peers import free_port, start_storescp, stop_process, wait_for
+from tests.support.spool import spooled_files
 
 LIMIT_MIB = 150
 SIZE = 300 * 1000 * 1000
@@ -67,7 +68,7 @@ def test_large_instance_with_flat_memory(tmp_path, write_config, stages, size, l
         status = assoc.send_c_store(big)
         assoc.release()
         assert int(status.Status) == 0
-        wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 300,
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 300,
                  message="delivery of the large instance")
         processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
         peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}

@@ -14,6 +14,7 @@ from tests.conftest import dimse_backend_toml, endpoint_section, router_toml
 from tests.support.cli import ServeProcess, router_command
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.peers import dcmtk, dcmtk_env, free_port, start_storescp, stop_process, wait_for
+from tests.support.spool import spooled_files
 
 
 @pytest.mark.dcmtk
@@ -27,7 +28,7 @@ def test_signal_during_a_transfer_loses_nothing_acknowledged(tmp_path, write_con
     sender_log = open(tmp_path / "storescu.log", "w")  # a file: an unread pipe would stall storescu
     sender = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "DICOM_ROUTER", "127.0.0.1", str(port),
                                *map(str, sending)], env=dcmtk_env(), stdout=sender_log, stderr=subprocess.STDOUT)
-    wait_for(lambda: len(list((tmp_path / "data" / "objects").rglob("*.dcm"))) >= 10, 30,
+    wait_for(lambda: len(spooled_files(tmp_path / "data")) >= 10, 30,
              message="the transfer to be under way")
     serve.proc.send_signal(sig)
     assert serve.proc.wait(60) == 0  # the open association finished within the grace period
@@ -41,7 +42,7 @@ def test_signal_during_a_transfer_loses_nothing_acknowledged(tmp_path, write_con
     storescp = start_storescp(dest, dest_port, "DEST")
     again = ServeProcess(config, tmp_path / "serve2.log").start(port)
     try:
-        wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 120,
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 120,
                  message="every acknowledged instance delivered (the spool empty)")
     finally:
         assert again.stop() == 0

@@ -10,6 +10,7 @@ from router import engine
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
+from tests.support.spool import spooled_files
 
 
 def send_with_pynetdicom(port: int, paths, calling="MODALITY", called="DICOM_ROUTER") -> list[int]:
@@ -54,6 +55,6 @@ def test_dcmtk_storescu_to_storescp_120_instances(tmp_path, write_config, start_
         arrived = digests_by_uid((tmp_path / "dest").glob("*"))
         assert arrived == digests_by_uid(files)
         # every spool file is removed once delivered
-        wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 10, message="an empty spool")
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 10, message="an empty spool")
     finally:
         stop_process(storescp)

@@ -15,6 +15,7 @@ from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support.deid import key_file, raw_pixel_bytes
 from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
 from tests.support.richgen import write_rich_study
+from tests.support.spool import spooled_files
 
 
 def config_text(data_dir, port, backends: str, pipelines: str) -> str:
@@ -57,7 +58,7 @@ mapping_file = "{tmp_path / 'reid.csv'}"
         wait_for(lambda: len(list((tmp_path / "clinical").iterdir())) == len(files)
                  and len(list((tmp_path / "research").iterdir())) == len(files), 60,
                  message="both copies of every instance")
-        wait_for(lambda: not any((tmp_path / "data" / "objects").rglob("*.dcm")), 20, message="an empty spool")
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 20, message="an empty spool")
     finally:
         stop_process(clinical)
         stop_process(research)
@@ -152,4 +153,4 @@ operations = [{{ map = "InstitutionName", table = "{table}", unmapped = "reject"
 """
     start_router(write_config(config_text(tmp_path / "data", port, backends, pipelines)))
     assert send_with_pynetdicom(port, files) == [0xA905]
-    assert not any((tmp_path / "data" / "objects").rglob("*.dcm"))
+    assert not spooled_files(tmp_path / "data")

@@ -115,7 +115,7 @@ def test_move_delivers_the_pacs_instances_unchanged(tmp_path, write_config, star
     assert result.returncode == 0, result.stderr
     assert final_counts(result.stderr + result.stdout).get("Completed") == len(studies[patient])
     assert digests_by_uid(viewer.iterdir()) == expected
-    assert not partial_files(tmp_path / "data" / "incoming")  # nothing left behind
+    assert not partial_files(tmp_path / "data" / "incoming", tmp_path / "data" / "objects")  # nothing left behind
     assert service.queue.counts() == {}  # retrievals never enter the delivery queue
 
 

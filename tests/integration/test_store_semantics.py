@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -16,6 +17,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
+from router.engine.spare_files import SPARES
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import make_dataset
@@ -26,7 +28,7 @@ from tests.support.peers import (
     stop_process,
     wait_for,
 )
-from tests.support.spool import partial_files
+from tests.support.spool import partial_files, spooled_files
 
 
 def j2k_file(path):
@@ -119,18 +121,32 @@ def test_free_space_floor_answers_out_of_resources(tmp_path, write_config, start
     service = start_router(write_config(text))
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0xA700
     assert service.queue.counts() == {}
-    assert not any((tmp_path / "data" / "objects").rglob("*.dcm"))
+    assert not spooled_files(tmp_path / "data")
+
+
+def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, write_config, start_router, port,
+                                                                   ct_files):
+    """No rename into the spool and no directory fsync before the acknowledgement: the spare's
+    directory entry was made durable when the spare was made."""
+    text = router_toml(tmp_path / "data", port, dimse_backend_toml(free_port(), "NOBODY", "pacs"), ["pacs"])
+    service = start_router(write_config(text))
+    assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
+    wait_for(lambda: len(SPARES._ready) == SPARES.depth, 10, message="the spares to be made")
+    ready = {path for _, path, _ in SPARES._ready}
+    assert all(Path(path).parent.parent == tmp_path / "data" / "objects" for path in ready)
+    assert store(port, ct_files[1], ExplicitVRLittleEndian) == 0x0000
+    assert len(service.queue.referenced_paths() & ready) == 1
 
 
 def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, write_config, start_router, port,
                                                                       ct_files):
     text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
     service = start_router(write_config(text))
-    incoming = tmp_path / "data" / "incoming"
-    shutil.rmtree(incoming)  # every write of a received data set now fails, as on a broken disk
+    for directory in ("incoming", "objects"):  # every write of a received data set now fails, as on a broken disk
+        shutil.rmtree(tmp_path / "data" / directory)
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0xA700
     assert service.queue.counts() == {}
-    incoming.mkdir()
+    service.spool.prepare()
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
 
 
@@ -155,10 +171,10 @@ def test_an_association_aborted_mid_data_set_leaves_no_partial_file(tmp_path, wr
     pdatas = list(message.encode_msg(assoc.accepted_contexts[0].context_id, 16384))
     for pdata in pdatas[:4]:  # the command and part of the data set
         assoc.dul.send_pdu(pdata)
-    incoming = tmp_path / "data" / "incoming"
-    wait_for(lambda: partial_files(incoming), 10, message="the partial file")
+    spool = (tmp_path / "data" / "incoming", tmp_path / "data" / "objects")
+    wait_for(lambda: partial_files(*spool), 10, message="the partial file")
     assoc.abort()
-    wait_for(lambda: not partial_files(incoming), 10, message="the partial file to be removed")
+    wait_for(lambda: not partial_files(*spool), 10, message="the partial file to be removed")
 
 
 FILTER = """

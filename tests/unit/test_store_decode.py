@@ -276,3 +276,28 @@ def test_a_forked_child_never_takes_its_parents_spares(tmp_path, monkeypatch):
     assert os.read(read, 16) == b"empty"
     assert len(SPARES._ready) == SPARES.depth
     SPARES.discard_all()
+
+
+def test_spares_come_from_the_maker_in_batches_once_half_are_used(tmp_path):
+    calls = []
+
+    def maker(count):
+        calls.append(count)
+        return [store_decode.create_empty(str(tmp_path)) for _ in range(count)]
+
+    spares = SpareFiles(depth=4)
+    spares.keep_in(maker)
+    assert spares.take() is None  # the first asks for some
+    wait_for(lambda: len(spares._ready) == 4, 10, message="four spares")
+    assert calls == [4]
+    for _ in range(2):
+        path, file = spares.take()
+        assert Path(path).parent == tmp_path
+        file.close()
+    spares.refill()
+    wait_for(lambda: len(spares._ready) == 4, 10, message="four spares again")
+    assert calls == [4, 2]
+    ready = [Path(path) for _, path, _ in spares._ready]
+    spares.stop_keeping_in(maker)
+    assert not any(path.exists() for path in ready)
+    assert spares._maker is None

@@ -1,0 +1,87 @@
+"""The spool's files: spares received into where they stay, adoption, durability, sweeps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from router.engine.spare_files import SPARES
+from router.spool.queue import DeliveryQueue, InstanceRecord
+from router.spool.store import Spool
+
+
+def test_spares_are_made_in_one_shard_whose_directory_is_fsynced(tmp_path, monkeypatch):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    fsynced = []
+    monkeypatch.setattr("router.spool.store.fsync_dir", fsynced.append)
+    try:
+        made = spool.make_spares(3)
+        shards = {Path(path).parent for path, _ in made}
+        assert len(shards) == 1 and shards.pop().parent == spool.objects
+        assert all(os.path.getsize(path) == 0 for path, _ in made)
+        assert fsynced == [os.path.dirname(made[0][0])]  # once, after all three exist
+        for _, file in made:
+            file.close()
+    finally:
+        spool.close()
+
+
+def test_a_file_received_into_a_spare_stays_where_it_is_and_its_directory_is_not_fsynced_again(tmp_path,
+                                                                                               monkeypatch):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        (path, file), = spool.make_spares(1)
+        file.write(b"received")
+        directories = []
+        monkeypatch.setattr(spool, "_fsync_dir", directories.append)
+        adopted, entry_durable = spool.adopt(path)
+        assert (adopted, entry_durable) == (Path(path), True)
+        spool.make_durable(adopted, file.fileno(), entry_durable)
+        assert directories == []
+        file.close()
+    finally:
+        spool.close()
+
+
+def test_a_file_received_elsewhere_is_moved_into_a_shard_whose_directory_is_fsynced(tmp_path, monkeypatch):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        received = spool.incoming / "received.dcm"
+        received.write_bytes(b"received")
+        adopted, entry_durable = spool.adopt(received)
+        assert not received.exists() and adopted.parent.parent == spool.objects and not entry_durable
+        directories = []
+        monkeypatch.setattr(spool, "_fsync_dir", directories.append)
+        spool.make_durable(adopted, entry_durable=entry_durable)
+        assert directories == [str(adopted.parent)]
+    finally:
+        spool.close()
+
+
+def test_the_router_keeps_its_spares_in_the_spool_until_the_spool_is_closed(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    assert SPARES._maker == spool.make_spares
+    spool.close()
+    assert SPARES._maker is None
+
+
+def test_spares_left_by_a_crash_are_removed_at_the_next_start_and_spooled_instances_kept(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        (kept, kept_file), (left, left_file) = spool.make_spares(2)
+        kept_file.write(b"an acknowledged instance")
+        kept_file.close()
+        left_file.close()  # the process dies here
+        queue = DeliveryQueue(spool.queue_path)
+        queue.enqueue(InstanceRecord(kept, "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 24, 0.0,
+                                     "ingest", "assoc1", "CT1", "127.0.0.1:1"), [("default", "pacs")])
+        assert spool.sweep_unreferenced(queue.referenced_paths()) == 1
+        assert os.path.exists(kept) and not os.path.exists(left)
+        queue.close()
+    finally:
+        spool.close()
