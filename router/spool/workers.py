@@ -29,6 +29,19 @@ log = structlog.get_logger("router.delivery")
 
 BATCH_SIZE = 32
 IDLE_POLL_SECONDS = 0.05
+FIRST_IDLE_POLL_SECONDS = 0.002
+
+
+def next_idle_poll(seconds: float) -> float:
+    """How long to wait before looking at an empty queue again: twice as long as last time, up to
+    ``IDLE_POLL_SECONDS``.
+
+    After a batch the worker looks again after 2 ms, then 4, 8 ms and so on: while instances
+    keep arriving (the worker caught up with a sender) one is sent a few milliseconds after
+    it was queued instead of up to 50 ms later, and an idle queue is still read only twenty
+    times a second.
+    """
+    return min(seconds * 2, IDLE_POLL_SECONDS)
 
 
 class Deliverer(Protocol):
@@ -123,12 +136,15 @@ class BackendWorker(threading.Thread):
         deliverer = self.open_deliverer()
         self.recorder = SuccessRecorder(self.queue, self.spool, name=f"{self.name}-record")
         try:
+            poll = IDLE_POLL_SECONDS
             while not self.stop_event.is_set():
                 batch = self.queue.claim_due(self.backend, BATCH_SIZE)
                 if not batch:
                     deliverer.idle()
-                    self.stop_event.wait(IDLE_POLL_SECONDS)
+                    self.stop_event.wait(poll)
+                    poll = next_idle_poll(poll)
                     continue
+                poll = FIRST_IDLE_POLL_SECONDS
                 self.deliver_batch(deliverer, batch)
         except Exception:
             log.exception("delivery worker crashed", backend=self.backend)

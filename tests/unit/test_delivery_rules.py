@@ -55,3 +55,53 @@ def test_give_up_by_attempts_and_by_age():
     assert POLICY.give_up_reason(4, 1000.0, 1010.0) is None
     assert POLICY.give_up_reason(5, 1000.0, 1010.0) == "gave up after 5 attempts"
     assert "in the queue" in POLICY.give_up_reason(1, 1000.0, 1000.0 + 3600.0)
+
+
+def test_an_empty_queue_is_read_again_soon_after_a_batch_and_then_less_and_less_often(tmp_path):
+    """After a batch a worker looks again after 2 ms, doubling up to 50 ms, so an instance queued
+    just after the worker caught up goes out within a few milliseconds."""
+    import threading
+
+    from router.backends.status import DeliveryResult
+    from router.spool.store import Spool
+    from router.spool.workers import BackendWorker
+
+    class Queue:
+        def __init__(self):
+            self.claims = [["one"], [], [], [], [], [], [], [], ["two"], []]
+
+        def claim_due(self, backend, limit):
+            return self.claims.pop(0) if self.claims else []
+
+        def mark_delivered_many(self, batch):
+            return []
+
+        def close(self):
+            pass
+
+    class Stop(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.waits = []
+
+        def wait(self, timeout=None):
+            self.waits.append(timeout)
+            if len(self.waits) == 9:
+                self.set()
+            return self.is_set()
+
+    class Deliverer:
+        def deliver(self, delivery):
+            return DeliveryResult(Outcome.SUCCESS, 0, "ok")
+
+        def idle(self):
+            pass
+
+        def close(self):
+            pass
+
+    stop = Stop()
+    worker = BackendWorker("pacs", Deliverer, Queue(), Spool(tmp_path), POLICY, stop)
+    worker.record = lambda delivery, result: None
+    worker.run()
+    assert stop.waits == [0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.002, 0.004]
