@@ -36,6 +36,7 @@ from router.backends.status import DeliveryResult, Outcome, classify_store_statu
 from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import AETitle, Port, Seconds
+from router.engine.fast_store import send_c_store_file, store_response_from
 from router.spool.queue import Delivery
 from router.tls import BackendTLSConfig, client_context
 
@@ -203,26 +204,27 @@ class StoreSCU:
             return DeliveryResult(
                 Outcome.PERMANENT, None, f"{self.backend.describe()} refused SOP class {UID(sop).name}"
             )
-        if any(cx.transfer_syntax[0] == ts for cx in accepted):
-            payload = delivery.path
-        else:
-            payload = self._converted(delivery, ts, accepted)
-            if isinstance(payload, DeliveryResult):
-                return payload
+        converted = None
+        if not any(cx.transfer_syntax[0] == ts for cx in accepted):
+            converted = self._converted(delivery, ts, accepted)
+            if isinstance(converted, DeliveryResult):
+                return converted
         try:
-            rsp = self.assoc.send_c_store(payload)
+            if converted is None:
+                rsp = send_c_store_file(self.assoc, delivery.path)
+            else:
+                rsp = store_response_from(self.assoc.send_c_store(converted))
         except FileNotFoundError:
             return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
         except (TimeoutError, OSError, RuntimeError) as exc:
             self.close()
             return DeliveryResult(Outcome.TRANSIENT, None, f"sending failed: {exc}")
-        status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
-        if status is None:
+        if rsp.status is None:
             self.close()
             return DeliveryResult(Outcome.TRANSIENT, None, "no C-STORE response (association aborted or timed out)")
-        outcome = classify_store_status(status)
-        comment = f": {rsp.ErrorComment}" if "ErrorComment" in rsp else ""
-        return DeliveryResult(outcome, status, f"C-STORE status 0x{status:04X}{comment}")
+        outcome = classify_store_status(rsp.status)
+        comment = f": {rsp.error_comment}" if rsp.error_comment is not None else ""
+        return DeliveryResult(outcome, rsp.status, f"C-STORE status 0x{rsp.status:04X}{comment}")
 
     def _converted(self, delivery: Delivery, ts: str, accepted):
         """The dataset to send in an accepted uncompressed syntax, or why that is impossible."""

@@ -11,18 +11,30 @@ The fast path is taken only for plain C-STOREs (a response with no OffendingElem
 command set fits one PDV; a request that is not a C-MOVE sub-operation), and only when
 nothing is bound to EVT_DIMSE_SENT (which needs the message object); anything else goes
 through pynetdicom unchanged.
+
+:func:`send_c_store_file` is ``Association.send_c_store(path)`` for a plain Part-10 file
+sent in its own transfer syntax (every delivery): the file is opened once, its meta read
+from the open file, and the response returned as pynetdicom's primitive instead of being
+copied into a status Dataset. About a tenth of the delivery process's interpreter time per
+CT instance went to those steps, measured here.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine.pdata_sends import file_fragments, fragment_bounds
+from router.engine.part10 import META_READ, NotPlainPart10, read_file_meta
+from router.engine.pdata_sends import SourceFile, file_fragments, fragment_bounds
+
+LOGGER = logging.getLogger("router.engine")
 
 C_STORE_RQ_FIELD = 0x0001
 C_STORE_RSP_FIELD = 0x8001
@@ -82,7 +94,7 @@ def store_rq_pdata(primitive: C_STORE, context_id: int, max_pdu: int):
     yield pdata
     if primitive._dataset_path is not None:
         path, offset = primitive._dataset_path
-        yield from file_fragments(path, offset, context_id, max_pdu)
+        yield from file_fragments(path, offset, context_id, max_pdu, getattr(primitive, "_dataset_source", None))
         return
     data = primitive.DataSet.getvalue()
     if data:
@@ -130,5 +142,87 @@ def _send_msg(self, primitive, context_id: int) -> None:
     _stock_send_msg(self, primitive, context_id)
 
 
+class StoreResponse:
+    """What :func:`send_c_store_file` got back: the status (None: no response) and the error comment."""
+
+    __slots__ = ("status", "error_comment")
+
+    def __init__(self, status: int | None, error_comment: str | None = None):
+        self.status = status
+        self.error_comment = error_comment
+
+
+_owned_sends = False
+
+
+def send_c_store_file(assoc: Association, path: str) -> StoreResponse:
+    """C-STORE the instance in the Part-10 file at ``path`` and wait for the response.
+
+    It does what ``assoc.send_c_store(path)`` does (pynetdicom's way is taken for a file
+    that is not plain Part-10, when no accepted context as SCU has the file's SOP class and
+    transfer syntax, and with another pynetdicom version): the request carries the file
+    meta's SOP Class and Instance UIDs and message ID 1; with no response (the DIMSE timeout,
+    which aborts the association, or an abort) the status is None; a response pynetdicom
+    counts as invalid aborts the association, as there. Raises as ``send_c_store`` does
+    (RuntimeError without an established association, OSError when the file cannot be read).
+    """
+    if not _owned_sends:
+        return store_response_from(assoc.send_c_store(path))
+    if not assoc.is_established:
+        raise RuntimeError("The association with a peer SCP must be established before sending a C-STORE request")
+    source = SourceFile(path)
+    try:
+        meta, offset = read_file_meta(source.read(0, META_READ))
+        context_id = _accepted_context_id(assoc, meta)
+    except NotPlainPart10:
+        context_id = None
+    if context_id is None:
+        return store_response_from(assoc.send_c_store(path))
+    request = C_STORE()
+    request.MessageID = 1
+    request.Priority = 2
+    request.AffectedSOPClassUID = meta.MediaStorageSOPClassUID
+    request.AffectedSOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    request._dataset_path = (path, offset)
+    request._dataset_source = source
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    if response is None:
+        assoc._handle_no_response()
+        return StoreResponse(None)
+    if not response.is_valid_response:
+        LOGGER.error("Received an invalid C-STORE-RSP response from the peer")
+        assoc.abort()
+        return StoreResponse(None)
+    return StoreResponse(response.Status, response.ErrorComment)
+
+
+def _accepted_context_id(assoc, meta) -> int | None:
+    """The first accepted context (as SCU) for the file's SOP class in its transfer syntax."""
+    if not all(keyword in meta for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+                                               "TransferSyntaxUID")):
+        return None
+    for context in assoc._accepted_cx.values():
+        if (context.abstract_syntax == meta.MediaStorageSOPClassUID and context.as_scu
+                and context.transfer_syntax[0] == meta.TransferSyntaxUID):
+            return context.context_id
+    return None
+
+
+def store_response_from(status) -> StoreResponse:
+    """A StoreResponse from the status Dataset ``send_c_store`` returns (empty: no response)."""
+    if "Status" not in status:
+        return StoreResponse(None)
+    return StoreResponse(int(status.Status), status.get("ErrorComment"))
+
+
 def install_fast_store_rsp() -> None:
+    global _owned_sends
     DIMSEServiceProvider.send_msg = _send_msg
+    _owned_sends = True

@@ -95,10 +95,10 @@ def fragment_bounds(start: int, end: int, max_pdu: int):
         position += length
 
 
-def file_fragments(path, offset: int, context_id: int, max_pdu: int):
-    """FileFragments for the data set stored in ``path`` from ``offset`` to its end, at most
-    :data:`GROUP_BYTES` of fragments each."""
-    source = SourceFile(path)
+def file_fragments(path, offset: int, context_id: int, max_pdu: int, source: SourceFile | None = None):
+    """FileFragments for the data set stored in ``path`` (open in ``source``, if given) from
+    ``offset`` to its end, at most :data:`GROUP_BYTES` of fragments each."""
+    source = source or SourceFile(path)
     group: list[tuple[int, int, bool]] = []
     grouped = 0
     for fragment in fragment_bounds(offset, os.fstat(source.file.fileno()).st_size, max_pdu):
