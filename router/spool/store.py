@@ -2,7 +2,8 @@
 
 Layout under the data directory::
 
-    incoming/          partial files of instances received the stock pynetdicom way, edited versions being written
+    incoming/          partial files of instances received the stock pynetdicom way, and of
+                       edited versions being written
     objects/XX/*.dcm   received instances, durable once acknowledged; empty ones are spares
                        (:meth:`Spool.make_spares`) or instances being received
     queue.db           the delivery queue (see :mod:`router.spool.queue`)
