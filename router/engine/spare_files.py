@@ -48,6 +48,7 @@ class SpareFiles:
         self.depth = depth
         self._ready: collections.deque[tuple[Maker | str, str, FileIO]] = collections.deque()
         self._maker: Maker | None = None
+        self._wanted_from: Maker | str | None = None
         self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -106,6 +107,7 @@ class SpareFiles:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._make, name="spare-files", daemon=True)
                     self._thread.start()
+        self._wanted_from = self._source()
         self._wanted.set()
 
     def _source(self) -> Maker | str:
@@ -118,7 +120,7 @@ class SpareFiles:
         while True:
             self._wanted.wait()
             self._wanted.clear()
-            source = self._source()
+            source = self._wanted_from
             while len(self._ready) < self.depth and self._source() == source:
                 try:
                     made = source(self.depth - len(self._ready)) if callable(source) else [create_empty(source)]

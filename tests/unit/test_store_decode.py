@@ -224,7 +224,7 @@ def test_write_failure_midway_removes_the_partial_file(monkeypatch, tmp_path, st
     messages, events, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=60_000), 16384))
     (_, request), = messages
     assert "No space left" in request._receive_error
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [], [(p.name, p.stat().st_size) for p in tmp_path.iterdir()]
 
 
 def test_data_sets_are_written_to_spare_files_made_ahead(stock_file_meta, tmp_path, monkeypatch):
