@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from router.spool.group_commit import GroupCommit
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     id INTEGER PRIMARY KEY,
@@ -166,6 +168,7 @@ class DeliveryQueue:
         self.synchronous = "FULL" if durable_commits else "NORMAL"
         self.checkpoint_on_commit = checkpoint_on_commit
         self._local = threading.local()
+        self._enqueues = GroupCommit(self._write)
         self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
@@ -213,30 +216,13 @@ class DeliveryQueue:
 
     def enqueue_many(self, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
                      now: float | None = None) -> list[int]:
-        """:meth:`enqueue` for several instances (versions of one received instance) in one commit."""
+        """:meth:`enqueue` for several instances (versions of one received instance) in one commit.
+
+        Callers on other threads of this process that enqueue at the same time share the
+        commit (:class:`~router.spool.group_commit.GroupCommit`).
+        """
         now = time.time() if now is None else now
-        ids = []
-        with self._write() as conn:
-            for instance, targets, hold_reason in batches:
-                cur = conn.execute(
-                    "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
-                    " received_at, endpoint, association_id, calling_aet, peer) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
-                        instance.size, instance.received_at, instance.endpoint, instance.association_id,
-                        instance.calling_aet, instance.peer,
-                    ),
-                )
-                instance_id = cur.lastrowid
-                state = "pending" if hold_reason is None else "quarantined"
-                conn.executemany(
-                    "INSERT INTO deliveries (instance_id, backend, pipeline, state, queued_at, next_attempt_at,"
-                    " updated_at, reason) VALUES (?,?,?,?,?,?,?,?)",
-                    [(instance_id, backend, pipeline, state, now, now, now, hold_reason)
-                     for pipeline, backend in targets],
-                )
-                ids.append(instance_id)
-        return ids
+        return self._enqueues.run(lambda conn: _insert_instances(conn, batches, now))
 
     # -- delivery -----------------------------------------------------------
 
@@ -421,6 +407,32 @@ class DeliveryQueue:
         row = conn.execute("SELECT path FROM instances WHERE id=?", (instance_id,)).fetchone()
         conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
         return row[0] if row else None
+
+
+
+def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
+                      now: float) -> list[int]:
+    """Insert each batch's instance row and its delivery rows; return the instance ids."""
+    ids = []
+    for instance, targets, hold_reason in batches:
+        cur = conn.execute(
+            "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
+            " received_at, endpoint, association_id, calling_aet, peer) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
+                instance.size, instance.received_at, instance.endpoint, instance.association_id,
+                instance.calling_aet, instance.peer,
+            ),
+        )
+        instance_id = cur.lastrowid
+        state = "pending" if hold_reason is None else "quarantined"
+        conn.executemany(
+            "INSERT INTO deliveries (instance_id, backend, pipeline, state, queued_at, next_attempt_at,"
+            " updated_at, reason) VALUES (?,?,?,?,?,?,?,?)",
+            [(instance_id, backend, pipeline, state, now, now, now, hold_reason) for pipeline, backend in targets],
+        )
+        ids.append(instance_id)
+    return ids
 
 
 def _count_event(conn: sqlite3.Connection, backend: str, event: str) -> None:
