@@ -1,8 +1,10 @@
 """Turn a received instance into durable, queued deliveries, and decide the C-STORE status.
 
 This is the promise of the router: 0x0000 is returned only once the file and its
-directory entry are fsynced and the queue rows are committed. The two run at the same
-time (the filesystem then often folds them into one journal commit); a crash between them
+directory entry are fsynced and the queue rows are committed. The received file's fsync
+starts on a helper thread as soon as the file is in the spool, while the pipelines route
+the instance; the commit follows on the handler's thread. The file is closed, or removed
+when it is not stored, only once its fsync is over. A crash between fsync and commit
 can leave a row whose file is not durable, for an instance that was never acknowledged:
 :func:`drop_unacknowledged` removes such rows at start-up.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,6 +83,18 @@ class Intake:
         except OSError as exc:
             log.error("cannot move the received instance into the spool", error=str(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"spool write failed: {exc}")
+        received_fd = None if received_file is None or received_file.closed else received_file.fileno()
+        received_durable = self._fsyncers.submit(self.spool.make_durable, str(path), received_fd, entry_durable)
+        try:
+            return self._route_and_enqueue(envelope, path, transfer_syntax, size, received_durable)
+        finally:
+            _result_or_none(received_durable)
+
+    def _route_and_enqueue(self, envelope: RequestEnvelope, path: Path, transfer_syntax: str, size: int | None,
+                           received_durable: Future) -> IntakeResult:
+        """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
+        makes its file durable."""
+        ctx = envelope.log_context()
         instance = SpooledInstance(path, transfer_syntax, os.path.getsize(path) if size is None else size)
         envelope = replace(envelope, instance=instance)
         try:
@@ -106,8 +120,7 @@ class Intake:
         written: list[Path] = []
         try:
             batches = self._versions(envelope, instance, targets, written)
-            received_fd = None if received_file is None or received_file.closed else received_file.fileno()
-            self._make_durable_and_enqueue(batches, str(path), received_fd, entry_durable)
+            self._make_durable_and_enqueue(batches, str(path), received_durable)
         except SpliceError as exc:
             for p in written + [path]:
                 self.spool.discard(p)
@@ -147,37 +160,36 @@ class Intake:
             batches[key][1].append((target.pipeline, target.backend))
         return list(batches.values())
 
-    def _make_durable_and_enqueue(self, batches: list[Batch], received: str, received_fd: int | None,
-                                  entry_durable: bool) -> None:
-        """Commit the rows while another thread fsyncs their files; return when both are done.
+    def _make_durable_and_enqueue(self, batches: list[Batch], received: str, received_durable: Future) -> None:
+        """Commit the rows while other threads fsync their files; return when all are done.
 
-        The received file at ``received`` is fsynced through ``received_fd`` when given, and its
-        directory entry only when not ``entry_durable``. The commit is the longer of the two
-        (it fsyncs the queue's WAL too), so it runs on the calling thread, with no hand-off
-        to another thread in front of it. Rows whose files could not be made durable are
-        removed again before the error is raised.
+        ``received_durable`` is already making the received file at ``received`` durable; the
+        files of edited versions are fsynced here. The commit runs on the calling thread, with
+        no hand-off to another thread in front of it. Rows whose files could not be made
+        durable are removed again before the error is raised.
         """
         paths = list(dict.fromkeys(record.path for record, _, _ in batches))
-        fsynced = self._fsyncers.submit(self._make_files_durable, paths, received, received_fd, entry_durable)
+        fsyncs = [received_durable] if received in paths else []
+        versions = [p for p in paths if p != received]
+        if versions:
+            fsyncs.append(self._fsyncers.submit(self._make_files_durable, versions))
         try:
             instance_ids = self.queue.enqueue_many(batches)
         except BaseException:
-            _result_or_none(fsynced)
+            for fsync in fsyncs:
+                _result_or_none(fsync)
             raise
         try:
-            fsynced.result()
+            for fsync in fsyncs:
+                fsync.result()
         except BaseException:
             for instance_id in instance_ids:
                 self.queue.forget_instance(instance_id)
             raise
 
-    def _make_files_durable(self, paths: list[str], received: str, received_fd: int | None,
-                            entry_durable: bool) -> None:
+    def _make_files_durable(self, paths: list[str]) -> None:
         for path in paths:
-            if path == received:
-                self.spool.make_durable(path, received_fd, entry_durable)
-            else:
-                self.spool.make_durable(path)
+            self.spool.make_durable(path)
 
 
 def _close(file) -> None:

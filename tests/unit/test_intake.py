@@ -1,0 +1,124 @@
+"""The intake's order of work: the received file is made durable while the pipelines route it,
+and it is closed or removed only once that is over."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from router.config.loader import load_config
+from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.pipeline import PipelineSet
+from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Intake
+from router.spool.queue import DeliveryQueue
+from router.spool.store import Spool
+from tests.conftest import dimse_backend_toml, router_toml
+from tests.support.dicomgen import make_dataset
+
+
+class RecordingFile(io.FileIO):
+    """The received file as the endpoint hands it over; its close is recorded."""
+
+    def __init__(self, path, events: list):
+        super().__init__(path, "r+")
+        self.events = events
+
+    def close(self):
+        if not self.closed:
+            self.events.append("closed")
+        super().close()
+
+
+@pytest.fixture
+def intake(tmp_path):
+    config_path = tmp_path / "router.toml"
+    config_path.write_text(router_toml(tmp_path / "data", 11112, dimse_backend_toml(11113), ["pacs"]))
+    config = load_config(config_path)
+    spool = Spool(tmp_path / "data")
+    for directory in (spool.data_dir, spool.incoming, spool.objects / "00"):
+        directory.mkdir(parents=True, exist_ok=True)
+    queue = DeliveryQueue(spool.queue_path)
+    intake = Intake(spool, queue, PipelineSet(config))
+    yield intake
+    intake.close()
+    queue.close()
+
+
+def received(intake: Intake, events: list) -> tuple[str, RecordingFile]:
+    """A CT instance as received into a spare in a spool shard."""
+    path = intake.spool.objects / "00" / "spare.dcm"
+    make_dataset("ct", "INTAKE", "1.2.3.4", "1.2.3.4.1", 0, rows=32).save_as(path, enforce_file_format=True)
+    return str(path), RecordingFile(path, events)
+
+
+def envelope() -> RequestEnvelope:
+    association = AssociationInfo("ingest", "assoc-1", "MODALITY", "DICOM_ROUTER", "127.0.0.1", 4000)
+    return RequestEnvelope(association, Command("store", "1.2.840.10008.5.1.4.1.1.2", 1, 0, "1.2.3.4.1.1"))
+
+
+def record_fsyncs(intake: Intake, monkeypatch, events: list, fail: bool = False) -> threading.Event:
+    """Record the start and end of each file fsync; returns an event set when one has started."""
+    started = threading.Event()
+    stock = intake.spool.make_durable
+
+    def make_durable(path, fd=None, entry_durable=False):
+        events.append("fsync started")
+        started.set()
+        if fail:
+            events.append("fsync failed")
+            raise OSError(5, "Input/output error")
+        stock(path, fd, entry_durable)
+        events.append("fsync done")
+
+    monkeypatch.setattr(intake.spool, "make_durable", make_durable)
+    return started
+
+
+def test_the_received_file_is_fsynced_while_the_pipelines_route_it(intake, monkeypatch):
+    events: list = []
+    started = record_fsyncs(intake, monkeypatch, events)
+    stock_route = intake.pipelines.route
+
+    def route(envelope):
+        events.append(f"routing, fsync started: {started.wait(10)}")
+        return stock_route(envelope)
+
+    monkeypatch.setattr(intake.pipelines, "route", route)
+    path, file = received(intake, events)
+    result = intake.receive_store(envelope(), path, "1.2.840.10008.1.2.1", None, received_file=file)
+
+    assert result.status == SUCCESS and result.stored
+    assert events[0] == "fsync started" and "routing, fsync started: True" in events
+    assert events.index("fsync done") < events.index("closed")
+    assert [row[1] for row in intake.queue.instance_files()] == [path]
+
+
+def test_an_instance_the_pipeline_fails_on_is_closed_and_removed_after_its_fsync(intake, monkeypatch, tmp_path):
+    events: list = []
+    record_fsyncs(intake, monkeypatch, events)
+
+    def route(envelope):
+        raise RuntimeError("a stage broke")
+
+    monkeypatch.setattr(intake.pipelines, "route", route)
+    path, file = received(intake, events)
+    result = intake.receive_store(envelope(), path, "1.2.840.10008.1.2.1", None, received_file=file)
+
+    assert result.status == CANNOT_UNDERSTAND and not result.stored
+    assert events.index("fsync done") < events.index("closed")
+    assert not (tmp_path / "data" / "objects" / "00" / "spare.dcm").exists()
+    assert intake.queue.instance_files() == []
+
+
+def test_a_received_file_that_cannot_be_made_durable_leaves_no_row_and_no_file(intake, monkeypatch, tmp_path):
+    events: list = []
+    record_fsyncs(intake, monkeypatch, events, fail=True)
+    path, file = received(intake, events)
+    result = intake.receive_store(envelope(), path, "1.2.840.10008.1.2.1", None, received_file=file)
+
+    assert result.status == OUT_OF_RESOURCES and "Input/output error" in result.reason
+    assert events == ["fsync started", "fsync failed", "closed"]
+    assert not (tmp_path / "data" / "objects" / "00" / "spare.dcm").exists()
+    assert intake.queue.instance_files() == []
