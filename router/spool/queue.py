@@ -409,7 +409,6 @@ class DeliveryQueue:
         return row[0] if row else None
 
 
-
 def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
                       now: float) -> list[int]:
     """Insert each batch's instance row and its delivery rows; return the instance ids."""
