@@ -102,6 +102,7 @@ def cmd_serve(args) -> int:
     config = _load(args)
     setup_logging(config.router.log_level, config.router.log_format, process="receive")
     service = RouterService(config)
+    service.handle_signals()
     try:
         service.start()
     except DataDirInUse as exc:

@@ -50,6 +50,7 @@ def run_receive_worker(config: RouterConfig, parent_pid: int, index: int) -> Non
     setup_logging(config.router.log_level, config.router.log_format, process=f"receive-{index}")
     _die_with_parent()
     service = RouterService(config, role="receive-worker")
+    service.handle_signals()
     service.start()
     service.serve_forever(parent_pid=parent_pid)
 

@@ -199,6 +199,15 @@ class RouterService:
         self._stop_delivery()
         self._start_delivery()
 
+    def handle_signals(self) -> None:
+        """From now on SIGTERM and SIGINT stop the router and SIGHUP reloads its configuration,
+        once :meth:`serve_forever` runs; call it before :meth:`start` so that a signal sent while
+        the router starts (say, a reload as soon as the port answers) waits for the loop instead
+        of killing the process. Main thread only."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+
     def serve_forever(self, parent_pid: int | None = None) -> None:
         """Run until SIGTERM or SIGINT; restart the delivery process if it dies.
 
@@ -206,9 +215,7 @@ class RouterService:
         watchdog while the loop runs, and STOPPING when it begins to shut down.
         """
         notifier = Notifier() if self.is_main else Notifier({})
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+        self.handle_signals()
         notifier.ready(f"listening on {', '.join(sorted(self.endpoints))}")
         notifier.watchdog()
         while not self._stop.wait(0.5 if notifier.watchdog_interval is None else min(0.5, notifier.watchdog_interval)):

@@ -169,16 +169,54 @@ def test_a_write_waits_for_another_connections_lock_and_then_commits(tmp_path):
 
 
 def test_a_write_lock_held_past_the_timeout_raises_as_sqlite_would(tmp_path):
-    conn = DeliveryQueue(tmp_path / "q.db")._conn()
+    conn = DeliveryQueue(tmp_path / "q.db")._writer()
     holder = hold_write_lock(tmp_path / "q.db", 1.0)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         begin_immediate(conn, timeout=0.05)
-    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 50
     holder.join(10)
 
 
+def test_writes_use_a_connection_without_busy_timeout_and_reads_one_with(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(), [("p", "pacs")])
+    assert q._writer().execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert q._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 60000
+    assert q._writer() is not q._conn()
+    q.close()
+    assert q._local.conn is None and q._local.writer is None
+
+
+def test_a_claim_with_nothing_due_does_not_wait_for_the_write_lock(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    q.enqueue(record(), [("p", "pacs")])
+    (claimed,) = q.claim_due("pacs", 10)
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold():
+        conn = sqlite3.connect(tmp_path / "q.db", isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(30)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    results = []
+    claimer = threading.Thread(target=lambda: results.append(q.claim_due("pacs", 10)))
+    claimer.start()
+    claimer.join(10)
+    finished_while_locked = not claimer.is_alive()
+    release.set()
+    holder.join(10)
+    claimer.join(10)
+    assert finished_while_locked and results == [[]]
+
+
 def test_an_error_other_than_a_lock_is_raised_at_once(tmp_path):
-    conn = DeliveryQueue(tmp_path / "q.db")._conn()
+    conn = DeliveryQueue(tmp_path / "q.db")._writer()
     conn.execute("BEGIN")
     with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
         begin_immediate(conn)
