@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import dimse_backend_toml, router_toml  # noqa: E402
 from tests.support.cli import router_command  # noqa: E402
 from tests.support.dicomgen import write_series  # noqa: E402
-from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
+from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for, wait_for_port  # noqa: E402
 
 
 def ensure_data(workdir: Path, kind: str, count: int) -> Path:
@@ -126,7 +126,8 @@ def routed(files: Path | list[Path], count: int, scratch: Path, stages: str | No
     router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, 30)
-        time.sleep(1.0)  # let the delivery process start
+        wait_for(lambda: b'"delivery started"' in (scratch / "router.log").read_bytes(), 60,
+                 message="the delivery process to start")
         result = timed_transfer(port, "DICOM_ROUTER", files if isinstance(files, list) else [files],
                                 scratch / "routed-out", count)
         peaks = {pid: peak_rss_mib(pid) for pid in router_tree(router.pid)}
