@@ -109,6 +109,9 @@ _DELIVERY_COLUMNS = (
 )
 
 
+_DUE = "backend=? AND state='pending' AND next_attempt_at<=?"
+"""The deliveries of a backend (first parameter) due at a time (second)."""
+
 LOCK_TIMEOUT = 60.0
 _FIRST_RETRY = 0.0001
 _LONGEST_RETRY = 0.002
@@ -255,17 +258,13 @@ class DeliveryQueue:
         asks every few milliseconds, and each time the lock was the intake's to wait for.
         """
         now = time.time() if now is None else now
-        if not self._conn().execute(
-            "SELECT 1 FROM deliveries WHERE backend=? AND state='pending' AND next_attempt_at<=? LIMIT 1",
-            (backend, now),
-        ).fetchone():
+        if not self._conn().execute(f"SELECT 1 FROM deliveries WHERE {_DUE} LIMIT 1", (backend, now)).fetchone():
             return []
         with self._write() as conn:
             ids = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT id FROM deliveries WHERE backend=? AND state='pending' AND next_attempt_at<=?"
-                    " ORDER BY next_attempt_at, id LIMIT ?",
+                    f"SELECT id FROM deliveries WHERE {_DUE} ORDER BY next_attempt_at, id LIMIT ?",
                     (backend, now, limit),
                 )
             ]
