@@ -37,6 +37,7 @@ from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import AETitle, Port, Seconds
 from router.engine.fast_store import send_c_store_file, store_response_from
+from router.engine.socket_loans import end_loan, settle_lent_socket
 from router.spool.queue import Delivery
 from router.tls import BackendTLSConfig, client_context
 
@@ -146,7 +147,11 @@ class StoreSCU:
             self.last_used = time.monotonic()
 
     def idle(self) -> None:
-        """Release the association once nothing has been sent for ``idle_release_seconds``."""
+        """Give the association's socket back to its DUL thread (see
+        :func:`~router.engine.socket_loans.end_loan`), and release the association once
+        nothing has been sent for ``idle_release_seconds``."""
+        if self.assoc is not None:
+            end_loan(self.assoc)
         if self.assoc is not None and time.monotonic() - self.last_used > self.backend.config.idle_release_seconds:
             self.close()
 
@@ -158,7 +163,10 @@ class StoreSCU:
             self.proposed = set()
 
     def _alive(self) -> bool:
-        return self.assoc is not None and self.assoc.is_established
+        if self.assoc is None:
+            return False
+        settle_lent_socket(self.assoc)
+        return self.assoc.is_established
 
     def _want(self, sop: str, ts: str) -> None:
         syntaxes = self.wanted.setdefault(sop, [])

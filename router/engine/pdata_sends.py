@@ -129,17 +129,23 @@ def _send_p_data(dul, action: str) -> str:
             dul._send(P_DATA_TF(p_data))
         return _stock_actions[action][2]
     try:
-        for offset, length, last in primitive.fragments:
-            headers = HEADERS.pack(P_DATA_TF_TYPE, 0, length + 6, length + 2, primitive.context_id,
-                                   LAST_FRAGMENT if last else 0)
-            if not length:
-                raw.sendall(headers)
-                continue
-            raw.sendall(headers, socket.MSG_MORE)
-            send_file_range(raw, primitive.source.file.fileno(), offset, length)
+        send_fragments(raw, primitive)
     except (OSError, ValueError):
         dul.event_queue.put("Evt17")  # as pynetdicom's AssociationSocket.send does
     return _stock_actions[action][2]
+
+
+def send_fragments(raw: socket.socket, primitive: FileFragments) -> None:
+    """Send each fragment as a P-DATA-TF PDU: its headers, then the file's bytes with sendfile()."""
+    fd = primitive.source.file.fileno()
+    for offset, length, last in primitive.fragments:
+        headers = HEADERS.pack(P_DATA_TF_TYPE, 0, length + 6, length + 2, primitive.context_id,
+                               LAST_FRAGMENT if last else 0)
+        if not length:
+            raw.sendall(headers)
+            continue
+        raw.sendall(headers, socket.MSG_MORE)
+        send_file_range(raw, fd, offset, length)
 
 
 def send_file_range(raw: socket.socket, fd: int, offset: int, length: int) -> None:

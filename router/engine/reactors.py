@@ -81,6 +81,8 @@ def _dul_init(self, assoc) -> None:
     self._wake_rx.setblocking(False)
     self._wake_tx.setblocking(False)
     self.to_provider_queue = NotifyingQueue(lambda: _dul_wake_unless_own_thread(self))
+    self._socket_lock = threading.Lock()
+    self._socket_lent = False
 
 
 def _dul_wake(self) -> None:
@@ -99,10 +101,10 @@ def _dul_wake_unless_own_thread(self) -> None:
 
 
 def _dul_wait(self) -> None:
-    """Wait until the socket is readable, a wake-up arrives, or MAX_WAIT passes."""
+    """Wait until the socket is readable (unless it is lent), a wake-up arrives, or MAX_WAIT passes."""
     raw = getattr(self.socket, "socket", None) if self.socket is not None else None
     waitables = [self._wake_rx]
-    if raw is not None:
+    if raw is not None and not self._socket_lent:
         if isinstance(raw, ssl.SSLSocket):
             try:
                 if raw.pending():
@@ -139,40 +141,10 @@ def _dul_run_reactor(self) -> None:
             if self._kill_thread:
                 break
 
-            if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
-
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception as exc:
-                DUL_LOGGER.error("Exception in DUL.run(), aborting association")
-                DUL_LOGGER.exception(exc)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
+            with self._socket_lock:
+                idle = _dul_pass(self)
+            if idle is None:
                 return
-
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                idle = self.to_provider_queue.empty()
-                continue
-
-            try:
-                self.state_machine.do_action(event)
-            except InvalidEventError:
-                if event != "Evt9":
-                    raise
-                _drop_late_p_data(self)
-            idle = False
     finally:
         self._wake_rx.close()
         self._wake_tx.close()
@@ -182,6 +154,53 @@ def _dul_run_reactor(self) -> None:
             except Exception:  # a clean-up must not keep the association from ending
                 DUL_LOGGER.exception("clean-up at the end of an association failed")
         self.assoc.wake_reactor()
+
+
+def _dul_pass(self) -> bool | None:
+    """One pass of the reactor: queue the event for a primitive the user queued or for a
+    PDU on the socket, then act on one event. Whether the reactor may wait before the next
+    pass (it found nothing to do); None when the thread must end.
+
+    The caller holds ``_socket_lock``, the socket's owner for the pass (see
+    :mod:`router.engine.socket_loans`): a lent socket is not read, and is taken back as soon
+    as anything is queued for the state machine.
+    """
+    if self._socket_lent and not (self.to_provider_queue.empty() and self.event_queue.empty()):
+        self._socket_lent = False
+
+    if self.artim_timer.expired:
+        self.event_queue.put("Evt18")
+
+    try:
+        if self._process_recv_primitive():
+            pass
+        elif not self._socket_lent and self._is_transport_event():
+            self._idle_timer.restart()
+    except Exception as exc:
+        DUL_LOGGER.error("Exception in DUL.run(), aborting association")
+        DUL_LOGGER.exception(exc)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        self.socket.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+        return None
+
+    try:
+        event = self.event_queue.get(block=False)
+    except queue.Empty:
+        return self.to_provider_queue.empty()
+
+    try:
+        self.state_machine.do_action(event)
+    except InvalidEventError:
+        if event != "Evt9":
+            raise
+        _drop_late_p_data(self)
+    return False
 
 
 def _drop_late_p_data(dul) -> None:
