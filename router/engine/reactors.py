@@ -14,6 +14,10 @@ for the thing they poll for instead:
   the call takes the message itself, and the reactor is woken when the checkpoint is set
   again if a message is left.
 
+Each DUL pass runs under the DUL's ``_socket_lock``, and while the socket is lent to a
+delivering thread (:mod:`router.engine.socket_loans`) the reactor neither waits on it nor
+reads it, and takes it back as soon as anything is queued for its state machine.
+
 Every wait is bounded by :data:`MAX_WAIT`, so timers (ARTIM, the idle timeout) and flags
 set without a wake-up are still seen within that time.
 
