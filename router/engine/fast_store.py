@@ -207,6 +207,9 @@ def _send_on_loan(assoc: Association, raw, request: C_STORE, context_id: int) ->
     data_set = file_fragments(path, offset, context_id, max_pdu, request._dataset_source)
     try:
         answer = socket_loans.exchange_on_loan(assoc, raw, command, data_set, assoc.dimse_timeout)
+        if answer is None:
+            return None
+        status, comment = socket_loans.parse_store_rsp(answer)
     except socket_loans.PeerSpoke:
         socket_loans.settle_lent_socket(assoc)
         assoc._handle_no_response()
@@ -222,14 +225,6 @@ def _send_on_loan(assoc: Association, raw, request: C_STORE, context_id: int) ->
     except (OSError, ValueError):
         assoc.abort()
         raise
-    if answer is None:
-        return None
-    try:
-        status, comment = socket_loans.parse_store_rsp(answer)
-    except socket_loans.InvalidResponse as exc:
-        LOGGER.error("Received an invalid C-STORE-RSP response from the peer: %s", exc)
-        assoc.abort()
-        return StoreResponse(None)
     return StoreResponse(status, comment)
 
 

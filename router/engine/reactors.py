@@ -33,8 +33,8 @@ requestor whose association was rejected before its association thread checked t
 connection is told it was rejected, not aborted (:class:`_AnsweredSocket`).
 
 The loop bodies are copies of pynetdicom 3.0.4's ``DULServiceProvider.run_reactor`` and
-``Association._run_reactor`` with only the waits and the re-check changed: re-diff them on
-any pynetdicom upgrade (:func:`router.engine.configure` installs them on 3.0.4 only).
+``Association._run_reactor`` with only the waits, the re-check and the socket lock
+changed: re-diff them on any pynetdicom upgrade (:func:`router.engine.configure` installs them on 3.0.4 only).
 """
 
 from __future__ import annotations
