@@ -79,8 +79,8 @@ def exchange_on_loan(assoc, raw: socket.socket, request: bytes, data_set: Iterab
     socket and return the command set of the peer's answer.
 
     None: the socket could not be lent (the DUL has work queued, or the association is not
-    in Sta6); nothing was sent. Raises :class:`PeerSpoke` (the socket is given back; call
-    :func:`settle_lent_socket`), :class:`InvalidResponse`, :class:`NoAnswer` when no answer
+    in Sta6); nothing was sent. Raises :class:`PeerSpoke` (the socket stays lent with the
+    peer's PDU unread: call :func:`settle_lent_socket`), :class:`InvalidResponse`, :class:`NoAnswer` when no answer
     came within ``timeout`` seconds (None: no limit), and OSError when sending or reading failed.
     """
     dul = assoc.dul
@@ -90,14 +90,10 @@ def exchange_on_loan(assoc, raw: socket.socket, request: bytes, data_set: Iterab
             return None
         dul._socket_lent = True
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            raw.sendall(request)
-            for fragments in data_set:
-                send_fragments(raw, fragments)
-            command = read_command_set(raw, deadline)
-        except PeerSpoke:
-            dul._socket_lent = False
-            raise
+        raw.sendall(request)
+        for fragments in data_set:
+            send_fragments(raw, fragments)
+        command = read_command_set(raw, deadline)
     dul._idle_timer.restart()
     return command
 
@@ -125,8 +121,7 @@ def settle_lent_socket(assoc) -> None:
         return
     if not _has_input(plain_socket(dul)):
         return
-    dul._socket_lent = False
-    dul.wake()
+    end_loan(assoc)
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline and assoc.is_established and not _taken_in(dul):
         time.sleep(0.001)
