@@ -1,4 +1,4 @@
-"""DICOM TLS for endpoints and ``dimse`` backends: config models, SSL contexts, a non-blocking listener.
+"""DICOM TLS for endpoints and ``dimse`` backends: config models and SSL contexts.
 
 ```toml
 [endpoints.secure]
@@ -17,20 +17,18 @@ tls = { ca_bundle = "pacs-ca.pem", certificate = "router.pem", private_key = "ro
 
 TLS 1.2 is the minimum. Files are read when the configuration is loaded, so a missing
 or unreadable certificate is a config error at its key. The listener does the TLS
-handshake in the connection's own thread (:class:`HandshakeInWorkerServer`): a client
-that connects and stays silent costs one thread for ``handshake_timeout`` seconds and
-never delays anyone else.
+handshake in the connection's own thread (:class:`router.engine.admission.AdmittingServer`):
+a client that connects and stays silent costs one pending slot for ``handshake_timeout``
+seconds and never delays anyone else.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 from pathlib import Path
 
 import structlog
 from pydantic import model_validator
-from pynetdicom.transport import ThreadedAssociationServer
 
 from router.config.types import ConfigPath, Seconds, StrictModel
 
@@ -113,36 +111,3 @@ def peer_name(sock) -> str | None:
             if key == "commonName":
                 return value
     return None
-
-
-class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with SO_REUSEPORT: a reload binds the new listener before closing the old."""
-
-    def server_bind(self) -> None:
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
-class HandshakeInWorkerServer(ReusePortServer):
-    """accept() on the serve_forever thread only; the TLS handshake in the connection's own thread."""
-
-    handshake_timeout = 5.0
-
-    def get_request(self):
-        sock, address = self.socket.accept()
-        if self.ssl_context:
-            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
-
-    def process_request_thread(self, request, client_address):
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.handshake_timeout)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ValueError) as exc:
-                log.warning("TLS handshake failed", peer=f"{client_address[0]}:{client_address[1]}", error=str(exc))
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)

@@ -42,18 +42,15 @@ from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
 from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
-from router.tls import (
-    EndpointTLSConfig,
-    HandshakeInWorkerServer,
-    ReusePortServer,
-    peer_name,
-    server_context,
-)
+from router.engine.admission import AdmittingServer
+from router.tls import EndpointTLSConfig, peer_name, server_context
 
 log = structlog.get_logger("router.endpoint")
 
-REJECT_PERMANENT, SOURCE_USER = 0x01, 0x01
-DIAG_NO_REASON, DIAG_CALLING_AET = 0x01, 0x03
+REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
+SOURCE_USER, SOURCE_PRESENTATION = 0x01, 0x03
+DIAG_NO_REASON, DIAG_CALLING_AET, DIAG_LOCAL_LIMIT = 0x01, 0x03, 0x02
+UNLIMITED = 1 << 30
 
 
 class DimseEndpointConfig(EndpointConfig):
@@ -64,7 +61,9 @@ class DimseEndpointConfig(EndpointConfig):
     require_called_aet: bool = False
     allowed_calling_aets: list[str] = []
     allowed_hosts: list[CIDR] = []
-    max_associations: int = Field(default=16, ge=1, le=1024)
+    max_associations: int = Field(default=16, ge=1, le=65536)
+    max_pending: int = Field(default=64, ge=1, le=65536)
+    max_pending_per_address: int = Field(default=16, ge=1, le=65536)
     max_pdu_size: int = Field(default=1048576, ge=4096, le=16777216)
     acse_timeout: Seconds = 30.0
     dimse_timeout: Seconds = 60.0
@@ -85,6 +84,8 @@ class DimseEndpoint:
         self.access = AccessPolicy.from_lists(config.allowed_calling_aets, config.allowed_hosts)
         self.server = None
         self._ae: AE | None = None
+        self._admitted: set = set()
+        self._slots = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -103,7 +104,7 @@ class DimseEndpoint:
         qr_classes = self.qr.sop_classes(self.name) if self.qr is not None else []
         for sop_class in qr_classes:
             ae.add_supported_context(sop_class)
-        ae.maximum_associations = self.config.max_associations
+        ae.maximum_associations = UNLIMITED  # the endpoint counts admitted associations itself
         ae.maximum_pdu_size = self.config.max_pdu_size
         ae.acse_timeout = self.config.acse_timeout
         ae.dimse_timeout = self.config.dimse_timeout
@@ -129,15 +130,18 @@ class DimseEndpoint:
                  query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [])
 
     def _listen(self, ae: AE, handlers):
-        """A listener with SO_REUSEPORT (a reload binds the new one before closing the old); with TLS the
-        handshake runs in the connection's thread, off the accept loop."""
+        """A listener with a bounded pool for connections that have not sent their association
+        request yet (:class:`~router.engine.admission.AdmittingServer`)."""
         address = (self.config.bind, self.config.port)
-        if self.config.tls is None:
-            server = ae.make_server(address, evt_handlers=handlers, server_class=ReusePortServer)
-        else:
-            server = ae.make_server(address, evt_handlers=handlers, ssl_context=server_context(self.config.tls),
-                                    server_class=HandshakeInWorkerServer)
-            server.handshake_timeout = self.config.tls.handshake_timeout
+        tls = self.config.tls
+        server = ae.make_server(address, evt_handlers=handlers, server_class=AdmittingServer,
+                                ssl_context=server_context(tls) if tls is not None else None)
+        server.endpoint = self.name
+        server.request_timeout = self.config.acse_timeout
+        server.max_pending = self.config.max_pending
+        server.max_pending_per_address = self.config.max_pending_per_address
+        if tls is not None:
+            server.handshake_timeout = tls.handshake_timeout
         ae._servers.append(server)  # pynetdicom's shutdown() removes it from this list
         threading.Thread(target=server.serve_forever, name=f"accept-{self.name}", daemon=True).start()
         return server
@@ -210,13 +214,31 @@ class DimseEndpoint:
     def _on_requested(self, event) -> None:
         assoc = event.assoc
         info = self._info(assoc)
+        server = self._closed_server_or_server()
+        if server is not None:
+            server.admitted(assoc.dul.socket.socket)
         refusal = self.access.refusal(info.calling_aet, info.peer_host)
-        if refusal is None:
-            return
-        diagnostic = DIAG_CALLING_AET if "calling AE" in refusal else DIAG_NO_REASON
-        self._assoc_log(assoc).warning("association rejected", reason=refusal, called_aet=info.called_aet)
+        if refusal is not None:
+            diagnostic = DIAG_CALLING_AET if "calling AE" in refusal else DIAG_NO_REASON
+            self._refuse(assoc, refusal, (REJECT_PERMANENT, SOURCE_USER, diagnostic))
+        elif not self._take_slot(assoc):
+            self._refuse(assoc, f"max_associations ({self.config.max_associations}) reached",
+                         (REJECT_TRANSIENT, SOURCE_PRESENTATION, DIAG_LOCAL_LIMIT))
+
+    def _take_slot(self, assoc) -> bool:
+        """Count ``assoc`` among the endpoint's associations unless ``max_associations`` are open."""
+        with self._slots:
+            self._admitted = {a for a in self._admitted if a.is_alive()}
+            if len(self._admitted) >= self.config.max_associations:
+                return False
+            self._admitted.add(assoc)
+            return True
+
+    def _refuse(self, assoc, reason: str, result_source_diagnostic: tuple[int, int, int]) -> None:
+        info = self._info(assoc)
+        self._assoc_log(assoc).warning("association rejected", reason=reason, called_aet=info.called_aet)
         self.metrics.associations.labels(self.name, "rejected").inc()
-        assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_USER, diagnostic)
+        assoc.acse.send_reject(*result_source_diagnostic)
         assoc.kill()
 
     def _on_established(self, event) -> None:

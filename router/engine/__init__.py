@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import socket
 import ssl
 import struct
@@ -19,12 +20,15 @@ from pynetdicom.transport import AssociationSocket
 
 from router.engine.acceptor import install_shared_contexts
 from router.engine.backpressure import install_backpressure
+from router.engine.failsafe import install_failsafes, log_unhandled_thread_errors
 from router.engine.fast_store import install_fast_store_rsp
 from router.engine.file_datasets import install_send_from_file
 from router.engine.part10 import install_fast_file_meta
 from router.engine.pdata_reads import install_pdata_reads
 from router.engine.pdata_sends import install_pdata_sends
+from router.engine.progress import arm_read_progress
 from router.engine.reactors import install_reactors
+from router.engine.readiness import install_poll_readiness
 from router.engine.socket_reads import install_fast_recv
 from router.engine.store_decode import install_fast_store_decode
 from router.engine.uid_cache import install_uid_cache
@@ -53,9 +57,12 @@ def configure() -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
+        raise_descriptor_limit()
         _install_socket_options()
         install_send_from_file()
         if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
+            install_poll_readiness()
             install_backpressure()
             install_reactors()
             install_fast_store_rsp()
@@ -66,6 +73,7 @@ def configure() -> None:
             install_pdata_sends()
             install_uid_cache()
             install_shared_contexts()
+            install_failsafes()
         else:  # pragma: no cover - depends on the installed version
             logging.getLogger("router.engine").warning(
                 "pynetdicom %s is not the version the engine changes were made for (%s): "
@@ -73,7 +81,24 @@ def configure() -> None:
                 pynetdicom.__version__,
                 SUPPORTED_PYNETDICOM,
             )
+            log_unhandled_thread_errors()
         _configured = True
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the process's soft limit on open descriptors to its hard limit.
+
+    Each association holds two descriptors (its socket and the eventfd that wakes its
+    socket thread); the common default soft limit of 1024 would otherwise cap a process
+    near 500 associations whatever ``max_associations`` says. The hard limit is the
+    operator's (``LimitNOFILE=`` in the systemd unit, ``ulimit -Hn``).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def freeze_startup_objects() -> None:
@@ -88,8 +113,7 @@ def freeze_startup_objects() -> None:
 
 
 def _install_socket_options() -> None:
-    """Disable Nagle on every association socket, inbound and outbound, and bound how long an
-    accepted connection's reads wait before its association is established.
+    """Disable Nagle on every association socket, inbound and outbound.
 
     pynetdicom writes a PDU in several ``send()`` calls; with Nagle and the peer's delayed
     ACK each C-STORE then stalls about 40 ms (measured: 22 instead of 1115 instances/s).
@@ -99,8 +123,6 @@ def _install_socket_options() -> None:
     def init(self, assoc, client_socket=None, address=None):
         original_init(self, assoc, client_socket, address)
         set_nodelay(self.socket)
-        if client_socket is not None:
-            _limit_wait_for_request(self.socket, assoc)
 
     original_create = AssociationSocket._create_socket
 
@@ -113,23 +135,6 @@ def _install_socket_options() -> None:
     AssociationSocket._create_socket = create
 
 
-def _limit_wait_for_request(sock, assoc) -> None:
-    """Until its association is established (then :func:`arm_socket_timeout` sets the network
-    timeout), an accepted connection's reads time out after half the ACSE timeout.
-
-    Stock, a peer that sends part of a PDU and goes silent holds the connection's thread for
-    good: the socket thread blocks in ``recv()`` and the association thread's own ACSE timeout
-    then waits for it. With half the ACSE timeout the socket thread gives up first, so the
-    connection is closed the usual way (a closed-connection event, which the endpoint logs).
-    """
-    timeout = getattr(assoc, "acse_timeout", None)
-    if timeout:
-        try:
-            sock.settimeout(timeout / 2)
-        except OSError:
-            pass
-
-
 def set_nodelay(sock) -> None:
     if sock is not None:
         try:
@@ -140,7 +145,8 @@ def set_nodelay(sock) -> None:
 
 def arm_socket_timeout(assoc, seconds: float | None) -> None:
     """A peer that stops reading, or stops sending inside a PDU, then fails the blocked send or
-    read after ``seconds`` instead of hanging the association.
+    read after ``seconds`` instead of hanging the association; one that trickles a message
+    fails its reads once ``seconds`` pass without progress (:mod:`router.engine.progress`).
 
     On plain TCP the kernel keeps the time (``SO_SNDTIMEO``/``SO_RCVTIMEO`` on a blocking
     socket): with Python's own socket timeout every send and receive first waits in
@@ -148,6 +154,7 @@ def arm_socket_timeout(assoc, seconds: float | None) -> None:
     read that runs out of time fails with an OSError, as it did with Python's timeout. TLS
     sockets keep Python's timeout.
     """
+    arm_read_progress(assoc.dul, seconds)
     sock = _raw_socket(assoc)
     if sock is not None:
         try:

@@ -20,6 +20,10 @@ Sta6, as after DT-2. While a data set is coming in, the next P-DATA-TF PDU alrea
 on the socket is read in the same pass (a CT instance comes in about five PDUs); anything
 else, or nothing waiting, goes back to the reactor loop.
 
+On an association that is over (Sta13) whatever the peer still sends is read as it comes
+and dropped, never waited for whole (stock pynetdicom blocked on the rest of a PDU the
+peer never finished).
+
 Every PDU's announced length is checked first, on any plain TCP association: a P-DATA-TF
 PDU longer than the maximum the association offered, or any other PDU over 1 MiB, is
 answered with an abort (Evt19) at once. pynetdicom would wait for the whole announced
@@ -36,6 +40,8 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.progress import TooSlow, note_received, restart_between_messages
+from router.engine.reactors import log_association_error
 from router.engine.socket_reads import MAX_BUFFER, plain_socket
 from router.engine.store_decode import complete_data_set
 
@@ -64,7 +70,11 @@ def _read_pdu_data(self) -> None:
     While a data set is being received, the P-DATA-TF PDUs already waiting on the socket are
     read in the same pass, without going back to the reactor's ``select()``.
     """
+    restart_between_messages(self)
     raw = plain_socket(self)
+    if raw is not None and self.state_machine.current_state == "Sta13":
+        _discard_waiting(self, raw)
+        return
     if raw is None:
         _stock_read_pdu_data(self)
         return
@@ -76,6 +86,19 @@ def _read_pdu_data(self) -> None:
         header = _peek_header(raw, socket.MSG_DONTWAIT)
         if len(header) < 6 or header[0] != P_DATA_TF:
             return
+
+
+def _discard_waiting(dul, raw: socket.socket) -> None:
+    """Sta13 (the association is over, the connection about to close): drop what the peer sent,
+    without waiting for the rest of a PDU it may never finish; the end of the connection is Evt17."""
+    try:
+        data = raw.recv(65536, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        dul.event_queue.put("Evt17")
 
 
 def _peek_header(raw: socket.socket, flags: int) -> bytes:
@@ -105,6 +128,9 @@ def _read_pdu(self, raw: socket.socket, header: bytes) -> bool:
     except InvalidPDU:
         LOGGER.error("Unable to decode the received PDU data")
         self.event_queue.put("Evt19")
+    except TooSlow as exc:
+        log_association_error(self.assoc, exc, "receiving a message")
+        self.event_queue.put("Evt17")
     except (OSError, TransportClosed) as exc:
         LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
         self.event_queue.put("Evt17")
@@ -153,6 +179,7 @@ class _Reader:
             buffer = dul._pdv_buffer = memoryview(bytearray(BUFFER_SIZE))
         self.buffer = buffer
         self.raw = raw
+        self.dul = dul
 
     def exact(self, size: int) -> bytes:
         """The next ``size`` bytes, as bytes."""
@@ -182,6 +209,7 @@ class _Reader:
             if not n:
                 raise TransportClosed(f"{filled} of {size} bytes")
             filled += n
+            note_received(self.dul, n)
 
 
 def _largest_acceptable(dul, pdu_type: int) -> int:

@@ -20,7 +20,6 @@ file is held open by the primitives that still have to send from it.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import struct
 
@@ -28,6 +27,7 @@ from pynetdicom import evt, fsm
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.readiness import wait_writable
 from router.engine.socket_reads import plain_socket
 
 P_DATA_TF_TYPE = 0x04
@@ -164,7 +164,7 @@ def send_file_range(raw: socket.socket, fd: int, offset: int, length: int) -> No
             timeout = raw.gettimeout()
             if timeout is None:
                 raise TimeoutError("the peer took nothing for the socket's send timeout") from None
-            if not select.select([], [raw], [], timeout)[1]:
+            if not wait_writable(raw, timeout):
                 raise TimeoutError(f"the peer took nothing for {timeout:g} s") from None
             continue
         if not sent:

@@ -5,7 +5,7 @@ and its association reactor sleeps 1 ms on every pass, so each DIMSE message wai
 three ticks (measured here: most of an association's wall time). These replacements wait
 for the thing they poll for instead:
 
-- the DUL reactor waits in ``select()`` on its socket and a wake socket that is written
+- the DUL reactor waits in ``poll()`` on its socket and an eventfd that is written
   whenever another thread queues a primitive for it (``to_provider_queue``) or it is told
   to stop; it does not wait while a primitive is queued;
 - the association reactor waits on an Event set whenever the DUL completes a DIMSE message
@@ -18,8 +18,10 @@ Each DUL pass runs under the DUL's ``_socket_lock``, and while the socket is len
 delivering thread (:mod:`router.engine.socket_loans`) the reactor neither waits on it nor
 reads it, and takes it back as soon as anything is queued for its state machine.
 
-Every wait is bounded by :data:`MAX_WAIT`, so timers (ARTIM, the idle timeout) and flags
-set without a wake-up are still seen within that time.
+Every wait is bounded: by :data:`MAX_WAIT` after activity, doubling while a reactor finds
+nothing to do up to :data:`MAX_IDLE_WAIT`, so timers (ARTIM, the idle timeout) and flags
+set without a wake-up are still seen within that time, and a thousand idle associations
+cost a few thousand wake-ups a second, not a hundred thousand.
 
 The association reactor also closes a race in the stock loop (pynetdicom PR #351 narrowed
 it, 3.0.4 still has it): a ``send_*()`` call could clear the pause checkpoint just after the
@@ -39,6 +41,7 @@ changed: re-diff them on any pynetdicom upgrade (:func:`router.engine.configure`
 
 from __future__ import annotations
 
+import os
 import queue
 import select
 import socket
@@ -46,6 +49,7 @@ import ssl
 import threading
 import time
 
+import structlog
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
@@ -56,7 +60,10 @@ from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
 
+ROUTER_LOG = structlog.get_logger("router.engine")
+
 MAX_WAIT = 0.02
+MAX_IDLE_WAIT = 0.32
 
 _stock = {
     "dul_init": DULServiceProvider.__init__,
@@ -81,52 +88,91 @@ class NotifyingQueue(queue.Queue):
 
 def _dul_init(self, assoc) -> None:
     _stock["dul_init"](self, assoc)
-    self._wake_rx, self._wake_tx = socket.socketpair()
-    self._wake_rx.setblocking(False)
-    self._wake_tx.setblocking(False)
+    self._wakeup = Wakeup()
+    self._poller = None
+    self._polled = None
     self.to_provider_queue = NotifyingQueue(lambda: _dul_wake_unless_own_thread(self))
     self._socket_lock = threading.Lock()
     self._socket_lent = False
 
 
+class Wakeup:
+    """An eventfd another thread writes to make the reactor run a pass: one descriptor per
+    association (a socket pair took two), safe to write after it is closed."""
+
+    __slots__ = ("fd", "_lock")
+
+    def __init__(self):
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                try:
+                    os.eventfd_write(self.fd, 1)
+                except OSError:
+                    pass
+
+    def clear(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except OSError:
+            pass  # nothing pending
+
+    def close(self) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
 def _dul_wake(self) -> None:
     """Make the reactor run a pass now (safe from any thread, after close too)."""
-    try:
-        self._wake_tx.send(b"\0")
-    except (BlockingIOError, OSError):
-        pass  # already has a wake-up pending, or the reactor has finished
+    self._wakeup.set()
 
 
 def _dul_wake_unless_own_thread(self) -> None:
     """Wake the reactor for a primitive queued by another thread; one it queued itself (a
     C-STORE response answered on the socket thread) it sees on its next pass anyway."""
     if threading.current_thread() is not self:
-        _dul_wake(self)
+        self._wakeup.set()
 
 
-def _dul_wait(self) -> None:
-    """Wait until the socket is readable (unless it is lent), a wake-up arrives, or MAX_WAIT passes."""
+def _dul_wait(self, timeout: float) -> bool:
+    """Wait until the socket is readable (unless it is lent), a wake-up arrives, or ``timeout``
+    passes; whether anything arrived."""
     raw = getattr(self.socket, "socket", None) if self.socket is not None else None
-    waitables = [self._wake_rx]
-    if raw is not None and not self._socket_lent:
-        if isinstance(raw, ssl.SSLSocket):
-            try:
-                if raw.pending():
-                    return
-            except (OSError, ValueError):
-                pass
-        waitables.append(raw)
-    try:
-        ready, _, _ = select.select(waitables, [], [], MAX_WAIT)
-    except (OSError, ValueError):  # the socket was closed under us
-        time.sleep(0.001)
-        return
-    if self._wake_rx in ready:
+    if raw is not None and self._socket_lent:
+        raw = None
+    if raw is not None and isinstance(raw, ssl.SSLSocket):
         try:
-            while self._wake_rx.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
+            if raw.pending():
+                return True
+        except (OSError, ValueError):
             pass
+    try:
+        poller = _poller_for(self, raw)
+        ready = poller.poll(int(timeout * 1000))
+    except (OSError, ValueError):  # the socket was closed under us
+        self._poller = None
+        time.sleep(0.001)
+        return True
+    if any(fd == self._wakeup.fd for fd, _ in ready):
+        self._wakeup.clear()
+    return bool(ready)
+
+
+def _poller_for(dul, raw):
+    """The DUL's poll object, watching its wake-up and ``raw`` (None: the wake-up alone)."""
+    fd = raw.fileno() if raw is not None else None
+    if dul._poller is None or dul._polled != fd:
+        poller = select.poll()
+        poller.register(dul._wakeup.fd, select.POLLIN)
+        if fd is not None and fd >= 0:
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+        dul._poller, dul._polled = poller, fd
+    return dul._poller
 
 
 def _dul_run_reactor(self) -> None:
@@ -134,13 +180,16 @@ def _dul_run_reactor(self) -> None:
     try:
         self._idle_timer.start()
         idle = False
+        wait = MAX_WAIT
         while True:
             if not self.assoc._dul_ready.is_set():
                 self.assoc._dul_ready.set()
                 idle = True
 
             if idle:
-                _dul_wait(self)
+                wait = MAX_WAIT if _dul_wait(self, wait) else min(wait * 2, MAX_IDLE_WAIT)
+            else:
+                wait = MAX_WAIT
 
             if self._kill_thread:
                 break
@@ -150,8 +199,8 @@ def _dul_run_reactor(self) -> None:
             if idle is None:
                 return
     finally:
-        self._wake_rx.close()
-        self._wake_tx.close()
+        self._wakeup.close()
+        self._poller = None
         for hook in _exit_hooks:
             try:
                 hook(self)
@@ -164,6 +213,10 @@ def _dul_pass(self) -> bool | None:
     """One pass of the reactor: queue the event for a primitive the user queued or for a
     PDU on the socket, then act on one event. Whether the reactor may wait before the next
     pass (it found nothing to do); None when the thread must end.
+
+    The socket is read only once every queued event has been acted on (stock pynetdicom
+    reads first, so an invalid PDU's abort waited while the socket thread blocked reading
+    whatever the peer sent after it).
 
     The caller holds ``_socket_lock``, the socket's owner for the pass (see
     :mod:`router.engine.socket_loans`): a lent socket is not read, and is taken back as soon
@@ -178,19 +231,10 @@ def _dul_pass(self) -> bool | None:
     try:
         if self._process_recv_primitive():
             pass
-        elif not self._socket_lent and self._is_transport_event():
+        elif not self._socket_lent and self.event_queue.empty() and self._is_transport_event():
             self._idle_timer.restart()
     except Exception as exc:
-        DUL_LOGGER.error("Exception in DUL.run(), aborting association")
-        DUL_LOGGER.exception(exc)
-        abort_pdu = A_ABORT_RQ()
-        abort_pdu.source = 0x02
-        abort_pdu.reason_diagnostic = 0x00
-        self.socket.send(abort_pdu.encode())
-        self.assoc.is_aborted = True
-        self.assoc.is_established = False
-        self.assoc._kill = True
-        self._kill_thread = True
+        abort_after_error(self, exc, "reading the connection")
         return None
 
     try:
@@ -200,11 +244,63 @@ def _dul_pass(self) -> bool | None:
 
     try:
         self.state_machine.do_action(event)
-    except InvalidEventError:
+    except InvalidEventError as exc:
         if event != "Evt9":
-            raise
+            abort_after_error(self, exc, f"event {event} in state {self.state_machine.current_state}")
+            return None
         _drop_late_p_data(self)
+    except Exception as exc:
+        abort_after_error(self, exc, f"event {event} in state {self.state_machine.current_state}")
+        return None
     return False
+
+
+def abort_after_error(dul, exc: BaseException, where: str) -> None:
+    """End an association whose socket thread met an error it cannot act on (a PDU pynetdicom
+    cannot turn into a primitive, an event invalid in the current state): log it, send an
+    A-ABORT (service provider, reason not specified) if the connection still takes it,
+    shut the connection down and stop both threads.
+
+    Stock pynetdicom lets such an error end the socket thread with a traceback, leaving the
+    association thread and the socket behind until their timeouts, or for good.
+    """
+    log_association_error(dul.assoc, exc, where)
+    raw = getattr(dul.socket, "socket", None) if dul.socket is not None else None
+    if raw is not None:
+        try:
+            abort_pdu = A_ABORT_RQ()
+            abort_pdu.source = 0x02
+            abort_pdu.reason_diagnostic = 0x00
+            raw.sendall(abort_pdu.encode())
+        except (OSError, ValueError):
+            pass
+        try:
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
+        except (OSError, ValueError, TypeError):
+            pass
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
+    dul.assoc.wake_reactor()
+
+
+def log_association_error(assoc, exc: BaseException, where: str) -> None:
+    """One structured line for an error that ends an association, with who the peer was."""
+    info = getattr(assoc, "router_info", None)
+    context = {"peer": _peer_of(assoc)}
+    if info is not None:
+        context = {"endpoint": info.endpoint, "assoc_id": info.association_id, "calling_aet": info.calling_aet,
+                   "peer": f"{info.peer_host}:{info.peer_port}"}
+    ROUTER_LOG.error("association ended after an unexpected error", where=where, error=repr(exc), **context)
+
+
+def _peer_of(assoc) -> str | None:
+    try:
+        host, port = assoc.dul.socket.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
 
 
 def _drop_late_p_data(dul) -> None:
@@ -293,10 +389,13 @@ def _assoc_run_reactor(self) -> None:
     """
     wake = self._reactor_wake
     idle = False
+    wait = MAX_WAIT
     while not self._kill:
         self._is_paused = True
         if idle:
-            wake.wait(MAX_WAIT)
+            wait = MAX_WAIT if wake.wait(wait) else min(wait * 2, MAX_IDLE_WAIT)
+        else:
+            wait = MAX_WAIT
         wake.clear()
         self._reactor_checkpoint.wait()
         self._is_paused = False

@@ -26,7 +26,6 @@ How the loan works (:mod:`router.engine.reactors` keeps the DUL side):
 
 from __future__ import annotations
 
-import select
 import socket
 import struct
 import time
@@ -35,6 +34,7 @@ from collections.abc import Iterable
 from pynetdicom import evt
 
 from router.engine.pdata_sends import P_DATA_TF_TYPE, FileFragments, send_fragments
+from router.engine.readiness import wait_readable
 from router.engine.socket_reads import MAX_BUFFER, plain_socket
 
 SETTLE_SECONDS = 2.0
@@ -137,7 +137,7 @@ def _has_input(raw: socket.socket | None) -> bool:
     if raw is None:
         return True
     try:
-        return bool(select.select([raw], [], [], 0)[0])
+        return wait_readable(raw, 0)
     except (OSError, ValueError):
         return True
 
@@ -180,7 +180,7 @@ def _peek_header(raw: socket.socket, deadline: float | None) -> bytes:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise NoAnswer("no answer from the peer within the DIMSE timeout")
-        if not select.select([raw], [], [], remaining)[0]:
+        if not wait_readable(raw, remaining):
             continue
         header = raw.recv(PDU_HEADER.size, socket.MSG_PEEK)
         if not header:

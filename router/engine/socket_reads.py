@@ -6,7 +6,8 @@ reads with ``recv_into`` straight into a buffer kept per socket and returns a vi
 valid until the next read; pynetdicom's only caller (``DULServiceProvider._read_pdu_data``)
 copies it at once. A read above :data:`MAX_BUFFER` (a PDU larger than anything the router
 accepts: a hostile or garbled length) fails as a closed connection, so a peer cannot make
-the router allocate whatever it announces.
+the router allocate whatever it announces. Every read counts towards the association's
+deadline by progress (:mod:`router.engine.progress`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import socket
 
 from pynetdicom.transport import AssociationSocket
+
+from router.engine.progress import note_received
 
 MAX_BUFFER = 4 * 1024 * 1024
 
@@ -26,11 +29,13 @@ def _recv(self, nr_bytes: int):
         buffer = self._read_buffer = bytearray(max(nr_bytes, 65536))
     view = memoryview(buffer)
     nr_read = 0
+    dul = self._assoc.dul
     while nr_read < nr_bytes:
         n = self.socket.recv_into(view[nr_read:nr_bytes])
         if not n:
             break
         nr_read += n
+        note_received(dul, n)
     return view[:nr_read]
 
 

@@ -28,12 +28,13 @@ class ServeProcess:
     def __init__(self, config: Path | None, log_path: Path, cwd: Path | None = None):
         self.config, self.log_path, self.cwd = config, log_path, cwd
         self.proc: subprocess.Popen | None = None
+        self.preexec = None
 
     def start(self, port: int) -> "ServeProcess":
         args = [*router_command(), "serve"] + (["-c", str(self.config)] if self.config else [])
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=self.preexec)
         wait_for_port(port, timeout=30)
         return self
 
