@@ -109,7 +109,7 @@ class RouterService:
         if self.config.admin is not None:
             from router.observe.admin import AdminServer
 
-            self.admin = AdminServer(self.config.admin.listen, self)
+            self.admin = AdminServer(self.config.admin, self)
             self.admin.start()
 
     # -- reload ------------------------------------------------------------------

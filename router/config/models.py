@@ -28,6 +28,8 @@ class RouterSection(StrictModel):
 
 class AdminSection(StrictModel):
     listen: HostPort = "127.0.0.1:8080"
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    request_timeout: Seconds = 10.0
 
 
 class ComponentConfig(StrictModel):

@@ -8,43 +8,46 @@
   of the oldest waiting instance;
 - ``GET /api/status``: what ``dicom-router status`` shows: endpoints, backends, queues,
   readiness and recent problems.
+
+It runs on :class:`~router.observe.http_server.GuardedHTTPServer`: at most
+``max_connections`` connections (32) and 3 threads in the receiving process, each request
+whole within ``request_timeout`` (10 s), so idle or slow admin clients can never take the
+descriptors or threads DICOM needs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 import structlog
 
+from router.observe.http_server import GuardedHTTPServer, Request, Response
 from router.observe.logging import recent_problems
 
 log = structlog.get_logger("router.admin")
 
 
 class AdminServer:
-    def __init__(self, listen: str, service):
-        host, _, port = listen.rpartition(":")
+    def __init__(self, config, service):
+        host, _, port = config.listen.rpartition(":")
         self.service = service
-        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler_for(self))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="admin-http", daemon=True)
+        self.httpd = GuardedHTTPServer((host.strip("[]"), int(port)), _handler_for(self), name="admin",
+                                       max_connections=config.max_connections,
+                                       request_timeout=config.request_timeout)
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.httpd.server_address[:2]
+        return self.httpd.address
 
     def start(self) -> None:
-        self.thread.start()
+        self.httpd.start()
         log.info("admin HTTP listening", address=f"{self.address[0]}:{self.address[1]}")
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
     def readiness(self) -> tuple[bool, dict]:
         spool = self.service.spool
@@ -90,7 +93,7 @@ def _target(backend) -> str:
     return str(getattr(backend, "path", ""))
 
 
-def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
+def _handler_for(admin: AdminServer) -> Callable[[Request], Response]:
     def healthz() -> tuple[int, dict]:
         return 200, {"status": "alive"}
 
@@ -108,28 +111,19 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
         "/healthz": healthz, "/readyz": readyz, "/api/queues": queues, "/api/status": status,
     }
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, admin.service.metrics.exposition(), admin.service.metrics.content_type)
-                return
-            route = routes.get(path)
-            try:
-                status, body = route() if route else (404, {"error": f"no such path: {self.path}"})
-            except Exception as exc:  # a failing check must not kill the admin thread
-                log.exception("admin request failed", path=path)
-                status, body = 500, {"error": repr(exc)}
-            self._send(status, json.dumps(body).encode(), "application/json")
+    def handle(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, json.dumps({"error": "only GET"}).encode(), headers=[("Allow", "GET, HEAD")])
+        path = request.target.split("?", 1)[0]
+        if path == "/metrics":
+            return Response(200, admin.service.metrics.exposition(), admin.service.metrics.content_type)
+        route = routes.get(path)
+        try:
+            status, body = route() if route else (404, {"error": f"no such path: {path}"})
+        except Exception as exc:  # a failing check must not kill the admin thread
+            log.exception("admin request failed", path=path, peer=request.peer)
+            status, body = 500, {"error": repr(exc)}
+        log.debug("admin request", path=path, status=status, peer=request.peer)
+        return Response(status, json.dumps(body).encode())
 
-        def _send(self, status: int, payload: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, fmt: str, *args) -> None:
-            log.debug("admin request", request=fmt % args)
-
-    return Handler
+    return handle

@@ -110,3 +110,62 @@ def test_status_command_summarises_the_running_router(tmp_path, write_config, st
     no_admin = write_config(text, "no-admin.toml")
     missing = run_cli("status", "-c", no_admin)
     assert missing.returncode == 1 and "no [admin] table" in missing.stderr
+
+
+def _admin_router(tmp_path, write_config, start_router, port, extra: str = ""):
+    admin_port = free_port()
+    text = router_toml(tmp_path / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
+                       ["archive"])
+    text += f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\nmax_connections = 8\nrequest_timeout = 2\n{extra}'
+    service = start_router(write_config(text))
+    return service, admin_port
+
+
+def test_idle_admin_connections_never_starve_dicom(tmp_path, write_config, start_router, port, small_files):
+    """Hundreds of idle admin connections: the admin server keeps its own fixed budget (its
+    descriptors and threads do not grow), C-ECHO and C-STORE go on, and /healthz still answers."""
+    import socket
+    import threading
+
+    from tests.integration.test_bad_input import echo
+
+    service, admin_port = _admin_router(tmp_path, write_config, start_router, port)
+    threads_before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", admin_port), timeout=10))
+        assert service.admin.httpd.open_connections <= 8
+        assert threading.active_count() <= threads_before + 2  # at most the admin workers started
+        assert echo(port) == (True, 0)
+        assert send_with_pynetdicom(port, small_files[:2]) == [0, 0]
+        assert get(admin_port, "/healthz") == (200, {"status": "alive"})
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_trickled_admin_request_is_cut_off_at_its_deadline(tmp_path, write_config, start_router, port):
+    import socket
+
+    from tests.support.pdus import trickle
+
+    _, admin_port = _admin_router(tmp_path, write_config, start_router, port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as sock:
+        sent = trickle(sock, request, 2, 0.1)  # one header byte pair every 0.1 s: ~12 s for the request
+    assert sent < len(request)
+    assert get(admin_port, "/healthz") == (200, {"status": "alive"})
+
+
+def test_an_oversized_or_malformed_admin_request_gets_an_error_status(tmp_path, write_config, start_router, port):
+    import socket
+
+    _, admin_port = _admin_router(tmp_path, write_config, start_router, port)
+    for payload, expected in ((b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40000 + b"\r\n\r\n", b" 431 "),
+                              (b"\x16\x03\x01garbage\r\n\r\n", b" 400 ")):
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as sock:
+            sock.sendall(payload)
+            assert expected in sock.recv(200)
+    status, _ = get(admin_port, "/healthz")
+    assert status == 200
