@@ -16,12 +16,16 @@ from pathlib import Path
 import tomli_w
 
 from router import __version__
+from router.observe.printable import EscapingWriter
 from router.config import TIERS, ConfigError, load_config, validate
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; everything it prints has control characters escaped (peers supply UIDs and reasons)."""
+    if not isinstance(sys.stdout, EscapingWriter):
+        sys.stdout, sys.stderr = EscapingWriter(sys.stdout), EscapingWriter(sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -9,19 +9,28 @@ template = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.
 
 Template fields are DICOM keywords. Values are reduced to ``[A-Za-z0-9._-]`` (others
 become ``_``), so no value can name a parent directory or an absolute path; an empty or
-missing value becomes ``UNKNOWN``. Files are written atomically (temporary file, fsync,
-rename) and an existing file of the same name is replaced.
+missing value becomes ``UNKNOWN``. Names stay distinct for distinct values: when reducing
+changed a value (a character replaced, leading or trailing dots dropped, or the value cut
+to 64 characters), ``~`` and 16 hex digits of the value's SHA-256 follow, and ``~`` never
+stands in a value kept as it is. So ``1.2.3/7``, ``1.2.3_7`` and ``1.2.3 7`` are three files.
+
+Only the template's attributes and the SOP Instance UID are read from the spool file,
+never a large value such as an Encapsulated Document. Files are written atomically
+(temporary file, fsync, rename). An existing file of the same name is replaced only if it
+holds the same SOP Instance UID (a newer version of the instance); one that holds another
+instance is never overwritten: the delivery fails and is quarantined with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
@@ -58,10 +67,22 @@ class FilesystemBackendConfig(BackendConfig):
 
 
 def safe_component(value: object) -> str:
-    """A path component made from an attribute value that cannot leave its directory."""
-    text = "" if value is None else str(value).strip()
-    text = _UNSAFE.sub("_", text)[:MAX_COMPONENT].strip(".")
-    return text or "UNKNOWN"
+    """A path component made from an attribute value that cannot leave its directory, and
+    that no other value maps to (see the module's docstring)."""
+    original = "" if value is None else str(value).strip()
+    text = _UNSAFE.sub("_", original)[:MAX_COMPONENT].strip(".")
+    if not text:
+        return "UNKNOWN" if not original else "UNKNOWN~" + _digest(original)
+    return text if text == original else f"{text}~{_digest(original)}"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def read_attributes(path: Path | str, keywords: list[str]) -> Dataset:
+    """Only the named top-level attributes of a Part-10 file (other values are skipped, not read)."""
+    return dcmread(path, stop_before_pixels=True, specific_tags=keywords)
 
 
 class FilesystemBackend:
@@ -70,6 +91,7 @@ class FilesystemBackend:
         self.config = config
         self.root = Path(config.path)
         self.fields = [f for _, f, _, _ in string.Formatter().parse(config.template) if f]
+        self.read_keywords = sorted(set(self.fields) | {"SOPInstanceUID"})
 
     def describe(self) -> str:
         return str(self.root)
@@ -88,13 +110,14 @@ class FilesystemBackend:
 
     def deliver(self, delivery: Delivery) -> DeliveryResult:
         try:
-            header = dcmread(delivery.path, stop_before_pixels=True)
+            header = read_attributes(delivery.path, self.read_keywords)
         except FileNotFoundError:
             return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
         except (InvalidDicomError, ValueError, EOFError) as exc:
             return DeliveryResult(Outcome.PERMANENT, None, f"cannot read the instance header: {exc}")
         try:
             target = self.target_for(header)
+            _refuse_other_instance(target, str(header.get("SOPInstanceUID", "")))
             target.parent.mkdir(parents=True, exist_ok=True)
             copy_durably(Path(delivery.path), target)
         except ValueError as exc:
@@ -108,6 +131,19 @@ class FilesystemBackend:
 
     def close(self) -> None:
         pass
+
+
+def _refuse_other_instance(target: Path, sop_instance_uid: str) -> None:
+    """Raise ValueError if ``target`` exists and holds another SOP instance (or one that cannot be read)."""
+    try:
+        existing = read_attributes(target, ["SOPInstanceUID"])
+    except FileNotFoundError:
+        return
+    except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
+        raise ValueError(f"{target} exists and is not a readable instance ({exc}); not overwritten") from None
+    held = str(existing.get("SOPInstanceUID", ""))
+    if held != sop_instance_uid:
+        raise ValueError(f"{target} already holds another instance (SOP Instance UID {held!r}); not overwritten")
 
 
 @register("backend", "filesystem", FilesystemBackendConfig)

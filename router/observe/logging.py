@@ -1,6 +1,8 @@
 """structlog set-up: JSON lines when stderr is not a terminal, readable console otherwise.
 
-Standard-library loggers (pynetdicom's warnings) go through the same renderer.
+Standard-library loggers (pynetdicom's messages) and Python warnings (pydicom's) go
+through the same renderer, so in JSON mode stderr carries nothing but JSON lines; console
+lines have their control characters escaped (:mod:`router.observe.printable`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import threading
 from collections import deque
 
 import structlog
+
+from router.observe.printable import escape_event
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 RECENT_PROBLEMS = deque(maxlen=50)  # the latest warnings and errors of this process, for `dicom-router status`
@@ -47,6 +51,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _identity,
+            _identity if use_json else escape_event,
             renderer,
         ],
     )
@@ -56,6 +61,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     logging.getLogger("pynetdicom").setLevel(max(LEVELS[level], logging.WARNING))
+    logging.captureWarnings(True)  # pydicom's warnings become log lines, not bare text on stderr
 
 
 def _add_process(name: str):

@@ -1,7 +1,10 @@
 """Turn a received instance into durable, queued deliveries, and decide the C-STORE status.
 
 This is the promise of the router: 0x0000 is returned only once the file and its
-directory entry are fsynced and the queue rows are committed. The received file's fsync
+directory entry are fsynced and the queue rows are committed. 0xA700 (out of resources:
+the sender retries) means the router could not store it; an instance the router cannot
+understand (no SOP Class or Instance UID, a header that cannot be rewritten or encoded)
+gets 0xC000 in every pipeline, so no sender retries it for ever. The received file's fsync
 starts on a helper thread as soon as the file is in the spool, while the pipelines route
 the instance; the commit follows on the handler's thread. The file is closed, or removed
 when it is not stored, only once its fsync is over. A crash between fsync and commit
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import struct
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +26,7 @@ import structlog
 
 from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
+from router.spool.identity import UnreadableIdentity, identifying_uids
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.splice import SpliceError
 from router.spool.store import Spool
@@ -95,6 +101,11 @@ class Intake:
         """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
         makes its file durable."""
         ctx = envelope.log_context()
+        problem = _identity_problem(str(path), transfer_syntax)
+        if problem is not None:
+            self.spool.discard(path)
+            log.error("refusing instance: it cannot be identified", reason=problem, **ctx)
+            return IntakeResult(CANNOT_UNDERSTAND, False, problem)
         instance = SpooledInstance(path, transfer_syntax, os.path.getsize(path) if size is None else size)
         envelope = replace(envelope, instance=instance)
         try:
@@ -126,11 +137,16 @@ class Intake:
                 self.spool.discard(p)
             log.error("cannot rewrite the instance header", error=str(exc), **ctx)
             return IntakeResult(CANNOT_UNDERSTAND, False, f"cannot rewrite the header: {exc}")
-        except Exception as exc:
+        except (OSError, sqlite3.Error) as exc:
             for p in written + [path]:
                 self.spool.discard(p)
             log.error("cannot make the instance durable", error=repr(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"durable write failed: {exc}")
+        except Exception as exc:  # the edited data set cannot be encoded: retrying would not help
+            for p in written + [path]:
+                self.spool.discard(p)
+            log.error("cannot write the edited instance", error=repr(exc), **ctx)
+            return IntakeResult(CANNOT_UNDERSTAND, False, f"cannot write the edited instance: {exc}")
         if not any(record.path == str(path) for record, _, _ in batches):
             self.spool.discard(path)
         for record, pairs, hold in batches:
@@ -190,6 +206,22 @@ class Intake:
     def _make_files_durable(self, paths: list[str]) -> None:
         for path in paths:
             self.spool.make_durable(path)
+
+
+def _identity_problem(path: str, transfer_syntax: str) -> str | None:
+    """Why the instance at ``path`` cannot be identified (no SOP Class or Instance UID), or None."""
+    try:
+        uids = identifying_uids(path, transfer_syntax)
+    except (UnreadableIdentity, OSError, struct.error) as exc:
+        return f"cannot read the start of the data set: {exc}"
+    if uids is None:
+        return None
+    sop_class, sop_instance = uids
+    if not sop_class:
+        return "the data set has no SOP Class UID (0008,0016)"
+    if not sop_instance:
+        return "the data set has no SOP Instance UID (0008,0018)"
+    return None
 
 
 def _close(file) -> None:

@@ -31,6 +31,7 @@ from pydicom.uid import UID
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 COPY_CHUNK = 1024 * 1024
+DEFER_SIZE = 256 * 1024
 
 
 class SpliceError(ValueError):
@@ -58,9 +59,11 @@ def read_header_before_pixels(path: Path | str) -> tuple[Dataset, int]:
     """The elements before the top-level pixel data, and the offset where that pixel data starts.
 
     This is all that matching needs; :func:`locate_pixel_data` does the rest for an edit.
+    Values longer than :data:`DEFER_SIZE` (an Encapsulated Document, a waveform) are not
+    read: pydicom reads one from the file only if something asks for it.
     """
     with open(path, "rb") as f:
-        ds = dcmread(f, stop_before_pixels=True)
+        ds = dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
         return ds, f.tell()
 
 

@@ -332,3 +332,24 @@ def test_config_show_round_trips_the_new_stages(research_site, tmp_path):
     assert shown.returncode == 0, shown.stderr
     (tmp_path / "shown.toml").write_text(shown.stdout)
     assert load_config(tmp_path / "shown.toml").to_dict() == load_config(config).to_dict()
+
+
+def test_control_characters_from_peers_are_escaped_in_cli_output(tmp_path):
+    """A UID and a reason holding terminal control sequences (clear screen, then a fake
+    all-clear): ``queue list`` prints them escaped."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "r.toml").write_text(
+        f'[router]\ndata_dir = "{data}"\n[backends.pacs]\ntype = "dimse"\nhost = "127.0.0.1"\nport = 1\nae_title = "P"\n'
+    )
+    hostile_uid = "1.2.3\x1b[2J\x1b[H\rALL QUEUES OK"
+    q = DeliveryQueue(data / "queue.db")
+    q.enqueue(InstanceRecord(str(data / "x.dcm"), hostile_uid, "1.2", "1.2.840.10008.1.2.1", 1, time.time(),
+                             calling_aet="CT\x1b]0;owned\x07"), [("p", "pacs")])
+    (d,) = q.claim_due("pacs", 1)
+    q.quarantine(d, 0xC000, "peer said \x1b[31mRED\x9b")
+    listed = run_cli("queue", "list", "-c", tmp_path / "r.toml")
+    assert listed.returncode == 0
+    assert not any(ch in listed.stdout for ch in "\x1b\x07\r\x9b")
+    assert "1.2.3\\x1b[2J\\x1b[H\\x0dALL QUEUES OK" in listed.stdout
+    assert "CT\\x1b]0;owned\\x07" in listed.stdout and "\\x1b[31mRED\\x9b" in listed.stdout

@@ -88,6 +88,38 @@ def test_large_instance_with_flat_memory(tmp_path, write_config, stages, size, l
 
 
 @pytest.mark.slow
+def test_a_large_encapsulated_document_passes_a_filter_to_a_folder_with_flat_memory(tmp_path, write_config):
+    """A 200 MB Encapsulated PDF (no pixel data) through a ``filter`` stage to a ``filesystem``
+    backend: no process reads the document value (every one stays under 100 MiB)."""
+    from tests.support.dicomgen import write_large_pdf
+
+    pdf = write_large_pdf(tmp_path / "doc.dcm", 200 * 1000 * 1000)
+    port = free_port()
+    backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
+    extra = '[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["DOC"] }\n'
+    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
+                         tmp_path / "serve.log").start(port)
+    try:
+        ae = AE("MODALITY")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.104.1", [ExplicitVRLittleEndian])
+        ae.maximum_pdu_size = 1048576
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert assoc.is_established
+        status = assoc.send_c_store(pdf)
+        assoc.release()
+        assert int(status.Status) == 0
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 300, message="delivery of the document")
+        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
+        peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
+        print(f"router peak RSS per process (MiB): {peaks}")
+        assert len(peaks) >= 2 and max(peaks.values()) < 100
+    finally:
+        serve.stop()
+    (arrived,) = [p for p in (tmp_path / "archive").rglob("*.dcm")]
+    assert dataset_digest(arrived) == dataset_digest(pdf)
+
+
+@pytest.mark.slow
 @pytest.mark.dcmtk
 def test_retrieving_hundreds_of_instances_keeps_memory_flat(tmp_path, write_config):
     """200 x 0.5 MB through a C-GET proxied to an upstream C-GET: every router process stays small."""

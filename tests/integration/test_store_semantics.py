@@ -195,3 +195,32 @@ def test_filter_reject_and_drop_as_the_sender_sees_them(tmp_path, write_config, 
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
     dropped = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "instance dropped"]
     assert dropped and dropped[-1]["sop_instance_uid"] and dropped[-1]["calling_aet"] == "MODALITY"
+
+
+COERCE = """
+[[pipelines.default.middleware]]
+type = "coerce"
+operations = [{ set = "InstitutionName", value = "{calling_aet}" }]
+"""
+
+
+@pytest.mark.parametrize("stages", ["", COERCE], ids=["as received", "through coerce"])
+def test_an_instance_without_a_sop_class_uid_gets_a_failure_status_in_every_pipeline(
+        tmp_path, write_config, start_router, port, ct_files, stages, caplog):
+    """Not 0xA700 (out of resources: the sender would retry it for ever), in any pipeline: a
+    failure in the 0xC000 range with the reason in the log; nothing is queued."""
+    from tests.integration.test_forwarding import send_with_pynetdicom
+
+    broken = dcmread(ct_files[0])
+    del broken.SOPClassUID
+    path = tmp_path / "no-sop-class.dcm"
+    broken.save_as(path, enforce_file_format=False)
+    text = router_toml(tmp_path / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
+                       ["archive"], extra=stages)
+    service = start_router(write_config(text))
+    (status,) = send_with_pynetdicom(port, [path])
+    assert 0xC000 <= status <= 0xCFFF
+    assert service.queue.counts().get("archive", {}).get("pending", 0) == 0
+    refused = [e for e in caplog.records if isinstance(e.msg, dict) and e.msg.get("level") == "error"
+               and e.msg.get("sop_instance_uid") == str(broken.SOPInstanceUID)]
+    assert refused and "SOP Class UID" in str(refused[-1].msg)

@@ -89,6 +89,31 @@ def write_large(path: Path | str, size_bytes: int, rows: int = 512) -> Path:
     return path
 
 
+def write_large_pdf(path: Path | str, size_bytes: int) -> Path:
+    """An Encapsulated PDF instance (no pixel data) whose document is about ``size_bytes``,
+    written in 1 MiB chunks."""
+    path = Path(path)
+    ds = make_dataset("pdf", "BIGDOC", generate_uid(), generate_uid(), 0, modality="DOC")
+    for keyword in ("ImageType", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.DocumentTitle = "large"
+    ds.save_as(path, enforce_file_format=True)
+    total = size_bytes + size_bytes % 2
+    with open(path, "ab") as f:
+        f.write(struct.pack("<HH2sHI", 0x0042, 0x0011, b"OB", 0, total))
+        chunk = b"%PDF" + os.urandom((1 << 20) - 4)
+        left = total
+        while left:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            left -= n
+        mime = b"application/pdf "
+        f.write(struct.pack("<HH2sH", 0x0042, 0x0012, b"LO", len(mime)) + mime)
+    return path
+
+
 def _pixels(n: int, seed: int) -> bytes:
     block = (seed.to_bytes(4, "little") * 16)[:64]
     pattern = bytes((b ^ (i * 7)) & 0x0F for i, b in enumerate(block * 8))
