@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, dest="target")
     p.add_argument("--calling-aet", help="calling AE title (default: the router's)")
     p = command("queue", cmd_queue, "Inspect and manage the delivery queue.")
-    p.add_argument("action", choices=("list", "retry", "purge"))
-    p.add_argument("--backend", help="only this backend")
+    p.add_argument("action", choices=("list", "retry", "purge", "adopt"))
+    p.add_argument("--backend", dest="backends", action="append",
+                   help="only this backend; adopt: queue the orphans for it (repeatable, required)")
     p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
     p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
     command("reload", cmd_reload, "Check a configuration, then have the running router switch to it (SIGHUP).")
@@ -178,7 +179,7 @@ def cmd_send(args) -> int:
 def cmd_queue(args) -> int:
     from router.tools.queue_admin import queue_command
 
-    return queue_command(_load(args), args.action, backend=args.backend, ids=args.ids, purge_all=args.all)
+    return queue_command(_load(args), args.action, backends=args.backends or [], ids=args.ids, purge_all=args.all)
 
 
 # -- route-test / explain-profile ------------------------------------------------

@@ -1,8 +1,9 @@
 """Lifecycle of a running router: the receiving process and its delivery process.
 
 :class:`RouterService` owns the spool, the queue, the endpoints and the delivery child.
-Start-up order makes a restart after ``kill -9`` exact: sweep partial transfers and
-orphaned spool files, then start delivery (which requeues what was in flight), then
+Start-up order makes a restart after ``kill -9`` exact: sweep partial transfers,
+quarantine instances whose spool file is damaged, move spool files no row names to
+``orphans/``, then start delivery (which requeues what was in flight), then
 open the endpoints.
 """
 
@@ -29,7 +30,7 @@ from router.qr.service import QueryRetrieveService
 from router.receive_workers import ReceiveWorkers, enable_shared_metrics
 from router.reload import compare, refusal
 from router.spool.delivery_process import run_delivery
-from router.spool.intake import Intake, drop_unacknowledged
+from router.spool.intake import Intake, quarantine_damaged
 from router.spool.queue import DeliveryQueue
 from router.spool.store import Spool
 
@@ -80,7 +81,7 @@ class RouterService:
         if self.is_main:
             self._lock_data_dir()
             self.spool.sweep_incoming()
-            drop_unacknowledged(self.queue)
+            quarantine_damaged(self.queue)
             self.spool.sweep_unreferenced(self.queue.referenced_paths())
             self._last_sweep = time.monotonic()
             self._start_delivery()

@@ -15,6 +15,9 @@ retrieve = "move"         # fetch instances for C-MOVE/C-GET with C-MOVE to the 
 Each worker keeps one association open and reuses it while the instances it sends fit
 its presentation contexts; it proposes, per SOP class, each transfer syntax it has seen
 in a context of its own plus one uncompressed context as a fallback. An instance whose
+syntax was not yet proposed in a context of its own makes the worker associate again (the
+fallback context never stands in for it), so every instance goes out in the syntax it came
+in whenever the peer accepts that syntax. An instance whose
 transfer syntax the peer refused is converted when both are uncompressed little endian;
 a compressed one the peer will not take is quarantined with the reason.
 """
@@ -193,7 +196,8 @@ class StoreSCU:
         assoc = self.backend.associate(self.ae, contexts)
         if assoc.is_established:
             self.assoc = assoc
-            self.proposed = {(cx.abstract_syntax, ts) for cx in contexts for ts in cx.transfer_syntax}
+            self.proposed = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts
+                             if len(cx.transfer_syntax) == 1}
             return None
         if assoc.is_rejected:
             reason = f"association rejected by {self.backend.describe()}"

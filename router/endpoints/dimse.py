@@ -302,7 +302,8 @@ class DimseEndpoint:
         size = self._count_received(received, getattr(rq, "_received_size", None))
         try:
             result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size,
-                                               received_file=take_received_file(rq))
+                                               received_file=take_received_file(rq),
+                                               checksum=getattr(rq, "_received_checksum", None))
             status = result.status
         except Exception as exc:  # never let a bug take the association or the daemon down
             log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())

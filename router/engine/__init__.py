@@ -58,6 +58,7 @@ def configure() -> None:
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
+        _quiet_pynetdicom_tracebacks()
         raise_descriptor_limit()
         _install_socket_options()
         install_send_from_file()
@@ -83,6 +84,26 @@ def configure() -> None:
             )
             log_unhandled_thread_errors()
         _configured = True
+
+
+class _NoTracebacks(logging.Filter):
+    """pynetdicom logs a peer's bad PDU as an error line and then the exception with its
+    traceback (``LOGGER.exception(exc)``): the second line is dropped and no line keeps a
+    traceback, so a fuzzing peer cannot fill the log with them (the router logs such errors
+    itself, with the association's context)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, BaseException):
+            return False
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_pynetdicom_tracebacks() -> None:
+    quiet = _NoTracebacks()
+    names = [name for name in logging.root.manager.loggerDict if name.startswith("pynetdicom")]
+    for name in {"pynetdicom", *names}:
+        logging.getLogger(name).addFilter(quiet)
 
 
 def raise_descriptor_limit() -> None:

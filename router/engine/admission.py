@@ -63,6 +63,7 @@ class AdmittingServer(ThreadedAssociationServer):
     """
 
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # socketserver's 5 dropped SYNs in a burst: 1 s retransmits
     request_timeout = 30.0
     handshake_timeout = 5.0
     max_pending = 64
@@ -126,8 +127,10 @@ class AdmittingServer(ThreadedAssociationServer):
         return len(self._pending)
 
     def service_actions(self) -> None:
-        """Every ``poll_interval`` on the accept thread: cut off pending connections past their deadline."""
-        super().service_actions()
+        """Every ``poll_interval`` (and after each connection) on the accept thread: cut off
+        pending connections past their deadline. pynetdicom's own ``service_actions`` (a full
+        ``gc.collect()`` each time) is not called: the interpreter's collector frees ended
+        associations without a full collection per connection."""
         now = time.monotonic()
         with self._pending_lock:
             self._forget_closed()

@@ -21,10 +21,17 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
+import xxhash
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import association, dimse_messages
 from pynetdicom.dsutils import create_file_meta, split_dataset
+
+def new_checksum():
+    """A running checksum of a Part-10 file's bytes, as the spool records it (xxHash XXH3, 64
+    bits; see :mod:`router.spool.checksum`)."""
+    return xxhash.xxh3_64()
+
 
 _defaults = inspect.signature(create_file_meta).parameters
 IMPLEMENTATION_UID = str(_defaults["implementation_uid"].default)

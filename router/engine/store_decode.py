@@ -11,7 +11,8 @@ a shorter way:
   set is written fragment by fragment to a file in the temporary directory (the spool's
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
   byte-identical), usually one of the empty files :mod:`router.engine.spare_files` keeps
-  ready; after each fragment but the last the kernel is asked to start writing the file out
+  ready, its checksum (:func:`router.engine.part10.new_checksum`) computed as it is written;
+  after each fragment but the last the kernel is asked to start writing the file out
   (``sync_file_range``), so the fsync before the response mostly finds it written; the
   request is then served on the same thread (:mod:`router.engine.store_scp`) when it can be;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
@@ -38,7 +39,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_scp
-from router.engine.part10 import FileMetaValues, encode_file_meta
+from router.engine.part10 import FileMetaValues, encode_file_meta, new_checksum
 from router.engine.reactors import on_reactor_exit
 from router.engine.spare_files import SPARES, close_and_remove, create_empty
 
@@ -140,6 +141,7 @@ class IncomingDataSet:
         self.file = None
         self.path = None
         self.size = 0
+        self.checksum = new_checksum()
         try:
             self.path, self.file = SPARES.take() or create_empty(tempfile.gettempdir())
             self._write(PREAMBLE + encode_file_meta(FileMetaValues(
@@ -179,6 +181,7 @@ class IncomingDataSet:
         primitive._dataset_path = self.path
         primitive._dataset_file = self.file  # None (no file could be made) makes pynetdicom's clean-up skip it
         primitive._received_size = self.size
+        primitive._received_checksum = self.checksum.hexdigest()
         if self.error is not None:
             primitive._receive_error = self.error
         return primitive
@@ -189,6 +192,7 @@ class IncomingDataSet:
     def _write(self, data) -> None:
         view = memoryview(data)
         self.size += len(view)
+        self.checksum.update(view)
         while view:
             view = view[self.file.write(view):]
 

@@ -7,9 +7,10 @@ understand (no SOP Class or Instance UID, a header that cannot be rewritten or e
 gets 0xC000 in every pipeline, so no sender retries it for ever. The received file's fsync
 starts on a helper thread as soon as the file is in the spool, while the pipelines route
 the instance; the commit follows on the handler's thread. The file is closed, or removed
-when it is not stored, only once its fsync is over. A crash between fsync and commit
-can leave a row whose file is not durable, for an instance that was never acknowledged:
-:func:`drop_unacknowledged` removes such rows at start-up.
+when it is not stored, only once its fsync is over. A power cut between commit and fsync
+can leave a row whose file is not whole, for an instance that was never acknowledged;
+:func:`quarantine_damaged` quarantines such rows at start-up with the reason, as it does
+for a file damaged after its acknowledgement: nothing is dropped without a word.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import structlog
 
 from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
+from router.spool.checksum import file_checksum
 from router.spool.identity import UnreadableIdentity, identifying_uids
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.splice import SpliceError
@@ -59,15 +61,16 @@ class Intake:
         self._fsyncers.shutdown(wait=True)
 
     def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str,
-                      size: int | None = None, received_file=None) -> IntakeResult:
-        """Take ownership of the received file at ``received`` (``size`` bytes, if known) and answer for it.
+                      size: int | None = None, received_file=None, checksum: str | None = None) -> IntakeResult:
+        """Take ownership of the received file at ``received`` (``size`` bytes and ``checksum``,
+        if known: computed from the file otherwise) and answer for it.
 
         ``received_file``: the file object it is still open on, detached from the request
         (:func:`router.engine.store_decode.take_received_file`); it is fsynced through it and
         closed here. The file is removed unless the instance was stored.
         """
         try:
-            result = self._receive(envelope, received, transfer_syntax, size, received_file)
+            result = self._receive(envelope, received, transfer_syntax, size, received_file, checksum)
         except BaseException:
             _close(received_file)
             self.spool.discard(received)
@@ -78,7 +81,7 @@ class Intake:
         return result
 
     def _receive(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str, size: int | None,
-                 received_file) -> IntakeResult:
+                 received_file, checksum: str | None) -> IntakeResult:
         ctx = envelope.log_context()
         if not self.spool.has_free_space():
             log.error("refusing instance: free space in the data directory is under the floor",
@@ -92,12 +95,12 @@ class Intake:
         received_fd = None if received_file is None or received_file.closed else received_file.fileno()
         received_durable = self._fsyncers.submit(self.spool.make_durable, str(path), received_fd, entry_durable)
         try:
-            return self._route_and_enqueue(envelope, path, transfer_syntax, size, received_durable)
+            return self._route_and_enqueue(envelope, path, transfer_syntax, size, received_durable, checksum)
         finally:
             _result_or_none(received_durable)
 
     def _route_and_enqueue(self, envelope: RequestEnvelope, path: Path, transfer_syntax: str, size: int | None,
-                           received_durable: Future) -> IntakeResult:
+                           received_durable: Future, checksum: str | None) -> IntakeResult:
         """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
         makes its file durable."""
         ctx = envelope.log_context()
@@ -130,7 +133,7 @@ class Intake:
 
         written: list[Path] = []
         try:
-            batches = self._versions(envelope, instance, targets, written)
+            batches = self._versions(envelope, instance, targets, written, checksum or file_checksum(path))
             self._make_durable_and_enqueue(batches, str(path), received_durable)
         except SpliceError as exc:
             for p in written + [path]:
@@ -159,19 +162,20 @@ class Intake:
         return IntakeResult(SUCCESS, True)
 
     def _versions(self, envelope: RequestEnvelope, received: SpooledInstance, targets: list[Target],
-                  written: list[Path]) -> list[Batch]:
-        """One queue batch per (version of the instance, hold reason); edited versions written to the spool."""
+                  written: list[Path], checksum: str) -> list[Batch]:
+        """One queue batch per (version of the instance, hold reason); edited versions written to the
+        spool. ``checksum``: the received file's."""
         batches: dict[tuple[int, str | None], Batch] = {}
         for target in targets:
             version = target.envelope.instance
             key = (id(version), target.envelope.hold_reason)
             if key not in batches:
                 if version is received or not version.edited:
-                    record = _record(envelope, received)
+                    record = _record(envelope, received, checksum=checksum)
                 else:
                     new_path = self.spool.write_version(version)
                     written.append(new_path)
-                    record = _record(envelope, version, new_path)
+                    record = _record(envelope, version, new_path, file_checksum(new_path))
                 batches[key] = (record, [], target.envelope.hold_reason)
             batches[key][1].append((target.pipeline, target.backend))
         return list(batches.values())
@@ -242,27 +246,34 @@ def _result_or_none(future):
         return None
 
 
-def drop_unacknowledged(queue: DeliveryQueue) -> int:
-    """Remove rows whose spool file is missing or shorter than recorded.
+def quarantine_damaged(queue: DeliveryQueue) -> int:
+    """At start-up: quarantine the deliveries of every instance whose spool file is missing or
+    shorter than recorded, with that reason; how many instances. Nothing is forgotten or
+    deleted: ``queue list`` shows them, ``queue purge`` removes them.
 
-    Such a row was committed while its file was still being made durable when the router
-    died, so its instance was never acknowledged and the sender still has it.
+    After a power cut such a row may belong to an instance that was never acknowledged (the
+    rows are committed while the file's fsync runs; 0x0000 waits for both); otherwise the file
+    was damaged or removed after the acknowledgement. The two cannot be told apart, so the
+    operator decides.
     """
-    dropped = 0
+    damaged = 0
     for instance_id, path, size, uid in queue.instance_files():
         try:
-            ok = os.path.getsize(path) >= size
+            actual = os.path.getsize(path)
         except OSError:
-            ok = False
-        if not ok:
-            queue.forget_instance(instance_id)
-            dropped += 1
-            log.warning("dropped a queue entry whose file never became durable (it was not acknowledged)",
-                        path=path, sop_instance_uid=uid)
-    return dropped
+            reason = f"spool file missing: {path}"
+        else:
+            if actual >= size:
+                continue
+            reason = f"spool file shorter than recorded ({actual} of {size} bytes): {path}"
+        if queue.quarantine_instance(instance_id, reason):
+            damaged += 1
+            log.warning("quarantined an instance whose spool file is damaged", reason=reason, sop_instance_uid=uid)
+    return damaged
 
 
-def _record(envelope: RequestEnvelope, instance: SpooledInstance, written: Path | None = None) -> InstanceRecord:
+def _record(envelope: RequestEnvelope, instance: SpooledInstance, written: Path | None = None,
+            checksum: str | None = None) -> InstanceRecord:
     """The queue record of a received instance, or of an edited version of it written at ``written``."""
     a = envelope.association
     uid = envelope.command.affected_sop_instance_uid
@@ -279,4 +290,5 @@ def _record(envelope: RequestEnvelope, instance: SpooledInstance, written: Path 
         association_id=a.association_id,
         calling_aet=a.calling_aet,
         peer=f"{a.peer_host}:{a.peer_port}",
+        checksum=checksum,
     )

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS instances (
     endpoint TEXT,
     association_id TEXT,
     calling_aet TEXT,
-    peer TEXT
+    peer TEXT,
+    checksum TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_status INTEGER,
-    reason TEXT
+    reason TEXT,
+    superseded_by INTEGER
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(backend, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
@@ -75,6 +77,7 @@ class InstanceRecord:
     association_id: str | None = None
     calling_aet: str | None = None
     peer: str | None = None
+    checksum: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class Delivery:
     calling_aet: str | None
     association_id: str | None
     reason: str | None = None
+    size: int | None = None
+    checksum: str | None = None
 
     def log_context(self) -> dict:
         return {
@@ -105,11 +110,12 @@ class Delivery:
 
 _DELIVERY_COLUMNS = (
     "d.id, d.instance_id, d.backend, d.pipeline, d.attempts, d.queued_at, i.path, i.sop_instance_uid,"
-    " i.sop_class_uid, i.transfer_syntax, i.calling_aet, i.association_id, d.reason"
+    " i.sop_class_uid, i.transfer_syntax, i.calling_aet, i.association_id, d.reason, i.size, i.checksum"
 )
 
 
 _DUE = "backend=? AND state='pending' AND next_attempt_at<=?"
+_PENDING_UNLESS_SUPERSEDED = "CASE WHEN superseded_by IS NULL THEN 'pending' ELSE 'superseded' END"
 """The deliveries of a backend (first parameter) due at a time (second)."""
 
 LOCK_TIMEOUT = 60.0
@@ -173,6 +179,7 @@ class DeliveryQueue:
         self._local = threading.local()
         self._enqueues = GroupCommit(self._write)
         self._conn().executescript(SCHEMA)
+        _add_columns_of_later_versions(self._conn())
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection for reads (and anything outside :meth:`_write`)."""
@@ -302,13 +309,35 @@ class DeliveryQueue:
                 paths.append(self._drop_instance_if_done(conn, delivery.instance_id))
             return paths
 
+    def take_superseded(self, backend: str) -> list[str]:
+        """Remove ``backend``'s superseded deliveries (a newer version of the same SOP instance
+        was queued for it); the spool paths no delivery needs any more."""
+        if not self._conn().execute("SELECT 1 FROM deliveries WHERE backend=? AND state='superseded' LIMIT 1",
+                                    (backend,)).fetchone():
+            return []
+        with self._write() as conn:
+            rows = conn.execute("SELECT id, instance_id FROM deliveries WHERE backend=? AND state='superseded'",
+                                (backend,)).fetchall()
+            paths = []
+            for delivery_id, instance_id in rows:
+                conn.execute("DELETE FROM deliveries WHERE id=?", (delivery_id,))
+                _count_event(conn, backend, "superseded")
+                path = self._drop_instance_if_done(conn, instance_id)
+                if path:
+                    paths.append(path)
+        return paths
+
     def schedule_retry(self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str,
                        failure: str = "transient") -> None:
-        """Record a failed attempt (``failure``: its class); the delivery is due again at ``next_attempt_at``."""
+        """Record a failed attempt (``failure``: its class); the delivery is due again at ``next_attempt_at``.
+
+        Like :meth:`postpone`, it changes only a delivery still in flight: a worker of a process
+        that is going away must not put back one that another process has quarantined since.
+        """
         with self._write() as conn:
             conn.execute(
-                "UPDATE deliveries SET state='pending', attempts=attempts+1, next_attempt_at=?, updated_at=?,"
-                " last_status=?, reason=? WHERE id=?",
+                f"UPDATE deliveries SET state={_PENDING_UNLESS_SUPERSEDED}, attempts=attempts+1, next_attempt_at=?,"
+                " updated_at=?, last_status=?, reason=? WHERE id=? AND state='in_flight'",
                 (next_attempt_at, time.time(), status, reason, delivery.id),
             )
             _count_event(conn, delivery.backend, f"failure:{failure}")
@@ -318,7 +347,8 @@ class DeliveryQueue:
         """Put claimed deliveries back untried; no attempt counted (``unreachable``: counted as one failure)."""
         with self._write() as conn:
             conn.executemany(
-                "UPDATE deliveries SET state='pending', next_attempt_at=?, updated_at=?, reason=? WHERE id=?",
+                f"UPDATE deliveries SET state={_PENDING_UNLESS_SUPERSEDED}, next_attempt_at=?, updated_at=?, reason=?"
+                " WHERE id=? AND state='in_flight'",
                 [(until, time.time(), reason, d.id) for d in deliveries],
             )
             if unreachable and deliveries:
@@ -328,8 +358,8 @@ class DeliveryQueue:
                    failure: str = "permanent") -> None:
         with self._write() as conn:
             conn.execute(
-                "UPDATE deliveries SET state='quarantined', attempts=attempts+?, updated_at=?, last_status=?,"
-                " reason=? WHERE id=?",
+                "UPDATE deliveries SET state=CASE WHEN superseded_by IS NULL THEN 'quarantined' ELSE 'superseded' END,"
+                " attempts=attempts+?, updated_at=?, last_status=?, reason=? WHERE id=?",
                 (1 if count_attempt else 0, time.time(), status, reason, delivery.id),
             )
             if count_attempt:
@@ -371,7 +401,7 @@ class DeliveryQueue:
         ):
             e = entry(backend)
             e[state] = n
-            if state != "quarantined" and (e["oldest_queued_at"] is None or oldest < e["oldest_queued_at"]):
+            if state in ("pending", "in_flight") and (e["oldest_queued_at"] is None or oldest < e["oldest_queued_at"]):
                 e["oldest_queued_at"] = oldest
         for backend, delivered in conn.execute("SELECT backend, delivered FROM delivered_counts"):
             entry(backend)["delivered"] = delivered
@@ -413,6 +443,17 @@ class DeliveryQueue:
         """(instance id, spool path, size, SOP instance UID) of every queued instance."""
         return list(self._conn().execute("SELECT id, path, size, sop_instance_uid FROM instances"))
 
+    def quarantine_instance(self, instance_id: int, reason: str) -> int:
+        """Quarantine every delivery of an instance not delivered yet, with ``reason``; how many."""
+        with self._write() as conn:
+            rows = conn.execute("SELECT backend FROM deliveries WHERE instance_id=? AND state IN ('pending','in_flight')",
+                                (instance_id,)).fetchall()
+            conn.execute("UPDATE deliveries SET state='quarantined', updated_at=?, reason=? "
+                         "WHERE instance_id=? AND state IN ('pending','in_flight')", (time.time(), reason, instance_id))
+            for (backend,) in rows:
+                _count_event(conn, backend, "quarantined")
+        return len(rows)
+
     def forget_instance(self, instance_id: int) -> None:
         """Remove an instance and all its deliveries (it was never acknowledged)."""
         with self._write() as conn:
@@ -432,6 +473,18 @@ class DeliveryQueue:
         return row[0] if row else None
 
 
+def _add_columns_of_later_versions(conn: sqlite3.Connection) -> None:
+    """A queue database made by an earlier version gets the columns added since (``checksum``:
+    its rows have none, and their files are checked by size alone; ``superseded_by``) and the
+    index on SOP Instance UIDs."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
+    if "checksum" not in columns:
+        conn.execute("ALTER TABLE instances ADD COLUMN checksum TEXT")
+    if "superseded_by" not in {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN superseded_by INTEGER")
+    conn.execute("CREATE INDEX IF NOT EXISTS instances_by_uid ON instances(sop_instance_uid)")
+
+
 def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
                       now: float) -> list[int]:
     """Insert each batch's instance row and its delivery rows; return the instance ids."""
@@ -439,11 +492,11 @@ def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceReco
     for instance, targets, hold_reason in batches:
         cur = conn.execute(
             "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
-            " received_at, endpoint, association_id, calling_aet, peer) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " received_at, endpoint, association_id, calling_aet, peer, checksum) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
                 instance.size, instance.received_at, instance.endpoint, instance.association_id,
-                instance.calling_aet, instance.peer,
+                instance.calling_aet, instance.peer, instance.checksum,
             ),
         )
         instance_id = cur.lastrowid
@@ -454,7 +507,28 @@ def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceReco
             [(instance_id, backend, pipeline, state, now, now, now, hold_reason) for pipeline, backend in targets],
         )
         ids.append(instance_id)
+    for (instance, targets, _), instance_id in zip(batches, ids):
+        if instance.sop_instance_uid:
+            _supersede_older(conn, instance.sop_instance_uid, instance_id, ids, {b for _, b in targets}, now)
     return ids
+
+
+def _supersede_older(conn: sqlite3.Connection, sop_instance_uid: str, newer_id: int, batch_ids: list[int],
+                     backends: set[str], now: float) -> None:
+    """A newer version of an instance supersedes the older ones not yet delivered to the same
+    backend: pending or quarantined ones at once; one in flight once its attempt ends, unless
+    it succeeds (it then reached the peer before the newer one, which follows it)."""
+    older = ",".join("?" * len(batch_ids))
+    for backend in backends:
+        conn.execute(
+            "UPDATE deliveries SET superseded_by=?, updated_at=?,"
+            " reason=CASE WHEN state='in_flight' THEN reason ELSE ? END,"
+            " state=CASE WHEN state='in_flight' THEN state ELSE 'superseded' END"
+            " WHERE backend=? AND state IN ('pending','quarantined','in_flight') AND instance_id IN"
+            f" (SELECT id FROM instances WHERE sop_instance_uid=? AND id NOT IN ({older}))",
+            (newer_id, now, f"superseded by a newer version of the instance (queue instance {newer_id})", backend,
+             sop_instance_uid, *batch_ids),
+        )
 
 
 def _count_event(conn: sqlite3.Connection, backend: str, event: str) -> None:

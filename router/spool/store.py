@@ -6,6 +6,8 @@ Layout under the data directory::
                        edited versions being written
     objects/XX/*.dcm   received instances, durable once acknowledged; empty ones are spares
                        (:meth:`Spool.make_spares`) or instances being received
+    orphans/*.dcm      non-empty spool files no queue row named at start-up (never deleted:
+                       ``dicom-router queue adopt`` queues them again)
     queue.db           the delivery queue (see :mod:`router.spool.queue`)
 """
 
@@ -34,6 +36,7 @@ class Spool:
         self.data_dir = Path(data_dir)
         self.incoming = self.data_dir / "incoming"
         self.objects = self.data_dir / "objects"
+        self.orphans = self.data_dir / "orphans"
         self.queue_path = self.data_dir / "queue.db"
         self.min_free_bytes = min_free_space_mb * 1024 * 1024
         self._directory_fds: dict[str, int] = {}
@@ -160,18 +163,45 @@ class Spool:
         return removed
 
     def sweep_unreferenced(self, referenced: set[str]) -> int:
-        """Remove spool files no queue row points to (a crash between commit and unlink)."""
-        removed = 0
+        """At start-up: remove the empty spool files no queue row names (spares, or receptions
+        a crash cut short); move non-empty ones to ``orphans/`` with a warning. Returns how
+        many files were moved or removed.
+
+        A non-empty file no row names may be an acknowledged instance whose row was lost
+        (the queue database damaged or restored from a backup): it is never deleted.
+        ``dicom-router queue adopt`` puts such files back in the queue.
+        """
+        removed, orphaned = 0, []
         for shard in self.objects.iterdir():
             if not shard.is_dir():
                 continue
             for entry in os.scandir(shard):
-                if entry.path not in referenced:
+                if entry.path in referenced:
+                    continue
+                if entry.stat().st_size == 0:
                     os.unlink(entry.path)
                     removed += 1
+                    continue
+                self.orphans.mkdir(exist_ok=True)
+                os.replace(entry.path, self.orphans / entry.name)
+                orphaned.append(entry.name)
+        if orphaned:
+            fsync_dir(self.orphans)
+            log.warning("moved spool files no queue row names to orphans/ (run `dicom-router queue adopt`)",
+                        count=len(orphaned), orphans=str(self.orphans), files=orphaned[:20])
         if removed:
-            log.info("removed spool files no delivery needs", count=removed)
-        return removed
+            log.info("removed empty spool files no delivery needs", count=removed)
+        return removed + len(orphaned)
+
+    def adopt_orphan(self, path: Path) -> Path:
+        """Move a file from ``orphans/`` back into a shard of ``objects/``, durably."""
+        target = self.objects / path.name[:2] / path.name
+        if not target.parent.is_dir():
+            target = self.objects / "00" / path.name
+        os.replace(path, target)
+        self.make_durable(target)
+        fsync_dir(self.orphans)
+        return target
 
 
 def fsync_dir(directory: Path) -> None:

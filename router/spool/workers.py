@@ -3,7 +3,11 @@
 Each backend gets ``concurrency`` workers; each claims a batch of due deliveries, hands
 them to its deliverer (one association, reused) and records every result at once. A
 backend that cannot be reached puts the batch back untried and waits, with its own
-backoff, so one dead backend never stalls the others.
+backoff, so one dead backend never stalls the others. Before each attempt the spool file is
+checked against the size and checksum recorded at intake (:mod:`router.spool.checksum`): a
+missing, resized or changed file is quarantined with that reason, never delivered. While
+idle, a worker removes the deliveries a newer version of the same instance superseded
+(:meth:`~router.spool.queue.DeliveryQueue.take_superseded`).
 
 Successes are recorded by a :class:`SuccessRecorder` beside each worker: it commits them in
 batches and removes the spool files nobody needs, while the worker already sends the next
@@ -21,6 +25,7 @@ from typing import Callable, Protocol
 import structlog
 
 from router.backends.status import DeliveryResult, Outcome
+from router.spool.checksum import damage
 from router.spool.queue import Delivery, DeliveryQueue
 from router.spool.retry import RetryPolicy
 from router.spool.store import Spool
@@ -140,6 +145,8 @@ class BackendWorker(threading.Thread):
             while not self.stop_event.is_set():
                 batch = self.queue.claim_due(self.backend, BATCH_SIZE)
                 if not batch:
+                    for path in self.queue.take_superseded(self.backend):
+                        self.spool.discard(path)
                     deliverer.idle()
                     self.stop_event.wait(poll)
                     poll = next_idle_poll(poll)
@@ -160,7 +167,11 @@ class BackendWorker(threading.Thread):
                 self.queue.postpone(batch[i:], time.time(), "router stopping")
                 return
             try:
-                result = deliverer.deliver(delivery)
+                damaged = damage(delivery.path, delivery.size, delivery.checksum)
+                if damaged is not None:
+                    result = DeliveryResult(Outcome.PERMANENT, None, damaged)
+                else:
+                    result = deliverer.deliver(delivery)
             except Exception as exc:  # a bug or an unreadable file must not stop the queue
                 log.exception("delivery attempt failed unexpectedly", **delivery.log_context())
                 result = DeliveryResult(Outcome.PERMANENT, None, f"internal error: {exc!r}")

@@ -17,6 +17,14 @@ from tests.support.spool import spooled_files
 KILL_AFTER = 25
 
 
+def kill9_whole_router(serve: ServeProcess) -> None:
+    """``kill -9`` the router and wait until its delivery process has ended too."""
+    children = psutil.Process(serve.pid).children(recursive=True)
+    serve.kill9()
+    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10,
+             message="the router's child processes to end")
+
+
 def send_until_failure(port: int, files: dict, acked: list[str], started: threading.Event) -> None:
     """Send ``files`` ({SOP instance UID: path}) one by one; ``acked`` gets each UID answered 0x0000."""
     ae = AE("MODALITY")
@@ -97,3 +105,93 @@ def test_killed_delivery_process_is_restarted_and_resumes(tmp_path, write_config
         assert '"event": "delivery process exited; restarting it"' in serve.log_text()
     finally:
         assert serve.stop() == 0
+
+
+def test_damaged_spool_files_and_a_lost_queue_never_make_acknowledged_instances_vanish(tmp_path, write_config,
+                                                                                       small_files):
+    """With the destination down: 10 instances acknowledged, then the router killed. Two spool
+    files are damaged (one removed, one cut short), and the queue database is replaced by an
+    empty one (a lost WAL). At the next start nothing is deleted: the files are in orphans/;
+    ``queue adopt`` queues the whole ones again and leaves the short one, and once the
+    destination is up the adopted instances arrive."""
+    import shutil
+
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.cli import run_cli
+
+    port, dest_port = free_port(), free_port()
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORE_SCP"), ["pacs"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    assert send_with_pynetdicom(port, small_files[:10]) == [0] * 10
+    kill9_whole_router(serve)
+    spooled = sorted(p for p in spooled_files(tmp_path / "data") if p.stat().st_size)
+    assert len(spooled) == 10
+    spooled[0].unlink()
+    with open(spooled[1], "r+b") as f:
+        f.truncate(200)
+    for name in ("queue.db", "queue.db-wal", "queue.db-shm"):
+        (tmp_path / "data" / name).unlink(missing_ok=True)
+    again = ServeProcess(config, tmp_path / "serve2.log").start(port)
+    assert again.stop() == 0
+    orphans = tmp_path / "data" / "orphans"
+    assert len(list(orphans.iterdir())) == 9  # never deleted
+    assert "moved spool files no queue row names to orphans/" in again.log_text()
+    listed = run_cli("queue", "list", "-c", config)
+    assert "9 spool file(s) no queue row names" in listed.stdout
+    adopted = run_cli("queue", "adopt", "--backend", "pacs", "-c", config)
+    assert adopted.returncode == 1, adopted.stdout  # one left: it is not a whole instance
+    assert "adopted 8 orphan(s), 1 left" in adopted.stdout
+    with StorageSCP(tmp_path / "dest", port=dest_port) as scp:
+        third = ServeProcess(config, tmp_path / "serve3.log").start(port)
+        try:
+            wait_for(lambda: len(scp.received) >= 8, 60, message="the adopted instances at the destination")
+        finally:
+            third.stop()
+    shutil.rmtree(tmp_path / "dest", ignore_errors=True)
+
+
+def test_a_damaged_spool_file_is_quarantined_with_its_reason_at_start_up(tmp_path, write_config, small_files):
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.cli import run_cli
+
+    port = free_port()
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    assert send_with_pynetdicom(port, small_files[:3]) == [0] * 3
+    kill9_whole_router(serve)
+    first, second, _ = sorted(p for p in spooled_files(tmp_path / "data") if p.stat().st_size)
+    first.unlink()
+    with open(second, "r+b") as f:
+        f.truncate(100)
+    again = ServeProcess(config, tmp_path / "serve2.log").start(port)
+    assert again.stop() == 0
+    listed = run_cli("queue", "list", "-c", config)
+    assert "spool file missing" in listed.stdout and "spool file shorter than recorded" in listed.stdout
+    assert "quarantined an instance whose spool file is damaged" in again.log_text()
+
+
+def test_a_spool_file_whose_bytes_changed_is_quarantined_not_delivered(tmp_path, write_config, small_files):
+    """Acknowledged while the destination was down; then one spool file's bytes are overwritten
+    (same size). When the destination is up, the others arrive and that one is quarantined
+    with a checksum mismatch: nothing arrives corrupted."""
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.cli import run_cli
+
+    port, dest_port = free_port(), free_port()
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORE_SCP"), ["pacs"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    assert send_with_pynetdicom(port, small_files[:4]) == [0] * 4
+    kill9_whole_router(serve)
+    victim = sorted(p for p in spooled_files(tmp_path / "data") if p.stat().st_size)[0]
+    data = bytearray(victim.read_bytes())
+    data[-50:] = bytes(50)  # pixel bytes zeroed: same size, other content
+    victim.write_bytes(bytes(data))
+    with StorageSCP(tmp_path / "dest", port=dest_port) as scp:
+        again = ServeProcess(config, tmp_path / "serve2.log").start(port)
+        try:
+            wait_for(lambda: len(scp.received) >= 3, 60, message="the three intact instances at the destination")
+            wait_for(lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout, 30,
+                     message="the changed one quarantined")
+        finally:
+            again.stop()
+        assert len(scp.received) == 3

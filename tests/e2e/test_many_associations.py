@@ -43,6 +43,7 @@ def _serve(tmp_path, write_config, endpoint_extra: str, limit: int | None = None
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy-sockets")
 def test_a_thousand_concurrent_associations_each_answer_c_echo(tmp_path, write_config):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 3 * ASSOCIATIONS + 200:
@@ -74,6 +75,7 @@ def test_a_thousand_concurrent_associations_each_answer_c_echo(tmp_path, write_c
     assert refused and "max_associations" in refused[-1]["reason"]
 
 
+@pytest.mark.xdist_group("heavy-sockets")
 def test_past_the_descriptor_limit_a_connection_gets_a_reject_not_silence(tmp_path, write_config):
     """With room for only a few dozen associations, the next ones are refused with A-ASSOCIATE-RJ
     (local limit exceeded) and a log line that names the limit, and a freed slot serves again."""

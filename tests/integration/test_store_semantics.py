@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,88 @@ def test_an_instance_without_a_sop_class_uid_gets_a_failure_status_in_every_pipe
     refused = [e for e in caplog.records if isinstance(e.msg, dict) and e.msg.get("level") == "error"
                and e.msg.get("sop_instance_uid") == str(broken.SOPInstanceUID)]
     assert refused and "SOP Class UID" in str(refused[-1].msg)
+
+
+def test_one_association_of_mixed_syntaxes_goes_out_as_it_came_in(tmp_path, write_config, start_router, port,
+                                                                 ct_files, caplog):
+    """JPEG 2000, Implicit and Explicit VR instances of one SOP class to a destination that takes
+    every syntax: each arrives in its own syntax, none converted (the fallback context once let
+    the worker skip re-associating and convert Implicit VR to Explicit)."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    j2k = j2k_file(tmp_path / "j2k.dcm")
+    implicit = tmp_path / "implicit.dcm"
+    ds = dcmread(ct_files[1])
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(implicit, enforce_file_format=True, implicit_vr=True, little_endian=True)
+    sent = {j2k: JPEG2000Lossless, implicit: ImplicitVRLittleEndian, ct_files[2]: ExplicitVRLittleEndian}
+    with StorageSCP(tmp_path / "dest") as scp:
+        start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"),
+                                              ["pacs"])))
+        ae = AE("MODALITY")
+        for ts in sent.values():
+            ae.add_requested_context(CTImageStorage, [ts])
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert assoc.is_established
+        try:
+            assert [int(assoc.send_c_store(path).Status) for path in sent] == [0, 0, 0]
+        finally:
+            assoc.release()
+        wait_for(lambda: len(scp.received) >= 3, 30, message="all three instances")
+    for path, ts in sent.items():
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        arrived = tmp_path / "dest" / f"{uid}.dcm"
+        assert dcmread(arrived, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
+        assert dataset_digest(arrived) == dataset_digest(path)
+    assert not [r for r in caplog.records if isinstance(r.msg, dict)
+                and r.msg.get("event") == "converting transfer syntax for a peer that refused it"]
+
+
+def test_a_corrected_version_is_never_overtaken_by_the_older_one(tmp_path, write_config, start_router, port,
+                                                                  ct_files):
+    """The destination answers 0xA700 to the first version; a corrected version (same SOP
+    Instance UID) then succeeds. The first is superseded, not retried after it: the
+    destination ends with the corrected one."""
+    import threading
+
+    from pynetdicom import evt
+
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.peers import free_port
+
+    received: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def on_store(event):
+        with lock:
+            first = not received
+            received.append((str(event.request.AffectedSOPInstanceUID), str(dcmread(event.dataset_path).PatientName)))
+        return 0xA700 if first else 0x0000
+
+    dest_port = free_port()
+    ae = AE("STORE_SCP")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        text = router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORE_SCP"), ["pacs"],
+                           fast_retry=False)
+        text += "\n[backends.pacs.retry]\ninitial_delay_seconds = 2.0\nmax_delay_seconds = 2.0\n"
+        service = start_router(write_config(text))
+        original = tmp_path / "v1.dcm"
+        corrected = tmp_path / "v2.dcm"
+        ds = dcmread(ct_files[3])
+        ds.PatientName = "WRONG^NAME"
+        ds.save_as(original, enforce_file_format=True)
+        wait_for_first = send_with_pynetdicom(port, [original])
+        assert wait_for_first == [0]
+        wait_for(lambda: received, 30, message="the first attempt")
+        ds.PatientName = "RIGHT^NAME"
+        ds.save_as(corrected, enforce_file_format=True)
+        assert send_with_pynetdicom(port, [corrected]) == [0]
+        wait_for(lambda: any(name == "RIGHT^NAME" for _, name in received), 30, message="the corrected version")
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 30, message="the spool empty")
+        time.sleep(3)  # longer than the retry delay: an overtaking retry would have come by now
+        assert [name for _, name in received] == ["WRONG^NAME", "RIGHT^NAME"]
+        assert service.queue.events()["pacs"]["superseded"] == 1
+    finally:
+        server.shutdown()

@@ -36,6 +36,8 @@ class ServeProcess:
         self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=self.preexec)
         wait_for_port(port, timeout=30)
+        if self.proc.poll() is not None:  # another process holds the port (a port chosen twice)
+            raise AssertionError(f"dicom-router serve exited ({self.proc.returncode}); see {self.log_path}")
         return self
 
     @property

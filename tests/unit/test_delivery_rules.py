@@ -66,12 +66,18 @@ def test_an_empty_queue_is_read_again_soon_after_a_batch_and_then_less_and_less_
     from router.spool.store import Spool
     from router.spool.workers import BackendWorker
 
+    class Item:
+        path, size, checksum = str(tmp_path), None, None  # an existing path, nothing recorded to compare
+
     class Queue:
         def __init__(self):
-            self.claims = [["one"], [], [], [], [], [], [], [], ["two"], []]
+            self.claims = [[Item()], [], [], [], [], [], [], [], [Item()], []]
 
         def claim_due(self, backend, limit):
             return self.claims.pop(0) if self.claims else []
+
+        def take_superseded(self, backend):
+            return []
 
         def mark_delivered_many(self, batch):
             return []

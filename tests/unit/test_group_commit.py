@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 
 import pytest
@@ -14,7 +15,8 @@ from router.spool.queue import DeliveryQueue, InstanceRecord
 
 
 def record(path: str) -> InstanceRecord:
-    return InstanceRecord(path, "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 100, time.time())
+    return InstanceRecord(path, f"1.2.3.{zlib.crc32(path.encode())}", "1.2.840.10008.5.1.4.1.1.2",
+                          "1.2.840.10008.1.2.1", 100, time.time())
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:

@@ -76,18 +76,24 @@ def test_postpone_does_not_count_an_attempt(tmp_path):
     assert d.attempts == 0 and d.reason == "cannot connect"
 
 
-def test_rows_whose_file_never_became_durable_are_dropped(tmp_path):
-    from router.spool.intake import drop_unacknowledged
+def test_instances_whose_file_is_missing_or_short_are_quarantined_not_forgotten(tmp_path):
+    """Acknowledged instances whose spool files were damaged never vanish: their deliveries are
+    quarantined with the reason, and the rows stay until an operator purges them."""
+    from router.spool.intake import quarantine_damaged
 
     q = DeliveryQueue(tmp_path / "q.db")
     whole, short, missing = tmp_path / "whole.dcm", tmp_path / "short.dcm", tmp_path / "missing.dcm"
     whole.write_bytes(b"x" * 100)
     short.write_bytes(b"x" * 10)
     for path in (whole, short, missing):
-        q.enqueue(record(str(path), path.stem), [("default", "pacs")])
-    assert drop_unacknowledged(q) == 2
-    assert q.referenced_paths() == {str(whole)}
-    assert len(q.claim_due("pacs", 10)) == 1
+        q.enqueue(record(str(path), path.stem), [("default", "pacs"), ("default", "archive")])
+    assert quarantine_damaged(q) == 2
+    assert q.referenced_paths() == {str(whole), str(short), str(missing)}
+    assert [d.sop_instance_uid for d in q.claim_due("pacs", 10)] == ["whole"]
+    reasons = {d.sop_instance_uid: d.reason for d in q.list_state("quarantined")}
+    assert reasons["short"].startswith("spool file shorter than recorded (10 of 100 bytes)")
+    assert reasons["missing"].startswith("spool file missing")
+    assert q.counts()["archive"]["quarantined"] == 2
 
 
 def test_successes_recorded_in_one_batch_release_each_file_once(tmp_path):
@@ -221,3 +227,24 @@ def test_an_error_other_than_a_lock_is_raised_at_once(tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
         begin_immediate(conn)
     conn.execute("ROLLBACK")
+
+
+def test_a_newer_version_supersedes_an_older_one_not_yet_delivered(tmp_path):
+    """Per (SOP Instance UID, backend): a pending older version is superseded at once; one in
+    flight is superseded when its attempt fails, never put back in the queue; other backends
+    and other instances are untouched."""
+    q = DeliveryQueue(tmp_path / "q.db")
+    old_pending = record(str(tmp_path / "v1.dcm"), "1.2.3")
+    q.enqueue(old_pending, [("default", "pacs"), ("default", "archive")])
+    q.enqueue(record(str(tmp_path / "other.dcm"), "9.9.9"), [("default", "pacs")])
+    q.enqueue(record(str(tmp_path / "v2.dcm"), "1.2.3"), [("default", "pacs")])
+    claimed = q.claim_due("pacs", 10)
+    assert sorted(d.path for d in claimed) == [str(tmp_path / "other.dcm"), str(tmp_path / "v2.dcm")]
+    assert [d.path for d in q.claim_due("archive", 10)] == [str(tmp_path / "v1.dcm")]  # archive: no newer one
+    assert q.take_superseded("pacs") == []  # v1 is still needed by the archive
+    in_flight = next(d for d in claimed if d.sop_instance_uid == "1.2.3")
+    q.enqueue(record(str(tmp_path / "v3.dcm"), "1.2.3"), [("default", "pacs")])
+    q.schedule_retry(in_flight, time.time(), 0xA700, "out of resources")
+    assert [d.path for d in q.claim_due("pacs", 10)] == [str(tmp_path / "v3.dcm")]
+    assert q.take_superseded("pacs") == [str(tmp_path / "v2.dcm")]
+    assert q.events()["pacs"]["superseded"] == 2

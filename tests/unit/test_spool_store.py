@@ -85,3 +85,23 @@ def test_spares_left_by_a_crash_are_removed_at_the_next_start_and_spooled_instan
         queue.close()
     finally:
         spool.close()
+
+
+def test_a_non_empty_file_no_row_names_is_moved_to_orphans_never_deleted(tmp_path):
+    """A lost queue database (a crash that cost its WAL, a restored backup) must not make the
+    start-up sweep delete acknowledged instances."""
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        (nameless, nameless_file), (spare, spare_file) = spool.make_spares(2)
+        nameless_file.write(b"an acknowledged instance whose row was lost")
+        nameless_file.close()
+        spare_file.close()
+        queue = DeliveryQueue(spool.queue_path)
+        assert spool.sweep_unreferenced(queue.referenced_paths()) == 2
+        assert not os.path.exists(nameless) and not os.path.exists(spare)
+        (moved,) = list((tmp_path / "orphans").iterdir())
+        assert moved.read_bytes() == b"an acknowledged instance whose row was lost"
+        queue.close()
+    finally:
+        spool.close()
