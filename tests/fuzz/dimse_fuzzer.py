@@ -17,6 +17,7 @@ CI runs a bounded number of cases (``tests/e2e/test_fuzz.py``); by hand::
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import socket
 import struct
@@ -156,43 +157,87 @@ def settle(pid: int, baseline: tuple[int, int], timeout: float, slack: int = 4) 
     return now
 
 
+@dataclass
+class Run:
+    """A whole fuzzing run against a router: what the checks need."""
+
+    report: Report
+    baseline: tuple[int, int]
+    after: tuple[int, int]
+    alive: bool
+    delivered: int
+    log: str
+    stop_code: int | None
+
+    @property
+    def problems(self) -> list[str]:
+        """Everything that makes the run a failure (empty: it passed)."""
+        found = []
+        if not self.alive:
+            found.append("the router died")
+        if self.report.echo_failures:
+            found.append(f"{self.report.echo_failures} C-ECHO failures")
+        if self.delivered < len(self.report.canaries_sent) + 1:
+            found.append(f"{self.delivered} of {len(self.report.canaries_sent) + 1} canaries delivered")
+        if self.after[0] > self.baseline[0] + 4 or self.after[1] > self.baseline[1] + 4:
+            found.append(f"threads/descriptors {self.baseline} -> {self.after}")
+        lines = [line for line in self.log.splitlines() if line.strip()]
+        if any(not line.startswith("{") for line in lines):
+            found.append("stderr carried a line that is not JSON")
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        if any(e.get("event") == "a thread ended with an unhandled error" for e in events):
+            found.append("a thread ended with an unhandled error")
+        if any("Traceback" in e.get("exception", "") for e in events):
+            found.append("a traceback in the log")
+        if self.stop_code != 0:
+            found.append(f"the router exited {self.stop_code}")
+        return found
+
+
+def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = None) -> Run:
+    """Start ``dicom-router serve`` in ``work``, store a first canary (spares made, queue open:
+    the baseline), fuzz it, let it settle, wait for the canaries, stop it."""
+    from router import engine
+    from tests.conftest import router_toml
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.cli import ServeProcess
+    from tests.support.dicomgen import write_series
+    from tests.support.peers import free_port
+
+    engine.configure()
+    canaries = write_series(work / "canaries", cases // 250 + 2, "small", patient="CANARY")
+    port = free_port()
+    config = work / "router.toml"
+    config.write_text(router_toml(work / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
+                                  ["archive"], endpoint_extra="acse_timeout = 2\nnetwork_timeout = 5\nmax_pending = 256"))
+    serve = ServeProcess(config, work / "serve.log").start(port)
+    try:
+        send_with_pynetdicom(port, canaries[-1:], calling="CANARY")
+        time.sleep(0.5)
+        baseline = resources(serve.pid)
+        report = fuzz(port, cases, seed, canaries[:-1], deadline=deadline)
+        after = settle(serve.pid, baseline, 30)
+        alive = serve.proc.poll() is None
+        archived = lambda: len(list((work / "archive").rglob("*.dcm")))  # noqa: E731
+        end = time.monotonic() + 60
+        while archived() < len(report.canaries_sent) + 1 and time.monotonic() < end:
+            time.sleep(0.2)
+        delivered = archived()
+    finally:
+        stop_code = serve.stop()
+    return Run(report, baseline, after, alive, delivered, serve.log_text(), stop_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
-    from router import engine
-    from tests.conftest import router_toml
-    from tests.support.cli import ServeProcess
-    from tests.support.dicomgen import write_series
-    from tests.support.peers import free_port, wait_for
-
-    engine.configure()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dimse-fuzz-"))
-    canaries = write_series(work / "canaries", args.cases // 250 + 1, "small", patient="CANARY")
-    port = free_port()
-    config = work / "router.toml"
-    config.write_text(router_toml(work / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
-                                  ["archive"], endpoint_extra="acse_timeout = 2\nnetwork_timeout = 5\nmax_pending = 256"))
-    serve = ServeProcess(config, work / "serve.log").start(port)
-    from tests.integration.test_forwarding import send_with_pynetdicom
-
-    try:
-        send_with_pynetdicom(port, canaries[-1:], calling="CANARY")  # spares made, queue open: the baseline
-        time.sleep(0.5)
-        baseline = resources(serve.pid)
-        report = fuzz(port, args.cases, args.seed, canaries)
-        after = settle(serve.pid, baseline, 30)
-        wait_for(lambda: len(list((work / "archive").rglob("*.dcm"))) >= len(report.canaries_sent) + 1, 60,
-                 message="every canary delivered")
-    finally:
-        serve.stop()
-    log = serve.log_text()
-    print(f"{report.cases} cases in {report.seconds:.1f} s, {len(report.canaries_sent)} canaries delivered, "
-          f"{report.echo_failures} C-ECHO failures; threads/descriptors {baseline} -> {after}; "
-          f"tracebacks in the log: {log.count('Traceback')}")
-    return 0 if not report.echo_failures and "Traceback" not in log else 1
+    run = fuzz_a_router(args.workdir or Path(tempfile.mkdtemp(prefix="dimse-fuzz-")), args.cases, args.seed)
+    print(f"{run.report.cases} cases in {run.report.seconds:.1f} s, {run.delivered} canaries delivered, "
+          f"threads/descriptors {run.baseline} -> {run.after}; problems: {run.problems or 'none'}")
+    return 1 if run.problems else 0
 
 
 if __name__ == "__main__":
