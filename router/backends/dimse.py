@@ -24,12 +24,12 @@ a compressed one the peer will not take is quarantined with the reason.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Literal
 
 import structlog
 from pydantic import Field
-from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
@@ -39,9 +39,10 @@ from router.backends.status import DeliveryResult, Outcome, classify_store_statu
 from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import AETitle, Port, Seconds
-from router.engine.fast_store import send_c_store_file, store_response_from
+from router.engine.fast_store import send_c_store_file
 from router.engine.socket_loans import end_loan, settle_lent_socket
 from router.spool.queue import Delivery
+from router.spool.transcode import CannotConvert, convert_file
 from router.tls import BackendTLSConfig, client_context
 
 log = structlog.get_logger("router.backends.dimse")
@@ -216,21 +217,22 @@ class StoreSCU:
             return DeliveryResult(
                 Outcome.PERMANENT, None, f"{self.backend.describe()} refused SOP class {UID(sop).name}"
             )
-        converted = None
+        path = delivery.path
         if not any(cx.transfer_syntax[0] == ts for cx in accepted):
             converted = self._converted(delivery, ts, accepted)
             if isinstance(converted, DeliveryResult):
                 return converted
+            path = converted
         try:
-            if converted is None:
-                rsp = send_c_store_file(self.assoc, delivery.path)
-            else:
-                rsp = store_response_from(self.assoc.send_c_store(converted))
+            rsp = send_c_store_file(self.assoc, path)
         except FileNotFoundError:
             return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
         except (TimeoutError, OSError, RuntimeError) as exc:
             self.close()
             return DeliveryResult(Outcome.TRANSIENT, None, f"sending failed: {exc}")
+        finally:
+            if path != delivery.path:
+                os.unlink(path)
         if rsp.status is None:
             self.close()
             return DeliveryResult(Outcome.TRANSIENT, None, "no C-STORE response (association aborted or timed out)")
@@ -239,7 +241,8 @@ class StoreSCU:
         return DeliveryResult(outcome, rsp.status, f"C-STORE status 0x{rsp.status:04X}{comment}")
 
     def _converted(self, delivery: Delivery, ts: str, accepted):
-        """The dataset to send in an accepted uncompressed syntax, or why that is impossible."""
+        """A file beside the spool file holding the instance in an accepted uncompressed syntax
+        (streamed: :mod:`router.spool.transcode`), or why that is impossible."""
         source = UID(ts)
         offered = ", ".join(sorted({UID(cx.transfer_syntax[0]).name for cx in accepted}))
         convertible = [cx for cx in accepted if cx.transfer_syntax[0] in FALLBACK_SYNTAXES]
@@ -250,9 +253,26 @@ class StoreSCU:
                 f"{self.backend.describe()} accepts {UID(delivery.sop_class_uid).name} only in {offered}; "
                 f"the instance is {source.name} and the router does not transcode it",
             )
+        target = convertible[0].transfer_syntax[0]
         log.info("converting transfer syntax for a peer that refused it", source=source.name,
-                 target=UID(convertible[0].transfer_syntax[0]).name, **delivery.log_context())
-        return dcmread(delivery.path)
+                 target=UID(target).name, **delivery.log_context())
+        converted = f"{delivery.path}.{UID(target).name.replace(' ', '-')}.part"
+        try:
+            convert_file(delivery.path, converted, target)
+        except (CannotConvert, ValueError) as exc:
+            _remove(converted)
+            return DeliveryResult(Outcome.PERMANENT, None, f"cannot convert to {UID(target).name}: {exc}")
+        except OSError as exc:
+            _remove(converted)
+            return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the converted instance: {exc}")
+        return converted
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 @register("backend", "dimse", DimseBackendConfig)

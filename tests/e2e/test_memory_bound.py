@@ -12,6 +12,7 @@ from pynetdicom import AE
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section, router_toml
 from pydicom import dcmread
 
+from router.spool.splice import read_header
 from tests.support.cli import ServeProcess
 from tests.support.deid import key_file, pixel_digest
 from tests.support.dicomfiles import dataset_digest
@@ -21,6 +22,19 @@ from tests.support.spool import spooled_files
 
 LIMIT_MIB = 150
 SIZE = 300 * 1000 * 1000
+
+
+def tail_digest(path, size: int) -> str:
+    """SHA-256 of the last ``size`` bytes of a file, read in chunks."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(os.path.getsize(path) - size)
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -85,6 +99,42 @@ def test_large_instance_with_flat_memory(tmp_path, write_config, stages, size, l
         assert pixel_digest(arrived) == pixel_digest(big)
         header = dcmread(arrived, stop_before_pixels=True)
         assert header.PatientIdentityRemoved == "YES" and header.BodyPartExamined == "MODALITY"
+
+
+@pytest.mark.slow
+@pytest.mark.dcmtk
+def test_a_large_instance_converted_for_a_peer_that_takes_only_implicit_vr(tmp_path, write_config):
+    """300 MB Explicit VR to a destination that accepts only Implicit VR: the conversion streams
+    from file to file, every router process under 100 MiB, and the pixel data arrives intact."""
+    big = write_large(tmp_path / "big.dcm", SIZE)
+    port, dest_port = free_port(), free_port()
+    dest = tmp_path / "dest"
+    storescp = start_storescp(dest, dest_port, ae_title="PACS", extra=["+xi"])  # Implicit VR only
+    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port), ["pacs"])),
+                         tmp_path / "serve.log").start(port)
+    try:
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        ae.maximum_pdu_size = 1048576
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert assoc.is_established
+        status = assoc.send_c_store(big)
+        assoc.release()
+        assert int(status.Status) == 0
+        wait_for(lambda: not spooled_files(tmp_path / "data"), 300, message="delivery of the large instance")
+        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
+        peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
+        print(f"router peak RSS per process (MiB): {peaks}")
+        assert len(peaks) >= 2 and max(peaks.values()) < 100
+    finally:
+        serve.stop()
+        stop_process(storescp)
+    (arrived,) = list(dest.iterdir())
+    assert dcmread(arrived, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    _, source_layout = read_header(big)
+    value_bytes = source_layout.pixel_end - source_layout.pixel_start - 12  # the value, past its Explicit VR header
+    assert tail_digest(arrived, value_bytes) == tail_digest(big, value_bytes)  # pixel data last in both
+    assert "converting transfer syntax for a peer that refused it" in serve.log_text()
 
 
 @pytest.mark.slow
