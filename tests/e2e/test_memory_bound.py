@@ -45,6 +45,25 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+def store_and_measure(port: int, path, sop_class: str, data_dir, serve) -> dict[int, float]:
+    """C-STORE ``path`` (Explicit VR) to the router, wait until its spool is empty, and return the
+    peak RSS of every router process (MiB)."""
+    ae = AE("MODALITY")
+    ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
+    ae.maximum_pdu_size = 1048576
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert assoc.is_established
+    status = assoc.send_c_store(path)
+    assoc.release()
+    assert int(status.Status) == 0
+    wait_for(lambda: not spooled_files(data_dir), 300, message="delivery of the large instance")
+    processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
+    peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
+    print(f"router peak RSS per process (MiB): {peaks}")
+    assert len(peaks) >= 2  # receiving and delivery processes
+    return peaks
+
+
 EDITING_STAGES = """
 [[pipelines.default.middleware]]
 type = "coerce"
@@ -74,20 +93,7 @@ def test_large_instance_with_flat_memory(tmp_path, write_config, stages, size, l
     serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"], extra=extra)),
                          tmp_path / "serve.log").start(port)
     try:
-        ae = AE("MODALITY")
-        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-        ae.maximum_pdu_size = 1048576
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
-        assert assoc.is_established
-        status = assoc.send_c_store(big)
-        assoc.release()
-        assert int(status.Status) == 0
-        wait_for(lambda: not spooled_files(tmp_path / "data"), 300,
-                 message="delivery of the large instance")
-        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
-        peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
-        print(f"router peak RSS per process (MiB): {peaks}")
-        assert len(peaks) >= 2  # receiving and delivery processes
+        peaks = store_and_measure(port, big, CTImageStorage, tmp_path / "data", serve)
         assert max(peaks.values()) < limit
     finally:
         serve.stop()
@@ -113,19 +119,8 @@ def test_a_large_instance_converted_for_a_peer_that_takes_only_implicit_vr(tmp_p
     serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port), ["pacs"])),
                          tmp_path / "serve.log").start(port)
     try:
-        ae = AE("MODALITY")
-        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-        ae.maximum_pdu_size = 1048576
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
-        assert assoc.is_established
-        status = assoc.send_c_store(big)
-        assoc.release()
-        assert int(status.Status) == 0
-        wait_for(lambda: not spooled_files(tmp_path / "data"), 300, message="delivery of the large instance")
-        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
-        peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
-        print(f"router peak RSS per process (MiB): {peaks}")
-        assert len(peaks) >= 2 and max(peaks.values()) < 100
+        peaks = store_and_measure(port, big, CTImageStorage, tmp_path / "data", serve)
+        assert max(peaks.values()) < 100
     finally:
         serve.stop()
         stop_process(storescp)
@@ -150,19 +145,8 @@ def test_a_large_encapsulated_document_passes_a_filter_to_a_folder_with_flat_mem
     serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
                          tmp_path / "serve.log").start(port)
     try:
-        ae = AE("MODALITY")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.104.1", [ExplicitVRLittleEndian])
-        ae.maximum_pdu_size = 1048576
-        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
-        assert assoc.is_established
-        status = assoc.send_c_store(pdf)
-        assoc.release()
-        assert int(status.Status) == 0
-        wait_for(lambda: not spooled_files(tmp_path / "data"), 300, message="delivery of the document")
-        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
-        peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
-        print(f"router peak RSS per process (MiB): {peaks}")
-        assert len(peaks) >= 2 and max(peaks.values()) < 100
+        peaks = store_and_measure(port, pdf, "1.2.840.10008.5.1.4.1.1.104.1", tmp_path / "data", serve)
+        assert max(peaks.values()) < 100
     finally:
         serve.stop()
     (arrived,) = [p for p in (tmp_path / "archive").rglob("*.dcm")]
