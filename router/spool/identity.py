@@ -4,17 +4,20 @@ Every received instance is checked before it is routed: one without a SOP Class 
 SOP Instance UID cannot be delivered anywhere, and the sender is told so at once (a
 failure status) instead of being acknowledged or asked to retry. Parsing the header with
 pydicom for this costs about 1 ms per instance; this scan reads the file meta and the data
-set's elements up to (0008,0018), a few hundred bytes, with ``struct``.
+set's elements up to (0008,0018), a few hundred bytes, with ``struct``
+(the file meta with :func:`router.engine.part10.read_file_meta`).
 """
 
 from __future__ import annotations
 
 import struct
 
+from router.engine.part10 import NotPlainPart10, read_file_meta
+from router.spool.splice import LONG_VRS
+
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 IMPLICIT_VR_LE, EXPLICIT_VR_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95")
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 SCAN_BYTES = 8 * 1024
 
 
@@ -29,7 +32,10 @@ def identifying_uids(path: str, transfer_syntax: str) -> tuple[str | None, str |
         return None
     with open(path, "rb") as f:
         head = f.read(SCAN_BYTES)
-    offset = _data_set_offset(head)
+    try:
+        offset = read_file_meta(head)[1]
+    except NotPlainPart10 as exc:
+        raise UnreadableIdentity(str(exc)) from None
     little = transfer_syntax != EXPLICIT_VR_BE
     implicit = transfer_syntax == IMPLICIT_VR_LE
     found: dict[int, str] = {}
@@ -52,20 +58,3 @@ def identifying_uids(path: str, transfer_syntax: str) -> tuple[str | None, str |
             found[tag] = value.rstrip(b"\0 ").decode("ascii", "replace") or None
         offset += header + length
     return found.get(SOP_CLASS_UID), found.get(SOP_INSTANCE_UID)
-
-
-def _data_set_offset(head: bytes) -> int:
-    """Where the data set starts: after the preamble, ``DICM`` and the file meta group."""
-    if head[128:132] != b"DICM":
-        raise UnreadableIdentity("no DICM prefix")
-    offset = 132
-    while offset + 8 <= len(head):
-        group = struct.unpack_from("<H", head, offset)[0]
-        if group != 0x0002:
-            return offset
-        vr = head[offset + 4:offset + 6]
-        if vr in LONG_VRS:
-            offset += 12 + struct.unpack_from("<I", head, offset + 8)[0]
-        else:
-            offset += 8 + struct.unpack_from("<H", head, offset + 6)[0]
-    raise UnreadableIdentity("the file meta runs past the first bytes")

@@ -20,13 +20,13 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from router.engine.part10 import FileMetaValues, encode_file_meta, read_file_meta
+from router.engine.store_decode import PREAMBLE
+from router.spool.splice import LONG_VRS
 
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 CHUNK = 1024 * 1024
 META_READ = 64 * 1024
-PREAMBLE = b"\x00" * 128 + b"DICM"
 CONVERTIBLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 

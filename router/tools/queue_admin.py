@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from router.config.models import RouterConfig
-from router.spool.identity import identifying_uids
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.splice import read_header
 from router.spool.store import Spool
@@ -101,8 +100,7 @@ def _orphan_record(path: Path) -> InstanceRecord:
     """The queue record of an orphaned spool file, if it is a whole instance (ValueError otherwise)."""
     header, layout = read_header(path)
     ts = str(header.file_meta.get("TransferSyntaxUID", ""))
-    uids = identifying_uids(str(path), ts)
-    if uids is not None and not all(uids):
+    if not header.get("SOPClassUID") or not header.get("SOPInstanceUID"):
         raise ValueError("no SOP Class UID or SOP Instance UID")
     if layout.pixel_end is not None and layout.pixel_end > layout.size:
         raise ValueError("the pixel data runs past the end of the file")
