@@ -6,8 +6,9 @@ three ticks (measured here: most of an association's wall time). These replaceme
 for the thing they poll for instead:
 
 - the DUL reactor waits in ``poll()`` on its socket and an eventfd that is written
-  whenever another thread queues a primitive for it (``to_provider_queue``) or it is told
-  to stop; it does not wait while a primitive is queued;
+  whenever another thread queues a primitive (``to_provider_queue``) or an event
+  (``event_queue``: a transport error on a lent socket) for it, or it is told to stop; it
+  does not wait while a primitive is queued;
 - the association reactor waits on an Event set whenever the DUL completes a DIMSE message
   or queues an ACSE primitive for it, or the association is killed. A DIMSE message that a
   ``send_*()`` call is waiting for (the reactor's checkpoint is cleared) does not wake it:
@@ -19,9 +20,10 @@ delivering thread (:mod:`router.engine.socket_loans`) the reactor neither waits 
 reads it, and takes it back as soon as anything is queued for its state machine.
 
 Every wait is bounded: by :data:`MAX_WAIT` after activity, doubling while a reactor finds
-nothing to do up to :data:`MAX_IDLE_WAIT`, so timers (ARTIM, the idle timeout) and flags
-set without a wake-up are still seen within that time, and a thousand idle associations
-cost a few thousand wake-ups a second, not a hundred thousand.
+nothing to do up to :data:`MAX_IDLE_WAIT`, and never past the expiry of the timer the
+reactor acts on (ARTIM for the DUL, the idle timer for the association), so timers fire
+on time and a flag set without a wake-up is still seen within :data:`MAX_IDLE_WAIT`. A
+thousand idle associations cost a few hundred wake-ups a second, not a hundred thousand.
 
 The association reactor also closes a race in the stock loop (pynetdicom PR #351 narrowed
 it, 3.0.4 still has it): a ``send_*()`` call could clear the pause checkpoint just after the
@@ -63,7 +65,14 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
 ROUTER_LOG = structlog.get_logger("router.engine")
 
 MAX_WAIT = 0.02
-MAX_IDLE_WAIT = 0.32
+MAX_IDLE_WAIT = 10.24
+
+
+def _bounded_by(timer, wait: float) -> float:
+    """``wait``, shortened to end when a running pynetdicom ``Timer`` expires (at least 1 ms)."""
+    if timer.timeout is None or timer._start_time is None or timer._end_time is not None:
+        return wait
+    return min(wait, max(timer.remaining, 0.001))
 
 _stock = {
     "dul_init": DULServiceProvider.__init__,
@@ -92,6 +101,7 @@ def _dul_init(self, assoc) -> None:
     self._poller = None
     self._polled = None
     self.to_provider_queue = NotifyingQueue(lambda: _dul_wake_unless_own_thread(self))
+    self.event_queue = NotifyingQueue(lambda: _dul_wake_unless_own_thread(self))
     self._socket_lock = threading.Lock()
     self._socket_lent = False
 
@@ -187,7 +197,8 @@ def _dul_run_reactor(self) -> None:
                 idle = True
 
             if idle:
-                wait = MAX_WAIT if _dul_wait(self, wait) else min(wait * 2, MAX_IDLE_WAIT)
+                woke = _dul_wait(self, _bounded_by(self.artim_timer, wait))
+                wait = MAX_WAIT if woke else min(wait * 2, MAX_IDLE_WAIT)
             else:
                 wait = MAX_WAIT
 
@@ -393,7 +404,8 @@ def _assoc_run_reactor(self) -> None:
     while not self._kill:
         self._is_paused = True
         if idle:
-            wait = MAX_WAIT if wake.wait(wait) else min(wait * 2, MAX_IDLE_WAIT)
+            woke = wake.wait(_bounded_by(self.dul._idle_timer, wait))
+            wait = MAX_WAIT if woke else min(wait * 2, MAX_IDLE_WAIT)
         else:
             wait = MAX_WAIT
         wake.clear()

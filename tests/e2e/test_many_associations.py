@@ -42,6 +42,10 @@ def _serve(tmp_path, write_config, endpoint_extra: str, limit: int | None = None
     return serve.start(port), port
 
 
+def _log_tail(serve: ServeProcess, lines: int = 30) -> str:
+    return "\n".join(serve.log_text().splitlines()[-lines:])
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("heavy-sockets")
 def test_a_thousand_concurrent_associations_each_answer_c_echo(tmp_path, write_config):
@@ -49,16 +53,18 @@ def test_a_thousand_concurrent_associations_each_answer_c_echo(tmp_path, write_c
     if hard != resource.RLIM_INFINITY and hard < 3 * ASSOCIATIONS + 200:
         pytest.skip(f"the descriptor hard limit ({hard}) is too low for {ASSOCIATIONS} associations on both ends")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    serve, port = _serve(tmp_path, write_config, f"max_associations = {ASSOCIATIONS}")
+    # the idle timeout outlasts opening them all on a loaded machine
+    serve, port = _serve(tmp_path, write_config, f"max_associations = {ASSOCIATIONS}\nnetwork_timeout = 900")
     held: list[socket.socket] = []
     try:
         for _ in range(ASSOCIATIONS):
             sock = _open_association(port)
             held.append(sock)
             answer = pdus.read_pdu(sock, 60)
-            assert answer is not None and answer[0] == pdus.A_ASSOCIATE_AC, f"association {len(held)}: {answer}"
+            assert answer is not None and answer[0] == pdus.A_ASSOCIATE_AC, \
+                f"association {len(held)}: {answer}; the router's log ends:\n{_log_tail(serve)}"
         statuses = [_echo_on(sock) for sock in held]  # all 1,000 open at once
-        assert statuses == [0] * ASSOCIATIONS
+        assert statuses == [0] * ASSOCIATIONS, f"the router's log ends:\n{_log_tail(serve)}"
         extra = _open_association(port)
         answer = pdus.read_pdu(extra, 60)
         extra.close()
