@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
@@ -39,6 +39,7 @@ from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import ConfigPath
 from router.spool.queue import Delivery
+from router.spool.splice import read_header_before_pixels
 from router.spool.store import copy_durably
 
 DEFAULT_TEMPLATE = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
@@ -82,7 +83,7 @@ def _digest(value: str) -> str:
 
 def read_attributes(path: Path | str, keywords: list[str]) -> Dataset:
     """Only the named top-level attributes of a Part-10 file (other values are skipped, not read)."""
-    return dcmread(path, stop_before_pixels=True, specific_tags=keywords)
+    return read_header_before_pixels(path, only=keywords)[0]
 
 
 class FilesystemBackend:

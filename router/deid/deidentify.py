@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
@@ -253,10 +253,10 @@ class _Run:
             ds[tag].value = Sequence([])
             self.report.actions["emptied"] += 1
         elif action == "Z":
-            ds[tag].value = None if vr not in ("OB", "OW", "UN") else b""
+            _overwritable(ds, tag, vr).value = None if vr not in ("OB", "OW", "UN") else b""
             self._count("emptied", vr)
         elif action == "D" or action == "U" and vr != "SQ":
-            self._dummy(ds[tag])
+            self._dummy(ds[tag] if vr == "UI" else _overwritable(ds, tag, vr))
         elif action in ("U", "U*") and vr == "SQ":
             self._items(ds[tag])
             self.report.actions["kept"] += 1
@@ -328,9 +328,19 @@ class _Run:
         self.report.actions["private removed"] += 1
 
 
+def _overwritable(ds: Dataset, tag: int, vr: str) -> DataElement:
+    """The element whose value is about to be replaced: one whose long value was left in the
+    file (deferred) becomes an empty element of its VR, so the value is never read just to be
+    thrown away."""
+    element = ds.get_item(tag, keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None and element.length:
+        ds[tag] = DataElement(tag, vr, None)
+    return ds[tag]
+
+
 def _vr(ds: Dataset, tag: int) -> str:
     """The VR of an element without decoding it (implicit VR files leave it to the dictionary)."""
-    vr = ds.get_item(tag).VR
+    vr = ds.get_item(tag, keep_deferred=True).VR
     if vr:
         return vr
     try:

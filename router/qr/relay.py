@@ -109,6 +109,10 @@ class Relay:
         self._files.append(path)
         return path
 
+    def remove_after_sending(self, path: Path) -> None:
+        """Remove ``path`` (a converted copy of the current instance) with the instance's own files."""
+        self._files.append(path)
+
     def _clean(self) -> None:
         for path in self._files:
             path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 from router.engine.part10 import NotPlainPart10, read_file_meta
-from router.spool.splice import LONG_VRS
+from router.spool.spans import LONG_VRS
 
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 IMPLICIT_VR_LE, EXPLICIT_VR_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"

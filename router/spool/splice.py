@@ -16,22 +16,46 @@ import copy
 import os
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.sequence import Sequence
+from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_partial
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite, write_dataset, write_file_meta_info
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.hooks import hooks, raw_element_value
 from pydicom.uid import UID
 
+from router.engine.part10 import NotPlainPart10, read_file_meta
+from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
+
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _value_of_a_deferred_sequence(raw, data: dict, **kwargs) -> None:
+    """pydicom's conversion of a raw element's value, which also takes a sequence of
+    undefined length deferred by :func:`read_header_before_pixels`.
+
+    pydicom (3.0) defers only elements of defined length: its deferred read of one of
+    undefined length hands the sequence over already parsed, as a ``DataElement`` where
+    ``convert_raw_data_element`` expects a raw element (bytes, ``value_tell``, ``length``).
+    The value is taken as it is, and the two attributes the conversion reads next are set.
+    """
+    if isinstance(raw, DataElement):
+        raw.value_tell, raw.length = raw.file_tell, UNDEFINED
+        data["value"] = raw.value
+    else:
+        raw_element_value(raw, data, **kwargs)
+
+
+hooks.register_callback("raw_element_value", _value_of_a_deferred_sequence)
 COPY_CHUNK = 1024 * 1024
 DEFER_SIZE = 256 * 1024
+META_READ = 16 * 1024
 
 
 class SpliceError(ValueError):
@@ -55,20 +79,97 @@ def read_header(path: Path | str) -> tuple[Dataset, Layout]:
     return header, locate_pixel_data(path, header, start)
 
 
-def read_header_before_pixels(path: Path | str) -> tuple[Dataset, int]:
-    """The elements before the top-level pixel data, and the offset where that pixel data starts.
+def read_header_before_pixels(path: Path | str, only: list | None = None) -> tuple[Dataset, int]:
+    """The elements before the top-level pixel data (``only``: just these tags or keywords, the
+    other values skipped), and the offset where that pixel data starts.
 
     This is all that matching needs; :func:`locate_pixel_data` does the rest for an edit.
-    Values longer than :data:`DEFER_SIZE` (an Encapsulated Document, a waveform) are not
-    read: pydicom reads one from the file only if something asks for it.
+    An element longer than :data:`DEFER_SIZE` (an Encapsulated Document, a waveform, a
+    large sequence, of defined or undefined length) is not read: pydicom reads it from the
+    file only if something asks for it, and :func:`write_spliced` copies it byte for byte
+    when nothing did. A deflated data set is read as pydicom reads it (inflated whole).
     """
     with open(path, "rb") as f:
-        ds = dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
+        stop = _StopBeforeLongOrPixels(f)
+        only = [Tag(t) for t in only] if only else None
+        ds = read_partial(f, stop_when=stop, defer_size=DEFER_SIZE, specific_tags=only)
+        _read_elements(f, ds, stop, only)
         return ds, f.tell()
 
 
+class _StopBeforeLongOrPixels:
+    """pydicom's ``stop_when``: stop at the top-level pixel data, and at a top-level element of
+    undefined length longer than :data:`DEFER_SIZE` (measured with
+    :func:`router.spool.spans.element_end` from the file's position, which is left where it was).
+
+    pydicom defers only elements of defined length; a sequence of undefined length it
+    parses whole. The transfer syntax is read from the file meta at the first such element
+    (most files have none); a deflated data set, or a file whose meta is not plain, is
+    read as pydicom reads it.
+    """
+
+    def __init__(self, f, syntax: UID | None = None):
+        self.f = f
+        self.syntax = syntax
+        self.size = os.fstat(f.fileno()).st_size
+        self.span: tuple[int, int] | None = None  # of the long element it stopped at
+
+    @property
+    def implicit(self) -> bool:
+        return self.syntax.is_implicit_VR
+
+    @property
+    def little(self) -> bool:
+        return self.syntax.is_little_endian
+
+    def __call__(self, tag, vr, length) -> bool:
+        if tag in PIXEL_TAGS:
+            return True
+        if length != UNDEFINED or not self._walkable():
+            return False
+        value_start = self.f.tell()
+        end = element_end(self.f, value_start, UNDEFINED, implicit=self.implicit, little=self.little, vr=vr,
+                          size=self.size)
+        self.f.seek(value_start)
+        if end - value_start <= DEFER_SIZE:
+            return False
+        self.span = (value_start, end)
+        return True
+
+    def _walkable(self) -> bool:
+        if self.syntax is None:
+            position = self.f.tell()
+            self.f.seek(0)
+            try:
+                self.syntax = UID(read_file_meta(self.f.read(META_READ))[0].TransferSyntaxUID or "")
+            except NotPlainPart10:
+                self.syntax = UID("")
+            self.f.seek(position)
+        return self.syntax.is_transfer_syntax and not self.syntax.is_deflated
+
+
+def _read_elements(f, ds: Dataset, stop: _StopBeforeLongOrPixels, only: list | None = None) -> None:
+    """After ``stop`` stopped a read: add each long element of undefined length as a deferred
+    one (if ``only`` names it), and the elements after it, up to the top-level pixel data or
+    the end of the file."""
+    encoding = convert_encodings(ds.get("SpecificCharacterSet", "ISO_IR 6"))
+    while stop.span is not None:
+        value_start, end = stop.span
+        stop.span = None
+        group, element = struct.unpack(("<" if stop.little else ">") + "HH", f.read(4))
+        tag = BaseTag(group << 16 | element)
+        if only is None or tag in only:
+            ds[tag] = RawDataElement(tag, "SQ", UNDEFINED, None, value_start, stop.implicit, stop.little, True, True)
+        f.seek(end)
+        part = read_dataset(f, stop.implicit, stop.little, stop_when=stop, defer_size=DEFER_SIZE,
+                            parent_encoding=encoding, specific_tags=only)
+        for tag in part.keys():
+            ds[tag] = part.get_item(tag, keep_deferred=True)
+
+
 def locate_pixel_data(path: Path | str, header: Dataset, start: int) -> Layout:
-    """Where the pixel data element that starts at ``start`` ends; elements after it are added to ``header``."""
+    """Where the pixel data element that starts at ``start`` ends; elements after it are added to
+    ``header`` (long ones deferred, as in :func:`read_header_before_pixels`)."""
     size = os.path.getsize(path)
     ts = UID(header.file_meta.TransferSyntaxUID)
     if ts.is_deflated:
@@ -79,9 +180,13 @@ def locate_pixel_data(path: Path | str, header: Dataset, start: int) -> Layout:
         tag, end = _pixel_element_end(f, start, size, ts)
         if end < size:
             f.seek(end)
-            tail = read_dataset(BytesIO(f.read(size - end)), ts.is_implicit_VR, ts.is_little_endian)
-            for element in tail:
-                header.add(element)
+            stop = _StopBeforeLongOrPixels(f, ts)
+            encoding = convert_encodings(header.get("SpecificCharacterSet", "ISO_IR 6"))
+            tail = read_dataset(f, ts.is_implicit_VR, ts.is_little_endian, stop_when=stop, defer_size=DEFER_SIZE,
+                                parent_encoding=encoding)
+            for element_tag in tail.keys():
+                header[element_tag] = tail.get_item(element_tag, keep_deferred=True)
+            _read_elements(f, header, stop)
     return Layout(tag, start, end, size)
 
 
@@ -152,14 +257,62 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out) -> N
     fp.write((getattr(header, "preamble", None) or b"\0" * 128)[:128].ljust(128, b"\0") + b"DICM")
     write_file_meta_info(fp, header.file_meta, enforce_standard=True)
     charset = header.get("SpecificCharacterSet", "iso8859")
-    write_dataset(fp, correct_ambiguous_vr(before, ts.is_little_endian), parent_encoding=charset)
-    if layout.pixel_start is None:
-        return
     with open(source, "rb") as src:
+        _write_elements(fp, before, src, charset)
+        if layout.pixel_start is None:
+            return
         src.seek(layout.pixel_start)
         _copy_range(src, out, layout.pixel_end - layout.pixel_start)
-    if len(after):
-        write_dataset(fp, correct_ambiguous_vr(after, ts.is_little_endian), parent_encoding=charset)
+        if len(after):
+            _write_elements(fp, after, src, charset)
+
+
+def _write_elements(fp, part: Dataset, src, charset) -> None:
+    """Write ``part``'s elements in tag order: those still deferred (never read, so never
+    changed) copied byte for byte from ``src``, the file they were read from, the rest
+    encoded by pydicom."""
+    little = fp.is_little_endian
+    deferred = [tag for tag in part.keys() if _is_deferred(part.get_item(tag, keep_deferred=True))]
+    if not deferred:
+        write_dataset(fp, correct_ambiguous_vr(part, little), parent_encoding=charset)
+        return
+    encoded = _subset(part, [tag for tag in part.keys() if tag not in deferred])
+    correct_ambiguous_vr(encoded, little)
+    run = _subset(part, [])
+    for tag in sorted(part.keys()):
+        if tag not in deferred:
+            run[tag] = encoded.get_item(tag, keep_deferred=True)
+            continue
+        write_dataset(fp, run, parent_encoding=charset)
+        run = _subset(part, [])
+        _copy_element(src, part.get_item(tag, keep_deferred=True), fp)
+    write_dataset(fp, run, parent_encoding=charset)
+
+
+def _is_deferred(element) -> bool:
+    return isinstance(element, RawDataElement) and element.value is None and element.length != 0
+
+
+def _subset(source: Dataset, tags: list) -> Dataset:
+    """A dataset holding ``source``'s elements ``tags`` as they are, with its encoding."""
+    part = Dataset()
+    _copy_encoding(source, part)
+    for tag in tags:
+        part[tag] = source.get_item(tag, keep_deferred=True)
+    return part
+
+
+def _copy_element(src, element: RawDataElement, fp) -> None:
+    """Copy a deferred element's bytes, header included, from its file to ``fp``."""
+    start = element.value_tell - element_header_length(element.is_implicit_VR, element.VR)
+    end = element_end(src, element.value_tell, element.length, implicit=element.is_implicit_VR,
+                      little=element.is_little_endian, vr=element.VR)
+    src.seek(start)
+    group, elem = struct.unpack(("<" if element.is_little_endian else ">") + "HH", src.read(4))
+    if group << 16 | elem != element.tag:
+        raise SpliceError(f"the source no longer holds {element.tag} at byte {start}")
+    src.seek(start)
+    _copy_range(src, fp, end - start)
 
 
 def _split(header: Dataset, cut: int) -> tuple[Dataset, Dataset]:
@@ -168,8 +321,8 @@ def _split(header: Dataset, cut: int) -> tuple[Dataset, Dataset]:
     before.file_meta = header.file_meta
     for part in (before, after):
         _copy_encoding(header, part)
-    for element in header.elements():
-        (before if element.tag < cut else after)[element.tag] = element
+    for tag in header.keys():
+        (before if tag < cut else after)[tag] = header.get_item(tag, keep_deferred=True)
     return before, after
 
 
@@ -194,11 +347,15 @@ def clone_header(header: Dataset) -> Dataset:
         clone.file_meta = _clone_elements(header.file_meta, FileMetaDataset())
         clone.file_meta.set_original_encoding(False, True)
     clone.preamble = getattr(header, "preamble", None)
+    for name in ("filename", "fileobj_type", "timestamp", "buffer"):  # what reading a deferred element needs
+        if hasattr(header, name):
+            setattr(clone, name, getattr(header, name))
     return clone
 
 
 def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
-    for element in source.elements():
+    for tag in sorted(source.keys()):
+        element = source.get_item(tag, keep_deferred=True)
         if isinstance(element, RawDataElement):
             target[element.tag] = element
         elif element.VR == "SQ":

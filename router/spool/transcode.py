@@ -21,10 +21,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from router.engine.part10 import FileMetaValues, encode_file_meta, read_file_meta
 from router.engine.store_decode import PREAMBLE
-from router.spool.splice import LONG_VRS
+from router.spool.spans import ITEM, LONG_VRS, UNDEFINED
+from router.spool.spans import ITEM_DELIMITER as ITEM_END
+from router.spool.spans import SEQUENCE_DELIMITER as SEQUENCE_END
 
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 CHUNK = 1024 * 1024
 META_READ = 64 * 1024
 CONVERTIBLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

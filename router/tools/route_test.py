@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from router.config.models import RouterConfig
 from router.envelope import AssociationInfo, Command, Drop, Reject, RequestEnvelope, SpooledInstance
+from router.spool.splice import read_header_before_pixels
 from router.pipeline import PipelineSet
 
 
@@ -55,7 +56,7 @@ def route_test(config: RouterConfig, path: Path, *, endpoint: str | None = None,
     if endpoint not in config.endpoints:
         raise RouteTestError(f"no endpoint named {endpoint!r}; configured: {', '.join(config.endpoints) or 'none'}")
     try:
-        header = dcmread(path, stop_before_pixels=True)
+        header = read_header_before_pixels(path)[0]
         transfer_syntax = str(header.file_meta.TransferSyntaxUID)
     except Exception as exc:
         raise RouteTestError(f"{path}: not a readable DICOM Part-10 file: {exc}") from None

@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from router import engine
 from router.backends.dimse import DimseBackend
 from router.backends.status import Outcome
 from router.spool.queue import Delivery
+from router.spool.splice import read_header_before_pixels
 
 
 def iter_files(paths: list[Path]):
@@ -30,7 +30,7 @@ def iter_files(paths: list[Path]):
 def describe_file(path: Path) -> Delivery | str:
     """A delivery for a Part-10 file, or why the file cannot be sent."""
     try:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).file_meta
+        meta = read_header_before_pixels(path, only=["SOPInstanceUID"])[0].file_meta
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         return f"not a readable DICOM file: {exc}"
     needed = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")

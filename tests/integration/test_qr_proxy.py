@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.deid import key_file, raw_pixel_bytes
@@ -133,6 +133,45 @@ def test_get_returns_the_pacs_instances_unchanged(tmp_path, write_config, start_
     expected = digests_by_uid((tmp_path / "direct").iterdir())
     assert set(expected) == set(digests_by_uid(studies["P002"]))
     assert digests_by_uid((tmp_path / "got").iterdir()) == expected
+
+
+def test_get_converts_for_a_requester_that_takes_only_implicit_vr(tmp_path, write_config, start_router, ports,
+                                                                  orthanc, studies):
+    """The PACS holds Explicit VR files; a C-GET requester that accepts only Implicit VR gets
+    each instance converted (streamed from file to file), same data set, and nothing left behind."""
+    from pydicom.uid import ImplicitVRLittleEndian
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    start_router(write_config(router_config(tmp_path, ports, orthanc, "get")))
+    originals = {dcmread(p).SOPInstanceUID: dcmread(p) for p in studies["P002"]}
+    assert {str(d.file_meta.TransferSyntaxUID) for d in originals.values()} == {"1.2.840.10008.1.2.1"}
+    sop_classes = {str(d.SOPClassUID) for d in originals.values()}
+    received: dict[str, tuple[str, object]] = {}
+
+    def on_store(event):
+        received[event.dataset.SOPInstanceUID] = (event.context.transfer_syntax, event.dataset)
+        return 0x0000
+
+    ae = AE("QRCLIENT")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class, [ImplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", ports["router"], ae_title=ROUTER_AE,
+                         ext_neg=[build_role(c, scp_role=True) for c in sop_classes],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = next(iter(originals.values())).StudyInstanceUID
+    statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+                if status is not None]
+    assoc.release()
+    assert statuses[-1] == 0x0000 and set(received) == set(originals)
+    for uid, (syntax, dataset) in received.items():
+        assert syntax == ImplicitVRLittleEndian
+        assert dataset.PixelData == originals[uid].PixelData and dataset.PatientID == originals[uid].PatientID
+    assert not list((tmp_path / "data").rglob("*.converted"))
 
 
 def test_move_to_an_unknown_destination_is_refused(tmp_path, write_config, start_router, ports, orthanc, studies):

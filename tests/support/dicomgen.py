@@ -114,6 +114,55 @@ def write_large_pdf(path: Path | str, size_bytes: int) -> Path:
     return path
 
 
+def write_large_sequence(path: Path | str, size_bytes: int, implicit: bool = False) -> Path:
+    """An Enhanced CT instance whose Per-frame Functional Groups Sequence (5200,9230) is about
+    ``size_bytes``, written in undefined-length form (sequence, items and a nested sequence in
+    each item, as many modalities write them), followed by a small pixel data element.
+    Streamed to the file item by item."""
+    path = Path(path)
+    ds = make_dataset("small", "BIGSEQ", generate_uid(), generate_uid(), 0)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2" if implicit else ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = IMPL_UID
+    ds.save_as(path, enforce_file_format=True)
+    undefined = 0xFFFFFFFF
+
+    def element(tag: int, vr: bytes, value: bytes) -> bytes:
+        head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        if implicit:
+            return head + struct.pack("<I", len(value)) + value
+        if vr in (b"SQ", b"OW", b"OB", b"UT"):
+            return head + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+        return head + vr + struct.pack("<H", len(value)) + value
+
+    def undefined_sequence(tag: int) -> bytes:
+        head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        return head + (b"" if implicit else b"SQ\0\0") + struct.pack("<I", undefined)
+
+    item_start = struct.pack("<HHI", 0xFFFE, 0xE000, undefined)
+    item_end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    sequence_end = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    comment = element(0x00209158, b"LT", b"frame " * 1333 + b"  ")  # 8,000 bytes
+    with open(path, "ab") as f:
+        f.write(undefined_sequence(0x52009230))
+        written = 0
+        frame = 0
+        while written < size_bytes:
+            position = f"0\\0\\{frame}".encode()
+            position += b" " * (len(position) % 2)
+            item = (item_start + comment + undefined_sequence(0x00209113) + item_start
+                    + element(0x00200032, b"DS", position) + item_end + sequence_end + item_end)
+            f.write(item)
+            written += len(item)
+            frame += 1
+        f.write(sequence_end)
+        f.write(element(0x7FE00010, b"OW", _pixels(ds.Rows * ds.Columns * 2, 0)))
+    return path
+
+
 def _pixels(n: int, seed: int) -> bytes:
     block = (seed.to_bytes(4, "little") * 16)[:64]
     pattern = bytes((b ^ (i * 7)) & 0x0F for i, b in enumerate(block * 8))

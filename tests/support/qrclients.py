@@ -37,9 +37,9 @@ def movescu(port: int, called: str, destination: str, keys: list[str], model: st
 
 
 def getscu(port: int, called: str, keys: list[str], out_dir: Path, model: str = "study",
-           calling: str = "QRCLIENT") -> subprocess.CompletedProcess:
+           calling: str = "QRCLIENT", options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [dcmtk("getscu"), "-d", MODELS[model], "-aet", calling, "-aec", called, "-od", str(out_dir),
+    cmd = [dcmtk("getscu"), "-d", MODELS[model], "-aet", calling, "-aec", called, "-od", str(out_dir), *options,
            *_keys(keys), "127.0.0.1", str(port)]
     return subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=300)
 
