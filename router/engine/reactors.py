@@ -298,12 +298,30 @@ def abort_after_error(dul, exc: BaseException, where: str) -> None:
 
 def log_association_error(assoc, exc: BaseException, where: str) -> None:
     """One structured line for an error that ends an association, with who the peer was."""
+    ROUTER_LOG.error("association ended after an unexpected error", where=where, error=repr(exc),
+                     **association_fields(assoc))
+
+
+def association_fields(assoc) -> dict:
+    """The log fields naming an association: endpoint, id, calling AE title and peer once the
+    endpoint has seen its request; the peer's address alone before that, or for an
+    association the router requested."""
     info = getattr(assoc, "router_info", None)
-    context = {"peer": _peer_of(assoc)}
     if info is not None:
-        context = {"endpoint": info.endpoint, "assoc_id": info.association_id, "calling_aet": info.calling_aet,
-                   "peer": f"{info.peer_host}:{info.peer_port}"}
-    ROUTER_LOG.error("association ended after an unexpected error", where=where, error=repr(exc), **context)
+        return {"endpoint": info.endpoint, "assoc_id": info.association_id, "calling_aet": info.calling_aet,
+                "peer": f"{info.peer_host}:{info.peer_port}"}
+    return {"peer": _peer_of(assoc)}
+
+
+def current_association_fields() -> dict:
+    """:func:`association_fields` of the association whose thread (association or socket
+    thread) is running, or nothing: the context of pynetdicom's own log lines."""
+    thread = threading.current_thread()
+    if isinstance(thread, Association):
+        return association_fields(thread)
+    if isinstance(thread, DULServiceProvider):
+        return association_fields(thread.assoc)
+    return {}
 
 
 def _peer_of(assoc) -> str | None:

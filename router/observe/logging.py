@@ -2,7 +2,10 @@
 
 Standard-library loggers (pynetdicom's messages) and Python warnings (pydicom's) go
 through the same renderer, so in JSON mode stderr carries nothing but JSON lines; console
-lines have their control characters escaped (:mod:`router.observe.printable`).
+lines have their control characters escaped (:mod:`router.observe.printable`). Their lines
+carry no context of their own: each gets the fields of what the logging thread is working
+on (its association, for pynetdicom's threads) from the providers registered with
+:func:`add_thread_context`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,27 @@ RECENT_PROBLEMS = deque(maxlen=50)  # the latest warnings and errors of this pro
 _recent_lock = threading.Lock()
 KEPT_FIELDS = ("timestamp", "level", "logger", "event", "endpoint", "backend", "assoc_id", "calling_aet",
                "sop_instance_uid", "reason", "error")
+
+
+_thread_context_providers: list = []
+
+
+def add_thread_context(provider) -> None:
+    """Register ``provider()``: the fields (a dict, maybe empty) describing what the current
+    thread works on, added to every line from a standard-library logger."""
+    if provider not in _thread_context_providers:
+        _thread_context_providers.append(provider)
+
+
+def _add_thread_context(logger, method, event_dict):
+    for provider in _thread_context_providers:
+        try:
+            fields = provider()
+        except Exception:  # context is a courtesy: never lose the line over it
+            continue
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = None) -> None:
@@ -47,7 +71,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[_add_thread_context, *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _identity,
