@@ -38,6 +38,7 @@ from pydicom.tag import Tag
 from router.deid.keys import Keyring
 from router.deid.profile import Profile
 from router.middleware.lookup import LookupTable
+from router.spool.scratch_values import rewrite_sequence_items
 
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
 LONGITUDINAL_MODIFIED = 0x00280303
@@ -229,7 +230,7 @@ class _Run:
                 action = "C"
             if action is None:
                 if vr == "SQ":
-                    self._items(ds[tag], cleaning)
+                    self._sequence(ds, tag, cleaning)
                 elif cleaning and vr in TEXT_VRS and vr != "CS":
                     self._clean(ds[tag])
                 continue
@@ -247,7 +248,7 @@ class _Run:
             self._count("removed", vr)
         elif action == "K":
             if vr == "SQ":
-                self._items(ds[tag])
+                self._sequence(ds, tag)
             self.report.actions["kept"] += 1
         elif action in ("Z", "D") and vr == "SQ":
             ds[tag].value = Sequence([])
@@ -258,7 +259,7 @@ class _Run:
         elif action == "D" or action == "U" and vr != "SQ":
             self._dummy(ds[tag] if vr == "UI" else _overwritable(ds, tag, vr))
         elif action in ("U", "U*") and vr == "SQ":
-            self._items(ds[tag])
+            self._sequence(ds, tag)
             self.report.actions["kept"] += 1
         else:
             self._clean(ds[tag])
@@ -267,6 +268,12 @@ class _Run:
         self.report.actions[what] += 1
         if vr in ("DA", "DT", "TM"):
             self.report.actions["dates removed"] += 1
+
+    def _sequence(self, ds: Dataset, tag: int, cleaning: bool = False) -> None:
+        """De-identify each item of the sequence ``tag``; a long one left in the spooled file is
+        rewritten one item at a time (:func:`router.spool.scratch_values.rewrite_sequence_items`)."""
+        if not rewrite_sequence_items(ds, tag, lambda item: self.dataset(item, cleaning)):
+            self._items(ds[tag], cleaning)
 
     def _items(self, element: DataElement, cleaning: bool = False) -> None:
         for item in element.value or ():
@@ -322,7 +329,7 @@ class _Run:
                     return
             elif any(s.keeps(tag, creators.get((tag & 0xFFFF0000) | (tag >> 8 & 0xFF))) for s in safe):
                 if vr == "SQ":
-                    self._items(ds[tag])
+                    self._sequence(ds, tag)
                 return
         del ds[tag]
         self.report.actions["private removed"] += 1

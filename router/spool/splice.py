@@ -24,13 +24,19 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset, read_partial
-from pydicom.filewriter import correct_ambiguous_vr, dcmwrite, write_dataset, write_file_meta_info
+from pydicom.filewriter import (
+    correct_ambiguous_vr,
+    dcmwrite,
+    write_dataset,
+    write_file_meta_info,
+)
+from pydicom.hooks import hooks, raw_element_value
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
-from pydicom.hooks import hooks, raw_element_value
 from pydicom.uid import UID
 
 from router.engine.part10 import NotPlainPart10, read_file_meta
+from router.spool.scratch_values import EditableHeader, ElementElsewhere
 from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
 
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -303,7 +309,10 @@ def _subset(source: Dataset, tags: list) -> Dataset:
 
 
 def _copy_element(src, element: RawDataElement, fp) -> None:
-    """Copy a deferred element's bytes, header included, from its file to ``fp``."""
+    """Copy a deferred element's bytes, header included, from its file (``src``, or the scratch
+    file of an :class:`~router.spool.scratch_values.ElementElsewhere`) to ``fp``."""
+    if isinstance(element, ElementElsewhere):
+        src = element.file
     start = element.value_tell - element_header_length(element.is_implicit_VR, element.VR)
     end = element_end(src, element.value_tell, element.length, implicit=element.is_implicit_VR,
                       little=element.is_little_endian, vr=element.VR)
@@ -335,13 +344,13 @@ def _copy_encoding(source: Dataset, target: Dataset) -> None:
     target.set_original_encoding(implicit, little, source.original_character_set)
 
 
-def clone_header(header: Dataset) -> Dataset:
+def clone_header(header: Dataset) -> EditableHeader:
     """An independent copy of a header, much cheaper than ``copy.deepcopy``.
 
     Elements not yet decoded (raw) are immutable and shared; decoded ones are copied, and
     sequences copied item by item, so editing the clone never changes ``header``.
     """
-    clone = _clone_elements(header, Dataset())
+    clone = _clone_elements(header, EditableHeader())
     if hasattr(header, "file_meta"):
         _copy_encoding(header, clone)
         clone.file_meta = _clone_elements(header.file_meta, FileMetaDataset())
@@ -356,6 +365,8 @@ def clone_header(header: Dataset) -> Dataset:
 def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
     for tag in sorted(source.keys()):
         element = source.get_item(tag, keep_deferred=True)
+        if isinstance(element, ElementElsewhere):
+            target.holds_elsewhere = True
         if isinstance(element, RawDataElement):
             target[element.tag] = element
         elif element.VR == "SQ":

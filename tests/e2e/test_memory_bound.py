@@ -176,20 +176,28 @@ def sequence_digest(path, tag: int) -> str:
     return digest.hexdigest()
 
 
+SEQUENCE_STAGES = {
+    "filter+coerce": ('[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"] }\n\n'
+                      '[[pipelines.default.middleware]]\ntype = "coerce"\n'
+                      'operations = [{ set = "BodyPartExamined", value = "CHEST" }]\n'),
+    "anonymize": '[[pipelines.default.middleware]]\ntype = "anonymize"\nkey_file = "{key}"\n',
+}
+
+
 @pytest.mark.slow
-def test_a_large_sequence_passes_a_filter_and_an_edit_to_a_folder_with_flat_memory(tmp_path, write_config):
+@pytest.mark.parametrize("stages", list(SEQUENCE_STAGES))
+def test_a_large_sequence_passes_the_stages_to_a_folder_with_flat_memory(tmp_path, write_config, stages):
     """An Enhanced CT instance with a 200 MB Per-frame Functional Groups Sequence of undefined
-    length (items and nested sequences of undefined length too) through ``filter`` and
-    ``coerce`` to a ``filesystem`` backend: no process parses the sequence (every one under
-    100 MiB), the edit lands, and the sequence arrives byte for byte."""
+    length (items and nested sequences of undefined length too) to a ``filesystem`` backend,
+    every process under 100 MiB: through ``filter`` and ``coerce`` the sequence is never
+    parsed and arrives byte for byte; through ``anonymize`` it is de-identified one item at a
+    time (Frame Comments, PS3.15 action X, leave every item)."""
     from tests.support.dicomgen import write_large_sequence
 
     big = write_large_sequence(tmp_path / "enhanced.dcm", 200 * 1000 * 1000)
     port = free_port()
     backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
-    extra = ('[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"] }\n\n'
-             '[[pipelines.default.middleware]]\ntype = "coerce"\n'
-             'operations = [{ set = "BodyPartExamined", value = "CHEST" }]\n')
+    extra = SEQUENCE_STAGES[stages].replace("{key}", str(key_file(tmp_path)))
     serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
                          tmp_path / "serve.log").start(port)
     try:
@@ -198,9 +206,16 @@ def test_a_large_sequence_passes_a_filter_and_an_edit_to_a_folder_with_flat_memo
     finally:
         serve.stop()
     (arrived,) = [p for p in (tmp_path / "archive").rglob("*.dcm")]
-    assert dcmread(arrived, stop_before_pixels=True, specific_tags=["BodyPartExamined"]).BodyPartExamined == "CHEST"
-    assert sequence_digest(arrived, 0x52009230) == sequence_digest(big, 0x52009230)
     assert pixel_digest(arrived) == pixel_digest(big)
+    if stages == "filter+coerce":
+        assert dcmread(arrived, stop_before_pixels=True, specific_tags=["BodyPartExamined"]).BodyPartExamined == "CHEST"
+        assert sequence_digest(arrived, 0x52009230) == sequence_digest(big, 0x52009230)
+    else:
+        with open(arrived, "rb") as f:
+            tail = f.read()[-(20 << 20):]  # the last items, the sequence's end and the pixel data
+        assert b"frame frame" not in tail and b"0\\0\\" in tail
+        assert dcmread(arrived, stop_before_pixels=True, specific_tags=["PatientIdentityRemoved"]) \
+            .PatientIdentityRemoved == "YES"
 
 
 @pytest.mark.slow

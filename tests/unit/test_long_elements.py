@@ -183,3 +183,37 @@ def test_anonymize_replaces_a_long_document_without_reading_it(tmp_path, monkeyp
     out = io.BytesIO()
     write_spliced(path, header, result.instance.layout, out)
     assert dcmread(io.BytesIO(out.getvalue())).EncapsulatedDocument == b"\0\0"
+
+
+def test_anonymize_rewrites_a_long_sequence_item_by_item_without_reading_it_whole(tmp_path, monkeypatch):
+    """Frame Comments (X in PS3.15) in every item of a long Per-frame Functional Groups
+    Sequence: removed item by item into a scratch file; the sequence is never read whole."""
+    import pydicom.filereader
+
+    from router.spool.scratch_values import ElementElsewhere
+    from tests.support.deid import envelope_for, key_file, stage
+
+    path = write_large_sequence(tmp_path / "seq.dcm", 2 * DEFER_SIZE)
+    envelope = envelope_for(path)
+    envelope.instance.full_header()
+
+    def no_deferred_reads(*args):
+        raise AssertionError("a deferred value was read whole")
+
+    monkeypatch.setattr(pydicom.filereader, "read_deferred_data_element", no_deferred_reads)
+    result = stage(key_file=key_file(tmp_path))(envelope)
+    header = result.instance.header
+    assert isinstance(header.get_item(SEQUENCE, keep_deferred=True), ElementElsewhere)
+    out = tmp_path / "out.dcm"
+    with open(out, "wb") as f:
+        write_spliced(path, header, result.instance.layout, f)
+    monkeypatch.undo()
+    original, anonymized = dcmread(path), dcmread(out)
+    items = anonymized.PerFrameFunctionalGroupsSequence
+    assert len(items) == len(original.PerFrameFunctionalGroupsSequence) > 60
+    assert all("FrameComments" not in item for item in items)
+    assert "FrameComments" in original.PerFrameFunctionalGroupsSequence[0]
+    assert items[-1].PlanePositionSequence[0].ImagePositionPatient == \
+        original.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient
+    assert anonymized.PatientIdentityRemoved == "YES" and anonymized.PixelData == original.PixelData
+    assert "FrameComments" not in header.PerFrameFunctionalGroupsSequence[0]  # a later stage sees the edit
