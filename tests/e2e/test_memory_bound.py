@@ -139,18 +139,25 @@ def test_a_large_encapsulated_document_passes_a_filter_to_a_folder_with_flat_mem
     from tests.support.dicomgen import write_large_pdf
 
     pdf = write_large_pdf(tmp_path / "doc.dcm", 200 * 1000 * 1000)
+    extra = '[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["DOC"] }\n'
+    arrived = through_the_router_to_a_folder(tmp_path, write_config, pdf, "1.2.840.10008.5.1.4.1.1.104.1", extra)
+    assert dataset_digest(arrived) == dataset_digest(pdf)
+
+
+def through_the_router_to_a_folder(tmp_path, write_config, path, sop_class: str, stages: str):
+    """Send ``path`` through ``dicom-router serve`` with ``stages`` to a ``filesystem`` backend,
+    every router process under 100 MiB; the file that arrived."""
     port = free_port()
     backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
-    extra = '[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["DOC"] }\n'
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
+    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=stages)),
                          tmp_path / "serve.log").start(port)
     try:
-        peaks = store_and_measure(port, pdf, "1.2.840.10008.5.1.4.1.1.104.1", tmp_path / "data", serve)
+        peaks = store_and_measure(port, path, sop_class, tmp_path / "data", serve)
         assert max(peaks.values()) < 100
     finally:
         serve.stop()
     (arrived,) = [p for p in (tmp_path / "archive").rglob("*.dcm")]
-    assert dataset_digest(arrived) == dataset_digest(pdf)
+    return arrived
 
 
 def sequence_digest(path, tag: int) -> str:
@@ -195,17 +202,8 @@ def test_a_large_sequence_passes_the_stages_to_a_folder_with_flat_memory(tmp_pat
     from tests.support.dicomgen import write_large_sequence
 
     big = write_large_sequence(tmp_path / "enhanced.dcm", 200 * 1000 * 1000)
-    port = free_port()
-    backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
     extra = SEQUENCE_STAGES[stages].replace("{key}", str(key_file(tmp_path)))
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
-                         tmp_path / "serve.log").start(port)
-    try:
-        peaks = store_and_measure(port, big, "1.2.840.10008.5.1.4.1.1.2.1", tmp_path / "data", serve)
-        assert max(peaks.values()) < 100
-    finally:
-        serve.stop()
-    (arrived,) = [p for p in (tmp_path / "archive").rglob("*.dcm")]
+    arrived = through_the_router_to_a_folder(tmp_path, write_config, big, "1.2.840.10008.5.1.4.1.1.2.1", extra)
     assert pixel_digest(arrived) == pixel_digest(big)
     if stages == "filter+coerce":
         assert dcmread(arrived, stop_before_pixels=True, specific_tags=["BodyPartExamined"]).BodyPartExamined == "CHEST"

@@ -162,22 +162,27 @@ def test_a_long_element_after_the_pixel_data_is_deferred_and_copied(tmp_path):
     assert dcmread(out)[0xFFFCFFFC].value == padding
 
 
-def test_anonymize_replaces_a_long_document_without_reading_it(tmp_path, monkeypatch):
-    """PS3.15 replaces the Encapsulated Document (action D): the dummy goes in without the
-    document being read from the file first."""
+def _anonymized_reading_no_deferred_value(tmp_path, monkeypatch, path):
+    """The ``anonymize`` stage's result for ``path``; reading any deferred value whole fails the test."""
     import pydicom.filereader
 
     from tests.support.deid import envelope_for, key_file, stage
 
-    path = write_large_pdf(tmp_path / "doc.dcm", 2 * DEFER_SIZE)
     envelope = envelope_for(path)
     envelope.instance.full_header()
 
     def no_deferred_reads(*args):
-        raise AssertionError("a deferred value was read")
+        raise AssertionError("a deferred value was read whole")
 
     monkeypatch.setattr(pydicom.filereader, "read_deferred_data_element", no_deferred_reads)
-    result = stage(key_file=key_file(tmp_path))(envelope)
+    return stage(key_file=key_file(tmp_path))(envelope)
+
+
+def test_anonymize_replaces_a_long_document_without_reading_it(tmp_path, monkeypatch):
+    """PS3.15 replaces the Encapsulated Document (action D): the dummy goes in without the
+    document being read from the file first."""
+    path = write_large_pdf(tmp_path / "doc.dcm", 2 * DEFER_SIZE)
+    result = _anonymized_reading_no_deferred_value(tmp_path, monkeypatch, path)
     header = result.instance.header
     assert header.PatientIdentityRemoved == "YES" and header.EncapsulatedDocument == b"\0\0"
     out = io.BytesIO()
@@ -188,20 +193,10 @@ def test_anonymize_replaces_a_long_document_without_reading_it(tmp_path, monkeyp
 def test_anonymize_rewrites_a_long_sequence_item_by_item_without_reading_it_whole(tmp_path, monkeypatch):
     """Frame Comments (X in PS3.15) in every item of a long Per-frame Functional Groups
     Sequence: removed item by item into a scratch file; the sequence is never read whole."""
-    import pydicom.filereader
-
     from router.spool.scratch_values import ElementElsewhere
-    from tests.support.deid import envelope_for, key_file, stage
 
     path = write_large_sequence(tmp_path / "seq.dcm", 2 * DEFER_SIZE)
-    envelope = envelope_for(path)
-    envelope.instance.full_header()
-
-    def no_deferred_reads(*args):
-        raise AssertionError("a deferred value was read whole")
-
-    monkeypatch.setattr(pydicom.filereader, "read_deferred_data_element", no_deferred_reads)
-    result = stage(key_file=key_file(tmp_path))(envelope)
+    result = _anonymized_reading_no_deferred_value(tmp_path, monkeypatch, path)
     header = result.instance.header
     assert isinstance(header.get_item(SEQUENCE, keep_deferred=True), ElementElsewhere)
     out = tmp_path / "out.dcm"
