@@ -145,6 +145,7 @@ class RequestEnvelope:
         return {
             "assoc_id": self.association.association_id,
             "calling_aet": self.association.calling_aet,
+            "peer": f"{self.association.peer_host}:{self.association.peer_port}",
             "sop_instance_uid": self.command.affected_sop_instance_uid,
         }
 

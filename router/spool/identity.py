@@ -13,11 +13,11 @@ from __future__ import annotations
 import struct
 
 from router.engine.part10 import NotPlainPart10, read_file_meta
+from router.spool.deflated import DEFLATED
 from router.spool.spans import LONG_VRS
 
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 IMPLICIT_VR_LE, EXPLICIT_VR_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
-DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95")
 SCAN_BYTES = 8 * 1024
 
 

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
@@ -36,6 +36,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from router.engine.part10 import NotPlainPart10, read_file_meta
+from router.spool.deflated import is_deflated, read_deflated
 from router.spool.scratch_values import EditableHeader, ElementElsewhere
 from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
 
@@ -93,9 +94,12 @@ def read_header_before_pixels(path: Path | str, only: list | None = None) -> tup
     An element longer than :data:`DEFER_SIZE` (an Encapsulated Document, a waveform, a
     large sequence, of defined or undefined length) is not read: pydicom reads it from the
     file only if something asks for it, and :func:`write_spliced` copies it byte for byte
-    when nothing did. A deflated data set is read as pydicom reads it (inflated whole).
+    when nothing did. A deflated data set is inflated in memory, up to a ceiling
+    (:mod:`router.spool.deflated`).
     """
     with open(path, "rb") as f:
+        if is_deflated(f):
+            return read_deflated(path, stop_when=lambda tag, vr, length: tag in PIXEL_TAGS), 0
         stop = _StopBeforeLongOrPixels(f)
         only = [Tag(t) for t in only] if only else None
         ds = read_partial(f, stop_when=stop, defer_size=DEFER_SIZE, specific_tags=only)
@@ -377,7 +381,7 @@ def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
 
 
 def _write_whole(source, header: Dataset, out) -> None:
-    full = dcmread(source)
+    full = read_deflated(source)
     for tag in [t for t in full.keys() if t not in PIXEL_TAGS]:
         del full[tag]
     for element in header:

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import psutil
 import pytest
+from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from tests.conftest import dimse_backend_toml, endpoint_section, router_section, router_toml
-from pydicom import dcmread
-
 from router.spool.splice import read_header
+from tests.conftest import (
+    dimse_backend_toml,
+    endpoint_section,
+    router_section,
+    router_toml,
+)
 from tests.support.cli import ServeProcess
 from tests.support.deid import key_file, pixel_digest
 from tests.support.dicomfiles import dataset_digest
@@ -214,6 +218,40 @@ def test_a_large_sequence_passes_the_stages_to_a_folder_with_flat_memory(tmp_pat
         assert b"frame frame" not in tail and b"0\\0\\" in tail
         assert dcmread(arrived, stop_before_pixels=True, specific_tags=["PatientIdentityRemoved"]) \
             .PatientIdentityRemoved == "YES"
+
+
+@pytest.mark.slow
+def test_a_deflate_bomb_through_a_filter_is_refused_with_flat_memory(tmp_path, write_config):
+    """A deflated instance of about 1 MiB that inflates to 1 GiB, through a ``filter`` stage
+    (which must inflate it to match): the sender gets a failure status, the log says why, no
+    process grows past 100 MiB, and the router goes on answering."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from router.spool.deflated import MAX_INFLATED
+    from tests.support import pdus
+    from tests.support.dicomgen import write_deflate_bomb
+
+    bomb = write_deflate_bomb(tmp_path / "bomb.dcm", 64 * MAX_INFLATED)
+    port = free_port()
+    backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
+    extra = '[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"] }\n'
+    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
+                         tmp_path / "serve.log").start(port)
+    try:
+        ae = AE("MODALITY")
+        ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+        assert assoc.is_established
+        status = assoc.send_c_store(bomb)
+        assoc.release()
+        assert 0xC000 <= int(status.Status) <= 0xCFFF, status
+        assert pdus.echo_over_raw_socket(port) == 0
+        processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
+        assert max(peak_rss_mib(p.pid) for p in processes) < 100
+    finally:
+        serve.stop()
+    assert not list((tmp_path / "archive").rglob("*.dcm"))
+    assert "inflates past 16 MiB" in serve.log_text()
 
 
 @pytest.mark.slow

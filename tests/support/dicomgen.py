@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 IMPL_UID = "1.2.826.0.1.3680043.10.1338.1"
 
@@ -160,6 +169,31 @@ def write_large_sequence(path: Path | str, size_bytes: int, implicit: bool = Fal
             frame += 1
         f.write(sequence_end)
         f.write(element(0x7FE00010, b"OW", _pixels(ds.Rows * ds.Columns * 2, 0)))
+    return path
+
+
+def write_deflate_bomb(path, inflated_size: int):
+    """A deflated Part-10 file about a thousandth of ``inflated_size``, whose data set inflates to that size."""
+    ds = make_dataset("small", "BOMB", "1.2.3", "1.2.3.4", 0)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    dataset_start = 132 + 12 + dcmread(path).file_meta.FileMetaInformationGroupLength
+    plain = DicomBytesIO()
+    plain.is_little_endian, plain.is_implicit_VR = True, False
+    write_dataset(plain, ds)
+    body = plain.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_size - len(plain.getvalue()) - 12)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = compressor.compress(body)
+    zeros = bytes(1 << 20)
+    left = inflated_size - len(body)
+    while left > 0:
+        deflated += compressor.compress(zeros[:min(left, len(zeros))])
+        left -= len(zeros)
+    deflated += compressor.flush()
+    with open(path, "r+b") as f:
+        f.seek(dataset_start)
+        f.write(deflated)
+        f.truncate()
     return path
 
 

@@ -11,8 +11,18 @@ import pytest
 from pydicom import dcmread
 
 from router.spool.spans import MAX_DEPTH, SpanError, element_end
-from router.spool.splice import DEFER_SIZE, clone_header, read_header, read_header_before_pixels, write_spliced
-from tests.support.dicomgen import write_large_pdf, write_large_sequence
+from router.spool.splice import (
+    DEFER_SIZE,
+    clone_header,
+    read_header,
+    read_header_before_pixels,
+    write_spliced,
+)
+from tests.support.dicomgen import (
+    write_deflate_bomb,
+    write_large_pdf,
+    write_large_sequence,
+)
 
 SEQUENCE = 0x52009230
 UNDEFINED = 0xFFFFFFFF
@@ -212,3 +222,34 @@ def test_anonymize_rewrites_a_long_sequence_item_by_item_without_reading_it_whol
         original.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient
     assert anonymized.PatientIdentityRemoved == "YES" and anonymized.PixelData == original.PixelData
     assert "FrameComments" not in header.PerFrameFunctionalGroupsSequence[0]  # a later stage sees the edit
+
+
+def test_a_deflate_bomb_is_refused_before_it_inflates_past_the_ceiling(tmp_path):
+    import tracemalloc
+
+    from router.spool.deflated import MAX_INFLATED, InflatesTooFar
+
+    bomb = write_deflate_bomb(tmp_path / "bomb.dcm", 64 * MAX_INFLATED)
+    assert bomb.stat().st_size < MAX_INFLATED // 16
+    tracemalloc.start()
+    try:
+        with pytest.raises(InflatesTooFar):
+            read_header_before_pixels(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * MAX_INFLATED
+
+
+def test_a_deflated_data_set_under_the_ceiling_is_read_and_rewritten(tmp_path):
+    from router.spool.deflated import MAX_INFLATED
+
+    small = write_deflate_bomb(tmp_path / "small.dcm", MAX_INFLATED // 4)
+    header, layout = read_header(small)
+    assert layout.deflated and header.PatientID == "BOMB"
+    header.PatientID = "EDITED"
+    out = tmp_path / "out.dcm"
+    with open(out, "wb") as f:
+        write_spliced(small, header, layout, f)
+    result = dcmread(out)
+    assert result.PatientID == "EDITED" and len(result.PixelData) == len(dcmread(small).PixelData)
