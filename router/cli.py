@@ -101,11 +101,13 @@ def _load(args):
 
 
 def cmd_serve(args) -> int:
+    from router import engine
     from router.observe.logging import setup_logging
     from router.service import DataDirInUse, RouterService
 
     config = _load(args)
-    setup_logging(config.router.log_level, config.router.log_format, process="receive")
+    setup_logging(config.router.log_level, config.router.log_format, process="receive",
+                  thread_context=engine.current_association_fields)
     service = RouterService(config)
     service.handle_signals()
     try:

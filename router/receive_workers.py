@@ -43,11 +43,13 @@ def enable_shared_metrics(config: RouterConfig) -> None:
 
 def run_receive_worker(config: RouterConfig, parent_pid: int, index: int) -> None:
     """Entry point of receiving process ``index`` (spawned by the main process)."""
+    from router import engine
     from router.observe.logging import setup_logging
     from router.service import RouterService
     from router.spool.delivery_process import _die_with_parent
 
-    setup_logging(config.router.log_level, config.router.log_format, process=f"receive-{index}")
+    setup_logging(config.router.log_level, config.router.log_format, process=f"receive-{index}",
+                  thread_context=engine.current_association_fields)
     _die_with_parent()
     service = RouterService(config, role="receive-worker")
     service.handle_signals()

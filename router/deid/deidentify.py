@@ -38,7 +38,6 @@ from pydicom.tag import Tag
 from router.deid.keys import Keyring
 from router.deid.profile import Profile
 from router.middleware.lookup import LookupTable
-from router.spool.scratch_values import rewrite_sequence_items
 
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
 LONGITUDINAL_MODIFIED = 0x00280303
@@ -119,10 +118,18 @@ class Report:
 
 
 class Deidentifier:
-    def __init__(self, settings: Settings):
+    """PS3.15 de-identification of a header in place.
+
+    ``rewrite_sequence(ds, tag, edit)``, if given, is offered each sequence first: it applies
+    ``edit`` to every item and returns True, or returns False to have the sequence read and
+    walked here (the spool passes one that rewrites a sequence left in its file item by item).
+    """
+
+    def __init__(self, settings: Settings, rewrite_sequence=None):
         self.settings = settings
         self.profile = settings.profile
         self.options = settings.profile.options
+        self.rewrite_sequence = rewrite_sequence
 
     def apply(self, ds: Dataset) -> Report:
         """De-identify ``ds`` (a header with file meta) in place; raises :class:`UnmappedPatient`."""
@@ -270,9 +277,10 @@ class _Run:
             self.report.actions["dates removed"] += 1
 
     def _sequence(self, ds: Dataset, tag: int, cleaning: bool = False) -> None:
-        """De-identify each item of the sequence ``tag``; a long one left in the spooled file is
-        rewritten one item at a time (:func:`router.spool.scratch_values.rewrite_sequence_items`)."""
-        if not rewrite_sequence_items(ds, tag, lambda item: self.dataset(item, cleaning)):
+        """De-identify each item of the sequence ``tag``, through the de-identifier's
+        ``rewrite_sequence`` when it takes the sequence (one left unread in its file)."""
+        rewrite = self.deid.rewrite_sequence
+        if rewrite is None or not rewrite(ds, tag, lambda item: self.dataset(item, cleaning)):
             self._items(ds[tag], cleaning)
 
     def _items(self, element: DataElement, cleaning: bool = False) -> None:

@@ -27,12 +27,11 @@ from router.engine.part10 import install_fast_file_meta
 from router.engine.pdata_reads import install_pdata_reads
 from router.engine.pdata_sends import install_pdata_sends
 from router.engine.progress import arm_read_progress
-from router.engine.reactors import current_association_fields, install_reactors
+from router.engine.reactors import current_association_fields, install_reactors  # noqa: F401 (re-exported)
 from router.engine.readiness import install_poll_readiness
 from router.engine.socket_reads import install_fast_recv
 from router.engine.store_decode import install_fast_store_decode
 from router.engine.uid_cache import install_uid_cache
-from router.observe.logging import add_thread_context
 
 SUPPORTED_PYNETDICOM = "3.0.4"
 
@@ -47,8 +46,8 @@ def configure() -> None:
     event-driven, encode and decode C-STORE command sets directly, read P-DATA PDV by PDV
     with received data sets going straight to their Part-10 files, send data sets from
     their files with sendfile(), validate each UID once, and share the supported contexts
-    between accepted associations instead of deep-copying them, and name the association
-    on pynetdicom's own log lines. Idempotent."""
+    between accepted associations instead of deep-copying them.
+    Idempotent."""
     global _configured
     with _lock:
         if _configured:
@@ -60,7 +59,6 @@ def configure() -> None:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
         _quiet_pynetdicom_tracebacks()
-        add_thread_context(current_association_fields)
         raise_descriptor_limit()
         _install_socket_options()
         install_send_from_file()

@@ -42,6 +42,7 @@ from router.deid.keys import KeyFileError, Keyring, read_key
 from router.deid.profile import OPTIONS, resolve
 from router.envelope import Reject, RequestEnvelope
 from router.middleware.lookup import LookupError_, LookupTable
+from router.spool.long_sequences import rewrite_sequence_items
 
 log = structlog.get_logger("router.anonymize")
 
@@ -160,10 +161,10 @@ class AnonymizeStage:
         self.name = name
         self.config = config
         self.settings = config.settings()
-        self.deidentifier = Deidentifier(self.settings)
+        self.deidentifier = Deidentifier(self.settings, rewrite_sequence_items)
         self.fallback = None
         if self.settings.patient_table is not None and config.unmapped_patient == "pseudonym":
-            self.fallback = Deidentifier(replace(self.settings, patient_table=None))
+            self.fallback = Deidentifier(replace(self.settings, patient_table=None), rewrite_sequence_items)
         self.mapping = MappingFile(config.mapping_file) if config.mapping_file else None
 
     def without_side_effects(self) -> "AnonymizeStage":

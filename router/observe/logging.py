@@ -4,8 +4,8 @@ Standard-library loggers (pynetdicom's messages) and Python warnings (pydicom's)
 through the same renderer, so in JSON mode stderr carries nothing but JSON lines; console
 lines have their control characters escaped (:mod:`router.observe.printable`). Their lines
 carry no context of their own: each gets the fields of what the logging thread is working
-on (its association, for pynetdicom's threads) from the providers registered with
-:func:`add_thread_context`.
+on (its association, for pynetdicom's threads) from the ``thread_context`` given to
+:func:`setup_logging`.
 """
 
 from __future__ import annotations
@@ -26,32 +26,29 @@ KEPT_FIELDS = ("timestamp", "level", "logger", "event", "endpoint", "backend", "
                "sop_instance_uid", "reason", "error")
 
 
-_thread_context_providers: list = []
+def _thread_context_adder(provider):
+    """A processor adding ``provider()``'s fields to a standard-library logger's line."""
 
-
-def add_thread_context(provider) -> None:
-    """Register ``provider()``: the fields (a dict, maybe empty) describing what the current
-    thread works on, added to every line from a standard-library logger."""
-    if provider not in _thread_context_providers:
-        _thread_context_providers.append(provider)
-
-
-def _add_thread_context(logger, method, event_dict):
-    for provider in _thread_context_providers:
+    def add(logger, method, event_dict):
         try:
             fields = provider()
         except Exception:  # context is a courtesy: never lose the line over it
-            continue
+            return event_dict
         for key, value in fields.items():
             event_dict.setdefault(key, value)
-    return event_dict
+        return event_dict
+
+    return add
 
 
-def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = None) -> None:
+def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = None,
+                  thread_context=None) -> None:
     """Configure structlog and the standard library for this process.
 
     ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY, JSON otherwise).
     ``process`` names the router process (``receive``, ``delivery``) on every line.
+    ``thread_context()``, if given, returns the fields (a dict, maybe empty) naming what the
+    current thread works on; they are added to every line from a standard-library logger.
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared = [
@@ -71,7 +68,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[_add_thread_context, *shared],
+        foreign_pre_chain=[_thread_context_adder(thread_context), *shared] if thread_context else shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _identity,

@@ -51,7 +51,8 @@ def start_workers(config: RouterConfig, queue: DeliveryQueue, spool: Spool, stop
 
 def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     """Entry point of the delivery process (spawned by :class:`router.service.RouterService`)."""
-    setup_logging(config.router.log_level, config.router.log_format, process="delivery")
+    setup_logging(config.router.log_level, config.router.log_format, process="delivery",
+                  thread_context=engine.current_association_fields)
     _die_with_parent()
     engine.configure()
     stop = threading.Event()

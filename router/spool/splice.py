@@ -30,36 +30,22 @@ from pydicom.filewriter import (
     write_dataset,
     write_file_meta_info,
 )
-from pydicom.hooks import hooks, raw_element_value
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from router.engine.part10 import NotPlainPart10, read_file_meta
 from router.spool.deflated import is_deflated, read_deflated
-from router.spool.scratch_values import EditableHeader, ElementElsewhere
+from router.spool.long_sequences import (
+    EditableHeader,
+    ElementElsewhere,
+    SpoolHeader,
+    is_long_sequence,
+    long_sequence,
+)
 from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
 
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
-
-
-def _value_of_a_deferred_sequence(raw, data: dict, **kwargs) -> None:
-    """pydicom's conversion of a raw element's value, which also takes a sequence of
-    undefined length deferred by :func:`read_header_before_pixels`.
-
-    pydicom (3.0) defers only elements of defined length: its deferred read of one of
-    undefined length hands the sequence over already parsed, as a ``DataElement`` where
-    ``convert_raw_data_element`` expects a raw element (bytes, ``value_tell``, ``length``).
-    The value is taken as it is, and the two attributes the conversion reads next are set.
-    """
-    if isinstance(raw, DataElement):
-        raw.value_tell, raw.length = raw.file_tell, UNDEFINED
-        data["value"] = raw.value
-    else:
-        raw_element_value(raw, data, **kwargs)
-
-
-hooks.register_callback("raw_element_value", _value_of_a_deferred_sequence)
 COPY_CHUNK = 1024 * 1024
 DEFER_SIZE = 256 * 1024
 META_READ = 16 * 1024
@@ -92,8 +78,9 @@ def read_header_before_pixels(path: Path | str, only: list | None = None) -> tup
 
     This is all that matching needs; :func:`locate_pixel_data` does the rest for an edit.
     An element longer than :data:`DEFER_SIZE` (an Encapsulated Document, a waveform, a
-    large sequence, of defined or undefined length) is not read: pydicom reads it from the
-    file only if something asks for it, and :func:`write_spliced` copies it byte for byte
+    large sequence, of defined or undefined length) is not read: it is read from the file
+    only if something asks for it (by pydicom, or by :mod:`router.spool.long_sequences` for
+    a sequence of undefined length), and :func:`write_spliced` copies it byte for byte
     when nothing did. A deflated data set is inflated in memory, up to a ceiling
     (:mod:`router.spool.deflated`).
     """
@@ -103,6 +90,7 @@ def read_header_before_pixels(path: Path | str, only: list | None = None) -> tup
         stop = _StopBeforeLongOrPixels(f)
         only = [Tag(t) for t in only] if only else None
         ds = read_partial(f, stop_when=stop, defer_size=DEFER_SIZE, specific_tags=only)
+        ds.__class__ = SpoolHeader
         _read_elements(f, ds, stop, only)
         return ds, f.tell()
 
@@ -169,7 +157,8 @@ def _read_elements(f, ds: Dataset, stop: _StopBeforeLongOrPixels, only: list | N
         group, element = struct.unpack(("<" if stop.little else ">") + "HH", f.read(4))
         tag = BaseTag(group << 16 | element)
         if only is None or tag in only:
-            ds[tag] = RawDataElement(tag, "SQ", UNDEFINED, None, value_start, stop.implicit, stop.little, True, True)
+            ds[tag] = long_sequence(tag, value_start, stop.implicit, stop.little)
+            ds.holds_long_sequences = True
         f.seek(end)
         part = read_dataset(f, stop.implicit, stop.little, stop_when=stop, defer_size=DEFER_SIZE,
                             parent_encoding=encoding, specific_tags=only)
@@ -314,7 +303,7 @@ def _subset(source: Dataset, tags: list) -> Dataset:
 
 def _copy_element(src, element: RawDataElement, fp) -> None:
     """Copy a deferred element's bytes, header included, from its file (``src``, or the scratch
-    file of an :class:`~router.spool.scratch_values.ElementElsewhere`) to ``fp``."""
+    file of an :class:`~router.spool.long_sequences.ElementElsewhere`) to ``fp``."""
     if isinstance(element, ElementElsewhere):
         src = element.file
     start = element.value_tell - element_header_length(element.is_implicit_VR, element.VR)
@@ -369,8 +358,8 @@ def clone_header(header: Dataset) -> EditableHeader:
 def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
     for tag in sorted(source.keys()):
         element = source.get_item(tag, keep_deferred=True)
-        if isinstance(element, ElementElsewhere):
-            target.holds_elsewhere = True
+        if is_long_sequence(element):
+            target.holds_long_sequences = True
         if isinstance(element, RawDataElement):
             target[element.tag] = element
         elif element.VR == "SQ":

@@ -203,7 +203,7 @@ def test_anonymize_replaces_a_long_document_without_reading_it(tmp_path, monkeyp
 def test_anonymize_rewrites_a_long_sequence_item_by_item_without_reading_it_whole(tmp_path, monkeypatch):
     """Frame Comments (X in PS3.15) in every item of a long Per-frame Functional Groups
     Sequence: removed item by item into a scratch file; the sequence is never read whole."""
-    from router.spool.scratch_values import ElementElsewhere
+    from router.spool.long_sequences import ElementElsewhere
 
     path = write_large_sequence(tmp_path / "seq.dcm", 2 * DEFER_SIZE)
     result = _anonymized_reading_no_deferred_value(tmp_path, monkeypatch, path)
