@@ -1,4 +1,11 @@
-"""``dicom-router send``: C-STORE files to a DICOM node with a progress bar and a summary."""
+"""``dicom-router send``: C-STORE files to a DICOM node with a progress bar and a summary.
+
+Folders are walked in name order. Hidden files and folders (a name starting with ``.``)
+and files that are not DICOM Part-10 files (no ``DICM`` after the 128-byte preamble: a
+``manifest.json``, a README, a DICOMDIR's neighbours) are skipped and counted, not
+failed; the command fails only when a DICOM file could not be sent, or when there was no
+DICOM file to send at all.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +24,26 @@ from router.spool.splice import read_header_before_pixels
 
 
 def iter_files(paths: list[Path]):
+    """The files named and the files under the folders named, hidden ones left out of folders."""
     for path in paths:
         if path.is_dir():
             for root, dirs, files in os.walk(path):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
-                    yield Path(root) / name
+                    if not name.startswith("."):
+                        yield Path(root) / name
         else:
             yield path
+
+
+def is_part10(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part-10 file (``DICM`` after the preamble)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return True  # unreadable: reported as a failure by describe_file
 
 
 def describe_file(path: Path) -> Delivery | str:
@@ -60,9 +79,12 @@ class Progress:
 
 
 def send_paths(backend: DimseBackend, paths: list[Path]) -> bool:
-    """Send every file under ``paths``; print failures and a summary; True if all succeeded."""
+    """Send every DICOM file under ``paths``; print failures and a summary; True if there was
+    one to send and all were sent."""
     engine.configure()
-    files = list(iter_files(paths))
+    found = list(iter_files(paths))
+    files = [path for path in found if is_part10(path)]
+    skipped = len(found) - len(files)
     progress = Progress(len(files))
     scu = backend.open_deliverer()
     counts = {"sent": 0, "warning": 0, "failed": 0}
@@ -91,8 +113,11 @@ def send_paths(backend: DimseBackend, paths: list[Path]) -> bool:
     elapsed = max(time.monotonic() - started, 1e-6)
     print(f"{counts['sent']} sent, {counts['warning']} with warnings, {counts['failed']} failed "
           f"to {backend.describe()}: {sent_bytes / 1e6:.1f} MB in {elapsed:.1f} s "
-          f"({(counts['sent'] + counts['warning']) / elapsed:.1f} instances/s)")
-    return counts["failed"] == 0
+          f"({(counts['sent'] + counts['warning']) / elapsed:.1f} instances/s)"
+          + (f"; {skipped} skipped (not DICOM files)" if skipped else ""))
+    if not files:
+        print("no DICOM file to send", file=sys.stderr)
+    return counts["failed"] == 0 and bool(files)
 
 
 def _report(progress: Progress, path: Path, reason: str) -> None:

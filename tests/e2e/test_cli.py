@@ -113,11 +113,22 @@ def test_send_folder_with_summary_and_failure_exit(tmp_path, small_files):
         assert ok.returncode == 0, ok.stderr
         assert "5 sent, 0 with warnings, 0 failed" in ok.stdout
         assert len(scp.received) == 5
-        (folder / "notes.txt").write_text("not dicom")
+        (folder / "manifest.json").write_text("{}")
+        (folder / ".DS_Store").write_bytes(b"\0" * 200)
+        (folder / ".git").mkdir()
+        (folder / ".git" / "index.dcm").write_bytes(small_files[0].read_bytes())
+        skipping = run_cli("send", folder, "--to", f"127.0.0.1:{scp.port}:STORE_SCP")
+        assert skipping.returncode == 0, skipping.stderr
+        assert "5 sent, 0 with warnings, 0 failed" in skipping.stdout
+        assert "1 skipped (not DICOM files)" in skipping.stdout  # manifest.json; hidden ones unseen
+        broken = folder / "sub" / "9.dcm"
+        broken.write_bytes(small_files[0].read_bytes()[:200])
         bad = run_cli("send", folder, "--to", f"127.0.0.1:{scp.port}:STORE_SCP")
         assert bad.returncode == 1
-        assert "notes.txt: not a readable DICOM file" in bad.stderr
+        assert "9.dcm: no Part-10 file meta" in bad.stderr
         assert "5 sent, 0 with warnings, 1 failed" in bad.stdout
+        nothing = run_cli("send", folder / "manifest.json", "--to", f"127.0.0.1:{scp.port}:STORE_SCP")
+        assert nothing.returncode == 1 and "no DICOM file to send" in nothing.stderr
 
 
 def test_queue_list_retry_purge(tmp_path):
