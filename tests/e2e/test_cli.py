@@ -6,6 +6,7 @@ import re
 import shutil
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -61,6 +62,8 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
         "anonymize-to-research.toml"}
     check = run_cli("check", "-c", tmp_path / "site" / "router.toml", "--tier", "references")
     assert check.returncode == 0, check.stderr
+    admin = load_config(tmp_path / "site" / "router.toml").admin
+    assert admin is not None and admin.listen.startswith("127.0.0.1:")  # `status` works out of the box
     again = run_cli("init", tmp_path / "site")
     assert again.returncode == 1 and "exists; nothing written" in again.stderr
 
@@ -172,6 +175,11 @@ def test_serve_on_the_embedded_default(tmp_path, small_files):
         files = wait_for(lambda: [p for p in archive.rglob("*.dcm")] if archive.exists() and
                          len(list(archive.rglob("*.dcm"))) == 3 else None, 30, message="3 archived files")
         assert {p.parent.parent.parent.name for p in files} == {"SM1"}  # PatientID/Study/Series/file
+        status = run_cli("status", cwd=tmp_path)  # the default enables the admin API on loopback
+        assert status.returncode == 0, status.stderr
+        assert "ingest" in status.stdout and "archive" in status.stdout
+        with urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=10) as answer:
+            assert answer.status == 200
     finally:
         assert serve.stop() == 0
     log = serve.log_text()
