@@ -18,6 +18,7 @@ import tomli_w
 from router import __version__
 from router.observe.printable import EscapingWriter
 from router.config import TIERS, ConfigError, load_config, validate
+from router.config.checks import running_router_pid
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -250,11 +251,8 @@ def cmd_reload(args) -> int:
     if config is None or any(i.severity == "error" for i in issues):
         print("reload not requested: the configuration has errors; the router keeps its current one", file=sys.stderr)
         return EX_CONFIG
-    lock = Path(config.router.data_dir) / "router.lock"
-    try:
-        pid = int(lock.read_text().split()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
+    pid = running_router_pid(config.router.data_dir)
+    if pid is None:
         print(f"dicom-router reload: no running router holds {config.router.data_dir}", file=sys.stderr)
         return EX_FAIL
     os.kill(pid, signal.SIGHUP)

@@ -6,6 +6,8 @@ and reports every issue of every tier it reached.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import socket
 from pathlib import Path
@@ -89,11 +91,12 @@ def check_environment(config: RouterConfig) -> list[ConfigIssue]:
             problem = writable_dir_problem(path)
             if problem:
                 issues.append(ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}.path", problem))
+    running = running_router_pid(config.router.data_dir) is not None
     for name, endpoint in config.endpoints.items():
         port, bind = getattr(endpoint, "port", None), getattr(endpoint, "bind", "0.0.0.0")
         if port is None:
             continue
-        problem = bind_problem(bind, port)
+        problem = bind_problem(bind, port, router_running=running)
         if problem:
             issues.append(ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", problem))
     for name, pipeline in config.pipelines.items():
@@ -119,13 +122,50 @@ def writable_dir_problem(path: Path) -> str | None:
     return None
 
 
-def bind_problem(bind: str, port: int) -> str | None:
+def bind_problem(bind: str, port: int, router_running: bool = False) -> str | None:
+    """Why this process could not listen on ``bind``:``port``; None when it could.
+
+    With ``router_running`` (a router holds the configuration's data directory), a port
+    that router listens on is not a problem: the router's listeners share their port
+    (SO_REUSEPORT), so a second bind that shares succeeds where a plain one fails, which
+    happens only for a listener of the same user that shares, the running router's.
+    """
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    try:
+        _bind(family, bind, port, share=False)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and router_running and _bindable_shared(family, bind, port):
+            return None
+        hint = " (is the router already running?)" if exc.errno == errno.EADDRINUSE else ""
+        return f"cannot listen on {bind}:{port}: {exc.strerror}{hint}"
+    return None
+
+
+def _bind(family, bind: str, port: int, share: bool) -> None:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind, port))
-        except OSError as exc:
-            hint = " (is the router already running?)" if exc.errno == 98 else ""
-            return f"cannot listen on {bind}:{port}: {exc.strerror}{hint}"
-    return None
+        if share and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((bind, port))
+
+
+def _bindable_shared(family, bind: str, port: int) -> bool:
+    try:
+        _bind(family, bind, port, share=True)
+    except OSError:
+        return False
+    return True
+
+
+def running_router_pid(data_dir: Path) -> int | None:
+    """The PID of the router holding ``data_dir`` (its ``router.lock`` is locked), or None."""
+    try:
+        with open(Path(data_dir) / "router.lock", "r") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return int(lock.read().split()[0])
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+    except (OSError, ValueError, IndexError):
+        return None

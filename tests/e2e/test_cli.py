@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import sys
 import time
 import urllib.request
@@ -200,6 +201,34 @@ def test_second_router_on_the_same_data_dir_is_refused(tmp_path):
         assert "another router is using" in second.stderr
     finally:
         assert first.stop() == 0
+
+
+def test_check_passes_while_the_router_runs_and_still_finds_a_port_another_program_holds(tmp_path):
+    """Edit -> check -> reload: the running router's own ports are not errors; a port held by
+    any other program still is."""
+    port = free_port()
+    text = (f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
+            f'[endpoints.ingest]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {port}\n{{extra}}'
+            f'[backends.a]\ntype = "filesystem"\npath = "a"\n[pipelines.p]\nendpoints = [{{endpoints}}]\nbackends = ["a"]\n')
+    config = tmp_path / "router.toml"
+    config.write_text(text.format(extra="", endpoints='"ingest"'))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    try:
+        check = run_cli("check", "-c", config)
+        assert check.returncode == 0, check.stdout + check.stderr
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            taken = other.getsockname()[1]
+            config.write_text(text.format(extra=f'[endpoints.more]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {taken}\n',
+                                          endpoints='"ingest", "more"'))
+            check = run_cli("check", "-c", config)
+        assert check.returncode == 78
+        assert f"cannot listen on 127.0.0.1:{taken}" in check.stderr and f":{port}:" not in check.stderr
+    finally:
+        assert serve.stop() == 0
+    stopped = run_cli("check", "-c", config)  # the router gone, its port is free again
+    assert f":{port}" not in stopped.stderr
 
 
 # -- route-test, explain-profile, keygen ------------------------------------------
