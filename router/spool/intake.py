@@ -28,7 +28,7 @@ import structlog
 from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
 from router.spool.checksum import file_checksum
-from router.spool.identity import UnreadableIdentity, identifying_uids
+from router.spool.identity import Identity, UnreadableIdentity, identifying_uids
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.splice import SpliceError
 from router.spool.store import Spool
@@ -104,12 +104,13 @@ class Intake:
         """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
         makes its file durable."""
         ctx = envelope.log_context()
-        problem = _identity_problem(str(path), transfer_syntax)
+        identity, problem = _identify(str(path), transfer_syntax)
         if problem is not None:
             self.spool.discard(path)
             log.error("refusing instance: it cannot be identified", reason=problem, **ctx)
             return IntakeResult(CANNOT_UNDERSTAND, False, problem)
         instance = SpooledInstance(path, transfer_syntax, os.path.getsize(path) if size is None else size)
+        ctx = {**ctx, "study_instance_uid": identity.study_instance_uid if identity else None, "size": instance.size}
         envelope = replace(envelope, instance=instance)
         try:
             routing = self.pipelines.route(envelope)
@@ -156,9 +157,10 @@ class Intake:
             if hold:
                 log.warning("instance held in quarantine for review", reason=hold,
                             backends=[b for _, b in pairs], **ctx)
+        log.info("instance received", pipelines=sorted({t.pipeline for t in targets}),
+                 backends=[t.backend for t in targets], versions=len(batches), **ctx)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("instance spooled", backends=[t.backend for t in targets], size=instance.size,
-                      versions=len(batches), stages=_audit_trail(routing), **ctx)
+            log.debug("instance routed", stages=_audit_trail(routing), **ctx)
         return IntakeResult(SUCCESS, True)
 
     def _versions(self, envelope: RequestEnvelope, received: SpooledInstance, targets: list[Target],
@@ -212,20 +214,20 @@ class Intake:
             self.spool.make_durable(path)
 
 
-def _identity_problem(path: str, transfer_syntax: str) -> str | None:
-    """Why the instance at ``path`` cannot be identified (no SOP Class or Instance UID), or None."""
+def _identify(path: str, transfer_syntax: str) -> tuple[Identity | None, str | None]:
+    """The instance's identifying UIDs (None when not scanned), and why it cannot be identified
+    (no SOP Class or Instance UID), or None."""
     try:
-        uids = identifying_uids(path, transfer_syntax)
+        identity = identifying_uids(path, transfer_syntax)
     except (UnreadableIdentity, OSError, struct.error) as exc:
-        return f"cannot read the start of the data set: {exc}"
-    if uids is None:
-        return None
-    sop_class, sop_instance = uids
-    if not sop_class:
-        return "the data set has no SOP Class UID (0008,0016)"
-    if not sop_instance:
-        return "the data set has no SOP Instance UID (0008,0018)"
-    return None
+        return None, f"cannot read the start of the data set: {exc}"
+    if identity is None:
+        return None, None
+    if not identity.sop_class_uid:
+        return identity, "the data set has no SOP Class UID (0008,0016)"
+    if not identity.sop_instance_uid:
+        return identity, "the data set has no SOP Instance UID (0008,0018)"
+    return identity, None
 
 
 def _close(file) -> None:

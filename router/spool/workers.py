@@ -17,7 +17,6 @@ queue, so it is sent again after the restart (a duplicate, never a loss).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Callable, Protocol
@@ -182,16 +181,19 @@ class BackendWorker(threading.Thread):
             self.record(delivery, result)
 
     def record(self, delivery: Delivery, result: DeliveryResult) -> None:
+        """Record the outcome of one attempt, with one log line naming the backend, the status,
+        the attempts so far and the seconds since the instance was queued."""
+        now = time.time()
+        attempts = delivery.attempts + 1
+        ctx = {**delivery.log_context(), "status": _hex(result.status), "attempts": attempts,
+               "queued_s": round(now - delivery.queued_at, 3)}
         if result.delivered:
             self.recorder.add(delivery, result.outcome is Outcome.WARNING)
             if result.outcome is Outcome.WARNING:
-                log.warning("delivered with a warning", reason=result.reason, **delivery.log_context())
-            elif log.isEnabledFor(logging.DEBUG):
-                log.debug("delivered", **delivery.log_context())
+                log.warning("delivered with a warning", reason=result.reason, **ctx)
+            else:
+                log.info("delivered", **ctx)
             return
-        ctx = delivery.log_context()
-        now = time.time()
-        attempts = delivery.attempts + 1
         if result.outcome is Outcome.PERMANENT:
             give_up = "permanent failure"
         else:
@@ -199,12 +201,11 @@ class BackendWorker(threading.Thread):
         if give_up:
             reason = f"{result.reason} ({give_up})"
             self.queue.quarantine(delivery, result.status, reason, failure=result.outcome.value)
-            log.error("delivery quarantined", reason=reason, attempts=attempts, **ctx)
+            log.error("delivery quarantined", reason=reason, **ctx)
             return
         delay = self.policy.delay(attempts)
         self.queue.schedule_retry(delivery, now + delay, result.status, result.reason, failure=result.outcome.value)
-        log.warning("delivery failed, will retry", reason=result.reason, attempts=attempts,
-                    retry_in_s=round(delay, 1), **ctx)
+        log.warning("delivery failed, will retry", reason=result.reason, retry_in_s=round(delay, 1), **ctx)
 
     def backend_unreachable(self, untried: list[Delivery], result: DeliveryResult) -> None:
         self.unreachable_streak += 1
@@ -220,3 +221,7 @@ class BackendWorker(threading.Thread):
         log.warning("backend unreachable", backend=self.backend, reason=result.reason, waiting=len(waiting),
                     retry_in_s=round(delay, 1))
         self.stop_event.wait(delay)
+
+
+def _hex(status: int | None) -> str | None:
+    return None if status is None else f"0x{status:04X}"
