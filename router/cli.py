@@ -164,8 +164,11 @@ def cmd_echo(args) -> int:
 
     backend = resolve_target(args.target, _load(args))
     status = backend.echo()
+    if isinstance(status, str):
+        print(f"C-ECHO {backend.describe()}: no association: {status}", file=sys.stderr)
+        return EX_FAIL
     if status is None:
-        print(f"C-ECHO {backend.describe()}: no association", file=sys.stderr)
+        print(f"C-ECHO {backend.describe()}: no status in the response", file=sys.stderr)
         return EX_FAIL
     print(f"C-ECHO {backend.describe()}: status 0x{status:04X}")
     return EX_OK if status == 0 else EX_FAIL

@@ -109,12 +109,12 @@ class DimseBackend:
             engine.arm_socket_timeout(assoc, self.config.network_timeout)
         return assoc
 
-    def echo(self) -> int | None:
-        """C-ECHO the backend; the status, or None when no association could be made."""
+    def echo(self) -> int | str | None:
+        """C-ECHO the backend: the status (None if the response had none), or why no association was made."""
         engine.configure()
         assoc = self.associate(self.new_ae(), [build_context(Verification)])
         if not assoc.is_established:
-            return None
+            return engine.why_not_associated(assoc, self.describe())
         try:
             status = assoc.send_c_echo()
             return int(status.Status) if "Status" in status else None
@@ -200,13 +200,7 @@ class StoreSCU:
             self.proposed = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts
                              if len(cx.transfer_syntax) == 1}
             return None
-        if assoc.is_rejected:
-            reason = f"association rejected by {self.backend.describe()}"
-        elif assoc.is_aborted:
-            reason = f"association aborted by {self.backend.describe()}"
-        else:
-            reason = f"cannot connect to {self.backend.describe()}"
-        return DeliveryResult(Outcome.UNREACHABLE, None, reason)
+        return DeliveryResult(Outcome.UNREACHABLE, None, engine.why_not_associated(assoc, self.backend.describe()))
 
     def _accepted(self, sop: str) -> list:
         return [cx for cx in self.assoc.accepted_contexts if cx.abstract_syntax == sop]

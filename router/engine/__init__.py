@@ -20,6 +20,7 @@ from pynetdicom.transport import AssociationSocket
 
 from router.engine.acceptor import install_shared_contexts
 from router.engine.backpressure import install_backpressure
+from router.engine.connect_errors import install_connect_errors, why_not_associated  # noqa: F401 (re-exported)
 from router.engine.failsafe import install_failsafes, log_unhandled_thread_errors
 from router.engine.fast_store import install_fast_store_rsp
 from router.engine.file_datasets import install_send_from_file
@@ -64,6 +65,7 @@ def configure() -> None:
         install_send_from_file()
         if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
             install_poll_readiness()
+            install_connect_errors()
             install_backpressure()
             install_reactors()
             install_fast_store_rsp()

@@ -325,10 +325,17 @@ def current_association_fields() -> dict:
 
 
 def _peer_of(assoc) -> str | None:
+    """The other end's address: the socket's peer, else the address the association was made
+    with or requested to (a requestor's connection may not be up yet, or have failed)."""
     try:
         host, port = assoc.dul.socket.socket.getpeername()[:2]
         return f"{host}:{port}"
     except (AttributeError, OSError, TypeError, ValueError):
+        pass
+    try:
+        remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+        return f"{remote.address}:{remote.port}" if remote.address else None
+    except (AttributeError, TypeError, ValueError):
         return None
 
 

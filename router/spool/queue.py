@@ -384,6 +384,17 @@ class DeliveryQueue:
         keys = ("backend", "state", "attempts", "at", "reason", "sop_instance_uid")
         return [dict(zip(keys, row)) for row in rows]
 
+    def waiting_reasons(self) -> dict[str, list[tuple[str, int]]]:
+        """Per backend, why its pending deliveries wait (the reason of their last failed attempt)
+        and how many wait for it, most common first."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        rows = self._conn().execute(
+            "SELECT backend, reason, COUNT(*) AS n FROM deliveries WHERE state='pending' AND reason IS NOT NULL"
+            " GROUP BY backend, reason ORDER BY backend, n DESC")
+        for backend, reason, count in rows:
+            out.setdefault(backend, []).append((reason, count))
+        return out
+
     # -- operators ----------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, float | int | None]]:

@@ -58,6 +58,12 @@ def print_queue(queue: DeliveryQueue, config: RouterConfig, backend: str | None)
     if superseded and (backend is None or backend in superseded):
         print("\nsuperseded (older versions not delivered because a newer one was queued): "
               + ", ".join(f"{name} {n}" for name, n in sorted(superseded.items()) if backend in (None, name)))
+    waiting = {name: reasons for name, reasons in queue.waiting_reasons().items() if backend in (None, name)}
+    if waiting:
+        print("\nwaiting to be retried:")
+        for name, reasons in sorted(waiting.items()):
+            for reason, count in reasons[:3]:
+                print(f"  {name}: {count} after \"{reason}\"")
     quarantined = queue.list_state("quarantined", backend)
     if quarantined:
         print("\nquarantined:")

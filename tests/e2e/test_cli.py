@@ -157,6 +157,10 @@ def test_queue_list_retry_purge(tmp_path):
     assert "requeued 1" in retried.stdout
     assert q.counts()["pacs"]["pending"] == 1
     (d,) = q.claim_due("pacs", 1)
+    q.schedule_retry(d, time.time() + 60, None, "cannot connect to P@127.0.0.1:1: connection refused")
+    waiting = run_cli("queue", "list", "-c", tmp_path / "r.toml")
+    assert 'pacs: 1 after "cannot connect to P@127.0.0.1:1: connection refused"' in waiting.stdout
+    (d,) = q.claim_due("pacs", 1, now=time.time() + 120)
     q.quarantine(d, None, "again")
     refused = run_cli("queue", "purge", "-c", tmp_path / "r.toml")
     assert refused.returncode == 2
