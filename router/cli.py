@@ -18,7 +18,7 @@ import tomli_w
 from router import __version__
 from router.observe.printable import EscapingWriter
 from router.config import TIERS, ConfigError, load_config, validate
-from router.config.checks import running_router_pid
+from router.config.checks import check_stage_files, running_router_pid
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -107,6 +107,12 @@ def cmd_serve(args) -> int:
     from router.service import DataDirInUse, RouterService
 
     config = _load(args)
+    missing = [i for i in check_stage_files(config) if i.severity == "error"]
+    if missing:
+        for issue in missing:
+            print(issue, file=sys.stderr)
+        print("dicom-router: not started: a file the configuration names is missing or unusable", file=sys.stderr)
+        return EX_CONFIG
     setup_logging(config.router.log_level, config.router.log_format, process="receive",
                   thread_context=engine.current_association_fields)
     service = RouterService(config)

@@ -20,7 +20,7 @@ import structlog
 
 from router import engine
 from router.config import ConfigError, load_config, registry
-from router.config.checks import check_references
+from router.config.checks import check_references, check_stage_files
 from router.config.models import RouterConfig
 from router.engine.spare_files import SPARES
 from router.observe.metrics import Metrics
@@ -130,7 +130,7 @@ class RouterService:
             for issue in exc.issues:
                 log.error("reload refused: invalid configuration; the old one stays in effect", issue=str(issue))
             return False
-        problems = [i for i in check_references(new) if i.severity == "error"]
+        problems = [i for i in check_references(new) + check_stage_files(new) if i.severity == "error"]
         reason = refusal(self.config, new)
         for issue in problems:
             log.error("reload refused: invalid configuration; the old one stays in effect", issue=str(issue))

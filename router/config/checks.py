@@ -18,15 +18,24 @@ from router.config.models import RouterConfig
 TIERS = ("schema", "references", "environment")
 
 
-def check_references(config: RouterConfig) -> list[ConfigIssue]:
-    """Names that must exist, bindings that must make sense."""
+def check_references(config: RouterConfig, defined: dict[str, set[str]] | None = None) -> list[ConfigIssue]:
+    """Names that must exist, bindings that must make sense.
+
+    ``defined``: with a configuration that failed its schema tier, the names of every
+    component defined, valid or not (references to them are not errors); the checks that
+    need every pipeline (an endpoint no pipeline binds, a backend no pipeline uses) are
+    then left for when the schema errors are fixed.
+    """
+    complete = defined is None
+    endpoints = set(config.endpoints) if complete else defined["endpoints"]
+    backends = set(config.backends) if complete else defined["backends"]
     issues: list[ConfigIssue] = []
     used_backends: set[str] = set()
     bound_endpoints: set[str] = set()
     for name, pipeline in config.pipelines.items():
         file = config.origin(f"pipelines.{name}")
         for i, endpoint in enumerate(pipeline.endpoints):
-            if endpoint not in config.endpoints:
+            if endpoint not in endpoints:
                 issues.append(ConfigIssue(file, f"pipelines.{name}.endpoints[{i}]", f"no endpoint named {endpoint!r}"))
             bound_endpoints.add(endpoint)
         refs = [(f"backends[{i}]", b) for i, b in enumerate(pipeline.backends)]
@@ -34,10 +43,12 @@ def check_references(config: RouterConfig) -> list[ConfigIssue]:
             refs += [(f"middleware[{s}].{key}", b) for key, b in stage.backend_references()]
         for key, backend in refs:
             used_backends.add(backend)
-            if backend not in config.backends:
+            if backend not in backends:
                 issues.append(ConfigIssue(file, f"pipelines.{name}.{key}", f"no backend named {backend!r}"))
         if not refs:
             issues.append(ConfigIssue(file, f"pipelines.{name}.backends", "the pipeline sends to no backend"))
+    if not complete:
+        return issues + _duplicate_listeners(config)
     for name in config.endpoints:
         if name not in bound_endpoints:
             issues.append(
@@ -99,6 +110,13 @@ def check_environment(config: RouterConfig) -> list[ConfigIssue]:
         problem = bind_problem(bind, port, router_running=running)
         if problem:
             issues.append(ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", problem))
+    return issues + check_stage_files(config)
+
+
+def check_stage_files(config: RouterConfig) -> list[ConfigIssue]:
+    """The files the pipelines' stages name (key files, CSV tables, mapping folders): missing,
+    unreadable or malformed ones. ``serve`` and ``reload`` refuse a configuration with errors here."""
+    issues: list[ConfigIssue] = []
     for name, pipeline in config.pipelines.items():
         for index, stage in enumerate(pipeline.middleware):
             for key, message, severity in stage.environment_problems():

@@ -27,10 +27,18 @@ class ConfigIssue:
 
 
 class ConfigError(Exception):
-    """A configuration that cannot be used, with every issue found in it."""
+    """A configuration that cannot be used, with every issue found in it.
 
-    def __init__(self, issues: list[ConfigIssue]):
+    ``partial``, when the schema tier got that far, is the configuration made of the
+    components that did validate, and ``defined`` the names of every component defined
+    (``{"backends": {...}, ...}``), valid or not: enough to check references while
+    schema errors stand.
+    """
+
+    def __init__(self, issues: list[ConfigIssue], partial=None, defined: dict[str, set[str]] | None = None):
         self.issues = sorted(issues, key=lambda i: (i.severity != "error", i.file, i.location))
+        self.partial = partial
+        self.defined = defined
         super().__init__("\n".join(str(i) for i in self.errors))
 
     @property

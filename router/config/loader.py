@@ -80,10 +80,8 @@ def load_config(path: Path | str | None) -> RouterConfig:
             if built is not None:
                 components[section][comp_name] = built
 
-    if any(i.severity == "error" for i in issues):
-        raise ConfigError(issues)
-    return RouterConfig(
-        router=router_section,
+    config = RouterConfig(
+        router=router_section if router_section is not None else RouterSection(),
         admin=admin,
         endpoints=components["endpoints"],
         backends=components["backends"],
@@ -91,6 +89,9 @@ def load_config(path: Path | str | None) -> RouterConfig:
         source=Path(path).absolute() if path is not None else None,
         origins=origins,
     )
+    if any(i.severity == "error" for i in issues):
+        raise ConfigError(issues, partial=config, defined={k: set(v) for k, v in sections.items()})
+    return config
 
 
 def _parse_toml(text: str, name: str, issues: list[ConfigIssue]) -> dict | None:

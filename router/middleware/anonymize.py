@@ -90,25 +90,6 @@ class AnonymizeConfig(MiddlewareConfig):
     mapping_file: ConfigPath | None = None
     safe_private: list[SafePrivateConfig] = []
 
-    @field_validator("key_file")
-    @classmethod
-    def _key_readable(cls, value: Path) -> Path:
-        try:
-            read_key(value)
-        except KeyFileError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("patient_table")
-    @classmethod
-    def _table_readable(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            try:
-                LookupTable.load(value, "PatientID", ("PseudonymID",))
-            except LookupError_ as exc:
-                raise ValueError(str(exc)) from None
-        return value
-
     @field_validator("options")
     @classmethod
     def _options_combine(cls, value: list[str]) -> list[str]:
@@ -130,7 +111,18 @@ class AnonymizeConfig(MiddlewareConfig):
         return self
 
     def environment_problems(self) -> list[tuple[str, str, str]]:
+        """A key file or patient table missing, unreadable or malformed (errors: files are made
+        after the configuration, with ``keygen``), one readable by others, an unwritable mapping folder."""
         problems = []
+        try:
+            read_key(self.key_file)
+        except KeyFileError as exc:
+            problems.append(("key_file", f"{exc} (create one with `dicom-router keygen {self.key_file}`)", "error"))
+        if self.patient_table is not None:
+            try:
+                LookupTable.load(self.patient_table, "PatientID", ("PseudonymID",))
+            except LookupError_ as exc:
+                problems.append(("patient_table", str(exc), "error"))
         for key in ("key_file", "patient_table"):
             path = getattr(self, key)
             if path is not None and path.exists() and path.stat().st_mode & 0o077:

@@ -113,7 +113,6 @@ class CoerceOperation(StrictModel):
             if self.table is None:
                 raise AttributeSpecError("map needs table = a CSV file")
             parse_attribute(self.map)
-            self.lookup()
 
     def lookup(self) -> LookupTable:
         needs = (self.to_column,) if self.to_column else ()
@@ -127,6 +126,17 @@ class CoerceConfig(MiddlewareConfig):
     type: Literal["coerce"] = "coerce"
     match: dict[str, Any] | None = None
     operations: list[CoerceOperation] = Field(min_length=1)
+
+    def environment_problems(self) -> list[tuple[str, str, str]]:
+        """A ``map`` table missing, unreadable or without the columns it needs."""
+        problems = []
+        for index, operation in enumerate(self.operations):
+            if operation.table is not None and operation.map is not None:
+                try:
+                    operation.lookup()
+                except (LookupError_, OSError) as exc:
+                    problems.append((f"operations[{index}].table", str(exc), "error"))
+        return problems
 
     _match_compiles = field_validator("match")(lambda v: v if v is None else validate_match(v))
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -25,12 +27,34 @@ else:  # pragma: no cover
 EXAMPLES = sorted((ROOT / "examples").glob("*/router.toml"))
 
 
+def _copy_example(folder: Path, site: Path) -> None:
+    """The example as a fresh clone has it: its tracked files only (a key an operator made in
+    place with `keygen` is not part of it)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "."], cwd=folder, capture_output=True)
+    names = [n for n in listed.stdout.decode().split("\0") if n] if listed.returncode == 0 else []
+    if not names:
+        shutil.copytree(folder, site, ignore=shutil.ignore_patterns("*.key"))
+        return
+    for name in names:
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / name, site / name)
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.parent.name)
+def test_examples_pass_the_reference_tier_as_cloned(config, tmp_path):
+    """Before any `keygen`: schema and references hold (a key file is an environment finding)."""
+    site = tmp_path / config.parent.name
+    _copy_example(config.parent, site)
+    result = run_cli("check", "-c", site / "router.toml", "--tier", "references")
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.xdist_group("port-11112")
 @pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.parent.name)
 def test_examples_pass_check(config, tmp_path):
     """Each example as an operator gets it: copied, its keys made with `keygen` as its README says."""
     site = tmp_path / config.parent.name
-    shutil.copytree(config.parent, site)
+    _copy_example(config.parent, site)
     for key in re.findall(r'^key_file = "([^"]+)"', config.read_text(), re.MULTILINE):
         made = run_cli("keygen", site / key)
         assert made.returncode == 0, made.stderr
@@ -352,8 +376,17 @@ options = ["retain_longitudinal_full_dates", "retain_longitudinal_modified_dates
     err = result.stderr
     assert "router.toml: pipelines.p.middleware[0].rules[0].match: Modality: invalid regex" in err
     assert "router.toml: pipelines.p.middleware[1].operations[0]: 'StationNam' is not a DICOM keyword" in err
-    assert "router.toml: pipelines.p.middleware[2].key_file: key file" in err
     assert "router.toml: pipelines.p.middleware[2].options: retain_longitudinal_full_dates and" in err
+    text = (tmp_path / "router.toml").read_text().replace('regex = "("', 'regex = "C."').replace("StationNam", "StationName")
+    (tmp_path / "router.toml").write_text(text.replace(', "retain_longitudinal_modified_dates"', ""))
+    schema = run_cli("check", "-c", tmp_path / "router.toml", "--tier", "schema")
+    assert schema.returncode == 0, schema.stderr  # a key file is made after the configuration: not a schema error
+    references = run_cli("check", "-c", tmp_path / "router.toml", "--tier", "references")
+    assert references.returncode == 78 and "middleware[0].rules[1].backends[0]: no backend named 'nowhere'" in references.stderr
+    (tmp_path / "router.toml").write_text(text.replace(', "retain_longitudinal_modified_dates"', "").replace('"nowhere"', '"pacs"'))
+    environment = run_cli("check", "-c", tmp_path / "router.toml")
+    assert environment.returncode == 78
+    assert "router.toml: pipelines.p.middleware[2].key_file: key file" in environment.stderr
 
 
 def test_keygen_never_overwrites(tmp_path):
@@ -405,3 +438,17 @@ def test_control_characters_from_peers_are_escaped_in_cli_output(tmp_path):
     assert not any(ch in listed.stdout for ch in "\x1b\x07\r\x9b")
     assert "1.2.3\\x1b[2J\\x1b[H\\x0dALL QUEUES OK" in listed.stdout
     assert "CT\\x1b]0;owned\\x07" in listed.stdout and "\\x1b[31mRED\\x9b" in listed.stdout
+
+
+def test_serve_refuses_to_start_without_a_key_file_it_names(tmp_path):
+    """A missing key file passes the schema tier, but `serve` names it and does not start (78)."""
+    port = free_port()
+    (tmp_path / "router.toml").write_text(
+        f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
+        f'[endpoints.ingest]\ntype = "dimse"\nport = {port}\n[backends.a]\ntype = "filesystem"\npath = "a"\n'
+        '[pipelines.p]\nendpoints = ["ingest"]\nbackends = ["a"]\n'
+        '[[pipelines.p.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n')
+    result = run_cli("serve", "-c", tmp_path / "router.toml", timeout=60)
+    assert result.returncode == 78
+    assert "pipelines.p.middleware[0].key_file" in result.stderr and "dicom-router keygen" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -302,21 +302,31 @@ def test_dry_run_copy_writes_no_mapping(tmp_path, study, key):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"key_file": "/nonexistent/deid.key"}, "cannot read key file"),
-    ({"key_file": "SHORT"}, "use at least 16"),
     ({"options": ["retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"]}, "exclude each other"),
     ({"options": ["retain_all"]}, "options.0"),
     ({"safe_private": SAFE}, "retain_safe_private option, which is not selected"),
     ({"options": ["retain_safe_private"], "safe_private": [{"group": 0x0010, "creator": "X"}]}, "not private"),
     ({"date_shift_days": (10, 5)}, "date_shift_days"),
-    ({"patient_table": "/nonexistent.csv"}, "cannot read lookup table"),
 ])
 def test_config_errors(tmp_path, key, config, message):
-    if config.get("key_file") == "SHORT":
-        config["key_file"] = key_file(tmp_path, "short\n", "short.key")
     config.setdefault("key_file", key)
     with pytest.raises(ValidationError, match=message):
         AnonymizeConfig(**config)
+
+
+@pytest.mark.parametrize("config,location,message", [
+    ({"key_file": "/nonexistent/deid.key"}, "key_file", "cannot read key file"),
+    ({"key_file": "SHORT"}, "key_file", "use at least 16"),
+    ({"patient_table": "/nonexistent.csv"}, "patient_table", "cannot read lookup table"),
+])
+def test_files_a_stage_names_are_environment_findings_not_schema_errors(tmp_path, key, config, location, message):
+    """A key file made later with `keygen` (or a table made later) does not fail the schema
+    tier; the environment tier reports it as an error."""
+    if config.get("key_file") == "SHORT":
+        config["key_file"] = key_file(tmp_path, "short\n", "short.key")
+    config.setdefault("key_file", key)
+    problems = AnonymizeConfig(**config).environment_problems()
+    assert [(k, severity) for k, m, severity in problems if message in m] == [(location, "error")]
 
 
 @pytest.mark.dicom3tools

@@ -130,7 +130,6 @@ def test_coerce_map(tmp_path, instance_path, map_table, value, unmapped, expecte
         ({"delete": ["(7FE0,xxxx)"]}, "pixel data"),
         ({"copy": "PatientID"}, "copy needs to ="),
         ({"replace": "PatientID", "pattern": "("}, "missing"),
-        ({"map": "InstitutionName", "table": "/nonexistent.csv"}, "cannot read lookup table"),
         ({"set": "StationName", "value": "x", "delete": ["PatientID"]}, "exactly one of"),
         ({}, "found none"),
         ({"set": "StationName", "value": "x", "match": {"Modalty": "CT"}}, "'Modalty' is not a DICOM keyword"),
@@ -139,6 +138,12 @@ def test_coerce_map(tmp_path, instance_path, map_table, value, unmapped, expecte
 def test_coerce_config_errors(operation, message):
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace("{", r"\{").replace("}", r"\}")):
         CoerceConfig(operations=[operation])
+
+
+def test_a_missing_map_table_is_an_environment_finding():
+    config = CoerceConfig(operations=[{"map": "InstitutionName", "table": "/nonexistent.csv"}])
+    ((location, message, severity),) = config.environment_problems()
+    assert (location, severity) == ("operations[0].table", "error") and "cannot read lookup table" in message
 
 
 # -- route ---------------------------------------------------------------------
