@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Install what the tests need (DCMTK, dicom3tools and Orthanc from Debian, the package with its test extras) and run them.
+# Install what the tests need (DCMTK, dicom3tools and Orthanc from Debian, the package with its test extras;
+# in ./.venv where the system Python refuses packages) and run them.
 # Usage: bash tests/run.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A Python that refuses packages (PEP 668: Debian 12, Ubuntu 24.04) gets them in ./.venv instead.
+python=python3
+if python3 -c 'import os, sys, sysconfig; sys.exit(sys.prefix != sys.base_prefix or not os.path.exists(
+    os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+  python=.venv/bin/python
+fi
+
 need_apt=()
+if [ "$python" = .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  need_apt+=(python3-venv)
+fi
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
@@ -28,5 +39,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-exec python3 -m pytest -n 2 --dist loadgroup -q "$@"
+if [ "$python" = .venv/bin/python ] && [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+"$python" -m pip install -q --disable-pip-version-check -e '.[test]'
+exec "$python" -m pytest -n 2 --dist loadgroup -q "$@"

@@ -13,7 +13,10 @@ from tests.support.peers import wait_for_port
 
 
 def router_command() -> list[str]:
-    exe = shutil.which("dicom-router")
+    """The ``dicom-router`` installed beside this Python (a virtual environment's, off PATH
+    too), else the one on PATH, else ``python -m router``."""
+    beside = Path(sys.executable).parent / "dicom-router"
+    exe = str(beside) if beside.exists() else shutil.which("dicom-router")
     return [exe] if exe else [sys.executable, "-m", "router"]
 
 
