@@ -452,3 +452,19 @@ def test_serve_refuses_to_start_without_a_key_file_it_names(tmp_path):
     assert result.returncode == 78
     assert "pipelines.p.middleware[0].key_file" in result.stderr and "dicom-router keygen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_starter_takes_the_research_pipeline_as_its_comments_say(tmp_path):
+    """`init`, then include pipelines/anonymize-to-research.toml and run `keygen research.key`
+    where router.toml is, as the comments say: `check` passes (the key is where the pipeline
+    reads it, and the backend it names exists)."""
+    site = tmp_path / "site"
+    assert run_cli("init", site).returncode == 0
+    config = site / "router.toml"
+    config.write_text(config.read_text().replace('include = ["pipelines/archive.toml"]',
+                                                 'include = ["pipelines/archive.toml", "pipelines/anonymize-to-research.toml"]'))
+    before = run_cli("check", "-c", config, "--tier", "references")
+    assert before.returncode == 0, before.stderr
+    assert run_cli("keygen", "research.key", cwd=site).returncode == 0
+    checked = run_cli("check", "-c", config)
+    assert checked.returncode == 0, checked.stderr
