@@ -30,8 +30,11 @@ EXAMPLES = sorted((ROOT / "examples").glob("*/router.toml"))
 def _copy_example(folder: Path, site: Path) -> None:
     """The example as a fresh clone has it: its tracked files only (a key an operator made in
     place with `keygen` is not part of it)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "."], cwd=folder, capture_output=True)
-    names = [n for n in listed.stdout.decode().split("\0") if n] if listed.returncode == 0 else []
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "."], cwd=folder, capture_output=True)
+    except FileNotFoundError:  # no git: a source tree from an archive, nothing untracked in it
+        listed = None
+    names = [n for n in listed.stdout.decode().split("\0") if n] if listed and listed.returncode == 0 else []
     if not names:
         shutil.copytree(folder, site, ignore=shutil.ignore_patterns("*.key"))
         return
