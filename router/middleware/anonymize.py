@@ -112,7 +112,8 @@ class AnonymizeConfig(MiddlewareConfig):
 
     def environment_problems(self) -> list[tuple[str, str, str]]:
         """A key file or patient table missing, unreadable or malformed (errors: files are made
-        after the configuration, with ``keygen``), one readable by others, an unwritable mapping folder."""
+        after the configuration, with ``keygen``), one every user can read (a warning; the
+        router's own group may), an unwritable mapping folder."""
         problems = []
         try:
             read_key(self.key_file)
@@ -125,8 +126,9 @@ class AnonymizeConfig(MiddlewareConfig):
                 problems.append(("patient_table", str(exc), "error"))
         for key in ("key_file", "patient_table"):
             path = getattr(self, key)
-            if path is not None and path.exists() and path.stat().st_mode & 0o077:
-                problems.append((key, f"{path} is readable by other users; chmod 600 it", "warning"))
+            if path is not None and path.exists() and path.stat().st_mode & 0o007:
+                problems.append((key, f"{path} is readable by every user; chmod 600 it (or 640 with the "
+                                      "router's own group as its group)", "warning"))
         if self.mapping_file is not None:
             problem = writable_dir_problem(self.mapping_file.parent)
             if problem:

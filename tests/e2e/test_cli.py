@@ -412,6 +412,9 @@ def test_check_warns_about_a_readable_key_and_an_unwritable_mapping_dir(research
     assert "pipelines.research.middleware[0].key_file:" in result.stderr and "chmod 600" in result.stderr
     assert "pipelines.research.middleware[0].mapping_file:" in result.stderr
     assert result.returncode == 78
+    (tmp_path / "research.key").chmod(0o640)  # group-readable, as the systemd guide installs it: no warning
+    grouped = run_cli("check", "-c", config, "--tier", "environment")
+    assert "key_file:" not in grouped.stderr
 
 
 def test_config_show_round_trips_the_new_stages(research_site, tmp_path):
@@ -471,3 +474,15 @@ def test_the_starter_takes_the_research_pipeline_as_its_comments_say(tmp_path):
     assert run_cli("keygen", "research.key", cwd=site).returncode == 0
     checked = run_cli("check", "-c", config)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_explain_profile_needs_no_key_file_and_lists_each_row_once(tmp_path):
+    """It prints only the action table, so the key file (made later with keygen) is not needed."""
+    (tmp_path / "router.toml").write_text(
+        '[endpoints.ingest]\ntype = "dimse"\nport = 4242\n[backends.a]\ntype = "filesystem"\npath = "a"\n'
+        '[pipelines.research]\nendpoints = ["ingest"]\nbackends = ["a"]\n'
+        '[[pipelines.research.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n')
+    explained = run_cli("explain-profile", "-c", tmp_path / "router.toml", "research")
+    assert explained.returncode == 0, explained.stderr
+    rows = [line.split()[0] for line in explained.stdout.splitlines() if line.startswith(("(", "private"))]
+    assert rows.count("private") == 1 and len(rows) == len(set(rows))
