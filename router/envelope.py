@@ -66,7 +66,8 @@ class SpooledInstance:
     def header(self) -> Dataset:
         """The elements before the pixel data; once :attr:`layout` is known, also those after it."""
         if self._header is None:
-            self._header, self._pixel_start = read_header_before_pixels(self.path)
+            self._header, self._pixel_start = read_header_before_pixels(self.path,
+                                                                        transfer_syntax=self.transfer_syntax)
         return self._header
 
     @property

@@ -29,14 +29,15 @@ class InflatesTooFar(ValueError):
     """The deflated data set inflates past :data:`MAX_INFLATED`."""
 
 
-def is_deflated(f) -> bool:
-    """Whether the Part-10 file open as ``f`` holds a deflated data set (``f`` is left at its start)."""
+def file_transfer_syntax(f) -> str | None:
+    """The transfer syntax named by the file meta of the Part-10 file open as ``f`` (left at its
+    start); None when the meta is not plain (pydicom then reads the file its own way)."""
     head = f.read(META_READ)
     f.seek(0)
     try:
-        return read_file_meta(head)[0].TransferSyntaxUID in DEFLATED
+        return read_file_meta(head)[0].TransferSyntaxUID
     except (NotPlainPart10, AttributeError):
-        return False
+        return None
 
 
 def read_deflated(path: Path | str, stop_when=None) -> FileDataset:

@@ -34,8 +34,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-from router.engine.part10 import NotPlainPart10, read_file_meta
-from router.spool.deflated import is_deflated, read_deflated
+from router.spool.deflated import DEFLATED, file_transfer_syntax, read_deflated
 from router.spool.long_sequences import (
     EditableHeader,
     ElementElsewhere,
@@ -48,7 +47,6 @@ from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 COPY_CHUNK = 1024 * 1024
 DEFER_SIZE = 256 * 1024
-META_READ = 16 * 1024
 
 
 class SpliceError(ValueError):
@@ -72,9 +70,11 @@ def read_header(path: Path | str) -> tuple[Dataset, Layout]:
     return header, locate_pixel_data(path, header, start)
 
 
-def read_header_before_pixels(path: Path | str, only: list | None = None) -> tuple[Dataset, int]:
+def read_header_before_pixels(path: Path | str, only: list | None = None,
+                              transfer_syntax: str | None = None) -> tuple[Dataset, int]:
     """The elements before the top-level pixel data (``only``: just these tags or keywords, the
-    other values skipped), and the offset where that pixel data starts.
+    other values skipped), and the offset where that pixel data starts. ``transfer_syntax``:
+    the file's, when the caller knows it (else it is read from the file meta).
 
     This is all that matching needs; :func:`locate_pixel_data` does the rest for an edit.
     An element longer than :data:`DEFER_SIZE` (an Encapsulated Document, a waveform, a
@@ -85,9 +85,10 @@ def read_header_before_pixels(path: Path | str, only: list | None = None) -> tup
     (:mod:`router.spool.deflated`).
     """
     with open(path, "rb") as f:
-        if is_deflated(f):
+        syntax = transfer_syntax or file_transfer_syntax(f)
+        if syntax in DEFLATED:
             return read_deflated(path, stop_when=lambda tag, vr, length: tag in PIXEL_TAGS), 0
-        stop = _StopBeforeLongOrPixels(f)
+        stop = _StopBeforeLongOrPixels(f, UID(syntax) if syntax else None)
         only = [Tag(t) for t in only] if only else None
         ds = read_partial(f, stop_when=stop, defer_size=DEFER_SIZE, specific_tags=only)
         ds.__class__ = SpoolHeader
@@ -101,12 +102,11 @@ class _StopBeforeLongOrPixels:
     :func:`router.spool.spans.element_end` from the file's position, which is left where it was).
 
     pydicom defers only elements of defined length; a sequence of undefined length it
-    parses whole. The transfer syntax is read from the file meta at the first such element
-    (most files have none); a deflated data set, or a file whose meta is not plain, is
-    read as pydicom reads it.
+    parses whole. Without a transfer syntax (a file whose meta is not plain) nothing is
+    measured: the file is read as pydicom reads it.
     """
 
-    def __init__(self, f, syntax: UID | None = None):
+    def __init__(self, f, syntax: UID | None):
         self.f = f
         self.syntax = syntax
         self.size = os.fstat(f.fileno()).st_size
@@ -135,15 +135,7 @@ class _StopBeforeLongOrPixels:
         return True
 
     def _walkable(self) -> bool:
-        if self.syntax is None:
-            position = self.f.tell()
-            self.f.seek(0)
-            try:
-                self.syntax = UID(read_file_meta(self.f.read(META_READ))[0].TransferSyntaxUID or "")
-            except NotPlainPart10:
-                self.syntax = UID("")
-            self.f.seek(position)
-        return self.syntax.is_transfer_syntax and not self.syntax.is_deflated
+        return self.syntax is not None and self.syntax.is_transfer_syntax and not self.syntax.is_deflated
 
 
 def _read_elements(f, ds: Dataset, stop: _StopBeforeLongOrPixels, only: list | None = None) -> None:
