@@ -22,5 +22,7 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
+# The dependency versions the tests ran against (checked against their hashes), then the router.
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 .venv/bin/python -m pip install -q --disable-pip-version-check .
 echo "installed: $(pwd)/.venv/bin/dicom-router ($(.venv/bin/dicom-router --version 2>/dev/null || echo dicom-router))"

@@ -42,5 +42,7 @@ fi
 if [ "$python" = .venv/bin/python ] && [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+# The dependency versions the image and install.sh ship (requirements.lock), then the package and its test extras.
+"$python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 "$python" -m pip install -q --disable-pip-version-check -e '.[test]'
 exec "$python" -m pytest -n 2 --dist loadgroup -q "$@"
