@@ -15,8 +15,9 @@ ae_title = "PACS"
 tls = { ca_bundle = "pacs-ca.pem", certificate = "router.pem", private_key = "router.key" }
 ```
 
-TLS 1.2 is the minimum. Files are read when the configuration is loaded, so a missing
-or unreadable certificate is a config error at its key. The listener does the TLS
+TLS 1.2 is the minimum. The files are an environment finding, like the files stages name:
+``check`` reports a missing or unreadable one at its key (the schema and reference tiers
+pass without them), and ``serve`` and ``reload`` refuse the configuration until it loads. The listener does the TLS
 handshake in the connection's own thread (:class:`router.engine.admission.AdmittingServer`):
 a client that connects and stays silent costs one pending slot for ``handshake_timeout``
 seconds and never delays anyone else.
@@ -43,14 +44,14 @@ class EndpointTLSConfig(StrictModel):
     handshake_timeout: Seconds = 5.0
 
     @model_validator(mode="after")
-    def _loads(self) -> "EndpointTLSConfig":
+    def _complete(self) -> "EndpointTLSConfig":
         if self.require_client_certificate and self.ca_bundle is None:
             raise ValueError("require_client_certificate needs ca_bundle (the CAs that sign client certificates)")
-        try:
-            server_context(self)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"cannot load the TLS files: {exc}") from None
         return self
+
+    def file_problem(self) -> str | None:
+        """Why the certificate, key or CA files cannot be loaded, or None."""
+        return _load_problem(server_context, self)
 
 
 class BackendTLSConfig(StrictModel):
@@ -61,14 +62,22 @@ class BackendTLSConfig(StrictModel):
     verify: bool = True
 
     @model_validator(mode="after")
-    def _loads(self) -> "BackendTLSConfig":
+    def _complete(self) -> "BackendTLSConfig":
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together (the router's client certificate)")
-        try:
-            client_context(self)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"cannot load the TLS files: {exc}") from None
         return self
+
+    def file_problem(self) -> str | None:
+        """Why the CA, certificate or key files cannot be loaded, or None."""
+        return _load_problem(client_context, self)
+
+
+def _load_problem(make_context, config) -> str | None:
+    try:
+        make_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load the TLS files: {exc}"
+    return None
 
 
 def server_context(config: EndpointTLSConfig) -> ssl.SSLContext:

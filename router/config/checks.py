@@ -114,9 +114,16 @@ def check_environment(config: RouterConfig) -> list[ConfigIssue]:
 
 
 def check_stage_files(config: RouterConfig) -> list[ConfigIssue]:
-    """The files the pipelines' stages name (key files, CSV tables, mapping folders): missing,
-    unreadable or malformed ones. ``serve`` and ``reload`` refuse a configuration with errors here."""
+    """The files the configuration names (TLS certificates and keys, the stages' key files, CSV
+    tables, mapping folders): missing, unreadable or malformed ones. ``serve`` and ``reload``
+    refuse a configuration with errors here."""
     issues: list[ConfigIssue] = []
+    for kind, components in (("endpoints", config.endpoints), ("backends", config.backends)):
+        for name, component in components.items():
+            tls = getattr(component, "tls", None)
+            problem = tls.file_problem() if tls is not None else None
+            if problem:
+                issues.append(ConfigIssue(config.origin(f"{kind}.{name}"), f"{kind}.{name}.tls", problem))
     for name, pipeline in config.pipelines.items():
         for index, stage in enumerate(pipeline.middleware):
             for key, message, severity in stage.environment_problems():

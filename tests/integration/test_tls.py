@@ -183,10 +183,14 @@ def test_rotated_certificates_are_served_after_a_reload(tls_router, pki):
     assert echo(port, client_context(pki)) == 0x0000
 
 
-def test_tls_settings_round_trip_and_bad_files_are_located(tmp_path, write_config, pki):
+def test_tls_settings_round_trip_and_missing_files_are_located_environment_findings(tmp_path, write_config, pki):
+    """A TLS file that does not exist yet is found by check's environment tier at its key, not by
+    the schema: the reference tier passes; ``serve`` refuses the configuration (exit 78)."""
     import tomli_w
 
-    from router.config import ConfigError, load_config
+    from router.config import load_config
+    from router.config.checks import check_stage_files
+    from tests.support.cli import run_cli
 
     port = free_port()
     client = pki["client"]
@@ -202,8 +206,16 @@ tls = {{ ca_bundle = "{pki['ca'].bundle}", certificate = "{client.certificate}",
     loaded = load_config(config)
     (tmp_path / "shown.toml").write_text(tomli_w.dumps(loaded.to_dict()))
     assert load_config(tmp_path / "shown.toml").to_dict() == loaded.to_dict()
+    assert check_stage_files(loaded) == []
     broken = config.read_text().replace(str(pki["server"].private_key), str(tmp_path / "missing.key"))
-    with pytest.raises(ConfigError) as exc:
-        load_config(write_config(broken, "broken.toml"))
-    assert any(i.location == "endpoints.ingest.tls" and "cannot load the TLS files" in i.message
-               for i in exc.value.issues)
+    broken = broken.replace(str(pki["ca"].bundle), str(tmp_path / "missing-ca.pem"))
+    broken_file = write_config(broken, "broken.toml")
+    problems = {(i.location, i.severity): i.message for i in check_stage_files(load_config(broken_file))}
+    assert set(problems) == {("endpoints.ingest.tls", "error"), ("backends.pacs.tls", "error")}
+    assert all("cannot load the TLS files" in m for m in problems.values())
+    assert run_cli("check", "-c", broken_file, "--tier", "references").returncode == 0
+    environment = run_cli("check", "-c", broken_file)
+    assert environment.returncode == 78 and "broken.toml: endpoints.ingest.tls: cannot load the TLS files" \
+        in environment.stderr and "backends.pacs.tls" in environment.stderr
+    served = run_cli("serve", "-c", broken_file, timeout=60)
+    assert served.returncode == 78 and "endpoints.ingest.tls" in served.stderr
