@@ -19,7 +19,9 @@ from router.spool.splice import Layout, clone_header, locate_pixel_data, read_he
 
 @dataclass(frozen=True)
 class AssociationInfo:
-    """Who is on the other end of the association a request arrived on."""
+    """Who is on the other end of the association (DIMSE) or HTTP request (DICOMweb) a request
+    arrived on. For DICOMweb, ``association_id`` is the HTTP request's id, the AE titles are
+    empty and ``user`` is the authenticated user, if any."""
 
     endpoint: str
     association_id: str
@@ -28,6 +30,8 @@ class AssociationInfo:
     peer_host: str
     peer_port: int
     tls_peer: str | None = None
+    protocol: str = "dimse"
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,10 @@ class RequestEnvelope:
 
     def log_context(self) -> dict[str, Any]:
         """The fields every log line about this request carries."""
+        a = self.association
+        if a.protocol != "dimse":
+            return {"request_id": a.association_id, "user": a.user, "peer": f"{a.peer_host}:{a.peer_port}",
+                    "sop_instance_uid": self.command.affected_sop_instance_uid}
         return {
             "assoc_id": self.association.association_id,
             "calling_aet": self.association.calling_aet,

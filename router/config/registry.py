@@ -16,6 +16,7 @@ KINDS = ("endpoint", "backend", "middleware")
 
 BUILTIN_MODULES = (
     "router.endpoints.dimse",
+    "router.endpoints.dicomweb.endpoint",
     "router.backends.dimse",
     "router.backends.filesystem",
     "router.middleware.filter",

@@ -35,6 +35,9 @@ class Metrics:
                                       ["endpoint"], registry=r)
         self.responses = Counter("dicom_router_responses", "Final responses sent, by endpoint, DIMSE service and "
                                  "status", ["endpoint", "service", "status"], registry=r)
+        self.http_requests = Counter("dicom_router_http_requests", "HTTP requests answered by DICOMweb endpoints, "
+                                     "by endpoint, route (stow, qido, wado, ...) and status code",
+                                     ["endpoint", "route", "status"], registry=r)
         self.stage_verdicts = Counter("dicom_router_stage_verdicts", "Requests a pipeline stage dropped, rejected or "
                                       "held for review", ["pipeline", "stage", "verdict"], registry=r)
 
