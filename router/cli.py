@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_sub.add_parser("show", help="Print the configuration with includes merged and defaults filled, as TOML.")
     p.add_argument("-c", "--config", type=Path)
     p.set_defaults(func=cmd_config_show)
-    p = command("echo", cmd_echo, "C-ECHO a configured dimse backend, or HOST:PORT:AET.")
+    p = command("echo", cmd_echo, "C-ECHO a configured dimse backend or HOST:PORT:AET; QIDO-RS a dicomweb backend.")
     p.add_argument("target")
-    p = command("send", cmd_send, "C-STORE files and folders (recursively) to a backend or HOST:PORT:AET.")
+    p = command("send", cmd_send, "C-STORE (STOW-RS to a dicomweb backend) files and folders, recursively, to a "
+                                  "backend or HOST:PORT:AET.")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--to", required=True, dest="target")
     p.add_argument("--calling-aet", help="calling AE title (default: the router's)")
@@ -169,6 +170,8 @@ def cmd_echo(args) -> int:
     from router.tools.targets import resolve_target
 
     backend = resolve_target(args.target, _load(args))
+    if backend.config.type == "dicomweb":
+        return _echo_dicomweb(backend)
     status = backend.echo()
     if isinstance(status, str):
         print(f"C-ECHO {backend.describe()}: no association: {status}", file=sys.stderr)
@@ -178,6 +181,29 @@ def cmd_echo(args) -> int:
         return EX_FAIL
     print(f"C-ECHO {backend.describe()}: status 0x{status:04X}")
     return EX_OK if status == 0 else EX_FAIL
+
+
+def _echo_dicomweb(backend) -> int:
+    """QIDO-RS ``limit=1``: 2xx is a working archive; another HTTP answer shows the server is
+    there (enough for one that only stores, unless it refused the credentials)."""
+    status, said = backend.echo()
+    asked = f"GET {backend.describe()}/studies?limit=1"
+    if status is None:
+        print(f"{asked}: no answer: {said}", file=sys.stderr)
+        return EX_FAIL
+    server = f" from {said}" if said else ""
+    if 200 <= status < 300:
+        print(f"{asked}: HTTP {status}{server}: QIDO-RS answers")
+        return EX_OK
+    if status in (401, 403):
+        print(f"{asked}: HTTP {status}{server}: the credentials were refused", file=sys.stderr)
+        return EX_FAIL
+    if backend.config.query:
+        print(f"{asked}: HTTP {status}{server}: the server answers but not QIDO-RS, which query = true needs",
+              file=sys.stderr)
+        return EX_FAIL
+    print(f"{asked}: HTTP {status}{server}: the server answers (it does not serve QIDO-RS; STOW-RS is not tried)")
+    return EX_OK
 
 
 def cmd_send(args) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the tests need (DCMTK, dicom3tools and Orthanc from Debian, the package with its test extras;
+# Install what the tests need (DCMTK, dicom3tools, Orthanc and its DICOMweb plugin from Debian, the package with its test extras;
 # in ./.venv where the system Python refuses packages) and run them.
 # Usage: bash tests/run.sh [extra pytest args]
 set -euo pipefail
@@ -19,6 +19,7 @@ fi
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -120,10 +120,11 @@ def check_stage_files(config: RouterConfig) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     for kind, components in (("endpoints", config.endpoints), ("backends", config.backends)):
         for name, component in components.items():
-            tls = getattr(component, "tls", None)
-            problem = tls.file_problem() if tls is not None else None
-            if problem:
-                issues.append(ConfigIssue(config.origin(f"{kind}.{name}"), f"{kind}.{name}.tls", problem))
+            for key in ("tls", "auth"):
+                files = getattr(component, key, None)
+                problem = files.file_problem() if files is not None else None
+                if problem:
+                    issues.append(ConfigIssue(config.origin(f"{kind}.{name}"), f"{kind}.{name}.{key}", problem))
     for name, pipeline in config.pipelines.items():
         for index, stage in enumerate(pipeline.middleware):
             for key, message, severity in stage.environment_problems():

@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "router.endpoints.dimse",
     "router.endpoints.dicomweb.endpoint",
     "router.backends.dimse",
+    "router.backends.dicomweb.backend",
     "router.backends.filesystem",
     "router.middleware.filter",
     "router.middleware.route",

@@ -63,14 +63,15 @@ def why_not_associated(assoc, peer: str) -> str:
         return f"association rejected by {peer}{detail}"
     error = getattr(assoc, "connect_error", None)
     if error is not None:
-        return f"cannot connect to {peer}: {_connect_problem(error, assoc.connection_timeout)}"
+        return f"cannot connect to {peer}: {connect_problem(error, assoc.connection_timeout)}"
     if assoc.is_aborted:
         return (f"{peer} aborted the association request, or did not answer it within "
                 f"{assoc.acse_timeout:g} s")
     return f"cannot connect to {peer}"
 
 
-def _connect_problem(error: OSError, timeout) -> str:
+def connect_problem(error: OSError, timeout: float | None = None) -> str:
+    """What a failed connection attempt means, in words an operator acts on."""
     if isinstance(error, ConnectionRefusedError):
         return "connection refused (nothing listens on that port)"
     if isinstance(error, (TimeoutError, socket.timeout)):

@@ -49,6 +49,9 @@ def next_idle_poll(seconds: float) -> float:
 
 
 class Deliverer(Protocol):
+    """Sends deliveries one at a time. One that can send several in a request (STOW-RS) also has
+    ``group(deliveries) -> list[list[Delivery]]`` and ``deliver_many(group) -> list[DeliveryResult]``."""
+
     def deliver(self, delivery: Delivery) -> DeliveryResult: ...
     def idle(self) -> None: ...
     def close(self) -> None: ...
@@ -161,24 +164,43 @@ class BackendWorker(threading.Thread):
             self.queue.close()
 
     def deliver_batch(self, deliverer: Deliverer, batch: list[Delivery]) -> None:
-        for i, delivery in enumerate(batch):
+        """Send a claimed batch, in the requests the deliverer groups it into (one instance each
+        unless it has ``group`` and ``deliver_many``, as STOW-RS does)."""
+        groups = deliverer.group(batch) if hasattr(deliverer, "group") else [[d] for d in batch]
+        for index, group in enumerate(groups):
+            later = [d for g in groups[index + 1:] for d in g]
             if self.stop_event.is_set():
-                self.queue.postpone(batch[i:], time.time(), "router stopping")
+                self.queue.postpone(group + later, time.time(), "router stopping")
                 return
+            sendable = [d for d in group if not self._quarantined_as_damaged(d)]
+            if not sendable:
+                continue
             try:
-                damaged = damage(delivery.path, delivery.size, delivery.checksum)
-                if damaged is not None:
-                    result = DeliveryResult(Outcome.PERMANENT, None, damaged)
+                if len(sendable) > 1:
+                    results = deliverer.deliver_many(sendable)
                 else:
-                    result = deliverer.deliver(delivery)
+                    results = [deliverer.deliver(sendable[0])]
             except Exception as exc:  # a bug or an unreadable file must not stop the queue
-                log.exception("delivery attempt failed unexpectedly", **delivery.log_context())
-                result = DeliveryResult(Outcome.PERMANENT, None, f"internal error: {exc!r}")
-            if result.outcome is Outcome.UNREACHABLE:
-                self.backend_unreachable(batch[i:], result)
-                return
-            self.unreachable_streak = 0
-            self.record(delivery, result)
+                log.exception("delivery attempt failed unexpectedly", **sendable[0].log_context())
+                results = [DeliveryResult(Outcome.PERMANENT, None, f"internal error: {exc!r}")] * len(sendable)
+            for position, (delivery, result) in enumerate(zip(sendable, results)):
+                if result.outcome is Outcome.UNREACHABLE:
+                    self.backend_unreachable(sendable[position:] + later, result)
+                    return
+                self.unreachable_streak = 0
+                self.record(delivery, result)
+
+    def _quarantined_as_damaged(self, delivery: Delivery) -> bool:
+        """Check the spool file against its intake record; a damaged one is quarantined here."""
+        try:
+            damaged = damage(delivery.path, delivery.size, delivery.checksum)
+        except Exception as exc:
+            log.exception("cannot check the spool file", **delivery.log_context())
+            damaged = f"internal error: {exc!r}"
+        if damaged is None:
+            return False
+        self.record(delivery, DeliveryResult(Outcome.PERMANENT, None, damaged))
+        return True
 
     def record(self, delivery: Delivery, result: DeliveryResult) -> None:
         """Record the outcome of one attempt, with one log line naming the backend, the status,

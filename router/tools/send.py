@@ -1,4 +1,5 @@
-"""``dicom-router send``: C-STORE files to a DICOM node with a progress bar and a summary.
+"""``dicom-router send``: C-STORE (or, to a ``dicomweb`` backend, STOW-RS) files with a progress
+bar and a summary.
 
 Folders are walked in name order. Hidden files and folders (a name starting with ``.``)
 and files that are not DICOM Part-10 files (no ``DICM`` after the 128-byte preamble: a
@@ -17,7 +18,6 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 
 from router import engine
-from router.backends.dimse import DimseBackend
 from router.backends.status import Outcome
 from router.spool.queue import Delivery
 from router.spool.splice import read_header_before_pixels
@@ -78,7 +78,7 @@ class Progress:
             self.stream.write("\n")
 
 
-def send_paths(backend: DimseBackend, paths: list[Path]) -> bool:
+def send_paths(backend, paths: list[Path]) -> bool:
     """Send every DICOM file under ``paths``; print failures and a summary; True if there was
     one to send and all were sent."""
     engine.configure()

@@ -1,19 +1,25 @@
-"""Resolve a command-line TARGET: a configured dimse backend or ``HOST:PORT:AET``."""
+"""Resolve a command-line TARGET: a configured dimse or dicomweb backend, or ``HOST:PORT:AET``."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
+from router.backends.dicomweb.backend import DicomwebBackend
+from router.backends.dicomweb.config import DicomwebBackendConfig
 from router.backends.dimse import DimseBackend, DimseBackendConfig
 from router.config.errors import ConfigError, ConfigIssue
 from router.config.models import RouterConfig
 
 
-def resolve_target(target: str, config: RouterConfig, calling_aet: str | None = None) -> DimseBackend:
+def resolve_target(target: str, config: RouterConfig,
+                   calling_aet: str | None = None) -> DimseBackend | DicomwebBackend:
     if target in config.backends:
         backend_config = config.backends[target]
+        if isinstance(backend_config, DicomwebBackendConfig):
+            return DicomwebBackend(target, backend_config)
         if not isinstance(backend_config, DimseBackendConfig):
-            raise ConfigError([ConfigIssue("<command line>", "target", f"backend {target!r} is not of type dimse")])
+            raise ConfigError([ConfigIssue("<command line>", "target",
+                                           f"backend {target!r} is of type {backend_config.type}, not dimse or dicomweb")])
         if calling_aet:
             backend_config = backend_config.model_copy(update={"calling_ae_title": calling_aet})
         return DimseBackend(target, backend_config, config.router.ae_title)

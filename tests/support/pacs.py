@@ -16,10 +16,15 @@ from pathlib import Path
 from tests.support.peers import dcmtk, dcmtk_env, free_port, stop_process, storescu, wait_for_port
 
 ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def have_orthanc() -> bool:
     return os.access(ORTHANC, os.X_OK)
+
+
+def have_orthanc_dicomweb() -> bool:
+    return have_orthanc() and os.path.exists(DICOMWEB_PLUGIN)
 
 
 @dataclass
@@ -28,6 +33,11 @@ class Upstream:
     port: int
     process: subprocess.Popen
     log_path: Path
+    http_port: int = 0
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -36,23 +46,31 @@ class Upstream:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_title: str = "ORTHANC") -> Upstream:
+def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_title: str = "ORTHANC",
+                  dicomweb: bool = False, users: dict[str, str] | None = None, http_port: int = 0) -> Upstream:
     """Orthanc with C-GET allowed and the given DICOM modalities (AE title -> (host, port)) known.
 
     Orthanc answers C-FIND, C-MOVE and C-GET only for modalities it knows, and C-MOVEs only
-    to them; the HTTP server is off.
+    to them. The HTTP server is off unless ``dicomweb``: then it listens on a loopback port
+    of its own with the DICOMweb plugin at ``/dicom-web/`` (``users``: HTTP basic
+    credentials it requires; ``http_port``: its HTTP port, chosen here otherwise).
     """
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    http_port = (http_port or free_port()) if dicomweb else 0
     config = {
         "Name": "dicom-router-test",
         "StorageDirectory": str(directory / "storage"),
         "IndexDirectory": str(directory / "index"),
         "DicomAet": ae_title,
         "DicomPort": port,
-        "HttpServerEnabled": False,
+        "HttpServerEnabled": dicomweb,
+        "HttpPort": http_port or 8042,
         "RemoteAccessAllowed": False,
-        "Plugins": [],
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users or {},
+        "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "DicomAlwaysAllowGet": True,
         "DicomCheckCalledAet": False,
         "DicomScpTimeout": 30,
@@ -63,7 +81,9 @@ def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_ti
     process = subprocess.Popen([ORTHANC, str(directory / "orthanc.json")], stdout=open(log_path, "wb"),
                                stderr=subprocess.STDOUT, env=dcmtk_env())
     wait_for_port(port, 60)
-    return Upstream(ae_title, port, process, log_path)
+    if dicomweb:
+        wait_for_port(http_port, 60)
+    return Upstream(ae_title, port, process, log_path, http_port)
 
 
 def start_dcmqrscp(directory: Path, ae_title: str = "DCMQRSCP", files: list[Path] = ()) -> Upstream:

@@ -1,0 +1,1 @@
+"""The ``dicomweb`` backend: STOW-RS deliveries (and, with ``query``/``retrieve``, QIDO-RS and WADO-RS)."""
