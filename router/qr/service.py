@@ -1,9 +1,9 @@
 """What an endpoint offers for query/retrieve, and the entry points its C-FIND/C-MOVE/C-GET handlers call.
 
 An endpoint offers a service when a pipeline bound to it names (in ``backends`` or a
-``route`` stage) a ``dimse`` backend that can answer it: ``query = true`` for Patient and
-Study Root C-FIND, ``worklist = true`` for Modality Worklist, ``retrieve`` for C-MOVE and
-C-GET. A request runs through those pipelines like a stored instance (``filter`` can
+``route`` stage) a backend that can answer it: ``query = true`` for Patient and Study Root
+C-FIND (and QIDO-RS; a ``dicomweb`` backend answers by QIDO-RS), ``worklist = true`` for
+Modality Worklist, ``retrieve`` for C-MOVE and C-GET. A request runs through those pipelines like a stored instance (``filter`` can
 refuse it, ``coerce`` can rewrite the identifier, ``route`` can choose the upstream);
 the capable backends among the ones they choose answer it.
 """
@@ -26,6 +26,7 @@ from router.qr.models import GET, MOVE, QR_FIND, WORKLIST_FIND
 from router.qr.move import move_responses
 from router.qr.relay import Relay
 from router.qr.retrieve import Collector, Retrieval
+from router.qr.qido_upstream import QidoUpstream
 from router.qr.upstream import Upstream, UpstreamError
 from router.spool.store import Spool
 
@@ -56,6 +57,9 @@ class QueryRetrieveService:
             if backend.type == "dimse" and (backend.query or backend.worklist or backend.retrieve):
                 built = registry.lookup("backend", "dimse").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = Upstream(name, built)
+            elif backend.type == "dicomweb" and backend.query:
+                built = registry.lookup("backend", "dicomweb").build(name, backend, config.router.ae_title)
+                self.upstreams[name] = QidoUpstream(name, built)
 
     # -- what an endpoint offers ------------------------------------------------
 
@@ -65,9 +69,11 @@ class QueryRetrieveService:
         for pipeline in self.pipelines.for_endpoint(endpoint):
             for name in _named_backends(pipeline):
                 upstream = self.upstreams.get(name)
-                if upstream is not None:
+                if isinstance(upstream, QidoUpstream):
+                    services.add("find")
+                elif upstream is not None:
                     cfg = upstream.backend.config
-                    services |= {s for s, flag in SERVICES.items() if getattr(cfg, flag)}
+                    services |= {s for s, flag in SERVICES.items() if getattr(cfg, flag, None)}
         return services
 
     def sop_classes(self, endpoint: str) -> list[str]:
@@ -153,7 +159,7 @@ class QueryRetrieveService:
         """Plan the retrieval on the first capable upstream that has matches; raises when none answers."""
         choices, refusal = self._choose(envelope, "retrieve")
         if refusal is not None:  # pynetdicom's retrieve SCPs answer a handler error with a Cxxx failure
-            raise RetrievalRefused(f"refused by a pipeline stage: {refusal[0].ErrorComment}")
+            raise RetrievalRefused(str(refusal[0].ErrorComment))
         errors = []
         for choice in choices:
             for upstream in choice.upstreams:
@@ -181,16 +187,21 @@ class QueryRetrieveService:
         if rejection is not None:
             log.info("query/retrieve request refused", stage=rejection.stage, reason=rejection.reason,
                      **envelope.log_context())
-            return [], (failure_status(rejection.status, rejection.reason), None)
+            return [], (failure_status(rejection.status, f"refused by {rejection.stage}: {rejection.reason}"), None)
         choices = []
         for result in routing.results:
             if isinstance(result.verdict, Drop):
                 continue
-            upstreams = [self.upstreams[b] for b in result.backends
-                         if b in self.upstreams and getattr(self.upstreams[b].backend.config, flag)]
+            upstreams = [self.upstreams[b] for b in result.backends if b in self.upstreams and _answers(self.upstreams[b], flag)]
             if upstreams:
                 choices.append(Choice(self.pipelines.pipelines[result.pipeline], result.envelope, upstreams))
         return choices, None
+
+
+def _answers(upstream, flag: str) -> bool:
+    if isinstance(upstream, QidoUpstream):
+        return flag == "query"
+    return bool(getattr(upstream.backend.config, flag, None))
 
 
 def _envelope(info: AssociationInfo, kind: str, model: str, message_id: int, identifier: Dataset) -> RequestEnvelope:

@@ -60,8 +60,7 @@ class Upstream:
                              contexts=contexts, ext_neg=roles or None, evt_handlers=handlers or None,
                              tls_args=self.backend.tls_args())
         if not assoc.is_established:
-            state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
-            raise UpstreamError(f"{self.describe()}: association {state}")
+            raise UpstreamError(f"{self.name}: {engine.why_not_associated(assoc, self.backend.describe())}")
         engine.arm_socket_timeout(assoc, self.backend.config.network_timeout)
         return assoc
 

@@ -26,6 +26,7 @@ from router.endpoints.access import AccessPolicy
 from router.endpoints.dicomweb.config import DicomwebEndpointConfig
 from router.endpoints.dicomweb.connections import ConnectionPool
 from router.endpoints.dicomweb.listener import HttpListener
+from router.endpoints.dicomweb.qido import search
 from router.endpoints.dicomweb.responses import problem
 from router.endpoints.dicomweb.stow import StowTarget, store_instances
 from router.envelope import AssociationInfo
@@ -37,6 +38,7 @@ from router.tls import peer_name, server_context
 log = structlog.get_logger("router.dicomweb")
 
 UID = r"[0-9][0-9.]{0,63}"
+MAX_PROXIED_REQUESTS = 32  # searches and retrievals running at once; further ones wait for a thread
 
 
 class DicomwebEndpoint:
@@ -51,10 +53,18 @@ class DicomwebEndpoint:
         self.access = AccessPolicy.from_lists([], config.allowed_hosts)
         self.server: HttpListener | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._proxies: ThreadPoolExecutor | None = None
         base = re.escape(config.base_path)
+        study, series = rf"/studies/(?P<study>{UID})", rf"/series/(?P<series>{UID})"
         self._routes = [
             ("POST", re.compile(rf"^{base}/studies$"), "stow", self._stow),
-            ("POST", re.compile(rf"^{base}/studies/(?P<study>{UID})$"), "stow", self._stow),
+            ("POST", re.compile(rf"^{base}{study}$"), "stow", self._stow),
+            ("GET", re.compile(rf"^{base}/studies$"), "qido", self._search("STUDY")),
+            ("GET", re.compile(rf"^{base}{study}/series$"), "qido", self._search("SERIES")),
+            ("GET", re.compile(rf"^{base}/series$"), "qido", self._search("SERIES")),
+            ("GET", re.compile(rf"^{base}{study}{series}/instances$"), "qido", self._search("IMAGE")),
+            ("GET", re.compile(rf"^{base}{study}/instances$"), "qido", self._search("IMAGE")),
+            ("GET", re.compile(rf"^{base}/instances$"), "qido", self._search("IMAGE")),
         ]
 
     @property
@@ -72,6 +82,7 @@ class DicomwebEndpoint:
                               self.config.max_connections)
         self._executor = ThreadPoolExecutor(max(4, self.config.parallel_instances),
                                             thread_name_prefix=f"stow-{self.name}")
+        self._proxies = ThreadPoolExecutor(MAX_PROXIED_REQUESTS, thread_name_prefix=f"qr-{self.name}")
         listener = HttpListener(self.name, self._handle, self.config.bind, self.config.port, pool,
                                 self.config.header_timeout, server_context(tls) if tls else None,
                                 tls.handshake_timeout if tls else 5.0)
@@ -94,9 +105,10 @@ class DicomwebEndpoint:
     def drain(self, deadline: float) -> int:
         listener = self.server or getattr(self, "_closing", None)
         cut = listener.drain(deadline) if listener is not None else 0
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for executor in (self._executor, self._proxies):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._executor = self._proxies = None
         return cut
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -156,6 +168,14 @@ class DicomwebEndpoint:
         target = StowTarget(self.name, self.intake, self.intake.spool, self._executor, self.metrics,
                             self.config.max_request_mb * 1024 * 1024, self.config.parallel_instances)
         return await store_instances(request, target, origin, study)
+
+    def _search(self, level: str):
+        async def search_level(request: web.BaseRequest, origin: AssociationInfo, study: str | None = None,
+                               series: str | None = None):
+            uids = {k: v for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)) if v}
+            return await search(request, self.name, self.qr, self._proxies, origin, level, uids)
+
+        return search_level
 
     def _origin(self, request: web.BaseRequest, request_id: str) -> AssociationInfo:
         peer = request.transport.get_extra_info("peername") if request.transport else None
