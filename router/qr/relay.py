@@ -44,7 +44,7 @@ class Relay:
         """A retrieve SCP handler's ``(status, dataset)`` yields after the count: ``(0xFF00, payload)`` per
         instance (``payload_for`` returns None for one the requester cannot take), then the end:
         0xFE00 when the client cancelled (the upstream is cancelled too), else the failed list, if any."""
-        for fetched, path in self._instances():
+        for fetched, path in self.instances():
             if is_cancelled():
                 self.retrieval.cancel()
                 log.info(f"{what} cancelled by the client; cancelled upstream", **self.ctx)
@@ -58,7 +58,7 @@ class Relay:
             yield PENDING, payload
         yield from self._final_status(what)
 
-    def _instances(self) -> Iterator[tuple[Fetched, Path]]:
+    def instances(self) -> Iterator[tuple[Fetched, Path]]:
         """(fetched, file to send) for each instance the stages let through; cleans up after each."""
         try:
             for fetched in self.retrieval.fetch():

@@ -11,6 +11,7 @@ the capable backends among the ones they choose answer it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator
 
 import structlog
@@ -22,10 +23,10 @@ from router.envelope import AssociationInfo, Command, Drop, RequestEnvelope
 from router.pipeline import Pipeline, PipelineSet
 from router.qr.find import FindProxy, failure_status
 from router.qr.get import get_responses
-from router.qr.models import GET, MOVE, QR_FIND, WORKLIST_FIND
+from router.qr.models import GET, MOVE, QR_FIND, STUDY_GET, WORKLIST_FIND
 from router.qr.move import move_responses
 from router.qr.relay import Relay
-from router.qr.retrieve import Collector, Retrieval
+from router.qr.retrieve import Collector, Fetched, Retrieval
 from router.qr.qido_upstream import QidoUpstream
 from router.qr.upstream import Upstream, UpstreamError
 from router.spool.store import Spool
@@ -140,6 +141,26 @@ class QueryRetrieveService:
         ctx = envelope.log_context()
         relay = self._relay(envelope, endpoint_ae, ctx)
         yield from get_responses(relay, accepted_contexts, is_cancelled, ctx)
+
+    def retrieve_files(self, info: AssociationInfo, identifier: Dataset, endpoint_ae: str,
+                       is_cancelled) -> Iterator[tuple[Fetched, Path]]:
+        """For WADO-RS: (fetched, file) per instance the request covers, through the pipeline's
+        stages, as they arrive; each file is removed when the next is asked for. Nothing when
+        no upstream has a match; raises :class:`RetrievalRefused` or :class:`UpstreamError`."""
+        envelope = _envelope(info, "get", STUDY_GET, 1, identifier)
+        relay = self._relay(envelope, endpoint_ae, envelope.log_context())
+        if relay is None:
+            return
+        for fetched, path in relay.instances():
+            if is_cancelled():
+                relay.retrieval.cancel()
+                return
+            relay.sent.add(fetched.sop_instance_uid)
+            yield fetched, path
+        missing = relay.missing()
+        if missing:
+            log.warning("WADO-RS retrieval incomplete", sent=len(relay.sent), failed=len(missing),
+                        **envelope.log_context())
 
     def resolve_destination(self, endpoint: str, ae_title: str) -> tuple[str, int, dict] | None:
         """A C-MOVE destination (host, port, association options): a ``dimse`` backend with that AE title

@@ -92,3 +92,20 @@ def request_head(path: str, content_type: str, length: int | None = None, extra:
 
 def unique() -> str:
     return uuid.uuid4().hex
+
+
+def multipart_parts(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart body: (headers, content) each."""
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"')
+    delimiter = b"--" + boundary.encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, content = chunk.partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.strip().split(b"\r\n"):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, content[:-2] if content.endswith(b"\r\n") else content))
+    return parts

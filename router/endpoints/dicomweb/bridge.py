@@ -58,6 +58,15 @@ class ThreadedStream:
             raise item.exc
         return item
 
+    def leftovers(self) -> list[Any]:
+        """Items produced but never taken (call after :meth:`stop`), for their owner to release."""
+        items = []
+        while not self._items.empty():
+            item = self._items.get_nowait()
+            if item is not END and not isinstance(item, _Failure):
+                items.append(item)
+        return items
+
     async def stop(self) -> None:
         """Stop the producer and wait for its thread to return."""
         self._stopped.set()

@@ -29,6 +29,7 @@ from router.endpoints.dicomweb.listener import HttpListener
 from router.endpoints.dicomweb.qido import search
 from router.endpoints.dicomweb.responses import problem
 from router.endpoints.dicomweb.stow import StowTarget, store_instances
+from router.endpoints.dicomweb.wado import retrieve
 from router.envelope import AssociationInfo
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
@@ -43,8 +44,10 @@ MAX_PROXIED_REQUESTS = 32  # searches and retrievals running at once; further on
 
 class DicomwebEndpoint:
     def __init__(self, name: str, config: DicomwebEndpointConfig, intake: Intake,
-                 qr: QueryRetrieveService | None = None, metrics: Metrics | None = None):
+                 qr: QueryRetrieveService | None = None, metrics: Metrics | None = None,
+                 router_ae_title: str = "DICOM_ROUTER"):
         self.name = name
+        self.router_ae_title = router_ae_title
         self.config = config
         self.ae_title = "-"
         self.intake = intake
@@ -56,6 +59,7 @@ class DicomwebEndpoint:
         self._proxies: ThreadPoolExecutor | None = None
         base = re.escape(config.base_path)
         study, series = rf"/studies/(?P<study>{UID})", rf"/series/(?P<series>{UID})"
+        instance = rf"/instances/(?P<instance>{UID})"
         self._routes = [
             ("POST", re.compile(rf"^{base}/studies$"), "stow", self._stow),
             ("POST", re.compile(rf"^{base}{study}$"), "stow", self._stow),
@@ -65,6 +69,12 @@ class DicomwebEndpoint:
             ("GET", re.compile(rf"^{base}{study}{series}/instances$"), "qido", self._search("IMAGE")),
             ("GET", re.compile(rf"^{base}{study}/instances$"), "qido", self._search("IMAGE")),
             ("GET", re.compile(rf"^{base}/instances$"), "qido", self._search("IMAGE")),
+            ("GET", re.compile(rf"^{base}{study}$"), "wado", self._retrieve(False)),
+            ("GET", re.compile(rf"^{base}{study}{series}$"), "wado", self._retrieve(False)),
+            ("GET", re.compile(rf"^{base}{study}{series}{instance}$"), "wado", self._retrieve(False)),
+            ("GET", re.compile(rf"^{base}{study}/metadata$"), "wado", self._retrieve(True)),
+            ("GET", re.compile(rf"^{base}{study}{series}/metadata$"), "wado", self._retrieve(True)),
+            ("GET", re.compile(rf"^{base}{study}{series}{instance}/metadata$"), "wado", self._retrieve(True)),
         ]
 
     @property
@@ -177,6 +187,16 @@ class DicomwebEndpoint:
 
         return search_level
 
+    def _retrieve(self, metadata: bool):
+        async def retrieve_level(request: web.BaseRequest, origin: AssociationInfo, study: str,
+                                 series: str | None = None, instance: str | None = None):
+            uids = {k: v for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
+                                      ("SOPInstanceUID", instance)) if v}
+            return await retrieve(request, self.name, self.qr, self._proxies, origin, self.router_ae_title, uids,
+                                  metadata)
+
+        return retrieve_level
+
     def _origin(self, request: web.BaseRequest, request_id: str) -> AssociationInfo:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
@@ -193,4 +213,4 @@ def _peer(origin: AssociationInfo) -> str:
 @register("endpoint", "dicomweb", DicomwebEndpointConfig)
 def build_dicomweb_endpoint(name: str, config: DicomwebEndpointConfig, router_ae_title: str, intake: Intake,
                             qr: QueryRetrieveService | None = None, metrics: Metrics | None = None):
-    return DicomwebEndpoint(name, config, intake, qr, metrics)
+    return DicomwebEndpoint(name, config, intake, qr, metrics, router_ae_title)

@@ -1,0 +1,124 @@
+"""WADO-RS (PS3.18 10.4): studies, series and instances, and their metadata, fetched through
+the pipelines' retrieve-capable backends.
+
+The request becomes a retrieval like a C-GET's (:meth:`router.qr.service.QueryRetrieveService.retrieve_files`):
+the upstream lists the instances with C-FIND and sends them by C-GET or C-MOVE, each goes
+through the pipeline's stages (an ``anonymize`` stage de-identifies what a research viewer
+gets), and each is written to the client as it arrives, one part of a
+``multipart/related; type="application/dicom"`` answer, read from its file in chunks (aiohttp's
+multipart writer, one part at a time). ``/metadata`` answers the same instances' headers as a
+DICOM JSON array, bulk data (pixel data, long binary values) left out. The instances are sent
+as they are stored (``transfer-syntax=*``), and each part says which syntax that is.
+
+404: nothing matches; 403: a stage refused the request; 502: no upstream could list or send
+the instances (with the reasons). An upstream that breaks off after some instances were sent
+ends the answer early: its status cannot change any more, and the log says what was missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from concurrent.futures import Executor
+
+import structlog
+from aiohttp import MultipartWriter, hdrs, web
+from pydicom import Dataset
+
+from router.endpoints.dicomweb.bridge import END, ThreadedStream
+from router.endpoints.dicomweb.responses import DICOM_JSON, problem
+from router.envelope import AssociationInfo
+from router.qr.service import QueryRetrieveService, RetrievalRefused
+from router.qr.upstream import UpstreamError
+from router.spool.splice import read_header_before_pixels
+
+log = structlog.get_logger("router.dicomweb")
+
+BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+BULK_BYTES = 1024
+IN_FLIGHT = 4
+
+
+async def retrieve(request: web.BaseRequest, endpoint: str, qr: QueryRetrieveService | None, executor: Executor,
+                   origin: AssociationInfo, endpoint_ae: str, uids: dict[str, str], metadata: bool):
+    if qr is None or "retrieve" not in qr.offered(endpoint):
+        return problem(503, "no backend of this endpoint's pipelines retrieves instances (retrieve = ...)")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE" if "SOPInstanceUID" in uids else \
+        "SERIES" if "SeriesInstanceUID" in uids else "STUDY"
+    for keyword, value in uids.items():
+        setattr(identifier, keyword, value)
+
+    def produce(cancelled):
+        for fetched, path in qr.retrieve_files(origin, identifier, endpoint_ae, cancelled):
+            if metadata:
+                yield fetched.sop_instance_uid, _metadata_json(path)
+            else:
+                yield fetched.sop_instance_uid, (open(path, "rb"), fetched.transfer_syntax)
+
+    stream = ThreadedStream(asyncio.get_running_loop(), executor, capacity=IN_FLIGHT)
+    stream.start(produce)
+    response: web.StreamResponse | None = None
+    boundary = uuid.uuid4().hex
+    sent = 0
+    try:
+        while True:
+            try:
+                item = await stream.next()
+            except RetrievalRefused as exc:
+                return problem(403, f"the retrieval was {exc}")
+            except UpstreamError as exc:
+                if response is None:
+                    return problem(502, f"no upstream could retrieve the instances: {exc}")
+                log.warning("WADO-RS answer cut short: the upstream failed", reason=str(exc),
+                            request_id=origin.association_id, peer=f"{origin.peer_host}:{origin.peer_port}")
+                break
+            if item is END:
+                break
+            uid, payload = item
+            if response is None:
+                response = await _start(request, metadata, boundary)
+            if metadata:
+                await response.write((b"[" if sent == 0 else b",") + payload)
+            else:
+                await _write_part(response, boundary, *payload)
+            sent += 1
+    finally:
+        await stream.stop()
+        for _, payload in stream.leftovers():
+            if isinstance(payload, tuple):
+                payload[0].close()
+    if response is None:
+        return problem(404, "no instance matches")
+    if metadata:
+        await response.write(b"]")
+    else:
+        closing = MultipartWriter("related", boundary=boundary)
+        await closing.write(response)
+    await response.write_eof()
+    return response
+
+
+async def _start(request: web.BaseRequest, metadata: bool, boundary: str) -> web.StreamResponse:
+    content_type = DICOM_JSON if metadata else f'multipart/related; type="application/dicom"; boundary={boundary}'
+    response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: content_type})
+    await response.prepare(request)
+    return response
+
+
+async def _write_part(response: web.StreamResponse, boundary: str, file, transfer_syntax: str) -> None:
+    part = MultipartWriter("related", boundary=boundary)
+    try:
+        part.append(file, {hdrs.CONTENT_TYPE: f"application/dicom; transfer-syntax={transfer_syntax}"})
+        await part.write(response, close_boundary=False)
+    finally:
+        file.close()
+
+
+def _metadata_json(path) -> bytes:
+    header, _ = read_header_before_pixels(path)
+    for element in list(header):
+        if element.VR in BULK_VRS and element.value is not None and len(element.value) > BULK_BYTES:
+            del header[element.tag]
+    return json.dumps(header.to_json_dict()).encode()

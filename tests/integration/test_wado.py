@@ -1,0 +1,124 @@
+"""WADO-RS from the router's dicomweb endpoint, fetched from a DIMSE upstream (Orthanc, C-GET):
+the same instances, byte for byte, as Orthanc's own WADO-RS gives, as parts streamed one by
+one; metadata without bulk data; an anonymized view through a research pipeline."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+
+import pytest
+from pydicom import dcmread
+
+from tests.conftest import router_section
+from tests.support.deid import key_file
+from tests.support.dicomfiles import digests_by_uid
+from tests.support.dicomgen import write_series
+from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
+from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
+from tests.support.peers import free_port
+
+pytestmark = [pytest.mark.xdist_group("wado-orthanc"), pytest.mark.dcmtk,
+              pytest.mark.skipif(not have_orthanc_dicomweb(), reason="needs Orthanc's DICOMweb plugin: tests/run.sh")]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    files = write_series(tmp_path_factory.mktemp("ct"), 5, patient="WA1")
+    upstream = start_orthanc(tmp_path_factory.mktemp("orthanc"), {"DICOM_ROUTER": ("127.0.0.1", free_port())},
+                             dicomweb=True)
+    load(upstream, files)
+    yield upstream, files
+    upstream.stop()
+
+
+@pytest.fixture
+def router(tmp_path, write_config, start_router, archive):
+    orthanc, _ = archive
+    web = free_port()
+    key = key_file(tmp_path)
+    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) \
+        + dicomweb_endpoint_toml("research", free_port()) + f"""
+[backends.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = {orthanc.port}
+ae_title = "{orthanc.ae_title}"
+store = false
+query = true
+retrieve = "get"
+
+[pipelines.web]
+endpoints = ["web"]
+backends = ["pacs"]
+
+[pipelines.research]
+endpoints = ["research"]
+backends = ["pacs"]
+
+[[pipelines.research.middleware]]
+type = "anonymize"
+key_file = "{key}"
+"""
+    service = start_router(write_config(text))
+    return web, service.endpoints["research"].address[1]
+
+
+def uid_of(path, keyword="StudyInstanceUID") -> str:
+    return str(getattr(dcmread(path, stop_before_pixels=True), keyword))
+
+
+def test_a_study_arrives_as_parts_byte_identical_to_orthanc_s_own_wado(router, archive, tmp_path):
+    web, _ = router
+    orthanc, files = archive
+    study = uid_of(files[0])
+    status, headers, body = get(web, f"/dicom-web/studies/{study}", {"Accept": 'multipart/related; type="application/dicom"'})
+    assert status == 200 and headers["Content-Type"].startswith("multipart/related")
+    ours = multipart_parts(body, headers["Content-Type"])
+    request = urllib.request.Request(f"{orthanc.dicomweb_url}/studies/{study}",
+                                     headers={"Accept": 'multipart/related; type="application/dicom"'})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        theirs = multipart_parts(answer.read(), answer.headers["Content-Type"])
+    assert len(ours) == len(files) == len(theirs)
+    for index, (part_headers, content) in enumerate(ours):
+        assert part_headers["content-type"].startswith("application/dicom")
+        (tmp_path / f"ours{index}.dcm").write_bytes(content)
+    for index, (_, content) in enumerate(theirs):
+        (tmp_path / f"theirs{index}.dcm").write_bytes(content)
+    ours_digests = digests_by_uid(sorted(tmp_path.glob("ours*.dcm")))
+    assert ours_digests == digests_by_uid(sorted(tmp_path.glob("theirs*.dcm"))) == digests_by_uid(files)
+
+
+def test_series_instance_and_metadata(router, archive):
+    web, _ = router
+    _, files = archive
+    study, series, sop = uid_of(files[2]), uid_of(files[2], "SeriesInstanceUID"), uid_of(files[2], "SOPInstanceUID")
+    status, headers, body = get(web, f"/dicom-web/studies/{study}/series/{series}/instances/{sop}")
+    (part,) = multipart_parts(body, headers["Content-Type"])
+    assert status == 200 and dcmread(io.BytesIO(part[1])).SOPInstanceUID == sop
+    status, headers, body = get(web, f"/dicom-web/studies/{study}/series/{series}/metadata")
+    assert status == 200 and headers["Content-Type"].startswith("application/dicom+json")
+    metadata = json.loads(body)
+    assert sorted(m["00080018"]["Value"][0] for m in metadata) == sorted(digests_by_uid(files))
+    assert all("7FE00010" not in m for m in metadata)  # no pixel data in metadata
+
+
+def test_unknown_uids_get_404(router):
+    web, _ = router
+    status, _, body = get(web, "/dicom-web/studies/1.2.3.4.5.6.7.8.9")
+    assert status == 404
+    status, _, _ = get(web, "/dicom-web/studies/1.2.3.4.5.6.7.8.9/metadata")
+    assert status == 404
+
+
+def test_the_research_endpoint_serves_the_study_anonymized(router, archive):
+    _, research = router
+    _, files = archive
+    status, headers, body = get(research, f"/dicom-web/studies/{uid_of(files[0])}")
+    assert status == 200
+    parts = multipart_parts(body, headers["Content-Type"])
+    assert len(parts) == len(files)
+    for _, content in parts:
+        ds = dcmread(io.BytesIO(content))
+        assert ds.PatientID != "WA1" and ds.StudyInstanceUID != uid_of(files[0])
