@@ -40,7 +40,8 @@ from router.endpoints.access import AccessPolicy
 from router.engine.store_decode import take_received_file
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
-from router.qr.service import QueryRetrieveService
+from router.qr.service import QueryRetrieveService, RetrievalRefused
+from router.qr.upstream import UpstreamError
 from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
 from router.engine.admission import AdmittingServer
 from router.tls import EndpointTLSConfig, peer_name, server_context
@@ -345,13 +346,16 @@ class DimseEndpoint:
             event.assoc.accepted_contexts, lambda: event.is_cancelled))
 
     def _counted(self, service: str, responses):
-        """Pass a handler's yields through; count its final status (an exception counts as 0xC000)."""
+        """Pass a handler's yields through; count its final status (an exception counts as 0xC000
+        and is logged: pynetdicom answers it with a failure status but says nothing of it)."""
         last = None
         try:
             for last in responses:
                 yield last
-        except Exception:
+        except Exception as exc:
             self.metrics.response(self.name, service, 0xC000)
+            log.error(f"{service} failed", endpoint=self.name, error=repr(exc), exc_info=not isinstance(
+                exc, (UpstreamError, RetrievalRefused)))
             raise
         self.metrics.response(self.name, service, _final_status(last))
 

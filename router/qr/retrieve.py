@@ -27,6 +27,7 @@ from pydicom import Dataset
 from pynetdicom import build_context
 
 from router.qr.models import FIND_FOR_RETRIEVE, GET_FOR_FIND, HIERARCHY, MOVE_FOR_FIND, PATIENT_FIND
+from router.qr.dicomweb_upstream import wado_fetch
 from router.qr.upstream import Upstream, UpstreamError
 
 log = structlog.get_logger("router.qr.retrieve")
@@ -157,7 +158,7 @@ class Retrieval:
         how = self.upstream.backend.config.retrieve
         if how == "move":
             self.collector.expect(self, [p.sop_instance_uid for p in self.planned])
-        target = self._get if how == "get" else self._move
+        target = {"get": self._get, "move": self._move, "wado": self._wado}[how]
         self._thread = threading.Thread(target=self._run, args=(target,), daemon=True, name="retrieve")
         self._thread.start()
         try:
@@ -212,6 +213,9 @@ class Retrieval:
         self._assoc = self.upstream.associate([build_context(self.upstream_model)])
         responses = self._assoc.send_c_move(self.identifier, self.move_ae_title, self.upstream_model, msg_id=1)
         self._final(responses, "C-MOVE")
+
+    def _wado(self) -> None:
+        wado_fetch(self.upstream, self.identifier, self.incoming, self.accept, self._stop.is_set)
 
     def _final(self, responses, what: str) -> None:
         last = None

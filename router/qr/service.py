@@ -27,7 +27,7 @@ from router.qr.models import GET, MOVE, QR_FIND, STUDY_GET, WORKLIST_FIND
 from router.qr.move import move_responses
 from router.qr.relay import Relay
 from router.qr.retrieve import Collector, Fetched, Retrieval
-from router.qr.qido_upstream import QidoUpstream
+from router.qr.dicomweb_upstream import DicomwebUpstream
 from router.qr.upstream import Upstream, UpstreamError
 from router.spool.store import Spool
 
@@ -58,9 +58,9 @@ class QueryRetrieveService:
             if backend.type == "dimse" and (backend.query or backend.worklist or backend.retrieve):
                 built = registry.lookup("backend", "dimse").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = Upstream(name, built)
-            elif backend.type == "dicomweb" and backend.query:
+            elif backend.type == "dicomweb" and (backend.query or backend.retrieve):
                 built = registry.lookup("backend", "dicomweb").build(name, backend, config.router.ae_title)
-                self.upstreams[name] = QidoUpstream(name, built)
+                self.upstreams[name] = DicomwebUpstream(name, built)
 
     # -- what an endpoint offers ------------------------------------------------
 
@@ -70,8 +70,8 @@ class QueryRetrieveService:
         for pipeline in self.pipelines.for_endpoint(endpoint):
             for name in _named_backends(pipeline):
                 upstream = self.upstreams.get(name)
-                if isinstance(upstream, QidoUpstream):
-                    services.add("find")
+                if isinstance(upstream, DicomwebUpstream):
+                    services |= {s for s, flag in SERVICES.items() if upstream.answers(flag)}
                 elif upstream is not None:
                     cfg = upstream.backend.config
                     services |= {s for s, flag in SERVICES.items() if getattr(cfg, flag, None)}
@@ -186,7 +186,7 @@ class QueryRetrieveService:
             for upstream in choice.upstreams:
                 retrieval = Retrieval(upstream, envelope.command.sop_class_uid, choice.envelope.identifier,
                                       self.spool.incoming, self.collector,
-                                      upstream.backend.config.retrieve_ae_title or endpoint_ae, ctx)
+                                      getattr(upstream.backend.config, "retrieve_ae_title", None) or endpoint_ae, ctx)
                 try:
                     planned = retrieval.plan()
                 except UpstreamError as exc:
@@ -220,8 +220,8 @@ class QueryRetrieveService:
 
 
 def _answers(upstream, flag: str) -> bool:
-    if isinstance(upstream, QidoUpstream):
-        return flag == "query"
+    if isinstance(upstream, DicomwebUpstream):
+        return upstream.answers(flag)
     return bool(getattr(upstream.backend.config, flag, None))
 
 

@@ -11,13 +11,14 @@ import urllib.request
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import router_section
+from tests.conftest import endpoint_section, router_section
 from tests.support.deid import key_file
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
 from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
 from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
-from tests.support.peers import free_port
+from tests.support.peers import StorageSCP, free_port
+from tests.support.qrclients import getscu, movescu
 
 pytestmark = [pytest.mark.xdist_group("wado-orthanc"), pytest.mark.dcmtk,
               pytest.mark.skipif(not have_orthanc_dicomweb(), reason="needs Orthanc's DICOMweb plugin: tests/run.sh")]
@@ -122,3 +123,65 @@ def test_the_research_endpoint_serves_the_study_anonymized(router, archive):
     for _, content in parts:
         ds = dcmread(io.BytesIO(content))
         assert ds.PatientID != "WA1" and ds.StudyInstanceUID != uid_of(files[0])
+
+
+@pytest.fixture
+def bridge(tmp_path, write_config, start_router, archive):
+    """A router whose only upstream is Orthanc's DICOMweb (query and retrieve by QIDO-RS and WADO-RS),
+    reached from a DIMSE endpoint and a dicomweb endpoint."""
+    orthanc, _ = archive
+    web, dimse = free_port(), free_port()
+    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) + endpoint_section("ingest", dimse) \
+        + f"""
+[backends.cloud]
+type = "dicomweb"
+url = "{orthanc.dicomweb_url}"
+store = false
+query = true
+retrieve = "wado"
+
+[backends.viewer]
+type = "dimse"
+host = "127.0.0.1"
+port = {free_port()}
+ae_title = "VIEWER"
+store = false
+
+[pipelines.all]
+endpoints = ["web", "ingest"]
+backends = ["cloud"]
+"""
+    service = start_router(write_config(text))
+    return web, dimse, service
+
+
+def test_getscu_through_the_router_is_fetched_by_wado_rs_byte_identical(bridge, archive, tmp_path):
+    _, dimse, _ = bridge
+    _, files = archive
+    result = getscu(dimse, "DICOM_ROUTER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid_of(files[0])}"],
+                    tmp_path / "got")
+    assert result.returncode == 0, result.stderr
+    assert digests_by_uid(sorted((tmp_path / "got").iterdir())) == digests_by_uid(files)
+
+
+def test_movescu_through_the_router_sends_what_wado_rs_fetched(bridge, archive, tmp_path):
+    _, dimse, service = bridge
+    _, files = archive
+    viewer = service.config.backends["viewer"]
+    with StorageSCP(tmp_path / "viewer", ae_title="VIEWER", port=viewer.port) as scp:
+        result = movescu(dimse, "DICOM_ROUTER", "VIEWER",
+                         ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={uid_of(files[0])}",
+                          f"SeriesInstanceUID={uid_of(files[0], 'SeriesInstanceUID')}"])
+        assert result.returncode == 0, result.stderr
+        assert sorted(scp.received) == sorted(digests_by_uid(files))
+    assert digests_by_uid(sorted((tmp_path / "viewer").iterdir())) == digests_by_uid(files)
+
+
+def test_wado_rs_through_the_router_from_a_dicomweb_upstream(bridge, archive, tmp_path):
+    web, _, _ = bridge
+    _, files = archive
+    status, headers, body = get(web, f"/dicom-web/studies/{uid_of(files[0])}")
+    assert status == 200
+    for index, (_, content) in enumerate(multipart_parts(body, headers["Content-Type"])):
+        (tmp_path / f"{index}.dcm").write_bytes(content)
+    assert digests_by_uid(sorted(tmp_path.glob("*.dcm"))) == digests_by_uid(files)

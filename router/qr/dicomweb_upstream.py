@@ -1,17 +1,25 @@
-"""A ``dicomweb`` backend with ``query = true`` as a query upstream: C-FIND identifiers asked by QIDO-RS.
+"""A ``dicomweb`` backend as an upstream: C-FIND identifiers asked by QIDO-RS (``query = true``),
+and retrievals fetched by WADO-RS (``retrieve = "wado"``, :func:`wado_fetch`).
 
+Searches:
 The level picks the resource (STUDY: ``/studies``; SERIES: ``/studies/{uid}/series`` when one
 study is named, else ``/series``; IMAGE likewise down to ``.../instances``); keys with a value
 become matching parameters (a DICOM list ``a\\b`` the QIDO-RS list ``a,b``), keys without one
 ``includefield``. Answers are read a page at a time (``limit``/``offset``), so a large result
 is never held whole and a cancelled search stops after the current page. Patient-level
 queries have no QIDO-RS resource and fail with a clear reason.
+
+Retrievals: the instances are listed by QIDO-RS (as a C-FIND plans a C-GET) and fetched with
+one WADO-RS request for the study, series or instance asked for, ``transfer-syntax=*`` (as
+stored); each part of the answer streams to its own file as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlencode
 
@@ -20,6 +28,7 @@ from pydicom import Dataset
 
 from router.backends.dicomweb.backend import DicomwebBackend
 from router.backends.dicomweb.session import HttpSession, failure_reason
+from router.engine.part10 import META_READ, NotPlainPart10, read_file_meta
 from router.qr.upstream import UpstreamError
 
 PAGE = 500
@@ -27,10 +36,16 @@ PENDING, SUCCESS = 0xFF00, 0x0000
 SKIPPED = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 
 
-class QidoUpstream:
+class DicomwebUpstream:
     def __init__(self, name: str, backend: DicomwebBackend):
         self.name = name
         self.backend = backend
+
+    def answers(self, flag: str) -> bool:
+        """Whether it answers "query", "worklist" or "retrieve" (the flags of a dimse backend)."""
+        if flag == "query":
+            return self.backend.config.query
+        return flag == "retrieve" and self.backend.config.retrieve == "wado"
 
     def describe(self) -> str:
         return f"{self.name} ({self.backend.describe()})"
@@ -40,7 +55,7 @@ class QidoUpstream:
 
 
 class QidoCall:
-    def __init__(self, upstream: QidoUpstream, identifier: Dataset):
+    def __init__(self, upstream: DicomwebUpstream, identifier: Dataset):
         self.upstream = upstream
         self.identifier = identifier
         self.cancelled = False
@@ -137,3 +152,62 @@ def _text(value) -> str:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+CHUNK = 256 * 1024
+
+
+def wado_fetch(upstream: DicomwebUpstream, identifier: Dataset, incoming: Path, accept, stopped) -> None:
+    """Fetch what ``identifier`` (a retrieve identifier) names by WADO-RS; ``accept(uid, sop class,
+    transfer syntax, path)`` each instance as its part ends. Stops reading when ``stopped()``."""
+    level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+    path = [("studies", identifier.get("StudyInstanceUID")), ("series", identifier.get("SeriesInstanceUID")),
+            ("instances", identifier.get("SOPInstanceUID"))][: {"STUDY": 1, "SERIES": 2, "IMAGE": 3}.get(level, 0)]
+    if not path or any(not _single_value(value) for _, value in path):
+        raise UpstreamError(f"{upstream.describe()}: WADO-RS needs one study (and series, instance) UID per level")
+    url = upstream.backend.config.url + "".join(f"/{name}/{value}" for name, value in path)
+    session = HttpSession(upstream.backend.config, connections=1)
+
+    async def fetch(client: aiohttp.ClientSession):
+        async with client.get(url, headers=session.headers(Accept=WADO_ACCEPT)) as response:
+            if response.status != 200:
+                detail = (await response.content.read(200)).decode("utf-8", "replace").strip()
+                raise UpstreamError(f"{upstream.describe()}: WADO-RS answered {response.status}"
+                                    + (f": {detail}" if detail else ""))
+            reader = aiohttp.MultipartReader(response.headers, response.content)
+            while not stopped() and (part := await reader.next()) is not None:
+                target = incoming / f"retrieved-{uuid.uuid4().hex}.dcm"
+                head = await _save_part(part, target)
+                try:
+                    meta, _ = read_file_meta(head)
+                except NotPlainPart10 as exc:
+                    target.unlink(missing_ok=True)
+                    raise UpstreamError(f"{upstream.describe()}: a WADO-RS part is not a DICOM file: {exc}") from None
+                accept(str(meta.MediaStorageSOPInstanceUID), str(meta.MediaStorageSOPClassUID),
+                       str(meta.TransferSyntaxUID), target)
+
+    try:
+        session.run(fetch)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        raise UpstreamError(f"{upstream.describe()}: {failure_reason(url, exc)[1]}") from None
+    finally:
+        session.close()
+
+
+async def _save_part(part, target: Path) -> bytes:
+    head = bytearray()
+    try:
+        with open(target, "wb") as out:
+            while chunk := await part.read_chunk(CHUNK):
+                if len(head) < META_READ:
+                    head += chunk[: META_READ - len(head)]
+                out.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return bytes(head)
+
+
+def _single_value(value) -> bool:
+    return bool(value) and "\\" not in str(value) and "*" not in str(value)
