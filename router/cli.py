@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "One-screen summary of the running router (endpoints, queues, recent problems).")
     p = command("keygen", cmd_keygen, "Write a new secret key file (mode 0600) for the anonymize stage.", config=False)
     p.add_argument("file", type=Path)
+    p = command("passwd", cmd_passwd, "Set a user's password in a dicomweb endpoint's users_file (stored as a "
+                                      "salted scrypt hash; the password is read from stdin or asked for).", config=False)
+    p.add_argument("file", type=Path)
+    p.add_argument("user")
+    p = command("token", cmd_token, "Make a bearer token for a user of a dicomweb endpoint's tokens_file: printed "
+                                    "once, stored as a hash.", config=False)
+    p.add_argument("file", type=Path)
+    p.add_argument("user")
     p = command("route-test", cmd_route_test,
                 "Dry run: which pipelines, stages and backends an instance would go through, and what would change.")
     p.add_argument("instance", type=Path, help="a DICOM Part-10 file")
@@ -245,6 +253,39 @@ def _print_lines(command: str, expected_error: type[Exception], produce) -> int:
         print(f"dicom-router {command}: {exc}", file=sys.stderr)
         return EX_FAIL
     print("\n".join(lines))
+    return EX_OK
+
+
+def cmd_passwd(args) -> int:
+    import getpass
+
+    from router.endpoints.dicomweb.auth import hash_password, set_entry
+
+    password = getpass.getpass(f"password for {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline()
+    password = password.rstrip("\r\n")
+    if not password:
+        print("dicom-router passwd: an empty password is not accepted", file=sys.stderr)
+        return EX_FAIL
+    try:
+        set_entry(args.file, args.user, hash_password(password))
+    except (OSError, ValueError) as exc:
+        print(f"dicom-router passwd: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print(f"set the password of {args.user} in {args.file} (mode 0600)")
+    return EX_OK
+
+
+def cmd_token(args) -> int:
+    from router.endpoints.dicomweb.auth import hash_token, new_token, set_entry
+
+    token = new_token()
+    try:
+        set_entry(args.file, args.user, hash_token(token))
+    except (OSError, ValueError) as exc:
+        print(f"dicom-router token: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print(token)
+    print(f"the token of {args.user} (shown once; {args.file} keeps only its hash)", file=sys.stderr)
     return EX_OK
 
 

@@ -20,9 +20,10 @@ def router_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "router"]
 
 
-def run_cli(*args, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd: Path | None = None, timeout: float = 120,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*router_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, input=input_text if input_text is not None else "")
 
 
 class ServeProcess:

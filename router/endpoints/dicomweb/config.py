@@ -8,6 +8,7 @@ bind = "127.0.0.1"
 base_path = "/dicom-web"
 max_request_mb = 2048          # STOW-RS bodies over this get 413
 allowed_hosts = ["10.0.0.0/8"]
+auth = { type = "basic", users_file = "web-users" }   # see router.endpoints.dicomweb.auth
 ```
 """
 
@@ -19,6 +20,7 @@ from pydantic import Field, field_validator
 
 from router.config.models import EndpointConfig
 from router.config.types import CIDR, Port, Seconds
+from router.endpoints.dicomweb.auth import EndpointAuthConfig
 from router.tls import EndpointTLSConfig
 
 
@@ -36,6 +38,7 @@ class DicomwebEndpointConfig(EndpointConfig):
     base_path: str = "/dicom-web"
     allowed_hosts: list[CIDR] = []
     tls: EndpointTLSConfig | None = None
+    auth: EndpointAuthConfig = EndpointAuthConfig()
     max_request_mb: int = Field(default=4096, ge=1)
     header_timeout: Seconds = 15.0
     request_timeout: Seconds = 600.0

@@ -2,8 +2,9 @@
 access rules and deadlines.
 
 Every request gets an id (the ``X-Request-Id`` answer header, and ``request_id`` on every log
-line about it). Before a handler runs, the request's connection must pass ``allowed_hosts``
-(403 otherwise) and fit under ``max_connections`` (503); the handler then has
+line about it). Before a handler runs, the request must come from ``allowed_hosts`` (403
+otherwise), carry credentials ``auth`` accepts (401, :mod:`.auth`), and its connection must
+fit under ``max_connections`` (503); until then the connection counts as pending; the handler then has
 ``request_timeout`` for the body, the work and the answer (408 when the client is too slow to
 send, the connection closed). Any error a handler does not expect is logged and answered 500;
 the endpoint keeps serving.
@@ -15,6 +16,7 @@ import asyncio
 import errno
 import re
 import uuid
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -23,6 +25,7 @@ from aiohttp import web
 from router.config.checks import bind_problem
 from router.config.registry import register
 from router.endpoints.access import AccessPolicy
+from router.endpoints.dicomweb.auth import Authenticator, Refused
 from router.endpoints.dicomweb.config import DicomwebEndpointConfig
 from router.endpoints.dicomweb.connections import ConnectionPool
 from router.endpoints.dicomweb.listener import HttpListener
@@ -54,6 +57,7 @@ class DicomwebEndpoint:
         self.qr = qr
         self.metrics = metrics or Metrics()
         self.access = AccessPolicy.from_lists([], config.allowed_hosts)
+        self.auth = Authenticator(config.auth)
         self.server: HttpListener | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._proxies: ThreadPoolExecutor | None = None
@@ -132,6 +136,16 @@ class DicomwebEndpoint:
                             reason=refusal)
                 response = problem(403, "this address may not use the endpoint")
                 return response
+            if self.auth.required:
+                try:
+                    user = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self.auth.user, request.headers.get("Authorization"))
+                except Refused as exc:
+                    log.warning("request not authenticated", endpoint=self.name, request_id=request_id,
+                                peer=_peer(origin), reason=str(exc))
+                    response = problem(401, "authentication required", {"WWW-Authenticate": exc.challenge})
+                    return response
+                origin = replace(origin, user=user)
             guard = self.server.guard_of(request) if self.server is not None else None
             if guard is not None and not guard.let_in():
                 response = problem(503, "too many connections; try again later", {"Retry-After": "5"})

@@ -1,0 +1,113 @@
+"""Who may use a dicomweb endpoint: basic credentials against salted hashes, bearer tokens, and
+TLS; 401 with a challenge otherwise, logged with the peer; files made by the command line."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import urllib.error
+import urllib.request
+
+import pytest
+
+from router.endpoints.dicomweb.auth import read_entries, verify_password
+from tests.conftest import router_section
+from tests.support.cli import run_cli
+from tests.support.dicomweb import dicomweb_endpoint_toml, multipart_related, post, stow_content_type
+from tests.support.logs import events
+from tests.support.peers import free_port
+from tests.support.tls import CertificateAuthority
+
+
+def start(tmp_path, write_config, start_router, endpoint_extra: str) -> int:
+    port = free_port()
+    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", port, endpoint_extra) + f"""
+[backends.archive]
+type = "filesystem"
+path = "{tmp_path / 'archive'}"
+
+[pipelines.web]
+endpoints = ["web"]
+backends = ["archive"]
+"""
+    start_router(write_config(text))
+    return port
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_basic_credentials_are_checked_against_salted_hashes(tmp_path, write_config, start_router, small_files,
+                                                             caplog):
+    users = tmp_path / "users"
+    made = run_cli("passwd", users, "alice", input_text="correct horse\n")
+    assert made.returncode == 0, made.stderr
+    stored = read_entries(users)["alice"]
+    assert stored.startswith("scrypt$") and "correct horse" not in users.read_text()
+    assert oct(users.stat().st_mode & 0o777) == "0o600" and verify_password(stored, "correct horse")
+    port = start(tmp_path, write_config, start_router, f'auth = {{ type = "basic", users_file = "{users}" }}')
+    body = multipart_related(small_files[:1])
+    status, headers, _ = post(port, "/dicom-web/studies", body, stow_content_type())
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    status, _, _ = post(port, "/dicom-web/studies", body, stow_content_type(), basic("alice", "wrong"))
+    assert status == 401
+    status, _, _ = post(port, "/dicom-web/studies", body, stow_content_type(), basic("alice", "correct horse"))
+    assert status == 200
+    refused = events(caplog, "request not authenticated")
+    assert len(refused) == 2 and all(e["peer"].startswith("127.0.0.1:") for e in refused)
+    received = events(caplog, "instance received")
+    assert received and received[-1]["user"] == "alice"
+    run_cli("passwd", users, "bob", input_text="another\n")  # read again when the file changes
+    status, _, _ = post(port, "/dicom-web/studies", body, stow_content_type(), basic("bob", "another"))
+    assert status == 200
+
+
+def test_bearer_tokens_are_stored_as_hashes_only(tmp_path, write_config, start_router, small_files):
+    tokens = tmp_path / "tokens"
+    made = run_cli("token", tokens, "uploader")
+    assert made.returncode == 0
+    token = made.stdout.strip()
+    assert len(token) >= 40 and token not in tokens.read_text()
+    port = start(tmp_path, write_config, start_router, f'auth = {{ type = "bearer", tokens_file = "{tokens}" }}')
+    body = multipart_related(small_files[:1])
+    status, headers, _ = post(port, "/dicom-web/studies", body, stow_content_type(),
+                              {"Authorization": "Bearer not-the-token"})
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    status, _, _ = post(port, "/dicom-web/studies", body, stow_content_type(), {"Authorization": f"Bearer {token}"})
+    assert status == 200
+
+
+def test_a_missing_users_file_is_an_environment_finding(tmp_path, write_config):
+    config = write_config(router_section(tmp_path / "data") + dicomweb_endpoint_toml(
+        "web", free_port(), f'auth = {{ type = "basic", users_file = "{tmp_path / "nobody"}" }}') + """
+[backends.archive]
+type = "filesystem"
+path = "archive"
+
+[pipelines.web]
+endpoints = ["web"]
+backends = ["archive"]
+""")
+    assert run_cli("check", "-c", config, "--tier", "references").returncode == 0
+    checked = run_cli("check", "-c", config)
+    assert checked.returncode == 78 and "endpoints.web.auth: cannot read" in checked.stderr
+
+
+def test_stow_over_tls_with_a_client_certificate(tmp_path, write_config, start_router, small_files):
+    ca = CertificateAuthority(tmp_path / "pki", "Test CA")
+    server = ca.issue("localhost", server=True)
+    client = ca.issue("uploader", server=False)
+    port = start(tmp_path, write_config, start_router,
+                 f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
+                 f'ca_bundle = "{ca.bundle}", require_client_certificate = true }}')
+    context = ssl.create_default_context(cafile=str(ca.bundle))
+    context.check_hostname = False
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/dicom-web/studies", method="POST",
+                                     data=multipart_related(small_files[:1]),
+                                     headers={"Content-Type": stow_content_type()})
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionResetError)):
+        urllib.request.urlopen(request, context=context, timeout=10)  # no client certificate
+    context.load_cert_chain(str(client.certificate), str(client.private_key))
+    with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+        assert answer.status == 200
