@@ -16,9 +16,9 @@ KINDS = ("endpoint", "backend", "middleware")
 
 BUILTIN_MODULES = (
     "router.endpoints.dimse",
-    "router.endpoints.dicomweb.endpoint",
+    "router.endpoints.dicomweb.config",
     "router.backends.dimse",
-    "router.backends.dicomweb.backend",
+    "router.backends.dicomweb.config",
     "router.backends.filesystem",
     "router.middleware.filter",
     "router.middleware.route",

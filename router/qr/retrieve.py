@@ -27,7 +27,6 @@ from pydicom import Dataset
 from pynetdicom import build_context
 
 from router.qr.models import FIND_FOR_RETRIEVE, GET_FOR_FIND, HIERARCHY, MOVE_FOR_FIND, PATIENT_FIND
-from router.qr.dicomweb_upstream import wado_fetch
 from router.qr.upstream import Upstream, UpstreamError
 
 log = structlog.get_logger("router.qr.retrieve")
@@ -215,6 +214,8 @@ class Retrieval:
         self._final(responses, "C-MOVE")
 
     def _wado(self) -> None:
+        from router.qr.dicomweb_upstream import wado_fetch
+
         wado_fetch(self.upstream, self.identifier, self.incoming, self.accept, self._stop.is_set)
 
     def _final(self, responses, what: str) -> None:

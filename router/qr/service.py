@@ -27,7 +27,6 @@ from router.qr.models import GET, MOVE, QR_FIND, STUDY_GET, WORKLIST_FIND
 from router.qr.move import move_responses
 from router.qr.relay import Relay
 from router.qr.retrieve import Collector, Fetched, Retrieval
-from router.qr.dicomweb_upstream import DicomwebUpstream
 from router.qr.upstream import Upstream, UpstreamError
 from router.spool.store import Spool
 
@@ -59,6 +58,8 @@ class QueryRetrieveService:
                 built = registry.lookup("backend", "dimse").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = Upstream(name, built)
             elif backend.type == "dicomweb" and (backend.query or backend.retrieve):
+                from router.qr.dicomweb_upstream import DicomwebUpstream
+
                 built = registry.lookup("backend", "dicomweb").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = DicomwebUpstream(name, built)
 
@@ -70,11 +71,8 @@ class QueryRetrieveService:
         for pipeline in self.pipelines.for_endpoint(endpoint):
             for name in _named_backends(pipeline):
                 upstream = self.upstreams.get(name)
-                if isinstance(upstream, DicomwebUpstream):
+                if upstream is not None:
                     services |= {s for s, flag in SERVICES.items() if upstream.answers(flag)}
-                elif upstream is not None:
-                    cfg = upstream.backend.config
-                    services |= {s for s, flag in SERVICES.items() if getattr(cfg, flag, None)}
         return services
 
     def sop_classes(self, endpoint: str) -> list[str]:
@@ -213,16 +211,10 @@ class QueryRetrieveService:
         for result in routing.results:
             if isinstance(result.verdict, Drop):
                 continue
-            upstreams = [self.upstreams[b] for b in result.backends if b in self.upstreams and _answers(self.upstreams[b], flag)]
+            upstreams = [self.upstreams[b] for b in result.backends if b in self.upstreams and self.upstreams[b].answers(flag)]
             if upstreams:
                 choices.append(Choice(self.pipelines.pipelines[result.pipeline], result.envelope, upstreams))
         return choices, None
-
-
-def _answers(upstream, flag: str) -> bool:
-    if isinstance(upstream, DicomwebUpstream):
-        return upstream.answers(flag)
-    return bool(getattr(upstream.backend.config, flag, None))
 
 
 def _envelope(info: AssociationInfo, kind: str, model: str, message_id: int, identifier: Dataset) -> RequestEnvelope:

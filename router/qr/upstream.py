@@ -52,6 +52,10 @@ class Upstream:
     def describe(self) -> str:
         return f"{self.name} ({self.backend.describe()})"
 
+    def answers(self, flag: str) -> bool:
+        """Whether it answers "query", "worklist" or "retrieve" (its backend's flags)."""
+        return bool(getattr(self.backend.config, flag, None))
+
     def associate(self, contexts, *, roles=None, handlers=None):
         engine.configure()
         ae = self.backend.new_ae()

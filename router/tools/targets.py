@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from router.backends.dicomweb.backend import DicomwebBackend
 from router.backends.dicomweb.config import DicomwebBackendConfig
 from router.backends.dimse import DimseBackend, DimseBackendConfig
 from router.config.errors import ConfigError, ConfigIssue
@@ -12,10 +11,12 @@ from router.config.models import RouterConfig
 
 
 def resolve_target(target: str, config: RouterConfig,
-                   calling_aet: str | None = None) -> DimseBackend | DicomwebBackend:
+                   calling_aet: str | None = None):
     if target in config.backends:
         backend_config = config.backends[target]
         if isinstance(backend_config, DicomwebBackendConfig):
+            from router.backends.dicomweb.backend import DicomwebBackend
+
             return DicomwebBackend(target, backend_config)
         if not isinstance(backend_config, DimseBackendConfig):
             raise ConfigError([ConfigIssue("<command line>", "target",

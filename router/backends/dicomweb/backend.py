@@ -9,7 +9,6 @@ import aiohttp
 from router.backends.dicomweb.config import DicomwebBackendConfig
 from router.backends.dicomweb.session import HttpSession, failure_reason
 from router.backends.dicomweb.stow import StowDeliverer
-from router.config.registry import register
 
 
 class DicomwebBackend:
@@ -41,7 +40,3 @@ class DicomwebBackend:
             session.close()
         return status, server
 
-
-@register("backend", "dicomweb", DicomwebBackendConfig)
-def build_dicomweb_backend(name: str, config: DicomwebBackendConfig, router_ae_title: str) -> DicomwebBackend:
-    return DicomwebBackend(name, config)

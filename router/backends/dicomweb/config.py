@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from router.config.models import BackendConfig
+from router.config.registry import register
 from router.config.types import ConfigPath, Seconds, StrictModel
 from router.tls import BackendTLSConfig
 
@@ -89,3 +90,11 @@ class DicomwebBackendConfig(BackendConfig):
         if not value.startswith(("http://", "https://")) or len(value) < 10:
             raise ValueError("an http:// or https:// URL, e.g. 'http://archive:8042/dicom-web'")
         return value.rstrip("/")
+
+
+@register("backend", "dicomweb", DicomwebBackendConfig)
+def build_dicomweb_backend(name: str, config: DicomwebBackendConfig, router_ae_title: str):
+    """The backend; its HTTP client (aiohttp) is imported only by a router that has one."""
+    from router.backends.dicomweb.backend import DicomwebBackend
+
+    return DicomwebBackend(name, config)

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from router.config.models import EndpointConfig
+from router.config.registry import register
 from router.config.types import CIDR, Port, Seconds
 from router.endpoints.dicomweb.auth import EndpointAuthConfig
 from router.tls import EndpointTLSConfig
@@ -53,3 +54,12 @@ class DicomwebEndpointConfig(EndpointConfig):
         if not value.startswith("/") or "?" in value or "#" in value:
             raise ValueError("a path that starts with '/', e.g. '/dicom-web'")
         return value.rstrip("/")
+
+
+@register("endpoint", "dicomweb", DicomwebEndpointConfig)
+def build_dicomweb_endpoint(name: str, config: DicomwebEndpointConfig, router_ae_title: str, intake, qr=None,
+                            metrics=None):
+    """The endpoint; its HTTP stack (aiohttp) is imported only by a router that has one."""
+    from router.endpoints.dicomweb.endpoint import DicomwebEndpoint
+
+    return DicomwebEndpoint(name, config, intake, qr, metrics, router_ae_title)

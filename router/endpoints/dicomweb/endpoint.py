@@ -23,7 +23,6 @@ import structlog
 from aiohttp import web
 
 from router.config.checks import bind_problem
-from router.config.registry import register
 from router.endpoints.access import AccessPolicy
 from router.endpoints.dicomweb.auth import Authenticator, Refused
 from router.endpoints.dicomweb.config import DicomwebEndpointConfig
@@ -223,8 +222,3 @@ class DicomwebEndpoint:
 def _peer(origin: AssociationInfo) -> str:
     return f"{origin.peer_host}:{origin.peer_port}"
 
-
-@register("endpoint", "dicomweb", DicomwebEndpointConfig)
-def build_dicomweb_endpoint(name: str, config: DicomwebEndpointConfig, router_ae_title: str, intake: Intake,
-                            qr: QueryRetrieveService | None = None, metrics: Metrics | None = None):
-    return DicomwebEndpoint(name, config, intake, qr, metrics, router_ae_title)
