@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from pathlib import Path
 
 from aiohttp import MultipartReader, web
 from pydicom import dcmread
@@ -18,12 +19,18 @@ from pydicom.filebase import DicomBytesIO
 
 from tests.support.peers import free_port
 
+HEAD = 64 * 1024
+
 
 class ScriptedStowServer:
-    def __init__(self, answer, port: int | None = None):
+    def __init__(self, answer, port: int | None = None, keep: Path | None = None):
+        """``keep``: a folder to write each received part into (streamed); otherwise only its
+        header is parsed and the rest read and dropped, so any size passes in little memory."""
         self.answer = answer
+        self.keep = keep
         self.port = port or free_port()
         self.requests: list[list[str]] = []
+        self.sizes: list[int] = []
         self.headers: list[dict] = []
         self._loop = asyncio.new_event_loop()
         self._runner = None
@@ -54,8 +61,22 @@ class ScriptedStowServer:
         uids = []
         reader = MultipartReader(request.headers, request.content)
         while (part := await reader.next()) is not None:
-            ds = dcmread(DicomBytesIO(await part.read()), stop_before_pixels=True)
+            head, size = bytearray(), 0
+            out = open(self.keep / f"part-{len(self.requests)}-{len(uids)}.dcm", "wb") if self.keep else None
+            try:
+                while chunk := await part.read_chunk(1 << 20):
+                    size += len(chunk)
+                    if len(head) < HEAD:
+                        head += chunk[:HEAD - len(head)]
+                    if out is not None:
+                        out.write(chunk)
+            finally:
+                if out is not None:
+                    out.close()
+            ds = dcmread(DicomBytesIO(bytes(head)), stop_before_pixels=True, specific_tags=["SOPClassUID",
+                                                                                         "SOPInstanceUID"])
             uids.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+            self.sizes.append(size)
         self.requests.append([u for _, u in uids])
         self.headers.append(dict(request.headers))
         status, failed = self.answer([u for _, u in uids])
