@@ -112,9 +112,24 @@ class Retrieval:
         if level not in LEVELS:
             raise UpstreamError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
         keys = {k: self.identifier.get(k) for k in HIERARCHY if self.identifier.get(k)}
-        planned = {p.sop_instance_uid: p for p in self._descend(level, keys)}
+        planned = self._relational(keys) if level != "IMAGE" else None
+        if not planned:
+            planned = {p.sop_instance_uid: p for p in self._descend(level, keys)}
         self.planned = list(planned.values())
         return self.planned
+
+    def _relational(self, keys: dict) -> dict[str, Planned] | None:
+        """Every instance under ``keys`` from one IMAGE-level C-FIND (a relational query, which
+        most archives answer); None when the upstream refused it or found nothing, so that a
+        strictly hierarchical one is asked level by level instead."""
+        try:
+            answers = self._find("IMAGE", keys, ("SOPInstanceUID", "SOPClassUID"))
+        except UpstreamError as exc:
+            log.info("the upstream refused a relational query; listing level by level", reason=str(exc), **self.ctx)
+            return None
+        planned = {str(a.SOPInstanceUID): Planned(str(a.SOPInstanceUID), str(a.get("SOPClassUID", "")))
+                   for a in answers if a.get("SOPInstanceUID")}
+        return planned or None
 
     def _descend(self, level: str, keys: dict) -> Iterator[Planned]:
         if level == "IMAGE":
