@@ -55,11 +55,14 @@ def test_examples_pass_the_reference_tier_as_cloned(config, tmp_path):
 @pytest.mark.xdist_group("port-11112")
 @pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.parent.name)
 def test_examples_pass_check(config, tmp_path):
-    """Each example as an operator gets it: copied, its keys made with `keygen` as its README says."""
+    """Each example as an operator gets it: copied, its keys and tokens made as its README says."""
     site = tmp_path / config.parent.name
     _copy_example(config.parent, site)
     for key in re.findall(r'^key_file = "([^"]+)"', config.read_text(), re.MULTILINE):
         made = run_cli("keygen", site / key)
+        assert made.returncode == 0, made.stderr
+    for tokens in re.findall(r'tokens_file = "([^"]+)"', config.read_text()):
+        made = run_cli("token", site / tokens, "someone")
         assert made.returncode == 0, made.stderr
     result = run_cli("check", "-c", site / "router.toml")
     assert result.returncode == 0, result.stderr

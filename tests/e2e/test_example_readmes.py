@@ -24,6 +24,7 @@ from tests.support.cli import ServeProcess, run_cli
 from tests.support.dicomgen import write_series
 from tests.support.peers import StorageSCP, dcmtk, dcmtk_env, free_port, have_dcmtk
 from tests.support.qrpeer import ScriptedPACS
+from tests.support.stowpeer import ScriptedStowServer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +35,7 @@ RUNNABLE = sorted(p.parent for p in (ROOT / "examples").glob("*/README.md")
                   if p.parent.name not in ("docker", "systemd"))
 DCMTK_TOOLS = ("findscu", "echoscu", "storescu", "movescu", "getscu")
 PORT_LINE = re.compile(r"^(port\s*=\s*)(\d+)", re.MULTILINE)
+URL_PORT = re.compile(r'(url\s*=\s*"http://127\.0\.0\.1:)(\d+)')
 
 
 def readme_commands(example: Path) -> list[str]:
@@ -46,16 +48,23 @@ def readme_commands(example: Path) -> list[str]:
 def move_ports(config: Path) -> dict[int, int]:
     """Give every ``port = N`` of the file a free port instead; the old -> new map."""
     text = config.read_text()
-    moved = {int(m.group(2)): free_port() for m in PORT_LINE.finditer(text)}
-    config.write_text(PORT_LINE.sub(lambda m: f"{m.group(1)}{moved[int(m.group(2))]}", text))
+    moved = {int(m.group(2)): free_port() for pattern in (PORT_LINE, URL_PORT) for m in pattern.finditer(text)}
+    for pattern in (PORT_LINE, URL_PORT):
+        text = pattern.sub(lambda m: f"{m.group(1)}{moved[int(m.group(2))]}", text)
+    config.write_text(text)
     return moved
 
 
 def start_backend_peers(config: Path, stack: ExitStack, site: Path) -> None:
-    """A peer on every ``dimse`` backend's port: a Q/R SCP holding one study of patient P001
-    where the backend answers queries, a storage SCP elsewhere."""
+    """A peer for every backend: a Q/R SCP holding one study of patient P001 where a ``dimse``
+    backend answers queries, a storage SCP for the other ``dimse`` ones, a STOW-RS server for
+    a ``dicomweb`` one."""
     study = write_series(site / "pacs-holds", 1, patient="P001")
     for name, backend in tomllib.loads(config.read_text()).get("backends", {}).items():
+        if backend.get("type") == "dicomweb":
+            stack.enter_context(ScriptedStowServer(lambda uids: (200, {}), port=int(backend["url"].split(":")[2]
+                                                                                     .split("/")[0])))
+            continue
         if backend.get("type") != "dimse":
             continue
         if backend.get("query") or backend.get("worklist"):
@@ -80,9 +89,20 @@ def run_dcmtk_line(words: list[str], moved: dict[int, int], site: Path) -> subpr
                           timeout=60, env=dcmtk_env())
 
 
+def run_curl_line(words: list[str], moved: dict[int, int], site: Path, token: str) -> subprocess.CompletedProcess:
+    """curl from the README: ``$TOKEN`` is the token ``dicom-router token`` printed last, the
+    example's ports are the moved ones."""
+    def aimed(word: str) -> str:
+        word = word.replace("$TOKEN", token)
+        return re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{moved.get(int(m.group(1)), m.group(1))}", word)
+
+    return subprocess.run([w if i == 0 else aimed(w) for i, w in enumerate(words)], cwd=site, capture_output=True,
+                          text=True, timeout=60)
+
+
 def test_every_runnable_example_has_commands():
     assert {p.name for p in RUNNABLE} >= {"forward", "fan-out", "filter-by-modality", "route-by-rules",
-                                           "anonymize-to-research", "query-proxy"}
+                                           "anonymize-to-research", "query-proxy", "dicomweb-to-cloud", "web-gateway"}
     for example in RUNNABLE:
         assert any(line.startswith("dicom-router serve") for line in readme_commands(example)), example.name
 
@@ -99,6 +119,7 @@ def test_the_readme_commands_of_each_example_run(example, tmp_path):
     with ExitStack() as stack:
         start_backend_peers(config, stack, site)
         serving: ServeProcess | None = None
+        token = ""
         for line in readme_commands(example):
             words = shlex.split(line)
             if words[0] == "dicom-router" and words[1] == "serve":
@@ -107,6 +128,10 @@ def test_the_readme_commands_of_each_example_run(example, tmp_path):
                 continue
             if words[0] == "dicom-router":
                 result = run_cli(*words[1:], cwd=site)
+                if words[1] == "token":
+                    token = result.stdout.strip()
+            elif words[0] == "curl":
+                result = run_curl_line(words, moved, site, token)
             elif words[0] in DCMTK_TOOLS:
                 result = run_dcmtk_line(words, moved, site)
             else:
