@@ -76,6 +76,8 @@ backends = ["cloud"]
 @pytest.mark.parametrize("path, tag", [
     ("/studies", "0020000D"),
     ("/studies?PatientID=QA1", "0020000D"),
+    ("/studies?00100020=QA1", "0020000D"),
+    ("/studies?StudyDate=19000101-", "0020000D"),
     ("/studies?ModalitiesInStudy=CT", "0020000D"),
     ("/series?Modality=MR", "0020000E"),
     ("/instances?PatientID=QB2", "00080018"),

@@ -161,6 +161,11 @@ class DicomwebEndpoint:
                 response = problem(408, "the request did not complete within the endpoint's request_timeout")
                 response.force_close()
             return response
+        except ConnectionError as exc:
+            log.warning("client went away during the request", endpoint=self.name, request_id=request_id,
+                        peer=_peer(origin), route=route_name, error=str(exc))
+            response = problem(400, "the connection was lost")
+            return response
         except Exception as exc:
             log.exception("request failed", endpoint=self.name, request_id=request_id, peer=_peer(origin),
                           route=route_name, error=repr(exc))

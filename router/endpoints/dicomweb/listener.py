@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 import threading
 import time
 from typing import Awaitable, Callable
@@ -80,7 +81,8 @@ class HttpListener:
 
     async def _open(self, sock: socket.socket) -> None:
         self._server = web.Server(self._counted, keepalive_timeout=self.header_timeout, max_line_size=MAX_HEADER_LINE,
-                                  max_field_size=MAX_HEADER_LINE, max_headers=MAX_HEADERS, access_log=None)
+                                  max_field_size=MAX_HEADER_LINE, max_headers=MAX_HEADERS, access_log=None,
+                                  logger=MalformedRequestLog(self.endpoint))
         self._listener = await self.loop.create_server(
             lambda: GuardedConnection(self._server(), self.pool, self.guards), sock=sock, ssl=self.ssl_context,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None, backlog=512)
@@ -138,6 +140,27 @@ class HttpListener:
         exc = context.get("exception")
         log.error("unhandled error on the HTTP event loop", endpoint=self.endpoint,
                   message=context.get("message"), error=repr(exc) if exc else None)
+
+
+class MalformedRequestLog:
+    """aiohttp's server logger: a request it cannot parse (it answers 400 itself) is hostile input,
+    logged as one warning with the reason, never as an error with a traceback."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def exception(self, message: str, *args, exc_info=None, **kwargs) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        log.warning("malformed HTTP request", endpoint=self.endpoint, detail=str(message) % args if args else message,
+                    error=str(error)[:300] if error is not None else None)
+
+    def warning(self, message: str, *args, **kwargs) -> None:
+        log.warning(str(message) % args if args else message, endpoint=self.endpoint)
+
+    def debug(self, *args, **kwargs) -> None:
+        pass
+
+    info = error = warning
 
 
 def _listening_socket(bind: str, port: int) -> socket.socket:

@@ -30,6 +30,11 @@ LEVEL_KEYS = {"STUDY": STUDY_KEYS, "SERIES": SERIES_KEYS, "IMAGE": INSTANCE_KEYS
 HIGHER_LEVELS = {"STUDY": (), "SERIES": ("STUDY",), "IMAGE": ("STUDY", "SERIES")}
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_DATE = r"\d{4}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])"
+_TIME = r"([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?"
+_DATETIME = rf"{_DATE}({_TIME})?([+-]\d{{4}})?"
+TEMPORAL = {vr: re.compile(rf"^(({p})?-({p})?|{p})(\\(({p})?-({p})?|{p}))*$")
+            for vr, p in (("DA", _DATE), ("TM", _TIME), ("DT", _DATETIME))}
 MAX_LIMIT = 100_000
 
 
@@ -91,7 +96,7 @@ def _keyword(field: str, parameter: str) -> str:
         raise BadQuery(f"{parameter}: {field!r} names an attribute inside a sequence, which is not supported")
     if HEX_TAG.match(field):
         keyword = keyword_for_tag(Tag(int(field, 16)))
-        if not keyword:
+        if not keyword or tag_for_keyword(keyword) is None:  # unknown, or a repeating group's
             raise BadQuery(f"{parameter}: {field} is not a tag of the DICOM dictionary")
         return keyword
     if tag_for_keyword(field) is None:
@@ -109,6 +114,9 @@ def _set(identifier: Dataset, keyword: str, value: str) -> None:
     if not value:
         setattr(identifier, keyword, None)
         return
+    pattern = TEMPORAL.get(vr)
+    if pattern is not None and not pattern.match(value):
+        raise BadQuery(f"{keyword}={value!r}: not a {vr} value or range")
     try:
         if vr in ("US", "SS", "UL", "SL"):
             setattr(identifier, keyword, int(value))

@@ -8,6 +8,8 @@ import json
 from aiohttp import web
 from pydicom import Dataset
 
+from router.observe.printable import printable
+
 DICOM_JSON = "application/dicom+json"
 
 
@@ -20,5 +22,7 @@ def dicom_json_response(status: int, body: Dataset | list[Dataset]) -> web.Respo
 
 
 def problem(status: int, text: str, headers: dict | None = None) -> web.Response:
-    """An error answer: ``text`` says what was wrong, for the operator reading the client's log."""
-    return web.Response(status=status, text=text + "\n", headers=headers)
+    """An error answer: ``text`` says what was wrong, for the operator reading the client's log
+    (whatever of it came from the client escaped to printable ASCII)."""
+    return web.Response(status=status, text=printable(text).encode("ascii", "backslashreplace").decode() + "\n",
+                        headers=headers)

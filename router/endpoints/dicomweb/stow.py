@@ -14,15 +14,16 @@ import asyncio
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.helpers import parse_mimetype
 from pydicom import Dataset
 
 from router.endpoints.dicomweb.responses import dicom_json_response, problem
 from router.engine.part10 import META_READ, NotPlainPart10, new_checksum, read_file_meta
+from router.engine.spare_files import SPARES
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.observe.metrics import Metrics
 from router.spool.identity import UnreadableIdentity, identifying_uids
@@ -114,6 +115,12 @@ async def store_instances(request: web.BaseRequest, target: StowTarget, origin: 
     except RequestTooLarge:
         await _settle(pending)
         return problem(413, "the request body is over the endpoint's max_request_mb")
+    except ConnectionError as exc:
+        await _settle(pending)  # parts already taken stay durable and queued; none is acknowledged
+        log.warning("STOW-RS client went away before the end of its request", endpoint=target.endpoint,
+                    request_id=origin.association_id, peer=_peer(origin), error=str(exc),
+                    instances_taken=len(pending))
+        return problem(400, "the request ended before its body did")
     except (ValueError, AssertionError, RuntimeError) as exc:
         await _settle(pending)
         log.warning("malformed STOW-RS body", endpoint=target.endpoint, request_id=origin.association_id,
@@ -144,9 +151,15 @@ class SpooledPart:
 
 
 async def _spool_part(part: BodyPartReader, target: StowTarget, received_before: int) -> SpooledPart:
-    """Stream one part's bytes to a new file in ``incoming/``; the file is left open for the intake."""
-    path = target.spool.incoming / f"{uuid.uuid4().hex}.stow"
-    file = open(path, "wb", buffering=0)
+    """Stream one part's bytes to a new file, left open for the intake: a spare made ahead in
+    ``objects/`` (spooled where it is written, no rename or directory fsync before the answer),
+    else a new one in ``incoming/``."""
+    spare = SPARES.take()
+    if spare is not None:
+        path, file = Path(spare[0]), spare[1]
+    else:
+        path = target.spool.incoming / f"{uuid.uuid4().hex}.stow"
+        file = open(path, "wb", buffering=0)
     checksum = new_checksum()
     head = bytearray()
     size = 0
@@ -163,6 +176,7 @@ async def _spool_part(part: BodyPartReader, target: StowTarget, received_before:
         file.close()
         target.spool.discard(path)
         raise
+    SPARES.refill()
     return SpooledPart(path, file, size, checksum.hexdigest(), bytes(head))
 
 
@@ -238,13 +252,15 @@ def _item(outcome: PartOutcome, failure: bool = False) -> Dataset:
 
 
 def _content_type(value: str) -> tuple[str, dict[str, str]]:
-    """A Content-Type header as (media type, parameters), lower-case media type."""
-    message = Message()
-    message["content-type"] = value
-    if not value:
+    """A Content-Type header as (lower-case media type, parameters); ("", {}) when it cannot be read."""
+    try:
+        mime = parse_mimetype(value)
+    except Exception:
         return "", {}
-    params = {k.lower(): v for k, v in message.get_params()[1:]} if message.get_params() else {}
-    return message.get_content_type().lower(), params
+    if not mime.type:
+        return "", {}
+    media = f"{mime.type}/{mime.subtype}" + (f"+{mime.suffix}" if mime.suffix else "")
+    return media.lower(), {k.lower(): v for k, v in mime.parameters.items()}
 
 
 def _peer(origin: AssociationInfo) -> str:

@@ -1,0 +1,197 @@
+"""A scripted mutator of HTTP traffic to a ``dicomweb`` endpoint, run against a ``dicom-router serve``
+subprocess.
+
+Each case opens a connection and sends a request, mutated (bytes flipped, inserted, cut or
+repeated, Content-Length rewritten, a chunked body with wrong sizes, the boundary or content
+type changed, header lines repeated, random bytes): a STOW-RS request of a small instance, a
+QIDO-RS search, or a WADO-RS retrieval. Every ``canary_every`` cases a real instance is
+stored by STOW-RS (it must get 200 and reach the archive) and a C-ECHO goes to the DIMSE
+endpoint beside it. The run fails on any 500 answer (an error no handler expected), a dead
+router, threads or descriptors that do not come back, a traceback or a non-JSON stderr line,
+or a canary that did not arrive.
+
+CI runs a bounded number of cases (``tests/e2e/test_fuzz.py``); by hand::
+
+    python -m tests.fuzz.http_fuzzer --cases 20000 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.fuzz.dimse_fuzzer import Run, resources, settle
+from tests.support.dicomweb import BOUNDARY, multipart_related, stow_content_type
+
+STOW_PATH = "/dicom-web/studies"
+
+
+def requests(instance: bytes, rng: random.Random) -> bytes:
+    """One unmutated request of a random kind."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        body = multipart_related([instance])
+        return (f"POST {STOW_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {stow_content_type()}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    if kind == 1:
+        body = multipart_related([instance])
+        chunks = b"".join(f"{len(body[i:i + 700]):x}\r\n".encode() + body[i:i + 700] + b"\r\n"
+                          for i in range(0, len(body), 700))
+        return (f"POST {STOW_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {stow_content_type()}\r\n"
+                f"Transfer-Encoding: chunked\r\n\r\n").encode() + chunks + b"0\r\n\r\n"
+    if kind == 2:
+        params = rng.choice(["PatientID=P*", "limit=5&offset=2", "includefield=all", "StudyDate=20200101-",
+                             "00100010=A%5EB", "limit=-1", "Modality=CT&Modality=MR", "%ff%fe=1"])
+        return f"GET /dicom-web/studies?{params} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    return f"GET /dicom-web/studies/1.2.{rng.randrange(10**6)}/metadata HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        how = rng.randrange(8)
+        at = rng.randrange(len(data)) if data else 0
+        if how == 0 and data:
+            data[at] ^= 1 << rng.randrange(8)
+        elif how == 1:
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        elif how == 2:
+            del data[at:at + rng.randint(1, 64)]
+        elif how == 3:
+            data = data[: rng.randrange(len(data) + 1)]
+        elif how == 4:
+            data = bytearray(bytes(data).replace(b"Content-Length: ", f"Content-Length: {rng.randrange(10**7)}"
+                                                 .encode() + b"\r\nX-Old: ", 1))
+        elif how == 5:
+            data = bytearray(bytes(data).replace(BOUNDARY.encode(), b"other", rng.randint(1, 3)))
+        elif how == 6:
+            end = bytes(data).find(b"\r\n")
+            if end > 0:
+                data[end:end] = b"\r\nX-Repeated: " + b"a" * rng.randrange(9000)
+        else:
+            data = bytearray(bytes(data).replace(b"application/dicom", b"text/html", 1))
+    return bytes(data)
+
+
+def send_case(port: int, data: bytes, wait: float) -> bytes:
+    """Send one case; the first line of what came back (empty if nothing did)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(wait)
+            return sock.recv(65536).split(b"\r\n", 1)[0]
+    except OSError:
+        return b""
+
+
+@dataclass
+class HttpReport:
+    cases: int = 0
+    canaries_sent: list[str] = field(default_factory=list)
+    echo_failures: int = 0
+    server_errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fuzz(web: int, dimse: int, cases: int, seed: int, instance: bytes, canaries: list[Path],
+         canary_every: int = 200, deadline: float | None = None) -> HttpReport:
+    from tests.integration.test_bad_input import echo
+    from tests.support.dicomweb import post
+
+    rng = random.Random(seed)
+    report = HttpReport()
+    start = time.monotonic()
+    canary_iter = iter(canaries)
+    for index in range(cases):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        case = mutate(requests(instance, rng), rng) if rng.random() < 0.9 else bytes(
+            rng.randrange(256) for _ in range(rng.randint(1, 300)))
+        status = send_case(web, case, wait=0.3)
+        if status.startswith(b"HTTP/1.1 500"):
+            report.server_errors.append(repr(case[:120]))
+        report.cases += 1
+        if index % canary_every == canary_every - 1:
+            canary = next(canary_iter, None)
+            if canary is not None and post(web, STOW_PATH, multipart_related([canary]), stow_content_type())[0] == 200:
+                report.canaries_sent.append(canary.name)
+            if echo(dimse) != (True, 0):
+                report.echo_failures += 1
+    report.seconds = time.monotonic() - start
+    return report
+
+
+@dataclass
+class HttpRun(Run):
+    server_errors: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        found = super().problems
+        if self.server_errors:
+            found.append(f"{len(self.server_errors)} answers were 500, e.g. {self.server_errors[0]}")
+        return found
+
+
+def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = None) -> HttpRun:
+    from router import engine
+    from tests.conftest import endpoint_section, router_section
+    from tests.support.cli import ServeProcess
+    from tests.support.dicomgen import write_series
+    from tests.support.dicomweb import dicomweb_endpoint_toml, post
+    from tests.support.peers import free_port
+
+    engine.configure()
+    canaries = write_series(work / "canaries", cases // 200 + 2, "small", patient="CANARY")
+    web, dimse = free_port(), free_port()
+    config = work / "router.toml"
+    config.write_text(router_section(work / "data") + dicomweb_endpoint_toml(
+        "web", web, "header_timeout = 2\nrequest_timeout = 5\nmax_pending = 256") + endpoint_section("ingest", dimse) + """
+[backends.archive]
+type = "filesystem"
+path = "archive"
+
+[pipelines.default]
+endpoints = ["web", "ingest"]
+backends = ["archive"]
+""")
+    serve = ServeProcess(config, work / "serve.log").start(web)
+    try:
+        assert post(web, STOW_PATH, multipart_related(canaries[-1:]), stow_content_type())[0] == 200
+        time.sleep(0.5)
+        baseline = resources(serve.pid)
+        report = fuzz(web, dimse, cases, seed, canaries[0].read_bytes(), canaries[1:-1], deadline=deadline)
+        after = settle(serve.pid, baseline, 30)
+        alive = serve.proc.poll() is None
+        archived = lambda: len(list((work / "archive").rglob("*.dcm")))  # noqa: E731
+        end = time.monotonic() + 60
+        while archived() < len(report.canaries_sent) + 1 and time.monotonic() < end:
+            time.sleep(0.2)
+        delivered = archived()
+    finally:
+        stop_code = serve.stop()
+    return HttpRun(report, baseline, after, alive, delivered, serve.log_text(), stop_code,
+                   server_errors=report.server_errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    run = fuzz_a_router(args.workdir or Path(tempfile.mkdtemp(prefix="http-fuzz-")), args.cases, args.seed)
+    print(f"{run.report.cases} cases in {run.report.seconds:.1f} s, {run.delivered} canaries delivered, "
+          f"threads/descriptors {run.baseline} -> {run.after}; problems: {run.problems or 'none'}")
+    return 1 if run.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
