@@ -7,7 +7,9 @@ Run by hand (never in CI):
 Sets, each run interleaved ``--reps`` times on the same generated data:
 
 - ``stow-ct`` / ``stow-small``: STOW-RS ingest of 200 CT (0.5 MB) or 1000 small (10 KB)
-  instances, 10 instances per request, 4 requests at a time (one aiohttp client for both).
+  instances, 10 instances per request, 4 requests at a time (one aiohttp client for both);
+  ``stow-ct-1`` / ``stow-small-1``: the same one instance per request, one request at a time
+  (as a simple uploader sends them).
   The router acknowledges each request once its instances are durable and queued (its one
   backend is down, so nothing is sent meanwhile); Orthanc (Debian ``orthanc`` with
   ``orthanc-dicomweb``) once it stored them.
@@ -48,13 +50,12 @@ from tests.support.cli import router_command  # noqa: E402
 from tests.support.pacs import load, start_orthanc  # noqa: E402
 from tests.support.peers import free_port, wait_for, wait_for_port  # noqa: E402
 
-PER_REQUEST = 10
-CONCURRENT = 4
+STOW_SHAPES = {"": (10, 4), "-1": (1, 1)}  # set suffix -> (instances per request, requests at a time)
 
 
-async def stow_all(url: str, files: list[Path]) -> None:
-    """POST ``files`` to ``url``/studies, PER_REQUEST a request, CONCURRENT requests at a time."""
-    groups = [files[i:i + PER_REQUEST] for i in range(0, len(files), PER_REQUEST)]
+async def stow_all(url: str, files: list[Path], per_request: int = 10, concurrent: int = 4) -> None:
+    """POST ``files`` to ``url``/studies, ``per_request`` a request, ``concurrent`` requests at a time."""
+    groups = [files[i:i + per_request] for i in range(0, len(files), per_request)]
     queue: asyncio.Queue = asyncio.Queue()
     for group in groups:
         queue.put_nowait(group)
@@ -72,7 +73,7 @@ async def stow_all(url: str, files: list[Path]) -> None:
                     raise RuntimeError(f"STOW-RS answered {rsp.status}")
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(CONCURRENT)))
+        await asyncio.gather(*(worker(session) for _ in range(concurrent)))
 
 
 async def read_study(url: str) -> int:
@@ -102,7 +103,7 @@ def stop(process: subprocess.Popen) -> None:
     process.wait(60)
 
 
-def stow_into_router(files: list[Path], scratch: Path) -> dict:
+def stow_into_router(files: list[Path], scratch: Path, shape: tuple[int, int]) -> dict:
     web = free_port()
     text = router_section(scratch / "data") + f"""
 [endpoints.web]
@@ -123,18 +124,18 @@ backends = ["later"]
     router = start_router(scratch, text, web)
     try:
         t0 = time.monotonic()
-        asyncio.run(stow_all(f"http://127.0.0.1:{web}/dicom-web", files))
+        asyncio.run(stow_all(f"http://127.0.0.1:{web}/dicom-web", files, *shape))
         seconds = time.monotonic() - t0
         return {"seconds": seconds, "peak_rss_mib": max(peak_rss_mib(p) for p in router_tree(router.pid))}
     finally:
         stop(router)
 
 
-def stow_into_orthanc(files: list[Path], scratch: Path) -> dict:
+def stow_into_orthanc(files: list[Path], scratch: Path, shape: tuple[int, int]) -> dict:
     orthanc = start_orthanc(scratch / "orthanc", {}, dicomweb=True)
     try:
         t0 = time.monotonic()
-        asyncio.run(stow_all(orthanc.dicomweb_url, files))
+        asyncio.run(stow_all(orthanc.dicomweb_url, files, *shape))
         return {"seconds": time.monotonic() - t0, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
     finally:
         orthanc.stop()
@@ -221,17 +222,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
-    parser.add_argument("--sets", default="stow-ct,stow-small,dimse-to-stow,wado")
+    parser.add_argument("--sets", default="stow-ct,stow-small,stow-ct-1,stow-small-1,dimse-to-stow,wado")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     ct, small = ensure_data(args.workdir, "ct", 200), ensure_data(args.workdir, "small", 1000)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
                "command": " ".join(["python", "benchmarks/dicomweb.py", *sys.argv[1:]]), "sets": {}}
     for name in args.sets.split(","):
-        if name in ("stow-ct", "stow-small"):
-            files = sorted((ct if name == "stow-ct" else small).glob("*.dcm"))
-            paths = [("orthanc", lambda s, f=files: stow_into_orthanc(f, s)),
-                     ("dicom-router", lambda s, f=files: stow_into_router(f, s))]
+        if name.startswith("stow-"):
+            files = sorted((ct if name.startswith("stow-ct") else small).glob("*.dcm"))
+            shape = STOW_SHAPES[name.removeprefix("stow-ct").removeprefix("stow-small")]
+            paths = [("orthanc", lambda s, f=files, h=shape: stow_into_orthanc(f, s, h)),
+                     ("dicom-router", lambda s, f=files, h=shape: stow_into_router(f, s, h))]
             count = len(files)
         elif name == "dimse-to-stow":
             count = 200

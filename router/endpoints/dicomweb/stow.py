@@ -11,6 +11,7 @@ otherwise. 200: all stored; 202: some failed; 409: none stored.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,9 +20,8 @@ from pathlib import Path
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.helpers import parse_mimetype
-from pydicom import Dataset
 
-from router.endpoints.dicomweb.responses import dicom_json_response, problem
+from router.endpoints.dicomweb.responses import DICOM_JSON, problem
 from router.engine.part10 import META_READ, NotPlainPart10, new_checksum, read_file_meta
 from router.engine.spare_files import SPARES
 from router.envelope import AssociationInfo, Command, RequestEnvelope
@@ -35,7 +35,7 @@ log = structlog.get_logger("router.dicomweb")
 CHUNK = 256 * 1024
 PROCESSING_FAILURE = 0x0110
 STUDY_MISMATCH = 0xA900  # PS3.18 10.5.3: "the Study Instance UID does not match"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE = "00081199", "00081198"
 
 
 class RequestTooLarge(Exception):
@@ -231,24 +231,27 @@ async def _settle(pending: list[asyncio.Future]) -> None:
 
 
 def _response(outcomes: list[PartOutcome]) -> web.Response:
+    """The PS3.18 answer in DICOM JSON (built as plain JSON: these few UIDs need no data set)."""
     stored = [o for o in outcomes if o.status == 0]
     failed = [o for o in outcomes if o.status != 0]
-    body = Dataset()
-    if stored:
-        body.ReferencedSOPSequence = [_item(o) for o in stored]
+    body = {}
     if failed:
-        body.FailedSOPSequence = [_item(o, failure=True) for o in failed]
+        body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [_item(o, failure=True) for o in failed]}
+    if stored:
+        body[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [_item(o) for o in stored]}
     status = 200 if not failed else 202 if stored else 409
-    return dicom_json_response(status, body)
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type=DICOM_JSON)
 
 
-def _item(outcome: PartOutcome, failure: bool = False) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = outcome.sop_class_uid or ""
-    item.ReferencedSOPInstanceUID = outcome.sop_instance_uid or ""
+def _item(outcome: PartOutcome, failure: bool = False) -> dict:
+    item = {"00081150": _uid(outcome.sop_class_uid), "00081155": _uid(outcome.sop_instance_uid)}
     if failure:
-        item.FailureReason = outcome.status
+        item["00081197"] = {"vr": "US", "Value": [outcome.status]}
     return item
+
+
+def _uid(value: str | None) -> dict:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
 
 
 def _content_type(value: str) -> tuple[str, dict[str, str]]:
