@@ -18,7 +18,9 @@ Sets, each run interleaved ``--reps`` times on the same generated data:
   (``benchmarks/stow_sink.py``, its own process), or by C-STORE to DCMTK ``storescp``; timed
   until the last file is written.
 - ``wado``: WADO-RS of one 200-instance CT study, read to the end by an aiohttp client, from
-  the router (fetching it from Orthanc by C-GET) and from Orthanc's own WADO-RS.
+  the router (fetching it from Orthanc by C-GET) and from Orthanc's own WADO-RS, asked for
+  as stored (``transfer-syntax=*``) and without a transfer syntax (PS3.18's default,
+  Explicit VR Little Endian, which Orthanc re-encodes each instance to).
 
 Prints a Markdown table; JSON goes to ``benchmarks/results/``.
 """
@@ -76,10 +78,13 @@ async def stow_all(url: str, files: list[Path], per_request: int = 10, concurren
         await asyncio.gather(*(worker(session) for _ in range(concurrent)))
 
 
-async def read_study(url: str) -> int:
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+DEFAULT_SYNTAX = 'multipart/related; type="application/dicom"'
+
+
+async def read_study(url: str, accept: str = AS_STORED) -> int:
     async with aiohttp.ClientSession() as session:
-        async with session.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
-                                                       'transfer-syntax=*'}) as rsp:
+        async with session.get(url, headers={"Accept": accept}) as rsp:
             if rsp.status != 200:
                 raise RuntimeError(f"WADO-RS answered {rsp.status}")
             total = 0
@@ -212,9 +217,9 @@ backends = ["pacs"]
         stop(router)
 
 
-def wado_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
+def wado_from_orthanc(orthanc, study: str, scratch: Path, accept: str = AS_STORED) -> dict:
     t0 = time.monotonic()
-    size = asyncio.run(read_study(f"{orthanc.dicomweb_url}/studies/{study}"))
+    size = asyncio.run(read_study(f"{orthanc.dicomweb_url}/studies/{study}", accept))
     return {"seconds": time.monotonic() - t0, "bytes": size, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
 
 
@@ -243,6 +248,7 @@ def main() -> None:
             orthanc, study = wado_setup(args.workdir, ct)
             count = 200
             paths = [("orthanc", lambda s: wado_from_orthanc(orthanc, study, s)),
+                     ("orthanc, default syntax", lambda s: wado_from_orthanc(orthanc, study, s, DEFAULT_SYNTAX)),
                      ("dicom-router", lambda s: wado_from_router(orthanc, study, s))]
         else:
             raise SystemExit(f"unknown set {name}")
