@@ -47,8 +47,9 @@ from pydicom import dcmread  # noqa: E402
 from benchmarks.forward import (  # noqa: E402
     ensure_data, interleaved, peak_rss_mib, router_tree, routed, run_storescu, wait_for_files,
 )
-from tests.conftest import router_section  # noqa: E402
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section  # noqa: E402
 from tests.support.cli import router_command  # noqa: E402
+from tests.support.dicomweb import dicomweb_endpoint_toml  # noqa: E402
 from tests.support.pacs import load, start_orthanc  # noqa: E402
 from tests.support.peers import free_port, wait_for, wait_for_port  # noqa: E402
 
@@ -110,18 +111,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def stow_into_router(files: list[Path], scratch: Path, shape: tuple[int, int]) -> dict:
     web = free_port()
-    text = router_section(scratch / "data") + f"""
-[endpoints.web]
-type = "dicomweb"
-bind = "127.0.0.1"
-port = {web}
-
-[backends.later]
-type = "dimse"
-host = "127.0.0.1"
-port = {free_port()}
-ae_title = "LATER"
-
+    text = router_section(scratch / "data") + dicomweb_endpoint_toml("web", web) \
+        + dimse_backend_toml(free_port(), "LATER", "later") + """
 [pipelines.web]
 endpoints = ["web"]
 backends = ["later"]
@@ -151,12 +142,7 @@ def dimse_to_stow(folder: Path, count: int, scratch: Path) -> dict:
     out = scratch / "sink-out"
     sink = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "stow_sink.py"), str(sink_port), str(out)])
     wait_for_port(sink_port, 30)
-    text = router_section(scratch / "data") + f"""
-[endpoints.ingest]
-type = "dimse"
-bind = "127.0.0.1"
-port = {port}
-
+    text = router_section(scratch / "data") + endpoint_section("ingest", port) + f"""
 [backends.cloud]
 type = "dicomweb"
 url = "http://127.0.0.1:{sink_port}/dicom-web"
@@ -188,21 +174,8 @@ def wado_setup(workdir: Path, folder: Path):
 
 def wado_from_router(orthanc, study: str, scratch: Path) -> dict:
     web = free_port()
-    text = router_section(scratch / "data") + f"""
-[endpoints.web]
-type = "dicomweb"
-bind = "127.0.0.1"
-port = {web}
-
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {orthanc.port}
-ae_title = "{orthanc.ae_title}"
-store = false
-query = true
-retrieve = "get"
-
+    text = router_section(scratch / "data") + dicomweb_endpoint_toml("web", web) + dimse_backend_toml(
+        orthanc.port, orthanc.ae_title, "pacs", 'store = false\nquery = true\nretrieve = "get"') + """
 [pipelines.web]
 endpoints = ["web"]
 backends = ["pacs"]

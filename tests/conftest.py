@@ -79,14 +79,15 @@ def port():
     return free_port()
 
 
-def dimse_backend_toml(port: int, ae_title: str = "PACS", name: str = "pacs") -> str:
-    """A ``dimse`` backend table for a peer on 127.0.0.1."""
+def dimse_backend_toml(port: int, ae_title: str = "PACS", name: str = "pacs", extra: str = "") -> str:
+    """A ``dimse`` backend table for a peer on 127.0.0.1 (``extra``: more of its keys, as TOML lines)."""
     return f'''
 [backends.{name}]
 type = "dimse"
 host = "127.0.0.1"
 port = {port}
 ae_title = "{ae_title}"
+{extra}
 '''
 
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import endpoint_section, router_section
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.dicomgen import write_series
 from tests.support.dicomweb import dicomweb_endpoint_toml, get
 from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
@@ -46,15 +46,8 @@ def uids(answers: list[dict], tag: str) -> list[str]:
 @pytest.fixture
 def router(tmp_path, write_config, start_router, orthanc):
     web, dimse = free_port(), free_port()
-    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) + endpoint_section("ingest", dimse) + f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {orthanc.port}
-ae_title = "{orthanc.ae_title}"
-store = false
-query = true
-
+    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) + endpoint_section("ingest", dimse) \
+        + dimse_backend_toml(orthanc.port, orthanc.ae_title, "pacs", "store = false\nquery = true") + f"""
 [backends.cloud]
 type = "dicomweb"
 url = "{orthanc.dicomweb_url}"
@@ -137,15 +130,8 @@ def test_findscu_through_the_router_is_answered_by_qido(router, orthanc, tmp_pat
 
 def test_an_upstream_that_is_down_gets_502_with_the_reason(tmp_path, write_config, start_router):
     web = free_port()
-    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) + f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {free_port()}
-ae_title = "GONE"
-store = false
-query = true
-
+    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) \
+        + dimse_backend_toml(free_port(), "GONE", "pacs", "store = false\nquery = true") + """
 [pipelines.web]
 endpoints = ["web"]
 backends = ["pacs"]

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import endpoint_section, router_section
+from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.deid import key_file
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
@@ -19,6 +19,8 @@ from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
 from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
 from tests.support.peers import StorageSCP, free_port
 from tests.support.qrclients import getscu, movescu
+
+QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
 
 pytestmark = [pytest.mark.xdist_group("wado-orthanc"), pytest.mark.dcmtk,
               pytest.mark.skipif(not have_orthanc_dicomweb(), reason="needs Orthanc's DICOMweb plugin: tests/run.sh")]
@@ -40,16 +42,8 @@ def router(tmp_path, write_config, start_router, archive):
     web = free_port()
     key = key_file(tmp_path)
     text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) \
-        + dicomweb_endpoint_toml("research", free_port()) + f"""
-[backends.pacs]
-type = "dimse"
-host = "127.0.0.1"
-port = {orthanc.port}
-ae_title = "{orthanc.ae_title}"
-store = false
-query = true
-retrieve = "get"
-
+        + dicomweb_endpoint_toml("research", free_port()) \
+        + dimse_backend_toml(orthanc.port, orthanc.ae_title, "pacs", QUERY_AND_GET) + f"""
 [pipelines.web]
 endpoints = ["web"]
 backends = ["pacs"]
