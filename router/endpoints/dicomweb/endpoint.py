@@ -51,7 +51,7 @@ class DicomwebEndpoint:
         self.name = name
         self.router_ae_title = router_ae_title
         self.config = config
-        self.ae_title = "-"
+        self.ae_title = config.base_path  # what `status` shows in the AE title column
         self.intake = intake
         self.qr = qr
         self.metrics = metrics or Metrics()
