@@ -179,3 +179,15 @@ def test_wado_rs_through_the_router_from_a_dicomweb_upstream(bridge, archive, tm
     for index, (_, content) in enumerate(multipart_parts(body, headers["Content-Type"])):
         (tmp_path / f"{index}.dcm").write_bytes(content)
     assert digests_by_uid(sorted(tmp_path.glob("*.dcm"))) == digests_by_uid(files)
+
+
+def test_qido_rs_through_the_router_from_a_dicomweb_upstream(bridge, archive):
+    web, _, _ = bridge
+    orthanc, files = archive
+    status, _, body = get(web, "/dicom-web/studies/" + uid_of(files[0]) + "/instances")
+    assert status == 200
+    with urllib.request.urlopen(f"{orthanc.dicomweb_url}/studies/{uid_of(files[0])}/instances", timeout=30) as answer:
+        theirs = json.loads(answer.read())
+    ours = json.loads(body)
+    assert sorted(a["00080018"]["Value"][0] for a in ours) == sorted(a["00080018"]["Value"][0] for a in theirs) \
+        == sorted(digests_by_uid(files))
