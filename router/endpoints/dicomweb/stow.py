@@ -61,7 +61,6 @@ class PartOutcome:
     sop_instance_uid: str | None
     status: int
     reason: str = ""
-    edited: bool = False
 
 
 async def store_instances(request: web.BaseRequest, target: StowTarget, origin: AssociationInfo,
@@ -119,7 +118,7 @@ async def store_instances(request: web.BaseRequest, target: StowTarget, origin: 
         await _settle(pending)  # parts already taken stay durable and queued; none is acknowledged
         log.warning("STOW-RS client went away before the end of its request", endpoint=target.endpoint,
                     request_id=origin.association_id, peer=_peer(origin), error=str(exc),
-                    instances_taken=len(pending))
+                    instances_taken=sum(isinstance(o, asyncio.Future) for o in outcomes))
         return problem(400, "the request ended before its body did")
     except (ValueError, AssertionError, RuntimeError) as exc:
         await _settle(pending)
