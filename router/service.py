@@ -252,6 +252,10 @@ class RouterService:
             self.spool.sweep_incoming(older_than_seconds=INCOMING_MAX_AGE)
             self._last_sweep = time.monotonic()
 
+    def delivery_running(self) -> bool:
+        """Whether the delivery process is alive (a dead one is restarted; until then nothing is sent)."""
+        return self.delivery is not None and self.delivery.is_alive()
+
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop accepting, let open associations finish (up to the grace period), then stop delivery.
 

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MIN_KEY_BYTES = 16
@@ -44,7 +44,7 @@ def new_key_text() -> str:
 
 @dataclass(frozen=True)
 class Keyring:
-    key: bytes
+    key: bytes = field(repr=False)  # the secret never reaches a log line or a traceback
     date_shift_min_days: int = 1
     date_shift_max_days: int = 3650
 

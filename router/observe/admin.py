@@ -56,6 +56,7 @@ class AdminServer:
             and all(e.server is not None for e in self.service.endpoints.values()),
             "data_dir_writable": os.access(spool.data_dir, os.W_OK),
             "free_space_above_floor": spool.has_free_space(),
+            "delivery_running": self.service.delivery_running(),
         }
         return all(checks.values()), checks
 
@@ -121,8 +122,8 @@ def _handler_for(admin: AdminServer) -> Callable[[Request], Response]:
         try:
             status, body = route() if route else (404, {"error": f"no such path: {path}"})
         except Exception as exc:  # a failing check must not kill the admin thread
-            log.exception("admin request failed", path=path, peer=request.peer)
-            status, body = 500, {"error": repr(exc)}
+            log.exception("admin request failed", path=path, peer=request.peer, error=repr(exc))
+            status, body = 500, {"error": "internal error; see the router's log"}
         log.debug("admin request", path=path, status=status, peer=request.peer)
         return Response(status, json.dumps(body).encode())
 

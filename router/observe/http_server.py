@@ -227,8 +227,9 @@ class GuardedHTTPServer:
             try:
                 response = self.handler(request)
             except Exception as exc:  # a failing handler must not take the worker down
-                log.exception("HTTP handler failed", server=self.name, peer=conn.peer, target=request.target)
-                response = Response(500, ('{"error": %r}' % repr(exc)).encode())
+                log.exception("HTTP handler failed", server=self.name, peer=conn.peer, target=request.target,
+                              error=repr(exc))
+                response = Response(500, b'{"error": "internal error; see the router\'s log"}')
             self._reply_and_close(conn.sock, response)
         finally:
             with self._served_lock:

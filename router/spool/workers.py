@@ -180,9 +180,9 @@ class BackendWorker(threading.Thread):
                     results = deliverer.deliver_many(sendable)
                 else:
                     results = [deliverer.deliver(sendable[0])]
-            except Exception as exc:  # a bug or an unreadable file must not stop the queue
-                log.exception("delivery attempt failed unexpectedly", **sendable[0].log_context())
-                results = [DeliveryResult(Outcome.PERMANENT, None, f"internal error: {exc!r}")] * len(sendable)
+            except Exception as exc:  # a bug must not stop the queue, nor lose the delivery for good
+                log.exception("delivery attempt failed unexpectedly; it will be retried", **sendable[0].log_context())
+                results = [DeliveryResult(Outcome.TRANSIENT, None, f"internal error: {exc!r}")] * len(sendable)
             for position, (delivery, result) in enumerate(zip(sendable, results)):
                 if result.outcome is Outcome.UNREACHABLE:
                     self.backend_unreachable(sendable[position:] + later, result)
@@ -191,12 +191,14 @@ class BackendWorker(threading.Thread):
                 self.record(delivery, result)
 
     def _quarantined_as_damaged(self, delivery: Delivery) -> bool:
-        """Check the spool file against its intake record; a damaged one is quarantined here."""
+        """Check the spool file against its intake record; a damaged one is quarantined here, and one
+        that cannot be checked is retried later (True: the delivery was recorded, not sent)."""
         try:
             damaged = damage(delivery.path, delivery.size, delivery.checksum)
         except Exception as exc:
-            log.exception("cannot check the spool file", **delivery.log_context())
-            damaged = f"internal error: {exc!r}"
+            log.exception("cannot check the spool file; the delivery will be retried", **delivery.log_context())
+            self.record(delivery, DeliveryResult(Outcome.TRANSIENT, None, f"cannot check the spool file: {exc!r}"))
+            return True
         if damaged is None:
             return False
         self.record(delivery, DeliveryResult(Outcome.PERMANENT, None, damaged))

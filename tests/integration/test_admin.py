@@ -36,6 +36,26 @@ def test_health_ready_and_queues(tmp_path, write_config, start_router, port, sma
     status, body = get(admin_port, "/readyz")
     assert status == 503 and body["checks"]["free_space_above_floor"] is False
     assert get(admin_port, "/nope")[0] == 404
+    service.spool.min_free_bytes = 0
+    service.delivery.kill()  # nothing restarts it here: the test runs no serve loop
+    service.delivery.join(10)
+    status, body = get(admin_port, "/readyz")
+    assert status == 503 and body["checks"] == {**body["checks"], "delivery_running": False}
+
+
+def test_a_failing_admin_check_answers_500_without_its_details(tmp_path, write_config, start_router, port, caplog):
+    admin_port = free_port()
+    text = router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]) \
+        + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+    service = start_router(write_config(text))
+
+    def broken():
+        raise RuntimeError("secret-internal-detail")
+
+    service.queue.counts = broken
+    status, body = get(admin_port, "/api/queues")
+    assert status == 500 and "secret-internal-detail" not in json.dumps(body)
+    assert any("secret-internal-detail" in str(r.msg) for r in caplog.records)  # the log has it
 
 
 def metric(text: str, name: str, **labels) -> float | None:

@@ -336,3 +336,10 @@ def test_outputs_validate_as_well_as_inputs(tmp_path, study, key, option):
     safe = SAFE if option == "retain_safe_private" else []
     (out,) = anonymize_files(study[1:2], tmp_path / "out", key_file=key, options=options, safe_private=safe)
     assert dciodvfy_errors(out) - dciodvfy_errors(study[1]) == set()
+
+
+def test_a_keyring_never_shows_its_key():
+    from router.deid.keys import Keyring
+
+    keyring = Keyring(b"very-secret-key-bytes-0123456789")
+    assert "very-secret" not in repr(keyring) and "very-secret" not in str(keyring)

@@ -111,3 +111,42 @@ def test_an_empty_queue_is_read_again_soon_after_a_batch_and_then_less_and_less_
     worker.record = lambda delivery, result: None
     worker.run()
     assert stop.waits == [0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.002, 0.004]
+
+
+def test_an_unexpected_error_in_a_deliverer_is_retried_not_quarantined(tmp_path, caplog):
+    """A bug meeting one delivery logs its traceback and schedules a retry; the next attempt can
+    deliver it (before, it was quarantined for good)."""
+    import threading
+    import time
+
+    from router.backends.status import DeliveryResult
+    from router.spool.checksum import file_checksum
+    from router.spool.queue import DeliveryQueue, InstanceRecord
+    from router.spool.store import Spool
+    from router.spool.workers import BackendWorker
+
+    spooled = tmp_path / "a.dcm"
+    spooled.write_bytes(b"x" * 10)
+    queue = DeliveryQueue(tmp_path / "queue.db")
+    queue.enqueue(InstanceRecord(str(spooled), "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 10,
+                                 time.time(), checksum=file_checksum(spooled)), [("p", "pacs")])
+
+    class Flaky:
+        calls = 0
+
+        def deliver(self, delivery):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise KeyError("a bug")
+            return DeliveryResult(Outcome.SUCCESS, 0, "ok")
+
+    worker = BackendWorker("pacs", Flaky, queue, Spool(tmp_path), POLICY,
+                           threading.Event())
+    worker.recorder = type("Recorder", (), {"add": lambda self, d, w: queue.mark_delivered(d, w)})()
+    worker.deliver_batch(Flaky(), queue.claim_due("pacs", 10))
+    assert queue.list_state("quarantined") == []
+    (waiting,) = queue.list_state("pending")
+    assert "internal error" in waiting.reason
+    assert any(r.exc_info for r in caplog.records if "failed unexpectedly" in str(r.msg))
+    worker.deliver_batch(Flaky(), queue.claim_due("pacs", 10, now=time.time() + 3))
+    assert queue.counts()["pacs"]["delivered"] == 1

@@ -89,3 +89,9 @@ def test_the_image_configuration_serves_the_admin_port_it_exposes_and_stops_with
     assert port in exposed and str(config.endpoints["ingest"].port) in exposed
     assert f"127.0.0.1:{port}/healthz" in DOCKERFILE
     assert config.router.shutdown_grace_seconds < DOCKER_STOP_DEFAULT_SECONDS - 2
+
+
+def test_the_license_pyproject_names_is_there():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
