@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import structlog
 import tomli_w
 
 from router import __version__
@@ -114,6 +115,7 @@ def cmd_serve(args) -> int:
     from router import engine
     from router.observe.logging import setup_logging
     from router.service import DataDirInUse, RouterService
+    from router.spool.queue_schema import QueueFromNewerRelease
 
     config = _load(args)
     missing = [i for i in check_stage_files(config) if i.severity == "error"]
@@ -130,6 +132,10 @@ def cmd_serve(args) -> int:
         service.start()
     except DataDirInUse as exc:
         print(f"dicom-router: {exc}", file=sys.stderr)
+        return EX_FAIL
+    except QueueFromNewerRelease as exc:
+        structlog.get_logger("router.cli").error("not started", reason=str(exc))
+        service.stop()
         return EX_FAIL
     except OSError as exc:
         print(f"dicom-router: cannot start: {exc}", file=sys.stderr)

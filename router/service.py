@@ -77,9 +77,10 @@ class RouterService:
     def start(self) -> None:
         engine.configure()
         self.spool.prepare()
+        if self.is_main:
+            self._lock_data_dir()  # before the queue's schema is brought up to date
         self.queue = DeliveryQueue(self.spool.queue_path, checkpoint_on_commit=False)
         if self.is_main:
-            self._lock_data_dir()
             self.spool.sweep_incoming()
             quarantine_damaged(self.queue)
             self.spool.sweep_unreferenced(self.queue.referenced_paths())

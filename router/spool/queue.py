@@ -3,7 +3,8 @@
 States: ``pending`` (due at ``next_attempt_at``), ``in_flight`` (claimed by a worker),
 ``quarantined`` (will not be retried; ``reason`` says why). A delivered row is deleted and
 counted in ``delivered_counts``; an instance row goes when its last delivery does, and the
-caller then removes the spool file. The database runs in WAL mode; intake commits
+caller then removes the spool file. The schema has a history (:mod:`router.spool.queue_schema`),
+applied when the queue is opened. The database runs in WAL mode; intake commits
 with ``synchronous=FULL``, so a row that was acknowledged survives a crash or a power cut.
 """
 
@@ -17,50 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from router.spool.group_commit import GroupCommit
+import structlog
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
-    sop_instance_uid TEXT,
-    sop_class_uid TEXT,
-    transfer_syntax TEXT,
-    size INTEGER,
-    received_at REAL NOT NULL,
-    endpoint TEXT,
-    association_id TEXT,
-    calling_aet TEXT,
-    peer TEXT,
-    checksum TEXT
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    instance_id INTEGER NOT NULL REFERENCES instances(id),
-    backend TEXT NOT NULL,
-    pipeline TEXT,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    queued_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_status INTEGER,
-    reason TEXT,
-    superseded_by INTEGER
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(backend, state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
-CREATE TABLE IF NOT EXISTS delivered_counts (
-    backend TEXT PRIMARY KEY,
-    delivered INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS delivery_events (
-    backend TEXT NOT NULL,
-    event TEXT NOT NULL,
-    count INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (backend, event)
-);
-"""
+from router.spool.group_commit import GroupCommit
+from router.spool.queue_schema import migrate
+
+log = structlog.get_logger("router.queue")
 
 STATES = ("pending", "in_flight", "quarantined")
 
@@ -178,8 +141,9 @@ class DeliveryQueue:
         self.checkpoint_on_commit = checkpoint_on_commit
         self._local = threading.local()
         self._enqueues = GroupCommit(self._write)
-        self._conn().executescript(SCHEMA)
-        _add_columns_of_later_versions(self._conn())
+        applied = migrate(self._writer(), begin_immediate)
+        if applied:
+            log.info("queue database schema brought up to date", path=str(self.path), versions=applied)
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection for reads (and anything outside :meth:`_write`)."""
@@ -482,18 +446,6 @@ class DeliveryQueue:
         row = conn.execute("SELECT path FROM instances WHERE id=?", (instance_id,)).fetchone()
         conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
         return row[0] if row else None
-
-
-def _add_columns_of_later_versions(conn: sqlite3.Connection) -> None:
-    """A queue database made by an earlier version gets the columns added since (``checksum``:
-    its rows have none, and their files are checked by size alone; ``superseded_by``) and the
-    index on SOP Instance UIDs."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
-    if "checksum" not in columns:
-        conn.execute("ALTER TABLE instances ADD COLUMN checksum TEXT")
-    if "superseded_by" not in {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}:
-        conn.execute("ALTER TABLE deliveries ADD COLUMN superseded_by INTEGER")
-    conn.execute("CREATE INDEX IF NOT EXISTS instances_by_uid ON instances(sop_instance_uid)")
 
 
 def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
