@@ -45,7 +45,13 @@ import aiohttp  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 
 from benchmarks.forward import (  # noqa: E402
-    ensure_data, interleaved, peak_rss_mib, router_tree, routed, run_storescu, wait_for_files,
+    ensure_data,
+    interleaved,
+    peak_rss_mib,
+    routed,
+    router_tree,
+    run_storescu,
+    wait_for_files,
 )
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section  # noqa: E402
 from tests.support.cli import router_command  # noqa: E402

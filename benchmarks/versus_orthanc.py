@@ -34,7 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.forward import (  # noqa: E402
-    ensure_data, interleaved, peak_rss_mib, routed, start_storescp, timed_transfer,
+    ensure_data,
+    interleaved,
+    peak_rss_mib,
+    routed,
+    start_storescp,
+    timed_transfer,
 )
 from tests.support.dicomgen import write_series  # noqa: E402
 from tests.support.peers import dcmtk_env, free_port, wait_for_port  # noqa: E402

@@ -17,9 +17,9 @@ import structlog
 import tomli_w
 
 from router import __version__
-from router.observe.printable import EscapingWriter
 from router.config import TIERS, ConfigError, load_config, validate
 from router.config.checks import check_stage_files, running_router_pid
+from router.observe.printable import EscapingWriter
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 

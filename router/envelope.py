@@ -14,7 +14,12 @@ from typing import Any
 
 from pydicom import Dataset
 
-from router.spool.splice import Layout, clone_header, locate_pixel_data, read_header_before_pixels
+from router.spool.splice import (
+    Layout,
+    clone_header,
+    locate_pixel_data,
+    read_header_before_pixels,
+)
 
 
 @dataclass(frozen=True)

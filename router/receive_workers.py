@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -41,27 +42,13 @@ def enable_shared_metrics(config: RouterConfig) -> None:
     values.ValueClass = values.get_value_class()
 
 
-def run_receive_worker(config: RouterConfig, parent_pid: int, index: int) -> None:
-    """Entry point of receiving process ``index`` (spawned by the main process)."""
-    from router import engine
-    from router.observe.logging import setup_logging
-    from router.service import RouterService
-    from router.spool.delivery_process import _die_with_parent
-
-    setup_logging(config.router.log_level, config.router.log_format, process=f"receive-{index}",
-                  thread_context=engine.current_association_fields)
-    _die_with_parent()
-    service = RouterService(config, role="receive-worker")
-    service.handle_signals()
-    service.start()
-    service.serve_forever(parent_pid=parent_pid)
-
-
 class ReceiveWorkers:
-    """The main process's handle on its extra receiving processes."""
+    """The main process's handle on its extra receiving processes; each runs
+    ``entry(config, parent_pid, index)`` (:func:`router.service.run_receive_worker`)."""
 
-    def __init__(self, config: RouterConfig):
+    def __init__(self, config: RouterConfig, entry: Callable[[RouterConfig, int, int], None]):
         self.config = config
+        self.entry = entry
         self.processes: dict[int, multiprocessing.Process] = {}
 
     def start(self) -> None:
@@ -70,7 +57,7 @@ class ReceiveWorkers:
 
     def _spawn(self, index: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        process = ctx.Process(target=run_receive_worker, args=(self.config, os.getpid(), index),
+        process = ctx.Process(target=self.entry, args=(self.config, os.getpid(), index),
                               name=f"dicom-router-receive-{index}", daemon=False)
         process.start()
         self.processes[index] = process

@@ -22,15 +22,15 @@ from router import engine
 from router.config import ConfigError, load_config, registry
 from router.config.checks import check_references, check_stage_files
 from router.config.models import RouterConfig
+from router.delivery.process import run_delivery
 from router.engine.spare_files import SPARES
+from router.intake import Intake, quarantine_damaged
 from router.observe.metrics import Metrics
 from router.observe.systemd import Notifier
 from router.pipeline import PipelineSet
 from router.qr.service import QueryRetrieveService
 from router.receive_workers import ReceiveWorkers, enable_shared_metrics
 from router.reload import compare, refusal
-from router.spool.delivery_process import run_delivery
-from router.spool.intake import Intake, quarantine_damaged
 from router.spool.queue import DeliveryQueue
 from router.spool.store import Spool
 
@@ -96,7 +96,7 @@ class RouterService:
         if self.is_main:
             self._start_admin()
             if self.config.router.receive_processes > 1:
-                self.workers = ReceiveWorkers(self.config)
+                self.workers = ReceiveWorkers(self.config, run_receive_worker)
                 self.workers.start()
         engine.freeze_startup_objects()
         log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
@@ -328,3 +328,17 @@ class RouterService:
         self._lock_file.truncate()
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
+
+
+def run_receive_worker(config: RouterConfig, parent_pid: int, index: int) -> None:
+    """Entry point of receiving process ``index`` (spawned by the main process's :class:`ReceiveWorkers`)."""
+    from router.delivery.process import die_with_parent
+    from router.observe.logging import setup_logging
+
+    setup_logging(config.router.log_level, config.router.log_format, process=f"receive-{index}",
+                  thread_context=engine.current_association_fields)
+    die_with_parent()
+    service = RouterService(config, role="receive-worker")
+    service.handle_signals()
+    service.start()
+    service.serve_forever(parent_pid=parent_pid)

@@ -17,7 +17,12 @@ from pydantic import BaseModel, ValidationError
 
 from router.config import registry
 from router.config.errors import ConfigError, ConfigIssue, display_path, dotted
-from router.config.models import AdminSection, PipelineConfig, RouterConfig, RouterSection
+from router.config.models import (
+    AdminSection,
+    PipelineConfig,
+    RouterConfig,
+    RouterSection,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib

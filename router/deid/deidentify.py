@@ -37,7 +37,7 @@ from pydicom.tag import Tag
 
 from router.deid.keys import Keyring
 from router.deid.profile import Profile
-from router.middleware.lookup import LookupTable
+from router.tables import LookupTable
 
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
 LONGITUDINAL_MODIFIED = 0x00280303

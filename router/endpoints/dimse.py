@@ -37,13 +37,13 @@ from router.config.models import EndpointConfig
 from router.config.registry import register
 from router.config.types import CIDR, AETitle, HostPort, Port, Seconds
 from router.endpoints.access import AccessPolicy
+from router.engine.admission import AdmittingServer
 from router.engine.store_decode import take_received_file
 from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService, RetrievalRefused
 from router.qr.upstream import UpstreamError
-from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
-from router.engine.admission import AdmittingServer
 from router.tls import EndpointTLSConfig, peer_name, server_context
 
 log = structlog.get_logger("router.endpoint")

@@ -15,7 +15,12 @@ import ssl
 from typing import cast
 
 from pynetdicom import evt
-from pynetdicom.transport import LOGGER, AddressInformation, AssociationSocket, T_CONNECT
+from pynetdicom.transport import (
+    LOGGER,
+    T_CONNECT,
+    AddressInformation,
+    AssociationSocket,
+)
 
 
 def _connect(self: AssociationSocket, primitive: T_CONNECT) -> None:

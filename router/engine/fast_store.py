@@ -33,9 +33,14 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine.part10 import META_READ, NotPlainPart10, read_file_meta
 from router.engine import socket_loans
-from router.engine.pdata_sends import SourceFile, encode_p_data_tf, file_fragments, fragment_bounds
+from router.engine.part10 import META_READ, NotPlainPart10, read_file_meta
+from router.engine.pdata_sends import (
+    SourceFile,
+    encode_p_data_tf,
+    file_fragments,
+    fragment_bounds,
+)
 
 LOGGER = logging.getLogger("router.engine")
 

@@ -27,6 +27,7 @@ from pydicom.uid import UID
 from pynetdicom import association, dimse_messages
 from pynetdicom.dsutils import create_file_meta, split_dataset
 
+
 def new_checksum():
     """A running checksum of a Part-10 file's bytes, as the spool records it (xxHash XXH3, 64
     bits; see :mod:`router.spool.checksum`)."""

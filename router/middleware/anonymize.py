@@ -37,12 +37,18 @@ from router.config.checks import writable_dir_problem
 from router.config.models import MiddlewareConfig
 from router.config.registry import register
 from router.config.types import ConfigPath, StrictModel
-from router.deid.deidentify import Deidentifier, Report, SafePrivate, Settings, UnmappedPatient
+from router.deid.deidentify import (
+    Deidentifier,
+    Report,
+    SafePrivate,
+    Settings,
+    UnmappedPatient,
+)
 from router.deid.keys import KeyFileError, Keyring, read_key
 from router.deid.profile import OPTIONS, resolve
 from router.envelope import Reject, RequestEnvelope
-from router.middleware.lookup import LookupError_, LookupTable
 from router.spool.long_sequences import rewrite_sequence_items
+from router.tables import LookupError_, LookupTable
 
 log = structlog.get_logger("router.anonymize")
 

@@ -44,8 +44,8 @@ from router.middleware.attributes import (
     set_attribute,
     text_value,
 )
-from router.middleware.lookup import LookupError_, LookupTable
 from router.middleware.match import Matcher, validate_match
+from router.tables import LookupError_, LookupTable
 
 VERBS = ("set", "delete", "copy", "replace", "map")
 _FIELDS = {"copy": "copy_"}

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from router.config.models import MiddlewareConfig
-from router.config.types import StrictModel
 from router.config.registry import register
+from router.config.types import StrictModel
 from router.envelope import Drop, RequestEnvelope
 from router.middleware.match import Matcher, validate_match
 

@@ -26,7 +26,13 @@ import structlog
 from pydicom import Dataset
 from pynetdicom import build_context
 
-from router.qr.models import FIND_FOR_RETRIEVE, GET_FOR_FIND, HIERARCHY, MOVE_FOR_FIND, PATIENT_FIND
+from router.qr.models import (
+    FIND_FOR_RETRIEVE,
+    GET_FOR_FIND,
+    HIERARCHY,
+    MOVE_FOR_FIND,
+    PATIENT_FIND,
+)
 from router.qr.upstream import Upstream, UpstreamError
 
 log = structlog.get_logger("router.qr.retrieve")

@@ -15,9 +15,16 @@ from typing import Iterator
 from pydicom import Dataset
 
 from router.config.models import RouterConfig
-from router.envelope import AssociationInfo, Command, Drop, Reject, RequestEnvelope, SpooledInstance
-from router.spool.splice import read_header_before_pixels
+from router.envelope import (
+    AssociationInfo,
+    Command,
+    Drop,
+    Reject,
+    RequestEnvelope,
+    SpooledInstance,
+)
 from router.pipeline import PipelineSet
+from router.spool.splice import read_header_before_pixels
 
 
 class RouteTestError(ValueError):

@@ -13,7 +13,14 @@ from tests.conftest import dimse_backend_toml, router_toml
 from tests.integration.test_admin import metric
 from tests.support.cli import ServeProcess
 from tests.support.dicomfiles import digests_by_uid
-from tests.support.peers import dcmtk, dcmtk_env, free_port, start_storescp, stop_process, wait_for
+from tests.support.peers import (
+    dcmtk,
+    dcmtk_env,
+    free_port,
+    start_storescp,
+    stop_process,
+    wait_for,
+)
 
 
 @pytest.mark.dcmtk

@@ -13,7 +13,14 @@ from router import engine
 from tests.conftest import dimse_backend_toml, endpoint_section, router_toml
 from tests.support.cli import ServeProcess, router_command
 from tests.support.dicomfiles import digests_by_uid
-from tests.support.peers import dcmtk, dcmtk_env, free_port, start_storescp, stop_process, wait_for
+from tests.support.peers import (
+    dcmtk,
+    dcmtk_env,
+    free_port,
+    start_storescp,
+    stop_process,
+    wait_for,
+)
 from tests.support.spool import spooled_files
 
 

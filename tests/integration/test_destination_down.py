@@ -10,9 +10,9 @@ from pynetdicom.sop_class import Verification
 
 from router.backends.dimse import DimseBackend, DimseBackendConfig
 from tests.conftest import dimse_backend_toml, router_toml
+from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support import pdus
 from tests.support.peers import free_port, wait_for
-from tests.integration.test_forwarding import send_with_pynetdicom
 
 
 def _backend(port: int, ae_title: str = "PACS", **timeouts) -> DimseBackend:

@@ -13,7 +13,12 @@ import pytest
 from router.endpoints.dicomweb.auth import read_entries, verify_password
 from tests.conftest import router_section
 from tests.support.cli import run_cli
-from tests.support.dicomweb import dicomweb_endpoint_toml, multipart_related, post, stow_content_type
+from tests.support.dicomweb import (
+    dicomweb_endpoint_toml,
+    multipart_related,
+    post,
+    stow_content_type,
+)
 from tests.support.logs import events
 from tests.support.peers import free_port
 from tests.support.tls import CertificateAuthority

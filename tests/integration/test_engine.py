@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import P_DATA

@@ -9,7 +9,14 @@ from pynetdicom import AE
 from router import engine
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import digests_by_uid
-from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
+from tests.support.peers import (
+    StorageSCP,
+    free_port,
+    start_storescp,
+    stop_process,
+    storescu,
+    wait_for,
+)
 from tests.support.spool import spooled_files
 
 

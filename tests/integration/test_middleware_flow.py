@@ -9,11 +9,17 @@ from pynetdicom import AE
 
 from router.config import load_config
 from router.tools.queue_admin import queue_command
-
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support.deid import key_file, raw_pixel_bytes
-from tests.support.peers import StorageSCP, free_port, start_storescp, stop_process, storescu, wait_for
+from tests.support.peers import (
+    StorageSCP,
+    free_port,
+    start_storescp,
+    stop_process,
+    storescu,
+    wait_for,
+)
 from tests.support.richgen import write_rich_study
 from tests.support.spool import spooled_files
 

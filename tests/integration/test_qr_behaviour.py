@@ -19,8 +19,8 @@ from router import engine
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.dicomgen import write_series
 from tests.support.peers import StorageSCP, free_port, wait_for
-from tests.support.qrpeer import ScriptedPACS
 from tests.support.qrclients import findscu
+from tests.support.qrpeer import ScriptedPACS
 
 ROUTER_AE = "DICOM_ROUTER"
 

@@ -13,7 +13,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.peers import dcmtk, dcmtk_env, free_port, stop_process, storescu, wait_for_port
+from tests.support.peers import (
+    dcmtk,
+    dcmtk_env,
+    free_port,
+    stop_process,
+    storescu,
+    wait_for_port,
+)
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"

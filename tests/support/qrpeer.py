@@ -13,7 +13,10 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 from router import engine
 from router.engine.file_datasets import FileBackedDataset

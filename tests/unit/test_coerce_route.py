@@ -6,7 +6,14 @@ import pytest
 from pydantic import ValidationError
 from pydicom.uid import CTImageStorage
 
-from router.envelope import AssociationInfo, Command, Drop, Reject, RequestEnvelope, SpooledInstance
+from router.envelope import (
+    AssociationInfo,
+    Command,
+    Drop,
+    Reject,
+    RequestEnvelope,
+    SpooledInstance,
+)
 from router.middleware.coerce import CoerceConfig, CoerceStage
 from router.middleware.route import RouteConfig, RouteStage
 from tests.support.richgen import write_rich_study

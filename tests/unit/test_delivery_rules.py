@@ -63,8 +63,8 @@ def test_an_empty_queue_is_read_again_soon_after_a_batch_and_then_less_and_less_
     import threading
 
     from router.backends.status import DeliveryResult
+    from router.delivery.workers import BackendWorker
     from router.spool.store import Spool
-    from router.spool.workers import BackendWorker
 
     class Item:
         path, size, checksum = str(tmp_path), None, None  # an existing path, nothing recorded to compare
@@ -120,10 +120,10 @@ def test_an_unexpected_error_in_a_deliverer_is_retried_not_quarantined(tmp_path,
     import time
 
     from router.backends.status import DeliveryResult
+    from router.delivery.workers import BackendWorker
     from router.spool.checksum import file_checksum
     from router.spool.queue import DeliveryQueue, InstanceRecord
     from router.spool.store import Spool
-    from router.spool.workers import BackendWorker
 
     spooled = tmp_path / "a.dcm"
     spooled.write_bytes(b"x" * 10)

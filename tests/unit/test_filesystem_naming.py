@@ -8,7 +8,11 @@ import pytest
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
-from router.backends.filesystem import FilesystemBackend, FilesystemBackendConfig, safe_component
+from router.backends.filesystem import (
+    FilesystemBackend,
+    FilesystemBackendConfig,
+    safe_component,
+)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 
 from router.config.loader import load_config
 from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Intake
 from router.pipeline import PipelineSet
-from router.spool.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Intake
 from router.spool.queue import DeliveryQueue
 from router.spool.store import Spool
 from tests.conftest import dimse_backend_toml, router_toml

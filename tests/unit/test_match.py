@@ -6,9 +6,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage
 
-from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.envelope import AssociationInfo, Command, Drop, Reject, RequestEnvelope
 from router.middleware.filter import FilterConfig, FilterStage
-from router.envelope import Drop, Reject
 from router.middleware.match import Matcher, MatchError
 
 

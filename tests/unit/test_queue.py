@@ -79,7 +79,7 @@ def test_postpone_does_not_count_an_attempt(tmp_path):
 def test_instances_whose_file_is_missing_or_short_are_quarantined_not_forgotten(tmp_path):
     """Acknowledged instances whose spool files were damaged never vanish: their deliveries are
     quarantined with the reason, and the rows stay until an operator purges them."""
-    from router.spool.intake import quarantine_damaged
+    from router.intake import quarantine_damaged
 
     q = DeliveryQueue(tmp_path / "q.db")
     whole, short, missing = tmp_path / "whole.dcm", tmp_path / "short.dcm", tmp_path / "missing.dcm"
@@ -109,8 +109,8 @@ def test_successes_recorded_in_one_batch_release_each_file_once(tmp_path):
 
 
 def test_success_recorder_commits_off_thread_and_removes_files(tmp_path):
+    from router.delivery.workers import SuccessRecorder
     from router.spool.store import Spool
-    from router.spool.workers import SuccessRecorder
 
     spool_file = tmp_path / "a.dcm"
     spool_file.write_bytes(b"x")

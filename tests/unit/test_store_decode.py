@@ -19,9 +19,9 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_decode
 from router.engine.spare_files import SpareFiles
+from tests.support.peers import wait_for
 from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID
 from tests.support.primitives import store_response as store_rsp
-from tests.support.peers import wait_for
 
 SYNTAX = "1.2.840.10008.1.2.1"
 FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",

@@ -16,8 +16,8 @@ import asyncio
 import errno
 import re
 import uuid
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import structlog
 from aiohttp import web
@@ -33,9 +33,9 @@ from router.endpoints.dicomweb.responses import problem
 from router.endpoints.dicomweb.stow import StowTarget, store_instances
 from router.endpoints.dicomweb.wado import retrieve
 from router.envelope import AssociationInfo
+from router.intake import Intake
 from router.observe.metrics import Metrics
 from router.qr.service import QueryRetrieveService
-from router.spool.intake import Intake
 from router.tls import peer_name, server_context
 
 log = structlog.get_logger("router.dicomweb")

@@ -25,9 +25,9 @@ from router.endpoints.dicomweb.responses import DICOM_JSON, problem
 from router.engine.part10 import META_READ, NotPlainPart10, new_checksum, read_file_meta
 from router.engine.spare_files import SPARES
 from router.envelope import AssociationInfo, Command, RequestEnvelope
+from router.intake import CANNOT_UNDERSTAND, Intake, IntakeResult
 from router.observe.metrics import Metrics
 from router.spool.identity import UnreadableIdentity, identifying_uids
-from router.spool.intake import CANNOT_UNDERSTAND, Intake, IntakeResult
 from router.spool.store import Spool
 
 log = structlog.get_logger("router.dicomweb")

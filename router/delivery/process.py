@@ -18,11 +18,11 @@ import structlog
 from router import engine
 from router.config import registry
 from router.config.models import RouterConfig
+from router.delivery.workers import BackendWorker
 from router.observe.logging import setup_logging
 from router.spool.queue import DeliveryQueue
 from router.spool.retry import RetryPolicy
 from router.spool.store import Spool
-from router.spool.workers import BackendWorker
 
 log = structlog.get_logger("router.delivery")
 
@@ -53,7 +53,7 @@ def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     """Entry point of the delivery process (spawned by :class:`router.service.RouterService`)."""
     setup_logging(config.router.log_level, config.router.log_format, process="delivery",
                   thread_context=engine.current_association_fields)
-    _die_with_parent()
+    die_with_parent()
     engine.configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -76,7 +76,7 @@ def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     lock.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the getppid() check still applies

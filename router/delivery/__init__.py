@@ -1,0 +1,1 @@
+"""Delivery: the process and the workers that empty the backends' queues."""
