@@ -3,7 +3,8 @@
 A request's resource gives the level (``/studies``: STUDY, ``.../series``: SERIES,
 ``.../instances``: IMAGE) and the UIDs in its path; its query parameters give matching
 keys (``{attribute}={value}``, the attribute by keyword or as eight hex digits; DICOM's own
-range, wildcard and list syntax), return keys (``includefield``: keywords, tags, or ``all``),
+range, wildcard and list syntax), return keys (``includefield``: keywords or tags; ``all``
+adds nothing, as a C-FIND can only name the keys it wants),
 and ``limit`` and ``offset``. The default return keys of each level (PS3.18 Table 10.6.3-3 to
 -5) are always asked for. A parameter that is not one of these, an unknown attribute, a key
 of a sequence, or a value that cannot be an integer is a :class:`BadQuery` naming it.
@@ -48,7 +49,6 @@ class QidoQuery:
     identifier: Dataset
     limit: int | None
     offset: int
-    include_all: bool
 
 
 def qido_query(level: str, path_uids: dict[str, str], params: list[tuple[str, str]]) -> QidoQuery:
@@ -66,7 +66,7 @@ def qido_query(level: str, path_uids: dict[str, str], params: list[tuple[str, st
         _set(identifier, keyword, "")
     for keyword, uid in path_uids.items():
         _set(identifier, keyword, uid)
-    limit, offset, include_all = None, 0, False
+    limit, offset = None, 0
     for name, value in params:
         if name == "limit":
             limit = _count(name, value, MAX_LIMIT)
@@ -77,8 +77,7 @@ def qido_query(level: str, path_uids: dict[str, str], params: list[tuple[str, st
                 raise BadQuery(f"fuzzymatching={value!r}: true or false")
         elif name == "includefield":
             for field in filter(None, (f.strip() for f in value.split(","))):
-                if field == "all":
-                    include_all = True
+                if field == "all":  # C-FIND cannot ask for every attribute: the defaults are asked
                     continue
                 keyword = _keyword(field, "includefield")
                 if keyword not in identifier:
@@ -88,7 +87,7 @@ def qido_query(level: str, path_uids: dict[str, str], params: list[tuple[str, st
             if keyword in path_uids:
                 raise BadQuery(f"{name}: already given in the resource path")
             _set(identifier, keyword, value)
-    return QidoQuery(level, identifier, limit, offset, include_all)
+    return QidoQuery(level, identifier, limit, offset)
 
 
 def _keyword(field: str, parameter: str) -> str:
