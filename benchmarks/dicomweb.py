@@ -221,14 +221,14 @@ def main() -> None:
             count = len(files)
         elif name == "dimse-to-stow":
             count = 200
-            paths = [("dimse-to-dimse", lambda s: routed(ct, count, s)),
-                     ("dimse-to-stow", lambda s: dimse_to_stow(ct, count, s))]
+            paths = [("dimse-to-dimse", lambda s, n=count: routed(ct, n, s)),
+                     ("dimse-to-stow", lambda s, n=count: dimse_to_stow(ct, n, s))]
         elif name == "wado":
             orthanc, study = wado_setup(args.workdir, ct)
             count = 200
-            paths = [("orthanc", lambda s: wado_from_orthanc(orthanc, study, s)),
-                     ("orthanc, default syntax", lambda s: wado_from_orthanc(orthanc, study, s, DEFAULT_SYNTAX)),
-                     ("dicom-router", lambda s: wado_from_router(orthanc, study, s))]
+            paths = [("orthanc", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s)),
+                     ("orthanc, default syntax", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s, DEFAULT_SYNTAX)),
+                     ("dicom-router", lambda s, o=orthanc, u=study: wado_from_router(o, u, s))]
         else:
             raise SystemExit(f"unknown set {name}")
         try:

@@ -209,10 +209,10 @@ def main() -> None:
     for kind, count in (("ct", args.ct), ("small", args.small)):
         files = ensure_data(args.workdir, kind, count)
         mb = sum(p.stat().st_size for p in files.glob("*.dcm")) / 1e6
-        paths = [("direct", lambda scratch: direct(files, count, scratch)),
-                 ("routed", lambda scratch: routed(files, count, scratch))]
+        paths = [("direct", lambda scratch, f=files, n=count: direct(f, n, scratch)),
+                 ("routed", lambda scratch, f=files, n=count: routed(f, n, scratch))]
         if args.stages:
-            paths.append((f"routed+{args.stages}", lambda scratch: routed(files, count, scratch, args.stages)))
+            paths.append((f"routed+{args.stages}", lambda scratch, f=files, n=count: routed(f, n, scratch, args.stages)))
         runs = interleaved(paths, args.reps, args.workdir, kind, count)
         results["sets"][kind] = {"count": count, "megabytes": mb, "runs": runs}
     out_dir = ROOT / "benchmarks" / "results"

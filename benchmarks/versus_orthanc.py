@@ -110,11 +110,11 @@ def main() -> None:
                "command": " ".join(["python", "benchmarks/versus_orthanc.py", *sys.argv[1:]]), "sets": {}}
     for name in args.sets.split(","):
         folders = sets[name]
-        paths = [("orthanc", lambda scratch: via_orthanc(folders, scratch)),
-                 ("dicom-router", lambda scratch: via_router(folders, scratch))]
+        paths = [("orthanc", lambda scratch, f=folders: via_orthanc(f, scratch)),
+                 ("dicom-router", lambda scratch, f=folders: via_router(f, scratch))]
         if args.receive_processes > 1:
             paths.append((f"dicom-router x{args.receive_processes}",
-                          lambda scratch: via_router(folders, scratch, args.receive_processes)))
+                          lambda scratch, f=folders: via_router(f, scratch, args.receive_processes)))
         runs = interleaved(paths, args.reps, args.workdir, name, count(folders))
         results["sets"][name] = {"count": count(folders), "runs": runs}
     out_dir = ROOT / "benchmarks" / "results"

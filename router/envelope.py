@@ -99,7 +99,7 @@ class SpooledInstance:
         """A copy of the whole header (trailing elements included) to change; the original stays as it was."""
         return clone_header(self.full_header())
 
-    def with_header(self, header: Dataset) -> "SpooledInstance":
+    def with_header(self, header: Dataset) -> SpooledInstance:
         return SpooledInstance(self.path, self.transfer_syntax, self.size, header=header,
                                layout=self.layout, edited=True)
 
@@ -132,7 +132,7 @@ class RequestEnvelope:
         """What stages read and edit: the instance header for a C-STORE, else the identifier."""
         return self.instance.header if self.instance is not None else self.identifier
 
-    def with_dataset(self, dataset: Dataset) -> "RequestEnvelope":
+    def with_dataset(self, dataset: Dataset) -> RequestEnvelope:
         """The envelope carrying an edited dataset (see :meth:`SpooledInstance.with_header`)."""
         if self.instance is not None:
             return replace(self, instance=self.instance.with_header(dataset))
@@ -143,11 +143,11 @@ class RequestEnvelope:
             return self.instance.editable_header()
         return copy.deepcopy(self.identifier) if self.identifier is not None else Dataset()
 
-    def held(self, reason: str) -> "RequestEnvelope":
+    def held(self, reason: str) -> RequestEnvelope:
         """Deliver nowhere until an operator releases it (``dicom-router queue retry``)."""
         return replace(self, hold_reason=reason)
 
-    def with_audit(self, stage: str, action: str, detail: str = "") -> "RequestEnvelope":
+    def with_audit(self, stage: str, action: str, detail: str = "") -> RequestEnvelope:
         return replace(self, audit=self.audit + (AuditEntry(stage, action, detail),))
 
     def log_context(self) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class Intake:
             return IntakeResult(CANNOT_UNDERSTAND, False, f"cannot write the edited instance: {exc}")
         if not any(record.path == str(path) for record, _, _ in batches):
             self.spool.discard(path)
-        for record, pairs, hold in batches:
+        for _, pairs, hold in batches:
             if hold:
                 log.warning("instance held in quarantine for review", reason=hold,
                             backends=[b for _, b in pairs], **ctx)

@@ -5,14 +5,14 @@ Owns no I/O: stages read the envelope (and the spooled header) and return a verd
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Union
 
 from router.config import registry
 from router.config.models import PipelineConfig, RouterConfig
 from router.envelope import Drop, Reject, RequestEnvelope
 
-Stage = Callable[[RequestEnvelope], Union[RequestEnvelope, Drop, Reject]]
+Stage = Callable[[RequestEnvelope], RequestEnvelope | Drop | Reject]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Routing:
         return None
 
     @property
-    def deliveries(self) -> list["Target"]:
+    def deliveries(self) -> list[Target]:
         """Where the request goes: one target per (backend, version of the instance).
 
         Pipelines that leave the instance as received share one version, so a backend two

@@ -15,8 +15,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import structlog
 

@@ -22,7 +22,7 @@ class LookupTable:
     rows: dict[str, dict[str, str]]
 
     @classmethod
-    def load(cls, path: Path, key_column: str | None = None, needs: tuple[str, ...] = ()) -> "LookupTable":
+    def load(cls, path: Path, key_column: str | None = None, needs: tuple[str, ...] = ()) -> LookupTable:
         """Read ``path`` keyed by ``key_column`` (default: the first column)."""
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:

@@ -44,7 +44,7 @@ class EndpointTLSConfig(StrictModel):
     handshake_timeout: Seconds = 5.0
 
     @model_validator(mode="after")
-    def _complete(self) -> "EndpointTLSConfig":
+    def _complete(self) -> EndpointTLSConfig:
         if self.require_client_certificate and self.ca_bundle is None:
             raise ValueError("require_client_certificate needs ca_bundle (the CAs that sign client certificates)")
         return self
@@ -62,7 +62,7 @@ class BackendTLSConfig(StrictModel):
     verify: bool = True
 
     @model_validator(mode="after")
-    def _complete(self) -> "BackendTLSConfig":
+    def _complete(self) -> BackendTLSConfig:
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together (the router's client certificate)")
         return self

@@ -46,4 +46,6 @@ fi
 # The dependency versions the image and install.sh ship (requirements.lock), then the package and its test extras.
 "$python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 "$python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# Static checks first: ruff's lint rules from pyproject.toml (the layer contract runs as a test).
+"$python" -m ruff check router tests benchmarks
 exec "$python" -m pytest -n 2 --dist loadgroup -q "$@"

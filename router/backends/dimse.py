@@ -121,7 +121,7 @@ class DimseBackend:
         finally:
             assoc.release()
 
-    def open_deliverer(self) -> "StoreSCU":
+    def open_deliverer(self) -> StoreSCU:
         return StoreSCU(self)
 
 

@@ -106,7 +106,7 @@ class FilesystemBackend:
             raise ValueError(f"{relative!r} resolves outside {root}")
         return target
 
-    def open_deliverer(self) -> "FilesystemBackend":
+    def open_deliverer(self) -> FilesystemBackend:
         return self
 
     def deliver(self, delivery: Delivery) -> DeliveryResult:

@@ -186,7 +186,7 @@ def _bindable_shared(family, bind: str, port: int) -> bool:
 def running_router_pid(data_dir: Path) -> int | None:
     """The PID of the router holding ``data_dir`` (its ``router.lock`` is locked), or None."""
     try:
-        with open(Path(data_dir) / "router.lock", "r") as lock:
+        with open(Path(data_dir) / "router.lock") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:

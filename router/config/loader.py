@@ -60,7 +60,7 @@ def load_config(path: Path | str | None) -> RouterConfig:
 
     origins: dict[str, str] = {"": name}
     sections: dict[str, dict[str, tuple[Any, str, Path]]] = {k: {} for k in INCLUDABLE_KEYS}
-    for key, value in doc.items():
+    for key in doc:
         if key not in TOP_LEVEL_KEYS:
             issues.append(ConfigIssue(name, key, f"unknown key (expected one of: {', '.join(TOP_LEVEL_KEYS)})"))
     _collect_sections(doc, name, base_dir, sections, issues)

@@ -7,8 +7,9 @@ at import time; :func:`load_builtin_components` imports the ones shipped with th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 

@@ -69,7 +69,7 @@ class Row:
         if self.pattern == "private":
             return bool(tag >> 16 & 1)
         text = f"{tag >> 16:04X},{tag & 0xFFFF:04X}"
-        return all(p in ("x", t) for p, t in zip(self.pattern.upper().replace("X", "x"), text))
+        return all(p in ("x", t) for p, t in zip(self.pattern.upper().replace("X", "x"), text, strict=False))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -183,7 +184,7 @@ class BackendWorker(threading.Thread):
             except Exception as exc:  # a bug must not stop the queue, nor lose the delivery for good
                 log.exception("delivery attempt failed unexpectedly; it will be retried", **sendable[0].log_context())
                 results = [DeliveryResult(Outcome.TRANSIENT, None, f"internal error: {exc!r}")] * len(sendable)
-            for position, (delivery, result) in enumerate(zip(sendable, results)):
+            for position, (delivery, result) in enumerate(zip(sendable, results, strict=True)):
                 if result.outcome is Outcome.UNREACHABLE:
                     self.backend_unreachable(sendable[position:] + later, result)
                     return

@@ -15,7 +15,7 @@ class AccessPolicy:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
-    def from_lists(cls, calling_aets: list[str], hosts: list[str]) -> "AccessPolicy":
+    def from_lists(cls, calling_aets: list[str], hosts: list[str]) -> AccessPolicy:
         return cls(tuple(calling_aets), tuple(ipaddress.ip_network(h, strict=False) for h in hosts))
 
     def refusal(self, calling_aet: str, peer_host: str) -> str | None:

@@ -24,8 +24,8 @@ import os
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from io import FileIO
-from typing import Callable
 
 Maker = Callable[[int], list[tuple[str, FileIO]]]
 """Makes up to ``count`` (at least one) empty files; returns their paths and open files, or raises OSError."""

@@ -111,7 +111,7 @@ class AnonymizeConfig(MiddlewareConfig):
         return value
 
     @model_validator(mode="after")
-    def _safe_private_needs_its_option(self) -> "AnonymizeConfig":
+    def _safe_private_needs_its_option(self) -> AnonymizeConfig:
         if self.safe_private and "retain_safe_private" not in self.options:
             raise ValueError("safe_private lists attributes for the retain_safe_private option, which is not selected")
         return self
@@ -167,7 +167,7 @@ class AnonymizeStage:
             self.fallback = Deidentifier(replace(self.settings, patient_table=None), rewrite_sequence_items)
         self.mapping = MappingFile(config.mapping_file) if config.mapping_file else None
 
-    def without_side_effects(self) -> "AnonymizeStage":
+    def without_side_effects(self) -> AnonymizeStage:
         """This stage without its re-identification map, for dry runs."""
         quiet = copy.copy(self)
         quiet.mapping = None

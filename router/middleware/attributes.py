@@ -72,7 +72,7 @@ class Selector:
     private: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "Selector":
+    def parse(cls, text: str) -> Selector:
         if text == "private":
             return cls(text, private=True)
         m = _GROUP_RE.match(text)

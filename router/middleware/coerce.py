@@ -76,7 +76,7 @@ class CoerceOperation(StrictModel):
     _match_compiles = field_validator("match")(lambda v: v if v is None else validate_match(v))
 
     @model_validator(mode="after")
-    def _one_verb(self) -> "CoerceOperation":
+    def _one_verb(self) -> CoerceOperation:
         verbs = [v for v in VERBS if getattr(self, _FIELDS.get(v, v)) is not None]
         if len(verbs) != 1:
             raise ValueError(f"an operation has exactly one of {', '.join(VERBS)}; found {verbs or 'none'}")

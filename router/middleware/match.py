@@ -26,8 +26,9 @@ import datetime as dt
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
@@ -191,7 +192,7 @@ class Matcher:
     clauses: tuple[tuple[str, int | None, Predicate], ...]
 
     @classmethod
-    def compile(cls, table: dict[str, Any]) -> "Matcher":
+    def compile(cls, table: dict[str, Any]) -> Matcher:
         clauses = []
         for key, condition in table.items():
             tag = parse_tag(key)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlencode
 
 import aiohttp
@@ -50,7 +50,7 @@ class DicomwebUpstream:
     def describe(self) -> str:
         return f"{self.name} ({self.backend.describe()})"
 
-    def find(self, model: str, identifier: Dataset, msg_id: int = 1) -> "QidoCall":
+    def find(self, model: str, identifier: Dataset, msg_id: int = 1) -> QidoCall:
         return QidoCall(self, identifier)
 
 

@@ -10,7 +10,7 @@ when the requester accepted only the other one; anything else counts as failed. 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import structlog
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian

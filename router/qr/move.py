@@ -11,7 +11,7 @@ silent Success. A client's C-CANCEL cancels the upstream retrieval too.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import structlog
 

@@ -10,8 +10,8 @@ sub-operation. Files are removed once sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import structlog
 from pydicom import Dataset

@@ -18,9 +18,9 @@ import os
 import queue
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import structlog
 from pydicom import Dataset
@@ -64,15 +64,15 @@ class Collector:
     """Where C-STOREs sent by an upstream for a C-MOVE retrieval are claimed (one per receiving process)."""
 
     def __init__(self):
-        self._expected: dict[str, "Retrieval"] = {}
+        self._expected: dict[str, Retrieval] = {}
         self._lock = threading.Lock()
 
-    def expect(self, retrieval: "Retrieval", uids) -> None:
+    def expect(self, retrieval: Retrieval, uids) -> None:
         with self._lock:
             for uid in uids:
                 self._expected[uid] = retrieval
 
-    def forget(self, retrieval: "Retrieval") -> None:
+    def forget(self, retrieval: Retrieval) -> None:
         with self._lock:
             for uid in [u for u, r in self._expected.items() if r is retrieval]:
                 del self._expected[uid]

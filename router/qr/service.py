@@ -10,9 +10,9 @@ the capable backends among the ones they choose answer it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import structlog
 from pydicom import Dataset

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import structlog
 from pydicom import Dataset
@@ -68,7 +68,7 @@ class Upstream:
         engine.arm_socket_timeout(assoc, self.backend.config.network_timeout)
         return assoc
 
-    def find(self, model: str, identifier: Dataset, msg_id: int = 1) -> "FindCall":
+    def find(self, model: str, identifier: Dataset, msg_id: int = 1) -> FindCall:
         return FindCall(self, self.associate([build_context(model)]), model, identifier, msg_id)
 
     def retrieve_association(self, model: str, sop_classes: list[str], on_store):

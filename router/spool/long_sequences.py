@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings

@@ -13,10 +13,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import structlog
 
@@ -346,7 +346,7 @@ class DeliveryQueue:
             (limit,),
         )
         keys = ("backend", "state", "attempts", "at", "reason", "sop_instance_uid")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def waiting_reasons(self) -> dict[str, list[tuple[str, int]]]:
         """Per backend, why its pending deliveries wait (the reason of their last failed attempt)
@@ -470,7 +470,7 @@ def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceReco
             [(instance_id, backend, pipeline, state, now, now, now, hold_reason) for pipeline, backend in targets],
         )
         ids.append(instance_id)
-    for (instance, targets, _), instance_id in zip(batches, ids):
+    for (instance, targets, _), instance_id in zip(batches, ids, strict=True):
         if instance.sop_instance_uid:
             _supersede_older(conn, instance.sop_instance_uid, instance_id, ids, {b for _, b in targets}, now)
     return ids

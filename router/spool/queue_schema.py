@@ -16,7 +16,7 @@ shipped), and a test that upgrades a database of the previous version holding de
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 TABLES = (
     """CREATE TABLE IF NOT EXISTS instances (

@@ -18,7 +18,7 @@ class RetryPolicy:
     max_age: float
 
     @classmethod
-    def from_config(cls, c: RetryPolicyConfig) -> "RetryPolicy":
+    def from_config(cls, c: RetryPolicyConfig) -> RetryPolicy:
         return cls(
             c.initial_delay_seconds, c.max_delay_seconds, c.multiplier, c.jitter, c.max_attempts, c.max_age_seconds
         )

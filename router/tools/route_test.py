@@ -8,9 +8,9 @@ difference between the file and each version that would be sent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pydicom import Dataset
 

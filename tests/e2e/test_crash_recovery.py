@@ -81,7 +81,7 @@ def test_kill_9_during_transfer_then_resume(tmp_path, write_config, small_files)
               f"delivered though unacknowledged (in flight at the kill) {len(unacked_but_delivered)}")
     print(report)
     if duplicates:
-        warnings.warn(f"kill -9 recovery delivered duplicates: {report}")
+        warnings.warn(f"kill -9 recovery delivered duplicates: {report}", stacklevel=1)
     assert set(acked) <= set(pacs.received)
     assert unacked_but_delivered <= set(uid_of)
     assert len(unacked_but_delivered) <= 1  # at most the instance in flight when the kill landed

@@ -21,7 +21,7 @@ def test_the_idle_timeout_line_names_the_association_and_its_peer(tmp_path, writ
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.sendall(pdus.associate_rq())
         assert pdus.read_pdu(sock, 10)[0] == pdus.A_ASSOCIATE_AC
-        local = "%s:%d" % sock.getsockname()[:2]
+        local = "{}:{}".format(*sock.getsockname()[:2])
         assert pdus.connection_closed(sock, 30)  # the router ends the idle association
         sock.close()
         wait_for(lambda: "Network timeout reached" in serve.log_text(), 10, message="the idle timeout's line")

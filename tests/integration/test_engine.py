@@ -180,7 +180,7 @@ def test_accepted_associations_share_the_supported_contexts_instead_of_copying_t
             assert int(assoc.send_c_echo().Status) == 0x0000
             assoc.release()
         first, second = seen
-        assert all(a is b for a, b in zip(first, second))
+        assert all(a is b for a, b in zip(first, second, strict=True))
         assert [cx.abstract_syntax for cx in first] == [cx.abstract_syntax for cx in server.contexts]
     finally:
         server.shutdown()

@@ -147,8 +147,8 @@ def test_instances_in_separate_pdus(scp, max_pdu):
         statuses.append(status_of(read_pdu(sock)[1]))
     assert release(sock) == A_RELEASE_RP
     assert statuses == [0, 0, 0]
-    assert [r[-len(p):] for r, p in zip(received, payloads)] == payloads
-    assert len({r[:-len(p)] for r, p in zip(received, payloads)}) == 3  # each with its own file meta
+    assert [r[-len(p):] for r, p in zip(received, payloads, strict=True)] == payloads
+    assert len({r[:-len(p)] for r, p in zip(received, payloads, strict=True)}) == 3  # each with its own file meta
 
 
 def test_command_and_data_and_the_next_command_share_pdus(scp):
@@ -161,7 +161,7 @@ def test_command_and_data_and_the_next_command_share_pdus(scp):
     sock.sendall(pdu(*two))
     assert status_of(read_pdu(sock)[1]) == 0
     assert release(sock) == A_RELEASE_RP
-    assert [r[-len(p):] for r, p in zip(received, (first, second))] == [first, second]
+    assert [r[-len(p):] for r, p in zip(received, (first, second), strict=True)] == [first, second]
 
 
 def item_longer_than_its_pdu(command, data) -> bytes:

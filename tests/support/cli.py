@@ -34,7 +34,7 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
         self.preexec = None
 
-    def start(self, port: int) -> "ServeProcess":
+    def start(self, port: int) -> ServeProcess:
         args = [*router_command(), "serve"] + (["-c", str(self.config)] if self.config else [])
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,

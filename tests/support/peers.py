@@ -62,7 +62,7 @@ class StorageSCP:
         self._lock = threading.Lock()
         self.server = None
 
-    def start(self) -> "StorageSCP":
+    def start(self) -> StorageSCP:
         engine.configure()
         ae = AE(self.ae_title)
         ae.maximum_pdu_size = 1048576

@@ -159,7 +159,7 @@ def test_same_key_same_result_other_key_other_result(tmp_path, study, key):
     other = key_file(tmp_path, KEY_B, "other.key")
     c = [dcmread(p) for p in anonymize_files(study, tmp_path / "c", key_file=other,
                                              options=["retain_longitudinal_modified_dates"])]
-    for x, y, z in zip(a, b, c):
+    for x, y, z in zip(a, b, c, strict=True):
         for attribute in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate",
                           "AcquisitionDateTime"):
             assert x.get(attribute) == y.get(attribute), attribute
@@ -195,8 +195,8 @@ def test_structure_and_references_survive(tmp_path, key):
     assert shape(after) == shape(before)
     assert len({ds.SOPInstanceUID for ds in after}) == len(after)
     assert len({ds.PatientID for ds in after}) == 2
-    by_original = {b.SOPInstanceUID: a.SOPInstanceUID for b, a in zip(before, after)}
-    for b, a in zip(before, after):
+    by_original = {b.SOPInstanceUID: a.SOPInstanceUID for b, a in zip(before, after, strict=True)}
+    for b, a in zip(before, after, strict=True):
         if "ReferencedImageSequence" in b:
             target = b.ReferencedImageSequence[0].ReferencedSOPInstanceUID
             assert a.ReferencedImageSequence[0].ReferencedSOPInstanceUID == by_original[target]

@@ -19,7 +19,7 @@ def _same_values(original, converted, raw=None) -> None:
         other = converted[element.tag]
         if element.VR == "SQ":
             assert len(other.value) == len(element.value)
-            for item, other_item in zip(element.value, other.value):
+            for item, other_item in zip(element.value, other.value, strict=True):
                 _same_values(item, other_item)
         elif other.VR == "UN" and element.tag.is_private and raw is not None:  # no private dictionary
             assert other.value == raw.get_item(element.tag).value

@@ -35,7 +35,7 @@ class HttpAuthConfig(StrictModel):
     token_file: ConfigPath | None = None
 
     @model_validator(mode="after")
-    def _complete(self) -> "HttpAuthConfig":
+    def _complete(self) -> HttpAuthConfig:
         if self.type == "basic" and (not self.username or self.password_file is None):
             raise ValueError('type = "basic" needs username and password_file')
         if self.type == "bearer" and self.token_file is None:

@@ -43,7 +43,7 @@ class EndpointAuthConfig(StrictModel):
     tokens_file: ConfigPath | None = None
 
     @model_validator(mode="after")
-    def _complete(self) -> "EndpointAuthConfig":
+    def _complete(self) -> EndpointAuthConfig:
         if self.type == "basic" and self.users_file is None:
             raise ValueError('type = "basic" needs users_file (dicom-router passwd FILE NAME makes one)')
         if self.type == "bearer" and self.tokens_file is None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 END = object()
 WAIT_SECONDS = 0.05
