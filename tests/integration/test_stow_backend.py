@@ -180,3 +180,20 @@ def test_a_request_the_server_calls_bad_is_sent_again_one_instance_each(tmp_path
         wait_for(lambda: delivered(service) == 2, 60, message="the good ones delivered")
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="the bad one")
         assert quarantined.sop_instance_uid == bad and "answered 400" in quarantined.reason
+
+
+def test_an_unreadable_credentials_file_holds_the_queue_until_it_is_there(tmp_path, write_config, start_router, port,
+                                                                           small_files):
+    """The token file is the backend's problem: the queue waits with that reason, nothing is
+    quarantined, and deliveries go out once the file exists (it is read for each request)."""
+    token = tmp_path / "cloud.token"
+    with ScriptedStowServer(lambda uids: (200, {})) as server:
+        backend = dicomweb_backend_toml(server.url, extra=f'auth = {{ type = "bearer", token_file = "{token}" }}')
+        service = start_router(write_config(router_toml(tmp_path / "data", port, backend, ["cloud"])))
+        assert storescu(port, small_files[:2]).returncode == 0
+        wait_for(lambda: any("cannot read the credentials" in r for r, _ in service.queue.waiting_reasons().get(
+            "cloud", [])), 30, message="the queue held for the credentials")
+        assert service.queue.list_state("quarantined") == []
+        token.write_text("let-me-in\n")
+        wait_for(lambda: delivered(service) == 2, 60, message="delivered once the token is there")
+        assert server.headers[-1]["Authorization"] == "Bearer let-me-in"

@@ -59,14 +59,19 @@ class StowDeliverer:
 
     def deliver_many(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
         try:
-            status, answer, text = self.session.run(lambda session: self._post(session, deliveries))
+            headers = self.session.headers(Accept="application/dicom+json")
+        except OSError as exc:  # the secret's file: the backend's problem, not the instances'
+            reason = f"cannot read the credentials for {self.url}: {exc.strerror or exc}"
+            return [DeliveryResult(Outcome.UNREACHABLE, None, reason)] * len(deliveries)
+        try:
+            status, answer, text = self.session.run(lambda session: self._post(session, deliveries, headers))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             unreached, reason = failure_reason(self.url, exc)
             outcome = Outcome.UNREACHABLE if unreached else Outcome.TRANSIENT
             return [DeliveryResult(outcome, None, reason)] * len(deliveries)
         return self._outcomes(deliveries, status, answer, text)
 
-    async def _post(self, session: aiohttp.ClientSession, deliveries: list[Delivery]):
+    async def _post(self, session: aiohttp.ClientSession, deliveries: list[Delivery], headers: dict[str, str]):
         boundary = uuid.uuid4().hex
         files = []
         try:
@@ -77,7 +82,6 @@ class StowDeliverer:
                     file = open(delivery.path, "rb")
                     files.append(file)
                     body.append(file, {aiohttp.hdrs.CONTENT_TYPE: "application/dicom"})
-            headers = self.session.headers(Accept="application/dicom+json")
             async with session.post(self.url, data=body, headers=headers) as response:
                 raw = await response.content.read(MAX_ANSWER_BYTES)
                 return response.status, _json(raw), raw[:300].decode("utf-8", "replace").strip()
