@@ -260,9 +260,29 @@ class RouterService:
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop accepting, let open associations finish (up to the grace period), then stop delivery.
 
-        Everything acknowledged is durable in the queue and goes out after the next start.
+        Everything acknowledged is durable in the queue and goes out after the next start. A
+        step that fails (its data directory gone, say) is logged and the others still run: the
+        delivery process is stopped whatever happened before, so no child is left running.
         """
         grace = self.config.router.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        try:
+            self._stop_receiving(grace)
+        except Exception:
+            log.exception("error while stopping the endpoints and the intake; stopping the rest")
+        try:
+            self._stop_delivery()
+        finally:
+            for close in (self.queue.close if self.queue is not None else None, self.spool.close,
+                          self._lock_file.close if self._lock_file is not None else None):
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:
+                        log.exception("error while closing the spool")
+            self._lock_file = None
+        log.info("router stopped")
+
+    def _stop_receiving(self, grace: float) -> None:
         if self.workers is not None:
             self.workers.signal(signal.SIGTERM)  # they drain in parallel with us
         endpoints = list(self.endpoints.values()) + self._retired
@@ -289,14 +309,6 @@ class RouterService:
             SPARES.discard_all()
             if self.is_main:  # partial files of aborted transfers (never acknowledged); workers are gone
                 self.spool.sweep_incoming()
-        self._stop_delivery()
-        if self.queue is not None:
-            self.queue.close()
-        self.spool.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-        log.info("router stopped")
 
     def _stop_delivery(self) -> None:
         """SIGTERM: workers put unsent batches back untried and exit; killed after a minute."""

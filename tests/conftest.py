@@ -36,6 +36,16 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(autouse=True)
+def no_router_left_running():
+    """Stop every ``dicom-router serve`` a test started and left running (it failed half-way)."""
+    from tests.support.cli import ServeProcess
+
+    yield
+    while ServeProcess.started:
+        ServeProcess.started.pop().stop()
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a router.toml into tmp_path from TOML text; returns its path."""

@@ -48,12 +48,15 @@ def test_sigterm_during_an_upload_stops_within_the_grace_acknowledges_nothing_an
                                       "shutdown_grace_seconds = 1"))
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     body = multipart_related(ct_files[:1])
-    with raw_connection(port) as stalled:
-        stalled.sendall(request_head(STUDIES, stow_content_type(), len(body)) + body[: len(body) * 3 // 4])
-        wait_for(lambda: partial_files(tmp_path / "data"), 30, message="the part being written to the spool")
-        serve.proc.send_signal(signal.SIGTERM)
-        assert serve.proc.wait(60) == 0
-        answer = stalled.recv(65536)
+    try:
+        with raw_connection(port) as stalled:
+            stalled.sendall(request_head(STUDIES, stow_content_type(), len(body)) + body[: len(body) * 3 // 4])
+            wait_for(lambda: partial_files(tmp_path / "data"), 30, message="the part being written to the spool")
+            serve.proc.send_signal(signal.SIGTERM)
+            assert serve.proc.wait(60) == 0
+            answer = stalled.recv(65536)
+    finally:
+        serve.stop()
     assert not answer.startswith(b"HTTP/1.1 200")  # never acknowledged
     log_text = serve.log_text()
     assert "router stopped" in log_text and "Traceback" not in log_text

@@ -124,6 +124,7 @@ def test_the_readme_commands_of_each_example_run(example, tmp_path):
             words = shlex.split(line)
             if words[0] == "dicom-router" and words[1] == "serve":
                 serving = ServeProcess(site / words[-1], tmp_path / "serve.log", cwd=site)
+                stack.callback(serving.stop)  # also when a later line fails
                 serving.start(first_endpoint_port(config))
                 continue
             if words[0] == "dicom-router":

@@ -204,3 +204,23 @@ def test_reload_changes_and_adds_endpoints_without_dropping_associations(tmp_pat
         assert "endpoints_added" in log_text and "endpoints_changed" in log_text
     finally:
         assert serve.stop() == 0
+
+
+def test_a_router_whose_data_directory_vanished_still_stops_and_leaves_no_child(tmp_path, write_config):
+    """Stopping logs what failed and goes on: the delivery process is stopped and the router
+    exits, instead of waiting for ever on a child it never told to stop."""
+    import psutil
+
+    port = free_port()
+    config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    wait_for(lambda: '"delivery started"' in serve.log_text(), 30, message="the delivery process")
+    children = psutil.Process(serve.pid).children(recursive=True)
+    import shutil
+
+    shutil.rmtree(tmp_path / "data")
+    serve.proc.send_signal(signal.SIGTERM)
+    serve.proc.wait(90)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [" ".join(c.cmdline()) for c in alive]
+    assert "router stopped" in serve.log_text()

@@ -27,7 +27,11 @@ def run_cli(*args, cwd: Path | None = None, timeout: float = 120,
 
 
 class ServeProcess:
-    """``dicom-router serve`` in the background; logs go to ``log_path``."""
+    """``dicom-router serve`` in the background; logs go to ``log_path``. Every one started is
+    in :attr:`started`, so a test that fails half-way leaves no router running (``conftest``
+    stops them after each test)."""
+
+    started: list[ServeProcess] = []
 
     def __init__(self, config: Path | None, log_path: Path, cwd: Path | None = None):
         self.config, self.log_path, self.cwd = config, log_path, cwd
@@ -39,6 +43,7 @@ class ServeProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=self.preexec)
+        ServeProcess.started.append(self)
         wait_for_port(port, timeout=30)
         if self.proc.poll() is not None:  # another process holds the port (a port chosen twice)
             raise AssertionError(f"dicom-router serve exited ({self.proc.returncode}); see {self.log_path}")
