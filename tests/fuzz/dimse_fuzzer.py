@@ -229,12 +229,17 @@ def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_from_command_line(fuzz_a_router, __doc__, "dimse-fuzz-", argv)
+
+
+def run_from_command_line(fuzz_a_router, description: str, prefix: str, argv: list[str] | None = None) -> int:
+    """A fuzzer's command line: ``--cases``, ``--seed``, ``--workdir``; prints the run, exits 1 on problems."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
-    run = fuzz_a_router(args.workdir or Path(tempfile.mkdtemp(prefix="dimse-fuzz-")), args.cases, args.seed)
+    run = fuzz_a_router(args.workdir or Path(tempfile.mkdtemp(prefix=prefix)), args.cases, args.seed)
     print(f"{run.report.cases} cases in {run.report.seconds:.1f} s, {run.delivered} canaries delivered, "
           f"threads/descriptors {run.baseline} -> {run.after}; problems: {run.problems or 'none'}")
     return 1 if run.problems else 0

@@ -17,16 +17,14 @@ CI runs a bounded number of cases (``tests/e2e/test_fuzz.py``); by hand::
 
 from __future__ import annotations
 
-import argparse
 import random
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fuzz.dimse_fuzzer import Run, resources, settle
+from tests.fuzz.dimse_fuzzer import Run, resources, run_from_command_line, settle
 from tests.support.dicomweb import BOUNDARY, multipart_related, stow_content_type
 
 STOW_PATH = "/dicom-web/studies"
@@ -182,15 +180,7 @@ backends = ["archive"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run = fuzz_a_router(args.workdir or Path(tempfile.mkdtemp(prefix="http-fuzz-")), args.cases, args.seed)
-    print(f"{run.report.cases} cases in {run.report.seconds:.1f} s, {run.delivered} canaries delivered, "
-          f"threads/descriptors {run.baseline} -> {run.after}; problems: {run.problems or 'none'}")
-    return 1 if run.problems else 0
+    return run_from_command_line(fuzz_a_router, __doc__, "http-fuzz-", argv)
 
 
 if __name__ == "__main__":
