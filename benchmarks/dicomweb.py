@@ -20,7 +20,8 @@ Sets, each run interleaved ``--reps`` times on the same generated data:
 - ``wado``: WADO-RS of one 200-instance CT study, read to the end by an aiohttp client, from
   the router (fetching it from Orthanc by C-GET) and from Orthanc's own WADO-RS, asked for
   as stored (``transfer-syntax=*``) and without a transfer syntax (PS3.18's default,
-  Explicit VR Little Endian, which Orthanc re-encodes each instance to).
+  Explicit VR Little Endian, which Orthanc re-encodes each instance to). For scale, DCMTK
+  ``getscu --ignore`` fetching the same study from Orthanc by C-GET (what bounds the router).
 
 Prints a Markdown table; JSON goes to ``benchmarks/results/``.
 """
@@ -202,6 +203,13 @@ def wado_from_orthanc(orthanc, study: str, scratch: Path, accept: str = AS_STORE
     return {"seconds": time.monotonic() - t0, "bytes": size, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
 
 
+def getscu_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
+    t0 = time.monotonic()
+    subprocess.run(["getscu", "-q", "--ignore", "-aec", orthanc.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(orthanc.port)], check=True, timeout=600)
+    return {"seconds": time.monotonic() - t0, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
@@ -228,6 +236,7 @@ def main() -> None:
             count = 200
             paths = [("orthanc", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s)),
                      ("orthanc, default syntax", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s, DEFAULT_SYNTAX)),
+                     ("getscu --ignore, C-GET", lambda s, o=orthanc, u=study: getscu_from_orthanc(o, u, s)),
                      ("dicom-router", lambda s, o=orthanc, u=study: wado_from_router(o, u, s))]
         else:
             raise SystemExit(f"unknown set {name}")
