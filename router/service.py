@@ -75,7 +75,7 @@ class RouterService:
         return self.role == "main"
 
     def start(self) -> None:
-        engine.configure()
+        engine.configure(self.config.router.engine)
         self.spool.prepare()
         if self.is_main:
             self._lock_data_dir()  # before the queue's schema is brought up to date

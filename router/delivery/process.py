@@ -54,7 +54,7 @@ def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     setup_logging(config.router.log_level, config.router.log_format, process="delivery",
                   thread_context=engine.current_association_fields)
     die_with_parent()
-    engine.configure()
+    engine.configure(config.router.engine)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)

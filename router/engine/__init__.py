@@ -1,13 +1,15 @@
-"""Process-wide pynetdicom settings and the small owned changes to its internals.
+"""Process-wide pynetdicom settings and the router's declared changes to its internals.
 
 :func:`configure` is the one place these are set; every process of the router calls it
-once at start-up, before any association.
+once at start-up, before any association. The changes themselves are declared in
+:mod:`router.engine.changes` and applied by :mod:`router.engine.seam`.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
 import socket
 import ssl
@@ -15,44 +17,52 @@ import struct
 import threading
 
 import pynetdicom
+import structlog
 from pynetdicom import _config
-from pynetdicom.transport import AssociationSocket
 
-from router.engine.acceptor import install_shared_contexts
-from router.engine.backpressure import install_backpressure
-from router.engine.connect_errors import install_connect_errors, why_not_associated  # noqa: F401 (re-exported)
-from router.engine.failsafe import install_failsafes, log_unhandled_thread_errors
-from router.engine.fast_store import install_fast_store_rsp
-from router.engine.file_datasets import install_send_from_file
-from router.engine.part10 import install_fast_file_meta
-from router.engine.pdata_reads import install_pdata_reads
-from router.engine.pdata_sends import install_pdata_sends
+from router.engine.connect_errors import why_not_associated  # noqa: F401 (re-exported)
+from router.engine.failsafe import log_unhandled_thread_errors
 from router.engine.progress import arm_read_progress
-from router.engine.reactors import current_association_fields, install_reactors  # noqa: F401 (re-exported)
-from router.engine.readiness import install_poll_readiness
-from router.engine.socket_reads import install_fast_recv
-from router.engine.store_decode import install_fast_store_decode
-from router.engine.uid_cache import install_uid_cache
+from router.engine.reactors import current_association_fields  # noqa: F401 (re-exported)
+from router.engine.seam import MODES, SeamReport, apply_changes
 
-SUPPORTED_PYNETDICOM = "3.0.4"
+ENGINE_ENVIRONMENT = "DICOM_ROUTER_ENGINE"
 
-_configured = False
+log = structlog.get_logger("router.engine")
+
+_report: SeamReport | None = None
 _lock = threading.Lock()
 
 
-def configure() -> None:
-    """Stream received and sent datasets through files, accept any storage class and
-    transfer syntax as sent, silence pynetdicom's per-message logging, disable Nagle on
-    every association socket, bound the outgoing PDU queue, make the reactor loops
-    event-driven, encode and decode C-STORE command sets directly, read P-DATA PDV by PDV
-    with received data sets going straight to their Part-10 files, send data sets from
-    their files with sendfile(), validate each UID once, and share the supported contexts
-    between accepted associations instead of deep-copying them.
-    Idempotent."""
-    global _configured
+def default_mode() -> str:
+    """``owned``, unless the environment variable ``DICOM_ROUTER_ENGINE`` names another mode
+    (how CI runs the DIMSE tests on stock pynetdicom)."""
+    mode = os.environ.get(ENGINE_ENVIRONMENT, "owned")
+    if mode not in MODES:
+        raise ValueError(f"{ENGINE_ENVIRONMENT}={mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def configure(mode: str | None = None) -> SeamReport:
+    """Stream received and sent data sets through files, accept any storage class and
+    transfer syntax as sent, silence pynetdicom's per-message logging, and apply the
+    router's changes to pynetdicom for ``mode`` (default :func:`default_mode`):
+
+    - ``owned``: every change of :mod:`router.engine.changes`, fixes and speed-ups;
+    - ``stock``: pynetdicom as released plus the fixes.
+
+    The first call decides; later calls return its report (a later call naming another mode
+    is logged and ignored). One line says the mode and how many changes apply (at debug level
+    when that is all of them); each change left out because pynetdicom's code changed under it
+    has its own warning line (:mod:`router.engine.seam`).
+    """
+    global _report
     with _lock:
-        if _configured:
-            return
+        wanted = mode or default_mode()
+        if _report is not None:
+            if mode is not None and mode != _report.mode:
+                log.warning("engine mode already set in this process", mode=_report.mode, ignored=mode)
+            return _report
         _config.LOG_HANDLER_LEVEL = "none"
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
@@ -61,31 +71,20 @@ def configure() -> None:
         logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
         _quiet_pynetdicom_tracebacks()
         raise_descriptor_limit()
-        _install_socket_options()
-        install_send_from_file()
-        if pynetdicom.__version__ == SUPPORTED_PYNETDICOM:
-            install_poll_readiness()
-            install_connect_errors()
-            install_backpressure()
-            install_reactors()
-            install_fast_store_rsp()
-            install_fast_recv()
-            install_fast_file_meta()
-            install_fast_store_decode()
-            install_pdata_reads()
-            install_pdata_sends()
-            install_uid_cache()
-            install_shared_contexts()
-            install_failsafes()
-        else:  # pragma: no cover - depends on the installed version
-            logging.getLogger("router.engine").warning(
-                "pynetdicom %s is not the version the engine changes were made for (%s): "
-                "running stock pynetdicom; outbound memory is then not bounded",
-                pynetdicom.__version__,
-                SUPPORTED_PYNETDICOM,
-            )
-            log_unhandled_thread_errors()
-        _configured = True
+        from router.engine.changes import CHANGES
+
+        _report = apply_changes(CHANGES, wanted)
+        log_unhandled_thread_errors()
+        notable = _report.mode != "owned" or _report.left_out
+        (log.info if notable else log.debug)(
+            "pynetdicom engine", mode=_report.mode, pynetdicom=pynetdicom.__version__,
+            changes_applied=len(_report.applied), changes_left_out=len(_report.left_out))
+        return _report
+
+
+def report() -> SeamReport | None:
+    """What :func:`configure` applied in this process (None before it ran)."""
+    return _report
 
 
 class _NoTracebacks(logging.Filter):
@@ -133,37 +132,6 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def _install_socket_options() -> None:
-    """Disable Nagle on every association socket, inbound and outbound.
-
-    pynetdicom writes a PDU in several ``send()`` calls; with Nagle and the peer's delayed
-    ACK each C-STORE then stalls about 40 ms (measured: 22 instead of 1115 instances/s).
-    """
-    original_init = AssociationSocket.__init__
-
-    def init(self, assoc, client_socket=None, address=None):
-        original_init(self, assoc, client_socket, address)
-        set_nodelay(self.socket)
-
-    original_create = AssociationSocket._create_socket
-
-    def create(self, address):
-        sock = original_create(self, address)
-        set_nodelay(sock)
-        return sock
-
-    AssociationSocket.__init__ = init
-    AssociationSocket._create_socket = create
-
-
-def set_nodelay(sock) -> None:
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def arm_socket_timeout(assoc, seconds: float | None) -> None:

@@ -23,10 +23,10 @@ queued for the DUL thread otherwise.
 
 from __future__ import annotations
 
-import logging
 import struct
 import time
 
+import structlog
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -41,8 +41,9 @@ from router.engine.pdata_sends import (
     file_fragments,
     fragment_bounds,
 )
+from router.engine.reactors import association_fields
 
-LOGGER = logging.getLogger("router.engine")
+log = structlog.get_logger("router.engine")
 
 C_STORE_RQ_FIELD = 0x0001
 C_STORE_RSP_FIELD = 0x8001
@@ -220,11 +221,11 @@ def _send_on_loan(assoc: Association, raw, request: C_STORE, context_id: int) ->
         assoc._handle_no_response()
         return StoreResponse(None)
     except socket_loans.NoAnswer:
-        LOGGER.error("DIMSE timeout reached while waiting for message response")
+        log.error("no C-STORE-RSP within dimse_timeout", **association_fields(assoc))
         assoc.abort()
         return StoreResponse(None)
     except socket_loans.InvalidResponse as exc:
-        LOGGER.error("Received an invalid C-STORE-RSP response from the peer: %s", exc)
+        log.error("invalid C-STORE-RSP from the peer", error=str(exc), **association_fields(assoc))
         assoc.abort()
         return StoreResponse(None)
     except (OSError, ValueError):
@@ -247,7 +248,7 @@ def _send_queued(assoc: Association, request: C_STORE, context_id: int) -> Store
         assoc._handle_no_response()
         return StoreResponse(None)
     if not response.is_valid_response:
-        LOGGER.error("Received an invalid C-STORE-RSP response from the peer")
+        log.error("invalid C-STORE-RSP from the peer", **association_fields(assoc))
         assoc.abort()
         return StoreResponse(None)
     return StoreResponse(response.Status, response.ErrorComment)

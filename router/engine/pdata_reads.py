@@ -24,15 +24,13 @@ On an association that is over (Sta13) whatever the peer still sends is read as 
 and dropped, never waited for whole (stock pynetdicom blocked on the rest of a PDU the
 peer never finished).
 
-Every PDU's announced length is checked first, on any plain TCP association: a P-DATA-TF
-PDU longer than the maximum the association offered, or any other PDU over 1 MiB, is
-answered with an abort (Evt19) at once. pynetdicom would wait for the whole announced
-length (up to 4 GiB), holding the association's thread and growing its buffer.
+Every PDU's announced length is checked from the peeked header first
+(:mod:`router.engine.pdu_limits`); a PDU not read PDV by PDV is read by
+:func:`router.engine.pdu_limits.read_pdu_checked`.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 
@@ -40,20 +38,16 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.engine.progress import TooSlow, note_received, restart_between_messages
+from router.engine.pdu_limits import largest_acceptable, read_pdu_checked, refuse_length
+from router.engine.progress import TooSlow, note_received
 from router.engine.reactors import log_association_error
-from router.engine.socket_reads import MAX_BUFFER, plain_socket
+from router.engine.socket_reads import plain_socket
 from router.engine.store_decode import complete_data_set
 
 P_DATA_TF = 0x04
 ITEM_HEADER = struct.Struct(">LBB")
 BUFFER_SIZE = 256 * 1024
-OTHER_PDU_LIMIT = 1024 * 1024
-PDATA_SLACK = 64
-LOGGER = logging.getLogger("pynetdicom.dul")
 _NEED_PDU_OBJECTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
-
-_stock_read_pdu_data = DULServiceProvider._read_pdu_data
 
 
 class InvalidPDU(Exception):
@@ -70,17 +64,16 @@ def _read_pdu_data(self) -> None:
     While a data set is being received, the P-DATA-TF PDUs already waiting on the socket are
     read in the same pass, without going back to the reactor's ``select()``.
     """
-    restart_between_messages(self)
     raw = plain_socket(self)
     if raw is not None and self.state_machine.current_state == "Sta13":
         _discard_waiting(self, raw)
         return
     if raw is None:
-        _stock_read_pdu_data(self)
+        read_pdu_checked(self)
         return
     header = _peek_header(raw, 0)
     if len(header) < 6:
-        _stock_read_pdu_data(self)
+        read_pdu_checked(self)
         return
     while _read_pdu(self, raw, header) and _data_set_continues(self):
         header = _peek_header(raw, socket.MSG_DONTWAIT)
@@ -111,14 +104,13 @@ def _peek_header(raw: socket.socket, flags: int) -> bytes:
 def _read_pdu(self, raw: socket.socket, header: bytes) -> bool:
     """Read the PDU whose header was peeked; True if it was a P-DATA-TF read PDV by PDV without error."""
     length = struct.unpack_from(">L", header, 2)[0]
-    limit = _largest_acceptable(self, header[0])
+    limit = largest_acceptable(self, header[0])
     if length > limit:
         raw.recv(6)
-        LOGGER.error("PDU type 0x%02X announces %d bytes, more than the %d accepted; aborting", header[0], length, limit)
-        self.event_queue.put("Evt19")
+        refuse_length(self, header[0], length, limit)
         return False
     if header[0] != P_DATA_TF or not _can_read_directly(self):
-        _stock_read_pdu_data(self)
+        read_pdu_checked(self)
         return False
     reader = _Reader(self, raw)
     try:
@@ -126,13 +118,13 @@ def _read_pdu(self, raw: socket.socket, header: bytes) -> bool:
         _read_items(self, reader, length)
         return True
     except InvalidPDU:
-        LOGGER.error("Unable to decode the received PDU data")
+        log_association_error(self.assoc, InvalidPDU("the items do not add up to the PDU length"), "receiving a P-DATA-TF PDU")
         self.event_queue.put("Evt19")
     except TooSlow as exc:
         log_association_error(self.assoc, exc, "receiving a message")
         self.event_queue.put("Evt17")
     except (OSError, TransportClosed) as exc:
-        LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
+        log_association_error(self.assoc, exc, "receiving a P-DATA-TF PDU")
         self.event_queue.put("Evt17")
     return False
 
@@ -212,23 +204,6 @@ class _Reader:
             note_received(self.dul, n)
 
 
-def _largest_acceptable(dul, pdu_type: int) -> int:
-    """The longest PDU of this type the association takes: for P-DATA-TF what it offered as its
-    maximum PDU length (plus :data:`PDATA_SLACK` for peers that count the length differently),
-    for any other PDU :data:`OTHER_PDU_LIMIT`."""
-    if pdu_type != P_DATA_TF:
-        return OTHER_PDU_LIMIT
-    limit = getattr(dul, "_pdata_limit", None)
-    if limit is None:  # fixed once negotiated, and P-DATA only comes after that
-        assoc = dul.assoc
-        try:
-            offered = (assoc.acceptor if assoc.is_acceptor else assoc.requestor).maximum_length
-        except AttributeError:
-            offered = None
-        limit = dul._pdata_limit = min(offered + PDATA_SLACK, MAX_BUFFER) if offered else MAX_BUFFER
-    return limit
-
-
 def _can_read_directly(dul) -> bool:
     return (
         dul.state_machine.current_state == "Sta6"
@@ -239,4 +214,5 @@ def _can_read_directly(dul) -> bool:
 
 
 def install_pdata_reads() -> None:
+    _read_pdu_data._reads_pdv_by_pdv = True
     DULServiceProvider._read_pdu_data = _read_pdu_data

@@ -56,9 +56,8 @@ from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
-from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.fsm import InvalidEventError
+from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
 
@@ -77,6 +76,7 @@ def _bounded_by(timer, wait: float) -> float:
 _stock = {
     "dul_init": DULServiceProvider.__init__,
     "assoc_init": Association.__init__,
+    "do_action": StateMachine.do_action,
 }
 
 
@@ -215,8 +215,9 @@ def _dul_run_reactor(self) -> None:
         for hook in _exit_hooks:
             try:
                 hook(self)
-            except Exception:  # a clean-up must not keep the association from ending
-                DUL_LOGGER.exception("clean-up at the end of an association failed")
+            except Exception as exc:  # a clean-up must not keep the association from ending
+                ROUTER_LOG.exception("clean-up at the end of an association failed", error=repr(exc),
+                                     **association_fields(self.assoc))
         self.assoc.wake_reactor()
 
 
@@ -255,11 +256,6 @@ def _dul_pass(self) -> bool | None:
 
     try:
         self.state_machine.do_action(event)
-    except InvalidEventError as exc:
-        if event != "Evt9":
-            abort_after_error(self, exc, f"event {event} in state {self.state_machine.current_state}")
-            return None
-        _drop_late_p_data(self)
     except Exception as exc:
         abort_after_error(self, exc, f"event {event} in state {self.state_machine.current_state}")
         return None
@@ -293,7 +289,9 @@ def abort_after_error(dul, exc: BaseException, where: str) -> None:
     dul.assoc.is_established = False
     dul.assoc._kill = True
     dul._kill_thread = True
-    dul.assoc.wake_reactor()
+    wake = getattr(dul.assoc, "wake_reactor", None)  # the event-driven reactor's; stock polls
+    if wake is not None:
+        wake()
 
 
 def log_association_error(assoc, exc: BaseException, where: str) -> None:
@@ -340,18 +338,37 @@ def _peer_of(assoc) -> str | None:
 
 
 def _drop_late_p_data(dul) -> None:
-    """A P-DATA queued once the association is being released (Evt9 outside Sta6/Sta8).
-
-    Stock pynetdicom lets the state machine's error end the socket thread, and the
-    association then hangs until its timeouts; the P-DATA could not be sent anyway (a
-    C-CANCEL racing a release, say), so it is dropped with a log line and the release goes on.
-    """
     try:
         dul.to_provider_queue.get(False)
     except queue.Empty:
         return
-    DUL_LOGGER.error("dropped a P-DATA queued after the association's release began (state %s)",
-                     dul.state_machine.current_state)
+    ROUTER_LOG.error("dropped a P-DATA queued after the association's release began",
+                     state=dul.state_machine.current_state, **association_fields(dul.assoc))
+
+
+def _do_action(self, event: str) -> None:
+    """``StateMachine.do_action``, which never ends the socket thread with an exception.
+
+    - A P-DATA queued once the association is being released (Evt9 outside Sta6/Sta8) is
+      dropped with a log line and the release goes on. Stock pynetdicom raised, ending the
+      socket thread, and the association hung until its timeouts; the P-DATA could not be
+      sent anyway (a C-CANCEL racing a release, say).
+    - Any other error in an action (an association request pynetdicom cannot turn into a
+      primitive, an event invalid in the state) aborts the association with one log line
+      naming the peer. Stock pynetdicom let it end the socket thread, leaving the peer
+      unanswered and the socket open.
+    """
+    if event == "Evt9" and (event, self.current_state) not in TRANSITION_TABLE:
+        _drop_late_p_data(self.dul)
+        return
+    try:
+        _stock["do_action"](self, event)
+    except Exception as exc:
+        abort_after_error(self.dul, exc, f"event {event} in state {self.current_state}")
+
+
+def install_state_machine_guard() -> None:
+    StateMachine.do_action = _do_action
 
 
 _exit_hooks: list = []
@@ -559,9 +576,18 @@ def install_reactors() -> None:
     DULServiceProvider.run_reactor = _dul_run_reactor
     DULServiceProvider.kill_dul = _dul_kill
     DULServiceProvider.stop_dul = _dul_stop
-    DULServiceProvider.receive_pdu = _dul_receive_pdu
     Association.__init__ = _assoc_init
     Association.wake_reactor = _assoc_wake
     Association._run_reactor = _assoc_run_reactor
     Association.kill = _assoc_kill
+
+
+def install_receive_until_closed() -> None:
+    """Waiting for the peer's A-ASSOCIATE-RQ ends when the connection does (:func:`_dul_receive_pdu`)."""
+    DULServiceProvider.receive_pdu = _dul_receive_pdu
+
+
+def install_answered_socket() -> None:
+    """A rejection the peer answered before the association thread looked is reported as one
+    (:class:`_AnsweredSocket`), in every engine mode."""
     ACSE.socket = property(_acse_socket)

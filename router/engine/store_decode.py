@@ -28,11 +28,11 @@ handler answers with an out-of-resources status instead of the association being
 from __future__ import annotations
 
 import ctypes
-import logging
 import struct
 import tempfile
 from io import BytesIO
 
+import structlog
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
@@ -40,7 +40,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_scp
 from router.engine.part10 import FileMetaValues, encode_file_meta, new_checksum
-from router.engine.reactors import on_reactor_exit
+from router.engine.reactors import association_fields, on_reactor_exit
 from router.engine.spare_files import SPARES, close_and_remove, create_empty
 
 C_STORE_RQ = 0x0001
@@ -54,7 +54,7 @@ RESPONSE_ELEMENTS = frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0
 RESPONSE_REQUIRED = frozenset({0x0100, 0x0120, 0x0800, 0x0900})
 
 _stock_receive_primitive = DIMSEServiceProvider.receive_primitive
-LOGGER = logging.getLogger("router.engine")
+log = structlog.get_logger("router.engine")
 
 
 class NotPlain(Exception):
@@ -254,7 +254,8 @@ def _receive_primitive(self, primitive: P_DATA) -> None:
 def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
     """Write one data set fragment; queue the request after the last. False if the peer broke the protocol."""
     if data[0] & 1:
-        LOGGER.error("a command fragment arrived inside a C-STORE data set; aborting the association")
+        log.error("a command fragment arrived inside a C-STORE data set; aborting the association",
+                  **association_fields(self.dul.assoc))
         self._incoming_data_set = None
         incoming.discard()
         self.dul.event_queue.put("Evt19")

@@ -30,15 +30,15 @@ pynetdicom's way serves the request instead when:
 
 from __future__ import annotations
 
-import logging
-
+import structlog
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 
+from router.engine.reactors import association_fields
 from router.engine.spare_files import close_and_remove
 
-LOGGER = logging.getLogger("router.engine")
+log = structlog.get_logger("router.engine")
 HANDLER_FAILED = 0xC211
 
 
@@ -61,7 +61,8 @@ def answer(dimse, context_id: int, request: C_STORE) -> bool:
     try:
         status = handler(event, *args) if args is not None else handler(event)
     except Exception as exc:
-        LOGGER.exception("exception in the C-STORE handler; answering 0x%04X: %r", HANDLER_FAILED, exc)
+        log.exception("exception in the C-STORE handler", status=f"0x{HANDLER_FAILED:04X}", error=repr(exc),
+                      **association_fields(assoc))
         status = HANDLER_FAILED
     finally:
         assoc.abort = assoc._abort_blocking

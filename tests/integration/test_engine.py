@@ -27,6 +27,8 @@ from tests.support.peers import (
     wait_for_port,
 )
 
+pytestmark = pytest.mark.owned_engine
+
 
 def test_reactors_are_installed():
     from pynetdicom.association import Association

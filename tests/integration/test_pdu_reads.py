@@ -29,10 +29,12 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 
 from router import engine
-from router.engine import pdata_reads
+from router.engine import pdata_reads, pdu_limits
 from router.engine.store_decode import parse_command_set
 from tests.support.peers import wait_for
 from tests.support.spool import partial_files
+
+pytestmark = pytest.mark.owned_engine
 
 A_ASSOCIATE_AC, P_DATA_PDU, A_RELEASE_RP, A_ABORT = 0x02, 0x04, 0x06, 0x07
 
@@ -43,7 +45,7 @@ def scp(request, tmp_path, monkeypatch):
     engine.configure()
     direct = []
     if request.param == "pynetdicom":
-        monkeypatch.setattr(DULServiceProvider, "_read_pdu_data", pdata_reads._stock_read_pdu_data)
+        monkeypatch.setattr(DULServiceProvider, "_read_pdu_data", pdu_limits.STOCK_READ_PDU_DATA)
     else:
         read_items = pdata_reads._read_items
         monkeypatch.setattr(pdata_reads, "_read_items", lambda *a: direct.append(1) or read_items(*a))

@@ -35,6 +35,8 @@ from tests.support.peers import (
 )
 from tests.support.primitives import store_response
 
+pytestmark = pytest.mark.owned_engine
+
 
 def test_a_lent_socket_carries_the_store_and_the_dul_takes_it_back_for_the_release(small_files):
     received = []

@@ -125,6 +125,7 @@ def test_free_space_floor_answers_out_of_resources(tmp_path, write_config, start
     assert not spooled_files(tmp_path / "data")
 
 
+@pytest.mark.owned_engine
 def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, write_config, start_router, port,
                                                                    ct_files):
     """No rename into the spool and no directory fsync before the acknowledgement: the spare's
@@ -139,6 +140,7 @@ def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, writ
     assert len(service.queue.referenced_paths() & ready) == 1
 
 
+@pytest.mark.owned_engine
 def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, write_config, start_router, port,
                                                                       ct_files):
     text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
@@ -151,6 +153,7 @@ def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, wr
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
 
 
+@pytest.mark.owned_engine
 def test_an_association_aborted_mid_data_set_leaves_no_partial_file(tmp_path, write_config, start_router, port):
     from io import BytesIO
 

@@ -15,6 +15,8 @@ from pynetdicom.association import Association
 from router import engine
 from router.engine.fast_store import send_c_store_file, store_response_from
 
+pytestmark = pytest.mark.owned_engine
+
 
 def store_scp(handler):
     engine.configure()

@@ -35,7 +35,7 @@ class FakeAssociation:
     def __init__(self, handlers=None):
         self._accepted_cx = {1: SimpleNamespace(transfer_syntax=[SYNTAX]), 3: SimpleNamespace(transfer_syntax=[SYNTAX])}
         self._handlers = handlers or {}
-        self.dul = SimpleNamespace(event_queue=queue.Queue())
+        self.dul = SimpleNamespace(event_queue=queue.Queue(), assoc=self)
 
     def _abort_nonblocking(self):
         pass
