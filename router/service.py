@@ -23,7 +23,6 @@ from router.config import ConfigError, load_config, registry
 from router.config.checks import check_references, check_stage_files
 from router.config.models import RouterConfig
 from router.delivery.process import run_delivery
-from router.engine.spare_files import SPARES
 from router.intake import Intake, quarantine_damaged
 from router.observe.metrics import Metrics
 from router.observe.systemd import Notifier
@@ -306,7 +305,7 @@ class RouterService:
         if self.intake is not None:
             self.intake.close()
             self.intake = None
-            SPARES.discard_all()
+            self.spool.spares.discard_all()
             if self.is_main:  # partial files of aborted transfers (never acknowledged); workers are gone
                 self.spool.sweep_incoming()
 

@@ -39,8 +39,10 @@ from router.backends.status import DeliveryResult, Outcome, classify_store_statu
 from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import AETitle, Port, Seconds
+from router.engine.application_entity import RouterAE
 from router.engine.fast_store import send_c_store_file
 from router.engine.socket_loans import end_loan, settle_lent_socket
+from router.engine.spare_files import ReceivedFiles
 from router.spool.queue import Delivery
 from router.spool.transcode import CannotConvert, convert_file
 from router.tls import BackendTLSConfig, client_context
@@ -81,8 +83,9 @@ class DimseBackend:
     def describe(self) -> str:
         return f"{self.config.ae_title}@{self.config.host}:{self.config.port}"
 
-    def new_ae(self) -> AE:
-        ae = AE(self.calling_ae_title)
+    def new_ae(self, received_files: ReceivedFiles | None = None) -> RouterAE:
+        """An AE for one association to this backend; ``received_files``: where it writes what it receives (C-GET)."""
+        ae = RouterAE(self.calling_ae_title, received_files)
         ae.acse_timeout = self.config.acse_timeout
         ae.dimse_timeout = self.config.dimse_timeout
         ae.network_timeout = self.config.network_timeout

@@ -38,6 +38,7 @@ from router.config.registry import register
 from router.config.types import CIDR, AETitle, HostPort, Port, Seconds
 from router.endpoints.access import AccessPolicy
 from router.engine.admission import AdmittingServer
+from router.engine.application_entity import RouterAE
 from router.engine.store_decode import take_received_file
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Intake
@@ -100,7 +101,7 @@ class DimseEndpoint:
             problem = bind_problem(self.config.bind, self.config.port)
             if problem:
                 raise OSError(errno.EADDRINUSE, problem)
-        ae = AE(self.ae_title)
+        ae = RouterAE(self.ae_title, received_files=self.intake.spool.spares)
         ae.add_supported_context(Verification)
         qr_classes = self.qr.sop_classes(self.name) if self.qr is not None else []
         for sop_class in qr_classes:

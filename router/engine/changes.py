@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from router.engine import (
     acceptor,
+    application_entity,
     backpressure,
     connect_errors,
     failsafe,
@@ -140,6 +141,12 @@ CHANGES: tuple[Change, ...] = (
         "why a connection failed (refused, timed out, TLS) reaches the operator, not only 'aborted'",
         (f"{SOCKET}.connect",),
         "16106e4eddcc108f", connect_errors.install_connect_errors),
+    Change(
+        "received data sets in the router's folder", "fix",
+        "pynetdicom writes a data set it decodes itself to the system's temporary folder, not the "
+        "receiving association's (the spool, on the same filesystem as the spool's objects)",
+        ("pynetdicom.dimse_messages.DIMSEMessage.decode_msg",),
+        "d9ea3949bc0e8b9c", application_entity.install_received_files_folder),
     Change(
         "sends from files", "fix",
         "C-GET and C-MOVE sub-operations send instances from their files, never whole in memory",

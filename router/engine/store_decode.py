@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import tempfile
 from io import BytesIO
 
 import structlog
@@ -39,9 +38,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_scp
+from router.engine.application_entity import received_files_of
 from router.engine.part10 import FileMetaValues, encode_file_meta, new_checksum
 from router.engine.reactors import association_fields, on_reactor_exit
-from router.engine.spare_files import SPARES, close_and_remove, create_empty
+from router.engine.spare_files import ReceivedFiles, close_and_remove
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -134,7 +134,7 @@ def store_response(fields: dict[int, bytes]) -> C_STORE:
 class IncomingDataSet:
     """A received data set being written to its Part-10 file, fragment by fragment."""
 
-    def __init__(self, primitive: C_STORE, context_id: int, transfer_syntax: str):
+    def __init__(self, primitive: C_STORE, context_id: int, transfer_syntax: str, files: ReceivedFiles):
         self.primitive = primitive
         self.context_id = context_id
         self.error: str | None = None
@@ -142,8 +142,9 @@ class IncomingDataSet:
         self.path = None
         self.size = 0
         self.checksum = new_checksum()
+        self.files = files
         try:
-            self.path, self.file = SPARES.take() or create_empty(tempfile.gettempdir())
+            self.path, self.file = files.take()
             self._write(PREAMBLE + encode_file_meta(FileMetaValues(
                 str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID), str(transfer_syntax))))
         except OSError as exc:
@@ -273,7 +274,7 @@ def complete_data_set(dimse, incoming: IncomingDataSet) -> None:
     request = incoming.finish()
     if not store_scp.answer(dimse, incoming.context_id, request):
         dimse.msg_queue.put((incoming.context_id, request))
-    SPARES.refill()
+    incoming.files.refill()
 
 
 def _take_command(self, context_id: int, data) -> bool:
@@ -289,7 +290,8 @@ def _take_command(self, context_id: int, data) -> bool:
         if context is None:
             return False
         request = store_request(fields)
-        self._incoming_data_set = IncomingDataSet(request, context_id, context.transfer_syntax[0])
+        self._incoming_data_set = IncomingDataSet(request, context_id, context.transfer_syntax[0],
+                                                  received_files_of(self.assoc))
         return True
     except NotPlain:
         return False

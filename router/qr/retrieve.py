@@ -26,6 +26,7 @@ import structlog
 from pydicom import Dataset
 from pynetdicom import build_context
 
+from router.engine.spare_files import FolderFiles
 from router.qr.models import (
     FIND_FOR_RETRIEVE,
     GET_FOR_FIND,
@@ -226,7 +227,8 @@ class Retrieval:
 
     def _get(self) -> None:
         sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
-        self._assoc = self.upstream.retrieve_association(self.upstream_model, sop_classes, self._on_get_store)
+        self._assoc = self.upstream.retrieve_association(self.upstream_model, sop_classes, self._on_get_store,
+                                                         FolderFiles(self.incoming))
         self._final(self._assoc.send_c_get(self.identifier, self.upstream_model, msg_id=1), "C-GET")
 
     def _move(self) -> None:

@@ -10,6 +10,7 @@ from pynetdicom import build_context, build_role, evt
 
 from router import engine
 from router.backends.dimse import DimseBackend
+from router.engine.spare_files import ReceivedFiles
 
 log = structlog.get_logger("router.qr.upstream")
 
@@ -56,9 +57,9 @@ class Upstream:
         """Whether it answers "query", "worklist" or "retrieve" (its backend's flags)."""
         return bool(getattr(self.backend.config, flag, None))
 
-    def associate(self, contexts, *, roles=None, handlers=None):
+    def associate(self, contexts, *, roles=None, handlers=None, received_files: ReceivedFiles | None = None):
         engine.configure()
-        ae = self.backend.new_ae()
+        ae = self.backend.new_ae(received_files)
         ae.dimse_timeout = self.backend.config.query_timeout
         assoc = ae.associate(self.backend.config.host, self.backend.config.port, ae_title=self.backend.config.ae_title,
                              contexts=contexts, ext_neg=roles or None, evt_handlers=handlers or None,
@@ -71,11 +72,13 @@ class Upstream:
     def find(self, model: str, identifier: Dataset, msg_id: int = 1) -> FindCall:
         return FindCall(self, self.associate([build_context(model)]), model, identifier, msg_id)
 
-    def retrieve_association(self, model: str, sop_classes: list[str], on_store):
-        """An association for C-GET: the model, storage contexts, and the SCP role for each SOP class."""
+    def retrieve_association(self, model: str, sop_classes: list[str], on_store, received_files: ReceivedFiles):
+        """An association for C-GET: the model, storage contexts, and the SCP role for each SOP class;
+        the instances it receives are written into ``received_files``."""
         contexts = [build_context(model)] + storage_contexts(sop_classes)
         roles = [build_role(sop, scp_role=True) for sop in dict.fromkeys(sop_classes)]
-        return self.associate(contexts, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)])
+        return self.associate(contexts, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)],
+                              received_files=received_files)
 
 
 class FindCall:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from io import FileIO
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from router.engine.spare_files import SPARES, close_and_remove, create_empty
+from router.engine.spare_files import SpareFiles, close_and_remove, create_empty
 from router.spool.splice import write_spliced
 
 log = structlog.get_logger("router.spool")
@@ -41,6 +40,7 @@ class Spool:
         self.min_free_bytes = min_free_space_mb * 1024 * 1024
         self._directory_fds: dict[str, int] = {}
         self._spare_shard = 0
+        self.spares = SpareFiles(self.make_spares, self.incoming)
 
     def prepare(self) -> None:
         """Create the layout, receive into spares made by :meth:`make_spares`, and otherwise into
@@ -49,8 +49,8 @@ class Spool:
             d.mkdir(parents=True, exist_ok=True)
         for shard in range(SHARDS):
             (self.objects / f"{shard:02x}").mkdir(exist_ok=True)
-        tempfile.tempdir = str(self.incoming)
-        SPARES.keep_in(self.make_spares)
+        if self.spares.closed:  # prepared again after close()
+            self.spares = SpareFiles(self.make_spares, self.incoming)
 
     def make_spares(self, count: int) -> list[tuple[str, FileIO]]:
         """``count`` empty files to receive instances into, in the next shard of ``objects/``,
@@ -129,7 +129,7 @@ class Spool:
     def close(self) -> None:
         """Remove the spares made for this spool; close the directory descriptors kept for fsyncs
         (they are opened again if needed)."""
-        SPARES.stop_keeping_in(self.make_spares)
+        self.spares.close()
         fds, self._directory_fds = self._directory_fds, {}
         for fd in fds.values():
             os.close(fd)

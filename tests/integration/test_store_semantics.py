@@ -18,7 +18,6 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from router.engine.spare_files import SPARES
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import make_dataset
@@ -133,8 +132,9 @@ def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, writ
     text = router_toml(tmp_path / "data", port, dimse_backend_toml(free_port(), "NOBODY", "pacs"), ["pacs"])
     service = start_router(write_config(text))
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
-    wait_for(lambda: len(SPARES._ready) == SPARES.depth, 10, message="the spares to be made")
-    ready = {path for _, path, _ in SPARES._ready}
+    spares = service.spool.spares
+    wait_for(lambda: len(spares.ready_paths) == spares.depth, 10, message="the spares to be made")
+    ready = spares.ready_paths
     assert all(Path(path).parent.parent == tmp_path / "data" / "objects" for path in ready)
     assert store(port, ct_files[1], ExplicitVRLittleEndian) == 0x0000
     assert len(service.queue.referenced_paths() & ready) == 1

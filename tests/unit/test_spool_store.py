@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from router.engine.spare_files import SPARES
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.store import Spool
+from tests.support.peers import wait_for
 
 
 def test_spares_are_made_in_one_shard_whose_directory_is_fsynced(tmp_path, monkeypatch):
@@ -61,12 +61,22 @@ def test_a_file_received_elsewhere_is_moved_into_a_shard_whose_directory_is_fsyn
         spool.close()
 
 
-def test_the_router_keeps_its_spares_in_the_spool_until_the_spool_is_closed(tmp_path):
+def test_the_spools_spares_are_made_in_its_shards_until_it_is_closed_and_nothing_is_process_wide(tmp_path):
+    import tempfile
+
+    before = tempfile.tempdir
     spool = Spool(tmp_path)
     spool.prepare()
-    assert SPARES._maker == spool.make_spares
+    spool.spares.take_ready()
+    wait_for(lambda: len(spool.spares.ready_paths) == spool.spares.depth, 10, message="spares")
+    ready = spool.spares.ready_paths
+    assert all(Path(p).parent.parent == spool.objects for p in ready)
+    assert tempfile.tempdir == before
     spool.close()
-    assert SPARES._maker is None
+    assert not any(Path(p).exists() for p in ready)
+    spool.prepare()
+    assert not spool.spares.closed
+    spool.close()
 
 
 def test_spares_left_by_a_crash_are_removed_at_the_next_start_and_spooled_instances_kept(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import tempfile
 from io import BytesIO
@@ -18,7 +19,7 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_decode
-from router.engine.spare_files import SpareFiles
+from router.engine.spare_files import SpareFiles, create_empty
 from tests.support.peers import wait_for
 from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID
 from tests.support.primitives import store_response as store_rsp
@@ -32,7 +33,8 @@ FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "Affe
 class FakeAssociation:
     is_acceptor = False  # requests go to the association's queue, where these tests read them
 
-    def __init__(self, handlers=None):
+    def __init__(self, handlers=None, files=None):
+        self.ae = SimpleNamespace(received_files=files)
         self._accepted_cx = {1: SimpleNamespace(transfer_syntax=[SYNTAX]), 3: SimpleNamespace(transfer_syntax=[SYNTAX])}
         self._handlers = handlers or {}
         self.dul = SimpleNamespace(event_queue=queue.Queue(), assoc=self)
@@ -52,13 +54,12 @@ def stock_file_meta(monkeypatch, tmp_path):
     monkeypatch.setattr(dimse_messages, "create_file_meta", create_file_meta)
     monkeypatch.setattr(dimse_messages, "write_file_meta_info", write_file_meta_info)
     monkeypatch.setattr(dimse_messages._config, "STORE_RECV_CHUNKED_DATASET", True)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(store_decode, "SPARES", SpareFiles(depth=0))  # only the files these tests make
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where an AE without received files writes
 
 
-def feed(receive, pdatas, handlers=None):
+def feed(receive, pdatas, handlers=None, files=None):
     """Run P-DATA primitives through a decoder; returns (messages, events, provider)."""
-    provider = DIMSEServiceProvider(FakeAssociation(handlers))
+    provider = DIMSEServiceProvider(FakeAssociation(handlers, files))
     for pdata in pdatas:
         receive(provider, pdata)
     messages = []
@@ -227,67 +228,52 @@ def test_write_failure_midway_removes_the_partial_file(monkeypatch, tmp_path, st
     assert list(tmp_path.iterdir()) == [], [(p.name, p.stat().st_size) for p in tmp_path.iterdir()]
 
 
-def test_data_sets_are_written_to_spare_files_made_ahead(stock_file_meta, tmp_path, monkeypatch):
-    spares = SpareFiles(depth=2)
-    monkeypatch.setattr(store_decode, "SPARES", spares)
-    assert spares.take() is None  # the first asks for some
-    wait_for(lambda: len(spares._ready) == 2, 10, message="two spares")
-    ready = [Path(path) for _, path, _ in spares._ready]
-    messages, _, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=3000), 16384))
-    assert Path(messages[0][1]._dataset_path) == ready[0]
-    assert ready[0].stat().st_size > 3000
-    spares.discard_all()
-    assert not ready[1].exists()
+def maker_in(directory, calls=None):
+    def maker(count):
+        if calls is not None:
+            calls.append(count)
+        return [create_empty(str(directory)) for _ in range(count)]
+
+    return maker
 
 
-def test_a_spare_removed_by_a_sweep_or_made_elsewhere_is_not_used(tmp_path, monkeypatch):
-    spares = SpareFiles(depth=2)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "old"))
-    (tmp_path / "old").mkdir()
-    spares.take()
-    wait_for(lambda: len(spares._ready) == 2, 10, message="two spares")
-    stale = [Path(path) for _, path, _ in spares._ready]
-    stale[0].unlink()  # the hourly sweep of old partial files
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "new"))
-    (tmp_path / "new").mkdir()
-    assert spares.take() is None
-    assert not stale[1].exists()
-    wait_for(lambda: len(spares._ready) == 2, 10, message="two spares in the new directory")
+def test_data_sets_are_written_to_the_associations_spare_files_made_ahead(stock_file_meta, tmp_path):
+    (tmp_path / "spares").mkdir()
+    spares = SpareFiles(maker_in(tmp_path / "spares"), tmp_path, depth=2)
+    assert spares.take_ready() is None  # the first asks for some
+    wait_for(lambda: len(spares.ready_paths) == 2, 10, message="two spares")
+    ready = sorted(Path(p) for p in spares.ready_paths)
+    messages, _, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=3000), 16384),
+                          files=spares)
+    written = Path(messages[0][1]._dataset_path)
+    assert written in ready and written.stat().st_size > 3000
+    spares.close()
+    assert not any(p.exists() for p in ready if p != written)
+
+
+def test_without_a_ready_spare_a_new_file_is_made_in_the_folder(tmp_path):
+    spares = SpareFiles(maker_in(tmp_path / "nowhere"), tmp_path, depth=0)
     path, file = spares.take()
-    assert Path(path).parent == tmp_path / "new"
     file.close()
-    spares.discard_all()
+    assert Path(path).parent == tmp_path
 
 
-def test_a_forked_child_never_takes_its_parents_spares(tmp_path, monkeypatch):
-    import os
-
-    from router.engine.spare_files import SPARES
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    SPARES.take()
-    wait_for(lambda: len(SPARES._ready) == SPARES.depth, 10, message="spares in the parent")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its pool starts empty
-        os.write(write, b"empty" if not SPARES._ready else b"inherited")
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert os.read(read, 16) == b"empty"
-    assert len(SPARES._ready) == SPARES.depth
-    SPARES.discard_all()
+def test_a_spare_removed_by_a_sweep_is_not_used(tmp_path):
+    spares = SpareFiles(maker_in(tmp_path), tmp_path / "fallback", depth=2)
+    spares.take_ready()
+    wait_for(lambda: len(spares.ready_paths) == 2, 10, message="two spares")
+    first, second = list(spares._ready)
+    os.unlink(first[0])  # the hourly sweep of old partial files
+    assert spares.take_ready()[0] == second[0]
+    second[1].close()
+    spares.close()
 
 
 def test_spares_come_from_the_maker_in_batches_once_half_are_used(tmp_path):
     calls = []
 
-    def maker(count):
-        calls.append(count)
-        return [store_decode.create_empty(str(tmp_path)) for _ in range(count)]
-
-    spares = SpareFiles(depth=4)
-    spares.keep_in(maker)
-    assert spares.take() is None  # the first asks for some
+    spares = SpareFiles(maker_in(tmp_path, calls), tmp_path / "fallback", depth=4)
+    assert spares.take_ready() is None  # the first asks for some
     wait_for(lambda: len(spares._ready) == 4, 10, message="four spares")
     assert calls == [4]
     for _ in range(2):
@@ -297,7 +283,8 @@ def test_spares_come_from_the_maker_in_batches_once_half_are_used(tmp_path):
     spares.refill()
     wait_for(lambda: len(spares._ready) == 4, 10, message="four spares again")
     assert calls == [4, 2]
-    ready = [Path(path) for _, path, _ in spares._ready]
-    spares.stop_keeping_in(maker)
+    ready = [Path(path) for path in spares.ready_paths]
+    spares.close()
     assert not any(path.exists() for path in ready)
-    assert spares._maker is None
+    spares.refill()
+    assert not spares._ready, "a closed pool makes no more"

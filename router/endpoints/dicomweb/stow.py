@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from aiohttp.helpers import parse_mimetype
 
 from router.endpoints.dicomweb.responses import DICOM_JSON, problem
 from router.engine.part10 import META_READ, NotPlainPart10, new_checksum, read_file_meta
-from router.engine.spare_files import SPARES
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.intake import CANNOT_UNDERSTAND, Intake, IntakeResult
 from router.observe.metrics import Metrics
@@ -153,12 +151,8 @@ async def _spool_part(part: BodyPartReader, target: StowTarget, received_before:
     """Stream one part's bytes to a new file, left open for the intake: a spare made ahead in
     ``objects/`` (spooled where it is written, no rename or directory fsync before the answer),
     else a new one in ``incoming/``."""
-    spare = SPARES.take()
-    if spare is not None:
-        path, file = Path(spare[0]), spare[1]
-    else:
-        path = target.spool.incoming / f"{uuid.uuid4().hex}.stow"
-        file = open(path, "wb", buffering=0)
+    name, file = target.spool.spares.take()
+    path = Path(name)
     checksum = new_checksum()
     head = bytearray()
     size = 0
@@ -175,7 +169,7 @@ async def _spool_part(part: BodyPartReader, target: StowTarget, received_before:
         file.close()
         target.spool.discard(path)
         raise
-    SPARES.refill()
+    target.spool.spares.refill()
     return SpooledPart(path, file, size, checksum.hexdigest(), bytes(head))
 
 
