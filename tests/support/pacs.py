@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.support.peers import (
     free_port,
     stop_process,
     storescu,
+    wait_for,
     wait_for_port,
 )
 
@@ -63,8 +65,28 @@ def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_ti
     credentials it requires; ``http_port``: its HTTP port, chosen here otherwise).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    http_port = (http_port or free_port()) if dicomweb else 0
+    for _ in range(3):  # a port chosen free may be taken by a parallel test before Orthanc binds it
+        port = free_port()
+        chosen_http_port = (http_port or free_port()) if dicomweb else 0
+        process, log_path = _run_orthanc(directory, ae_title, port, dicomweb, chosen_http_port, users, modalities)
+        ports = [port, chosen_http_port] if dicomweb else [port]
+        wait_for(lambda p=process, ps=ports: p.poll() is not None or all(_accepts(x) for x in ps), 60,
+                 message=f"Orthanc to listen on {ports}")
+        if process.poll() is None:
+            return Upstream(ae_title, port, process, log_path, chosen_http_port)
+    raise AssertionError(f"Orthanc exited three times; its last log:\n{log_path.read_text(errors='replace')[-2000:]}")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _run_orthanc(directory: Path, ae_title: str, port: int, dicomweb: bool, http_port: int,
+                 users: dict[str, str] | None, modalities: dict[str, tuple[str, int]]):
     config = {
         "Name": "dicom-router-test",
         "StorageDirectory": str(directory / "storage"),
@@ -87,10 +109,8 @@ def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_ti
     log_path = directory / "orthanc.log"
     process = subprocess.Popen([ORTHANC, str(directory / "orthanc.json")], stdout=open(log_path, "wb"),
                                stderr=subprocess.STDOUT, env=dcmtk_env())
-    wait_for_port(port, 60)
-    if dicomweb:
-        wait_for_port(http_port, 60)
-    return Upstream(ae_title, port, process, log_path, http_port)
+    return process, log_path
+
 
 
 def start_dcmqrscp(directory: Path, ae_title: str = "DCMQRSCP", files: list[Path] = ()) -> Upstream:
