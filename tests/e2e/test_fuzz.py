@@ -13,6 +13,7 @@ TIME_BUDGET = 45.0
 
 
 @pytest.mark.xdist_group("heavy-sockets")
+@pytest.mark.slow
 def test_thousands_of_mutated_pdus_leave_the_router_answering_and_whole(tmp_path):
     """Alive, answering C-ECHO between cases, every canary delivered, threads and descriptors
     back to their baseline, no traceback or unhandled thread error, stderr all JSON."""
@@ -23,6 +24,7 @@ def test_thousands_of_mutated_pdus_leave_the_router_answering_and_whole(tmp_path
 
 
 @pytest.mark.xdist_group("heavy-sockets")
+@pytest.mark.slow
 def test_thousands_of_mutated_http_requests_leave_the_dicomweb_endpoint_answering_and_whole(tmp_path):
     """No 500 (an error no handler expected), alive, STOW-RS canaries stored and delivered, C-ECHO
     answered beside it, threads and descriptors back, no traceback, stderr all JSON."""

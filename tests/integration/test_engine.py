@@ -47,6 +47,7 @@ def requestor(ae_title="SOAK", dimse_timeout=20):
     return ae
 
 
+@pytest.mark.slow
 def test_soak_no_send_waits_for_a_lost_response(tmp_path, small_files):
     """20 x 1000 C-STOREs: every one answered (the stock reactor loses about 1 in 12,500,
     and 1 in 2,900 with a faster DUL alone; a lost one shows as an empty status after
