@@ -68,8 +68,15 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dicom-router-assocs-"))
     port = free_port()
     config = workdir / "router.toml"
-    config.write_text(router_toml(workdir / "data", port, BACKENDS, ["archive"],
-                                  endpoint_extra=f"max_associations = {args.associations}\nnetwork_timeout = 3600"))
+    config.write_text(
+        router_toml(
+            workdir / "data",
+            port,
+            BACKENDS,
+            ["archive"],
+            endpoint_extra=f"max_associations = {args.associations}\nnetwork_timeout = 3600",
+        )
+    )
     serve = ServeProcess(config, workdir / "serve.log").start(port)
     held: list[socket.socket] = []
     try:

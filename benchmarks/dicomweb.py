@@ -65,7 +65,7 @@ STOW_SHAPES = {"": (10, 4), "-1": (1, 1)}  # set suffix -> (instances per reques
 
 async def stow_all(url: str, files: list[Path], per_request: int = 10, concurrent: int = 4) -> None:
     """POST ``files`` to ``url``/studies, ``per_request`` a request, ``concurrent`` requests at a time."""
-    groups = [files[i:i + per_request] for i in range(0, len(files), per_request)]
+    groups = [files[i : i + per_request] for i in range(0, len(files), per_request)]
     queue: asyncio.Queue = asyncio.Queue()
     for group in groups:
         queue.put_nowait(group)
@@ -118,12 +118,16 @@ def stop(process: subprocess.Popen) -> None:
 
 def stow_into_router(files: list[Path], scratch: Path, shape: tuple[int, int]) -> dict:
     web = free_port()
-    text = router_section(scratch / "data") + dicomweb_endpoint_toml("web", web) \
-        + dimse_backend_toml(free_port(), "LATER", "later") + """
+    text = (
+        router_section(scratch / "data")
+        + dicomweb_endpoint_toml("web", web)
+        + dimse_backend_toml(free_port(), "LATER", "later")
+        + """
 [pipelines.web]
 endpoints = ["web"]
 backends = ["later"]
 """
+    )
     router = start_router(scratch, text, web)
     try:
         t0 = time.monotonic()
@@ -149,7 +153,10 @@ def dimse_to_stow(folder: Path, count: int, scratch: Path) -> dict:
     out = scratch / "sink-out"
     sink = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "stow_sink.py"), str(sink_port), str(out)])
     wait_for_port(sink_port, 30)
-    text = router_section(scratch / "data") + endpoint_section("ingest", port) + f"""
+    text = (
+        router_section(scratch / "data")
+        + endpoint_section("ingest", port)
+        + f"""
 [backends.cloud]
 type = "dicomweb"
 url = "http://127.0.0.1:{sink_port}/dicom-web"
@@ -158,6 +165,7 @@ url = "http://127.0.0.1:{sink_port}/dicom-web"
 endpoints = ["ingest"]
 backends = ["cloud"]
 """
+    )
     router = start_router(scratch, text, port)
     try:
         t0 = time.monotonic()
@@ -181,18 +189,25 @@ def wado_setup(workdir: Path, folder: Path):
 
 def wado_from_router(orthanc, study: str, scratch: Path) -> dict:
     web = free_port()
-    text = router_section(scratch / "data") + dicomweb_endpoint_toml("web", web) + dimse_backend_toml(
-        orthanc.port, orthanc.ae_title, "pacs", 'store = false\nquery = true\nretrieve = "get"') + """
+    text = (
+        router_section(scratch / "data")
+        + dicomweb_endpoint_toml("web", web)
+        + dimse_backend_toml(orthanc.port, orthanc.ae_title, "pacs", 'store = false\nquery = true\nretrieve = "get"')
+        + """
 [pipelines.web]
 endpoints = ["web"]
 backends = ["pacs"]
 """
+    )
     router = start_router(scratch, text, web)
     try:
         t0 = time.monotonic()
         size = asyncio.run(read_study(f"http://127.0.0.1:{web}/dicom-web/studies/{study}"))
-        return {"seconds": time.monotonic() - t0, "bytes": size,
-                "peak_rss_mib": max(peak_rss_mib(p) for p in router_tree(router.pid))}
+        return {
+            "seconds": time.monotonic() - t0,
+            "bytes": size,
+            "peak_rss_mib": max(peak_rss_mib(p) for p in router_tree(router.pid)),
+        }
     finally:
         stop(router)
 
@@ -205,8 +220,23 @@ def wado_from_orthanc(orthanc, study: str, scratch: Path, accept: str = AS_STORE
 
 def getscu_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
     t0 = time.monotonic()
-    subprocess.run(["getscu", "-q", "--ignore", "-aec", orthanc.ae_title, "-k", "QueryRetrieveLevel=STUDY",
-                    "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(orthanc.port)], check=True, timeout=600)
+    subprocess.run(
+        [
+            "getscu",
+            "-q",
+            "--ignore",
+            "-aec",
+            orthanc.ae_title,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "127.0.0.1",
+            str(orthanc.port),
+        ],
+        check=True,
+        timeout=600,
+    )
     return {"seconds": time.monotonic() - t0, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
 
 
@@ -218,26 +248,35 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     ct, small = ensure_data(args.workdir, "ct", 200), ensure_data(args.workdir, "small", 1000)
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
-               "command": " ".join(["python", "benchmarks/dicomweb.py", *sys.argv[1:]]), "sets": {}}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "command": " ".join(["python", "benchmarks/dicomweb.py", *sys.argv[1:]]),
+        "sets": {},
+    }
     for name in args.sets.split(","):
         if name.startswith("stow-"):
             files = sorted((ct if name.startswith("stow-ct") else small).glob("*.dcm"))
             shape = STOW_SHAPES[name.removeprefix("stow-ct").removeprefix("stow-small")]
-            paths = [("orthanc", lambda s, f=files, h=shape: stow_into_orthanc(f, s, h)),
-                     ("dicom-router", lambda s, f=files, h=shape: stow_into_router(f, s, h))]
+            paths = [
+                ("orthanc", lambda s, f=files, h=shape: stow_into_orthanc(f, s, h)),
+                ("dicom-router", lambda s, f=files, h=shape: stow_into_router(f, s, h)),
+            ]
             count = len(files)
         elif name == "dimse-to-stow":
             count = 200
-            paths = [("dimse-to-dimse", lambda s, n=count: routed(ct, n, s)),
-                     ("dimse-to-stow", lambda s, n=count: dimse_to_stow(ct, n, s))]
+            paths = [
+                ("dimse-to-dimse", lambda s, n=count: routed(ct, n, s)),
+                ("dimse-to-stow", lambda s, n=count: dimse_to_stow(ct, n, s)),
+            ]
         elif name == "wado":
             orthanc, study = wado_setup(args.workdir, ct)
             count = 200
-            paths = [("orthanc", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s)),
-                     ("orthanc, default syntax", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s, DEFAULT_SYNTAX)),
-                     ("getscu --ignore, C-GET", lambda s, o=orthanc, u=study: getscu_from_orthanc(o, u, s)),
-                     ("dicom-router", lambda s, o=orthanc, u=study: wado_from_router(o, u, s))]
+            paths = [
+                ("orthanc", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s)),
+                ("orthanc, default syntax", lambda s, o=orthanc, u=study: wado_from_orthanc(o, u, s, DEFAULT_SYNTAX)),
+                ("getscu --ignore, C-GET", lambda s, o=orthanc, u=study: getscu_from_orthanc(o, u, s)),
+                ("dicom-router", lambda s, o=orthanc, u=study: wado_from_router(o, u, s)),
+            ]
         else:
             raise SystemExit(f"unknown set {name}")
         try:
@@ -260,8 +299,10 @@ def render(results: dict) -> str:
         for label in s["runs"]:
             ratio = "" if label == first else f"{med[label] / med[first]:.2f}"
             rss = max(r["peak_rss_mib"] for r in s["runs"][label])
-            lines.append(f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
-                         f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB |")
+            lines.append(
+                f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
+                f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB |"
+            )
     return "\n".join(lines)
 
 

@@ -47,8 +47,12 @@ def ensure_data(workdir: Path, kind: str, count: int) -> Path:
 
 def start_storescp(out: Path, port: int) -> subprocess.Popen:
     out.mkdir(parents=True)
-    proc = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-pdu", "131072", "-uf", "+B", "-od", str(out), str(port)],
-                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", "DEST", "-pdu", "131072", "-uf", "+B", "-od", str(out), str(port)],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_port(port)
     return proc
 
@@ -65,8 +69,12 @@ def wait_for_files(out: Path, count: int, timeout: float = 600) -> float:
 
 
 def run_storescu(port: int, called: str, files: Path) -> subprocess.Popen:
-    return subprocess.Popen([dcmtk("storescu"), "-aec", called, "-pdu", "131072", "127.0.0.1", str(port), "+sd", str(files)],
-                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [dcmtk("storescu"), "-aec", called, "-pdu", "131072", "127.0.0.1", str(port), "+sd", str(files)],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -111,25 +119,37 @@ options = ["retain_longitudinal_modified_dates"]
 }
 
 
-def routed(files: Path | list[Path], count: int, scratch: Path, stages: str | None = None,
-           receive_processes: int = 1) -> dict:
+def routed(
+    files: Path | list[Path], count: int, scratch: Path, stages: str | None = None, receive_processes: int = 1
+) -> dict:
     """One storescu per folder in ``files`` -> ``dicom-router serve`` -> storescp, timed end to end."""
     port, dest_port = free_port(), free_port()
     scp = start_storescp(scratch / "routed-out", dest_port)
     config = scratch / "router.toml"
     (scratch / "bench.key").write_text("benchmark-key-not-secret-0123456789\n")
-    text = router_toml(scratch / "router-data", port, dimse_backend_toml(dest_port, "DEST", "dest"), ["dest"],
-                       extra=STAGES[stages] if stages else "", fast_retry=False)
-    config.write_text(text.replace("min_free_space_mb = 0",
-                                   f"min_free_space_mb = 0\nreceive_processes = {receive_processes}"))
+    text = router_toml(
+        scratch / "router-data",
+        port,
+        dimse_backend_toml(dest_port, "DEST", "dest"),
+        ["dest"],
+        extra=STAGES[stages] if stages else "",
+        fast_retry=False,
+    )
+    config.write_text(
+        text.replace("min_free_space_mb = 0", f"min_free_space_mb = 0\nreceive_processes = {receive_processes}")
+    )
     log = open(scratch / "router.log", "wb")
     router = subprocess.Popen([*router_command(), "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, 30)
-        wait_for(lambda: b'"delivery started"' in (scratch / "router.log").read_bytes(), 60,
-                 message="the delivery process to start")
-        result = timed_transfer(port, "DICOM_ROUTER", files if isinstance(files, list) else [files],
-                                scratch / "routed-out", count)
+        wait_for(
+            lambda: b'"delivery started"' in (scratch / "router.log").read_bytes(),
+            60,
+            message="the delivery process to start",
+        )
+        result = timed_transfer(
+            port, "DICOM_ROUTER", files if isinstance(files, list) else [files], scratch / "routed-out", count
+        )
         peaks = {pid: peak_rss_mib(pid) for pid in router_tree(router.pid)}
         return {**result, "peak_rss_mib": max(peaks.values()), "rss_by_process": peaks}
     finally:
@@ -148,8 +168,11 @@ def timed_transfer(port: int, called: str, folders: list[Path], out: Path, count
         sender.wait()
     t_acked = time.monotonic()
     t_end = wait_for_files(out, count)
-    return {"seconds": t_end - t0, "ack_seconds": t_acked - t0,
-            "storescu_rc": max(sender.returncode for sender in senders)}
+    return {
+        "seconds": t_end - t0,
+        "ack_seconds": t_acked - t0,
+        "storescu_rc": max(sender.returncode for sender in senders),
+    }
 
 
 def interleaved(paths: list, reps: int, workdir: Path, tag: str, instances: int) -> dict:
@@ -173,8 +196,11 @@ def interleaved(paths: list, reps: int, workdir: Path, tag: str, instances: int)
             result["steal_seconds"] = round(steal_seconds() - stolen, 2)
             runs[label].append(result)
             shutil.rmtree(scratch, ignore_errors=True)
-            print(f"{tag} {label} rep {rep}: {instances / result['seconds']:.0f} instances/s "
-                  f"(steal {result['steal_seconds']:.2f} s)", file=sys.stderr)
+            print(
+                f"{tag} {label} rep {rep}: {instances / result['seconds']:.0f} instances/s "
+                f"(steal {result['steal_seconds']:.2f} s)",
+                file=sys.stderr,
+            )
     return runs
 
 
@@ -203,16 +229,27 @@ def main() -> None:
     parser.add_argument("--stages", choices=sorted(STAGES), help="also run the router with this middleware")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                           "processor": platform.processor() or platform.machine()},
-               "command": " ".join(["python", "benchmarks/forward.py", *sys.argv[1:]]), "sets": {}}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "command": " ".join(["python", "benchmarks/forward.py", *sys.argv[1:]]),
+        "sets": {},
+    }
     for kind, count in (("ct", args.ct), ("small", args.small)):
         files = ensure_data(args.workdir, kind, count)
         mb = sum(p.stat().st_size for p in files.glob("*.dcm")) / 1e6
-        paths = [("direct", lambda scratch, f=files, n=count: direct(f, n, scratch)),
-                 ("routed", lambda scratch, f=files, n=count: routed(f, n, scratch))]
+        paths = [
+            ("direct", lambda scratch, f=files, n=count: direct(f, n, scratch)),
+            ("routed", lambda scratch, f=files, n=count: routed(f, n, scratch)),
+        ]
         if args.stages:
-            paths.append((f"routed+{args.stages}", lambda scratch, f=files, n=count: routed(f, n, scratch, args.stages)))
+            paths.append(
+                (f"routed+{args.stages}", lambda scratch, f=files, n=count: routed(f, n, scratch, args.stages))
+            )
         runs = interleaved(paths, args.reps, args.workdir, kind, count)
         results["sets"][kind] = {"count": count, "megabytes": mb, "runs": runs}
     out_dir = ROOT / "benchmarks" / "results"
@@ -223,8 +260,10 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    lines = ["| set | path | instances/s (median, min-max) | MB/s | router/direct | router acks/s | router peak RSS |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| set | path | instances/s (median, min-max) | MB/s | router/direct | router acks/s | router peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, s in results["sets"].items():
         rate = {n: [s["count"] / r["seconds"] for r in runs] for n, runs in s["runs"].items()}
         med = {n: statistics.median(v) for n, v in rate.items()}
@@ -239,9 +278,11 @@ def render(results: dict) -> str:
             label = "storescu -> storescp" if name == "direct" else "storescu -> router -> storescp"
             if "+" in name:
                 label = f"storescu -> router ({name.split('+')[1]}) -> storescp"
-            lines.append(f"| {kind} ({s['count']} x {s['megabytes'] / s['count'] * 1000:.0f} KB) | {label} | "
-                         f"{med[name]:.0f} ({min(v):.0f}-{max(v):.0f}) | {med[name] * s['megabytes'] / s['count']:.1f} | "
-                         f"{ratio} | {acks} | {rss} |")
+            lines.append(
+                f"| {kind} ({s['count']} x {s['megabytes'] / s['count'] * 1000:.0f} KB) | {label} | "
+                f"{med[name]:.0f} ({min(v):.0f}-{max(v):.0f}) | {med[name] * s['megabytes'] / s['count']:.1f} | "
+                f"{ratio} | {acks} | {rss} |"
+            )
     return "\n".join(lines)
 
 

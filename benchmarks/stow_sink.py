@@ -35,13 +35,18 @@ def main() -> None:
             with open(partial, "wb") as f:
                 while chunk := await part.read_chunk(1 << 20):
                     if len(head) < HEAD:
-                        head += chunk[:HEAD - len(head)]
+                        head += chunk[: HEAD - len(head)]
                     f.write(chunk)
             partial.rename(out / f"{counter['n']}.dcm")
-            ds = dcmread(DicomBytesIO(bytes(head)), stop_before_pixels=True,
-                         specific_tags=["SOPClassUID", "SOPInstanceUID"])
-            stored.append({"00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
-                           "00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]}})
+            ds = dcmread(
+                DicomBytesIO(bytes(head)), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+            )
+            stored.append(
+                {
+                    "00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                    "00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                }
+            )
         body = json.dumps({"00081199": {"vr": "SQ", "Value": stored}})
         return web.Response(body=body.encode(), content_type="application/dicom+json")
 

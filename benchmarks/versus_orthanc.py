@@ -71,15 +71,25 @@ def via_orthanc(folders: list[Path], scratch: Path) -> dict:
     scp = start_storescp(scratch / "out", dest_port)
     (scratch / "route.lua").write_text(LUA)
     config = {
-        "Name": "orthanc-router", "StorageDirectory": str(scratch / "storage"), "IndexDirectory": str(scratch / "index"),
-        "DicomAet": "ORTHANC", "DicomPort": port, "HttpServerEnabled": False, "Plugins": [],
-        "LuaScripts": [str(scratch / "route.lua")], "DicomCheckCalledAet": False,
+        "Name": "orthanc-router",
+        "StorageDirectory": str(scratch / "storage"),
+        "IndexDirectory": str(scratch / "index"),
+        "DicomAet": "ORTHANC",
+        "DicomPort": port,
+        "HttpServerEnabled": False,
+        "Plugins": [],
+        "LuaScripts": [str(scratch / "route.lua")],
+        "DicomCheckCalledAet": False,
         "DicomModalities": {"dest": ["DEST", "127.0.0.1", dest_port]},
     }
     (scratch / "orthanc.json").write_text(json.dumps(config))
     log = open(scratch / "orthanc.log", "wb")
-    orthanc = subprocess.Popen([ORTHANC, str(scratch / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
-                               env={**dcmtk_env(), "TCP_NODELAY": "1"})
+    orthanc = subprocess.Popen(
+        [ORTHANC, str(scratch / "orthanc.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**dcmtk_env(), "TCP_NODELAY": "1"},
+    )
     try:
         wait_for_port(port, 60)
         result = timed_transfer(port, "ORTHANC", folders, scratch / "out", count(folders))
@@ -101,20 +111,33 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
     parser.add_argument("--sets", default="ct,small,ct-4")
-    parser.add_argument("--receive-processes", type=int, default=1,
-                        help="also run the router with this many receiving processes (router.receive_processes)")
+    parser.add_argument(
+        "--receive-processes",
+        type=int,
+        default=1,
+        help="also run the router with this many receiving processes (router.receive_processes)",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     sets = data_sets(args.workdir)
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
-               "command": " ".join(["python", "benchmarks/versus_orthanc.py", *sys.argv[1:]]), "sets": {}}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "command": " ".join(["python", "benchmarks/versus_orthanc.py", *sys.argv[1:]]),
+        "sets": {},
+    }
     for name in args.sets.split(","):
         folders = sets[name]
-        paths = [("orthanc", lambda scratch, f=folders: via_orthanc(f, scratch)),
-                 ("dicom-router", lambda scratch, f=folders: via_router(f, scratch))]
+        paths = [
+            ("orthanc", lambda scratch, f=folders: via_orthanc(f, scratch)),
+            ("dicom-router", lambda scratch, f=folders: via_router(f, scratch)),
+        ]
         if args.receive_processes > 1:
-            paths.append((f"dicom-router x{args.receive_processes}",
-                          lambda scratch, f=folders: via_router(f, scratch, args.receive_processes)))
+            paths.append(
+                (
+                    f"dicom-router x{args.receive_processes}",
+                    lambda scratch, f=folders: via_router(f, scratch, args.receive_processes),
+                )
+            )
         runs = interleaved(paths, args.reps, args.workdir, name, count(folders))
         results["sets"][name] = {"count": count(folders), "runs": runs}
     out_dir = ROOT / "benchmarks" / "results"
@@ -124,8 +147,10 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    lines = ["| set | router | instances/s (median, min-max) | ratio to Orthanc | peak RSS | CPU stolen per run |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| set | router | instances/s (median, min-max) | ratio to Orthanc | peak RSS | CPU stolen per run |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in results["sets"].items():
         rate = {k: [s["count"] / r["seconds"] for r in v] for k, v in s["runs"].items()}
         med = {k: statistics.median(v) for k, v in rate.items()}
@@ -133,8 +158,10 @@ def render(results: dict) -> str:
             rss = max(r["peak_rss_mib"] for r in s["runs"][label])
             ratio = "" if label == "orthanc" else f"{med[label] / med['orthanc']:.2f}"
             stolen = [r.get("steal_seconds", 0.0) for r in s["runs"][label]]
-            lines.append(f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
-                         f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB | {min(stolen):.2f}-{max(stolen):.2f} s |")
+            lines.append(
+                f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
+                f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB | {min(stolen):.2f}-{max(stolen):.2f} s |"
+            )
     return "\n".join(lines)
 
 

@@ -57,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("serve", cmd_serve, "Run the router.")
     p = command("check", cmd_check, "Validate a configuration; print every problem with its file and key.")
-    p.add_argument("--tier", choices=TIERS, default="environment",
-                   help="check up to this tier (default: environment: also directories and ports)")
+    p.add_argument(
+        "--tier",
+        choices=TIERS,
+        default="environment",
+        help="check up to this tier (default: environment: also directories and ports)",
+    )
     p = command("init", cmd_init, "Write a starter router.toml and pipelines/ into DIR.", config=False)
     p.add_argument("dir", nargs="?", type=Path, default=Path("."))
     p = sub.add_parser("config", help="Show the resolved configuration.")
@@ -68,38 +72,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config_show)
     p = command("echo", cmd_echo, "C-ECHO a configured dimse backend or HOST:PORT:AET; QIDO-RS a dicomweb backend.")
     p.add_argument("target")
-    p = command("send", cmd_send, "C-STORE (STOW-RS to a dicomweb backend) files and folders, recursively, to a "
-                                  "backend or HOST:PORT:AET.")
+    p = command(
+        "send",
+        cmd_send,
+        "C-STORE (STOW-RS to a dicomweb backend) files and folders, recursively, to a backend or HOST:PORT:AET.",
+    )
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--to", required=True, dest="target")
     p.add_argument("--calling-aet", help="calling AE title (default: the router's)")
     p = command("queue", cmd_queue, "Inspect and manage the delivery queue.")
     p.add_argument("action", choices=("list", "retry", "purge", "adopt"))
-    p.add_argument("--backend", dest="backends", action="append",
-                   help="only this backend; adopt: queue the orphans for it (repeatable, required)")
+    p.add_argument(
+        "--backend",
+        dest="backends",
+        action="append",
+        help="only this backend; adopt: queue the orphans for it (repeatable, required)",
+    )
     p.add_argument("--id", dest="ids", type=int, action="append", help="only this delivery id (repeatable)")
     p.add_argument("--all", action="store_true", help="purge: every quarantined delivery")
     command("reload", cmd_reload, "Check a configuration, then have the running router switch to it (SIGHUP).")
     command("status", cmd_status, "One-screen summary of the running router (endpoints, queues, recent problems).")
     p = command("keygen", cmd_keygen, "Write a new secret key file (mode 0600) for the anonymize stage.", config=False)
     p.add_argument("file", type=Path)
-    p = command("passwd", cmd_passwd, "Set a user's password in a dicomweb endpoint's users_file (stored as a "
-                                      "salted scrypt hash; the password is read from stdin or asked for).", config=False)
+    p = command(
+        "passwd",
+        cmd_passwd,
+        "Set a user's password in a dicomweb endpoint's users_file (stored as a "
+        "salted scrypt hash; the password is read from stdin or asked for).",
+        config=False,
+    )
     p.add_argument("file", type=Path)
     p.add_argument("user")
-    p = command("token", cmd_token, "Make a bearer token for a user of a dicomweb endpoint's tokens_file: printed "
-                                    "once, stored as a hash.", config=False)
+    p = command(
+        "token",
+        cmd_token,
+        "Make a bearer token for a user of a dicomweb endpoint's tokens_file: printed once, stored as a hash.",
+        config=False,
+    )
     p.add_argument("file", type=Path)
     p.add_argument("user")
-    p = command("route-test", cmd_route_test,
-                "Dry run: which pipelines, stages and backends an instance would go through, and what would change.")
+    p = command(
+        "route-test",
+        cmd_route_test,
+        "Dry run: which pipelines, stages and backends an instance would go through, and what would change.",
+    )
     p.add_argument("instance", type=Path, help="a DICOM Part-10 file")
     p.add_argument("--endpoint", help="the endpoint it arrives on (default: the first with a pipeline)")
     p.add_argument("--calling-aet", default="ROUTE_TEST", help="the sender's AE title (default: ROUTE_TEST)")
     p.add_argument("--called-aet", help="the AE title it calls (default: the endpoint's)")
     p.add_argument("--peer-address", default="127.0.0.1", help="the sender's IP address (default: 127.0.0.1)")
-    p = command("explain-profile", cmd_explain_profile,
-                "Print the attribute -> action table of a pipeline's anonymize stage, with the option that decided each.")
+    p = command(
+        "explain-profile",
+        cmd_explain_profile,
+        "Print the attribute -> action table of a pipeline's anonymize stage, with the option that decided each.",
+    )
     p.add_argument("pipeline")
     return parser
 
@@ -124,8 +150,12 @@ def cmd_serve(args) -> int:
             print(issue, file=sys.stderr)
         print("dicom-router: not started: a file the configuration names is missing or unusable", file=sys.stderr)
         return EX_CONFIG
-    setup_logging(config.router.log_level, config.router.log_format, process="receive",
-                  thread_context=engine.current_association_fields)
+    setup_logging(
+        config.router.log_level,
+        config.router.log_format,
+        process="receive",
+        thread_context=engine.current_association_fields,
+    )
     service = RouterService(config)
     service.handle_signals()
     try:
@@ -153,8 +183,10 @@ def cmd_check(args) -> int:
     if errors:
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return EX_CONFIG
-    print(f"configuration OK: {len(config.endpoints)} endpoint(s), {len(config.backends)} backend(s), "
-          f"{len(config.pipelines)} pipeline(s)")
+    print(
+        f"configuration OK: {len(config.endpoints)} endpoint(s), {len(config.backends)} backend(s), "
+        f"{len(config.pipelines)} pipeline(s)"
+    )
     return EX_OK
 
 
@@ -213,8 +245,10 @@ def _echo_dicomweb(backend) -> int:
         print(f"{asked}: HTTP {status}{server}: the credentials were refused", file=sys.stderr)
         return EX_FAIL
     if backend.config.query:
-        print(f"{asked}: HTTP {status}{server}: the server answers but not QIDO-RS, which query = true needs",
-              file=sys.stderr)
+        print(
+            f"{asked}: HTTP {status}{server}: the server answers but not QIDO-RS, which query = true needs",
+            file=sys.stderr,
+        )
         return EX_FAIL
     print(f"{asked}: HTTP {status}{server}: the server answers (it does not serve QIDO-RS; STOW-RS is not tried)")
     return EX_OK
@@ -240,9 +274,18 @@ def cmd_queue(args) -> int:
 def cmd_route_test(args) -> int:
     from router.tools.route_test import RouteTestError, route_test
 
-    return _print_lines("route-test", RouteTestError, lambda: route_test(
-        _load(args), args.instance, endpoint=args.endpoint, calling_aet=args.calling_aet,
-        called_aet=args.called_aet, peer_address=args.peer_address))
+    return _print_lines(
+        "route-test",
+        RouteTestError,
+        lambda: route_test(
+            _load(args),
+            args.instance,
+            endpoint=args.endpoint,
+            calling_aet=args.calling_aet,
+            called_aet=args.called_aet,
+            peer_address=args.peer_address,
+        ),
+    )
 
 
 def cmd_explain_profile(args) -> int:
@@ -301,8 +344,10 @@ def cmd_keygen(args) -> int:
     try:
         fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        print(f"dicom-router keygen: {args.file} exists; a key is never overwritten (its pseudonyms would change)",
-              file=sys.stderr)
+        print(
+            f"dicom-router keygen: {args.file} exists; a key is never overwritten (its pseudonyms would change)",
+            file=sys.stderr,
+        )
         return EX_FAIL
     except OSError as exc:
         print(f"dicom-router keygen: cannot create {args.file}: {exc.strerror}", file=sys.stderr)

@@ -61,8 +61,16 @@ class SpooledInstance:
     intake with :func:`router.spool.splice.write_spliced`.
     """
 
-    def __init__(self, path: Path, transfer_syntax: str, size: int, *, header: Dataset | None = None,
-                 layout: Layout | None = None, edited: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        transfer_syntax: str,
+        size: int,
+        *,
+        header: Dataset | None = None,
+        layout: Layout | None = None,
+        edited: bool = False,
+    ):
         self.path = Path(path)
         self.transfer_syntax = transfer_syntax
         self.size = size
@@ -75,8 +83,7 @@ class SpooledInstance:
     def header(self) -> Dataset:
         """The elements before the pixel data; once :attr:`layout` is known, also those after it."""
         if self._header is None:
-            self._header, self._pixel_start = read_header_before_pixels(self.path,
-                                                                        transfer_syntax=self.transfer_syntax)
+            self._header, self._pixel_start = read_header_before_pixels(self.path, transfer_syntax=self.transfer_syntax)
         return self._header
 
     @property
@@ -100,8 +107,9 @@ class SpooledInstance:
         return clone_header(self.full_header())
 
     def with_header(self, header: Dataset) -> SpooledInstance:
-        return SpooledInstance(self.path, self.transfer_syntax, self.size, header=header,
-                               layout=self.layout, edited=True)
+        return SpooledInstance(
+            self.path, self.transfer_syntax, self.size, header=header, layout=self.layout, edited=True
+        )
 
     def __repr__(self) -> str:
         flag = ", edited" if self.edited else ""
@@ -154,8 +162,12 @@ class RequestEnvelope:
         """The fields every log line about this request carries."""
         a = self.association
         if a.protocol != "dimse":
-            return {"request_id": a.association_id, "user": a.user, "peer": f"{a.peer_host}:{a.peer_port}",
-                    "sop_instance_uid": self.command.affected_sop_instance_uid}
+            return {
+                "request_id": a.association_id,
+                "user": a.user,
+                "peer": f"{a.peer_host}:{a.peer_port}",
+                "sop_instance_uid": self.command.affected_sop_instance_uid,
+            }
         return {
             "assoc_id": self.association.association_id,
             "calling_aet": self.association.calling_aet,

@@ -60,8 +60,15 @@ class Intake:
     def close(self) -> None:
         self._fsyncers.shutdown(wait=True)
 
-    def receive_store(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str,
-                      size: int | None = None, received_file=None, checksum: str | None = None) -> IntakeResult:
+    def receive_store(
+        self,
+        envelope: RequestEnvelope,
+        received: Path,
+        transfer_syntax: str,
+        size: int | None = None,
+        received_file=None,
+        checksum: str | None = None,
+    ) -> IntakeResult:
         """Take ownership of the received file at ``received`` (``size`` bytes and ``checksum``,
         if known: computed from the file otherwise) and answer for it.
 
@@ -80,12 +87,22 @@ class Intake:
             self.spool.discard(received)
         return result
 
-    def _receive(self, envelope: RequestEnvelope, received: Path, transfer_syntax: str, size: int | None,
-                 received_file, checksum: str | None) -> IntakeResult:
+    def _receive(
+        self,
+        envelope: RequestEnvelope,
+        received: Path,
+        transfer_syntax: str,
+        size: int | None,
+        received_file,
+        checksum: str | None,
+    ) -> IntakeResult:
         ctx = envelope.log_context()
         if not self.spool.has_free_space():
-            log.error("refusing instance: free space in the data directory is under the floor",
-                      floor_mb=self.spool.min_free_bytes // 2**20, **ctx)
+            log.error(
+                "refusing instance: free space in the data directory is under the floor",
+                floor_mb=self.spool.min_free_bytes // 2**20,
+                **ctx,
+            )
             return IntakeResult(OUT_OF_RESOURCES, False, "free space under the configured floor")
         try:
             path, entry_durable = self.spool.adopt(received)
@@ -99,8 +116,15 @@ class Intake:
         finally:
             _result_or_none(received_durable)
 
-    def _route_and_enqueue(self, envelope: RequestEnvelope, path: Path, transfer_syntax: str, size: int | None,
-                           received_durable: Future, checksum: str | None) -> IntakeResult:
+    def _route_and_enqueue(
+        self,
+        envelope: RequestEnvelope,
+        path: Path,
+        transfer_syntax: str,
+        size: int | None,
+        received_durable: Future,
+        checksum: str | None,
+    ) -> IntakeResult:
         """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
         makes its file durable."""
         ctx = envelope.log_context()
@@ -122,8 +146,13 @@ class Intake:
         rejection = routing.rejection
         if rejection is not None:
             self.spool.discard(path)
-            log.info("instance rejected", stage=rejection.stage, status=f"0x{rejection.status:04X}",
-                     reason=rejection.reason, **ctx)
+            log.info(
+                "instance rejected",
+                stage=rejection.stage,
+                status=f"0x{rejection.status:04X}",
+                reason=rejection.reason,
+                **ctx,
+            )
             return IntakeResult(rejection.status, False, rejection.reason)
         targets = [t for t in routing.deliveries if t.backend not in self.pipelines.non_storing]
         if not targets:
@@ -155,16 +184,28 @@ class Intake:
             self.spool.discard(path)
         for _, pairs, hold in batches:
             if hold:
-                log.warning("instance held in quarantine for review", reason=hold,
-                            backends=[b for _, b in pairs], **ctx)
-        log.info("instance received", pipelines=sorted({t.pipeline for t in targets}),
-                 backends=[t.backend for t in targets], versions=len(batches), **ctx)
+                log.warning(
+                    "instance held in quarantine for review", reason=hold, backends=[b for _, b in pairs], **ctx
+                )
+        log.info(
+            "instance received",
+            pipelines=sorted({t.pipeline for t in targets}),
+            backends=[t.backend for t in targets],
+            versions=len(batches),
+            **ctx,
+        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("instance routed", stages=_audit_trail(routing), **ctx)
         return IntakeResult(SUCCESS, True)
 
-    def _versions(self, envelope: RequestEnvelope, received: SpooledInstance, targets: list[Target],
-                  written: list[Path], checksum: str) -> list[Batch]:
+    def _versions(
+        self,
+        envelope: RequestEnvelope,
+        received: SpooledInstance,
+        targets: list[Target],
+        written: list[Path],
+        checksum: str,
+    ) -> list[Batch]:
         """One queue batch per (version of the instance, hold reason); edited versions written to the
         spool. ``checksum``: the received file's."""
         batches: dict[tuple[int, str | None], Batch] = {}
@@ -237,8 +278,12 @@ def _close(file) -> None:
 
 def _audit_trail(routing) -> list[str]:
     """What each stage did, one entry per stage that did more than pass."""
-    return [f"{e.stage}: {e.action} {e.detail}".rstrip() for r in routing.results for e in r.envelope.audit
-            if e.action != "pass"]
+    return [
+        f"{e.stage}: {e.action} {e.detail}".rstrip()
+        for r in routing.results
+        for e in r.envelope.audit
+        if e.action != "pass"
+    ]
 
 
 def _result_or_none(future):
@@ -274,8 +319,9 @@ def quarantine_damaged(queue: DeliveryQueue) -> int:
     return damaged
 
 
-def _record(envelope: RequestEnvelope, instance: SpooledInstance, written: Path | None = None,
-            checksum: str | None = None) -> InstanceRecord:
+def _record(
+    envelope: RequestEnvelope, instance: SpooledInstance, written: Path | None = None, checksum: str | None = None
+) -> InstanceRecord:
     """The queue record of a received instance, or of an edited version of it written at ``written``."""
     a = envelope.association
     uid = envelope.command.affected_sop_instance_uid

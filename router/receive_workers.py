@@ -57,8 +57,12 @@ class ReceiveWorkers:
 
     def _spawn(self, index: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        process = ctx.Process(target=self.entry, args=(self.config, os.getpid(), index),
-                              name=f"dicom-router-receive-{index}", daemon=False)
+        process = ctx.Process(
+            target=self.entry,
+            args=(self.config, os.getpid(), index),
+            name=f"dicom-router-receive-{index}",
+            daemon=False,
+        )
         process.start()
         self.processes[index] = process
 

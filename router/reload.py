@@ -45,13 +45,16 @@ def compare(old: RouterConfig, new: RouterConfig) -> ConfigChanges:
         getattr(changes, f"{section}_added").extend(sorted(set(after) - set(before)))
         getattr(changes, f"{section}_removed").extend(sorted(set(before) - set(after)))
         getattr(changes, f"{section}_changed").extend(
-            sorted(n for n in set(before) & set(after) if before[n] != after[n]))
+            sorted(n for n in set(before) & set(after) if before[n] != after[n])
+        )
     return changes
 
 
 def refusal(old: RouterConfig, new: RouterConfig) -> str | None:
     """Why the running router cannot switch to ``new``, or None."""
     if old.router.data_dir != new.router.data_dir:
-        return (f"router.data_dir changed ({old.router.data_dir} -> {new.router.data_dir}); the spool and queue "
-                "live there: restart the router to move it")
+        return (
+            f"router.data_dir changed ({old.router.data_dir} -> {new.router.data_dir}); the spool and queue "
+            "live there: restart the router to move it"
+        )
     return None

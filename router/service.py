@@ -98,8 +98,12 @@ class RouterService:
                 self.workers = ReceiveWorkers(self.config, run_receive_worker)
                 self.workers.start()
         engine.freeze_startup_objects()
-        log.info("router started", data_dir=str(self.spool.data_dir), endpoints=sorted(self.endpoints),
-                 backends=sorted(self.config.backends))
+        log.info(
+            "router started",
+            data_dir=str(self.spool.data_dir),
+            endpoints=sorted(self.endpoints),
+            backends=sorted(self.config.backends),
+        )
 
     def _build_endpoint(self, config: RouterConfig, name: str, qr: QueryRetrieveService):
         endpoint_config = config.endpoints[name]
@@ -147,8 +151,9 @@ class RouterService:
             pipelines = PipelineSet(new, self.metrics)
             qr = QueryRetrieveService(new, pipelines, self.spool, self.qr.collector if self.qr else None)
         except Exception as exc:
-            log.error("reload refused: the new configuration cannot be built; the old one stays in effect",
-                      error=repr(exc))
+            log.error(
+                "reload refused: the new configuration cannot be built; the old one stays in effect", error=repr(exc)
+            )
             return False
         old_config, old_qr = self.config, self.qr
         self.intake.pipelines = pipelines
@@ -163,8 +168,13 @@ class RouterService:
                 self.admin = None
             self._start_admin()
         kept = {b: c for b, c in self.queue.counts().items() if b in changes.backends_removed}
-        log.info("configuration reloaded", source=str(source), **changes.summary(),
-                 tls_files_reread=tls_endpoints, queues_of_removed_backends_kept=kept)
+        log.info(
+            "configuration reloaded",
+            source=str(source),
+            **changes.summary(),
+            tls_files_reread=tls_endpoints,
+            queues_of_removed_backends_kept=kept,
+        )
         return True
 
     def _switch_endpoints(self, old_config: RouterConfig, old_qr: QueryRetrieveService, changes) -> None:
@@ -182,8 +192,9 @@ class RouterService:
                 replacement = self._build_endpoint(self.config, name, self.qr)
                 replacement.start(exclusive=current is None)  # next to the old listener (SO_REUSEPORT) until it closes
             except Exception as exc:
-                log.error("reload could not open the endpoint; it keeps its previous settings", endpoint=name,
-                          error=repr(exc))
+                log.error(
+                    "reload could not open the endpoint; it keeps its previous settings", endpoint=name, error=repr(exc)
+                )
                 if current is not None:
                     current.qr = self.qr
                 continue
@@ -271,8 +282,11 @@ class RouterService:
         try:
             self._stop_delivery()
         finally:
-            for close in (self.queue.close if self.queue is not None else None, self.spool.close,
-                          self._lock_file.close if self._lock_file is not None else None):
+            for close in (
+                self.queue.close if self.queue is not None else None,
+                self.spool.close,
+                self._lock_file.close if self._lock_file is not None else None,
+            ):
                 if close is not None:
                     try:
                         close()
@@ -322,8 +336,9 @@ class RouterService:
 
     def _start_delivery(self) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.delivery = ctx.Process(target=run_delivery, args=(self.config, os.getpid()), name="dicom-router-delivery",
-                                    daemon=False)
+        self.delivery = ctx.Process(
+            target=run_delivery, args=(self.config, os.getpid()), name="dicom-router-delivery", daemon=False
+        )
         self.delivery.start()
 
     def _lock_data_dir(self) -> None:
@@ -346,8 +361,12 @@ def run_receive_worker(config: RouterConfig, parent_pid: int, index: int) -> Non
     from router.delivery.process import die_with_parent
     from router.observe.logging import setup_logging
 
-    setup_logging(config.router.log_level, config.router.log_format, process=f"receive-{index}",
-                  thread_context=engine.current_association_fields)
+    setup_logging(
+        config.router.log_level,
+        config.router.log_format,
+        process=f"receive-{index}",
+        thread_context=engine.current_association_fields,
+    )
     die_with_parent()
     service = RouterService(config, role="receive-worker")
     service.handle_signals()

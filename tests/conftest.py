@@ -113,13 +113,23 @@ def endpoint_section(name: str, port: int, extra: str = "") -> str:
     return f'\n[endpoints.{name}]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {port}\n{extra}\n'
 
 
-def router_toml(data_dir: Path, port: int, backends: str, pipeline_backends: list[str], extra: str = "",
-                endpoint_extra: str = "", fast_retry: bool = True) -> str:
+def router_toml(
+    data_dir: Path,
+    port: int,
+    backends: str,
+    pipeline_backends: list[str],
+    extra: str = "",
+    endpoint_extra: str = "",
+    fast_retry: bool = True,
+) -> str:
     """A config text with one endpoint on ``port`` and the given backend tables."""
     retry = ""
     if fast_retry:
         retry = "initial_delay_seconds = 0.2\nmax_delay_seconds = 1.0\n"
-    text = router_section(data_dir) + endpoint_section("ingest", port, endpoint_extra) + f"""
+    text = (
+        router_section(data_dir)
+        + endpoint_section("ingest", port, endpoint_extra)
+        + f"""
 {backends}
 
 [pipelines.default]
@@ -127,6 +137,7 @@ endpoints = ["ingest"]
 backends = {pipeline_backends!r}
 {extra}
 """
+    )
     if retry:
         for name in pipeline_backends:
             text += f"\n[backends.{name}.retry]\n{retry}"

@@ -46,8 +46,10 @@ fi
 # The dependency versions the image and install.sh ship (requirements.lock), then the package and its test extras.
 "$python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 "$python" -m pip install -q --disable-pip-version-check -e '.[test]'
-# Static checks first: ruff's lint rules from pyproject.toml (the layer contract runs as a test).
+# Static checks first, as configured in pyproject.toml: ruff's lint rules and format, mypy over router/
+# (the import-layer contract runs as a test).
 "$python" -m ruff check router tests benchmarks
+"$python" -m ruff format --check router tests benchmarks
 "$python" -m pytest -n 2 --dist loadgroup -q "$@"
 # The integration tests again on pynetdicom as released plus the router's fixes (docs/engine.md);
 # tests of the owned engine's speed changes carry the owned_engine mark and are skipped.

@@ -200,8 +200,9 @@ class StoreSCU:
         assoc = self.backend.associate(self.ae, contexts)
         if assoc.is_established:
             self.assoc = assoc
-            self.proposed = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts
-                             if len(cx.transfer_syntax) == 1}
+            self.proposed = {
+                (cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts if len(cx.transfer_syntax) == 1
+            }
             return None
         return DeliveryResult(Outcome.UNREACHABLE, None, engine.why_not_associated(assoc, self.backend.describe()))
 
@@ -251,8 +252,12 @@ class StoreSCU:
                 f"the instance is {source.name} and the router does not transcode it",
             )
         target = convertible[0].transfer_syntax[0]
-        log.info("converting transfer syntax for a peer that refused it", source=source.name,
-                 target=UID(target).name, **delivery.log_context())
+        log.info(
+            "converting transfer syntax for a peer that refused it",
+            source=source.name,
+            target=UID(target).name,
+            **delivery.log_context(),
+        )
         converted = f"{delivery.path}.{UID(target).name.replace(' ', '-')}.part"
         try:
             convert_file(delivery.path, converted, target)

@@ -52,7 +52,9 @@ def check_references(config: RouterConfig, defined: dict[str, set[str]] | None =
     for name in config.endpoints:
         if name not in bound_endpoints:
             issues.append(
-                ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}", "no pipeline is bound to this endpoint")
+                ConfigIssue(
+                    config.origin(f"endpoints.{name}"), f"endpoints.{name}", "no pipeline is bound to this endpoint"
+                )
             )
     retrieving = any(getattr(b, "retrieve", None) for b in config.backends.values())
     for name, backend in config.backends.items():
@@ -60,15 +62,24 @@ def check_references(config: RouterConfig, defined: dict[str, set[str]] | None =
             continue  # a C-MOVE destination, named by its AE title in requests
         if name not in used_backends:
             issues.append(
-                ConfigIssue(config.origin(f"backends.{name}"), f"backends.{name}", "no pipeline sends to this backend", "warning")
+                ConfigIssue(
+                    config.origin(f"backends.{name}"),
+                    f"backends.{name}",
+                    "no pipeline sends to this backend",
+                    "warning",
+                )
             )
     if config.router.receive_processes > 1:
         for name, backend in config.backends.items():
             if getattr(backend, "retrieve", None) == "move":
-                issues.append(ConfigIssue(
-                    config.origin(f"backends.{name}"), f"backends.{name}.retrieve",
-                    "retrieve = \"move\" needs router.receive_processes = 1 (the upstream's C-STOREs could reach "
-                    "another receiving process); use retrieve = \"get\""))
+                issues.append(
+                    ConfigIssue(
+                        config.origin(f"backends.{name}"),
+                        f"backends.{name}.retrieve",
+                        'retrieve = "move" needs router.receive_processes = 1 (the upstream\'s C-STOREs could reach '
+                        'another receiving process); use retrieve = "get"',
+                    )
+                )
     issues += _duplicate_listeners(config)
     return issues
 
@@ -82,7 +93,11 @@ def _duplicate_listeners(config: RouterConfig) -> list[ConfigIssue]:
             continue
         if port in seen:
             issues.append(
-                ConfigIssue(config.origin(f"endpoints.{name}"), f"endpoints.{name}.port", f"port {port} is also used by endpoint {seen[port]!r}")
+                ConfigIssue(
+                    config.origin(f"endpoints.{name}"),
+                    f"endpoints.{name}.port",
+                    f"port {port} is also used by endpoint {seen[port]!r}",
+                )
             )
         else:
             seen[port] = name
@@ -131,7 +146,6 @@ def check_stage_files(config: RouterConfig) -> list[ConfigIssue]:
                 location = f"pipelines.{name}.middleware[{index}].{key}"
                 issues.append(ConfigIssue(config.origin(f"pipelines.{name}"), location, message, severity))
     return issues
-
 
 
 def writable_dir_problem(path: Path) -> str | None:

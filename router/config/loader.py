@@ -116,9 +116,7 @@ def _collect_sections(doc: dict, file: str, base_dir: Path, sections: dict, issu
         for comp_name, raw in table.items():
             if comp_name in sections[section]:
                 first = sections[section][comp_name][1]
-                issues.append(
-                    ConfigIssue(file, f"{section}.{comp_name}", f"already defined in {first}")
-                )
+                issues.append(ConfigIssue(file, f"{section}.{comp_name}", f"already defined in {first}"))
                 continue
             sections[section][comp_name] = (raw, file, base_dir)
 

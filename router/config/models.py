@@ -25,8 +25,9 @@ class RouterSection(StrictModel):
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_grace_seconds: Seconds = 30.0
     receive_processes: int = Field(default=1, ge=1, le=16)
-    engine: Literal["owned", "stock"] = Field(default_factory=lambda: os.environ.get("DICOM_ROUTER_ENGINE", "owned"),
-                                              validate_default=True)
+    engine: Literal["owned", "stock"] = Field(
+        default_factory=lambda: os.environ.get("DICOM_ROUTER_ENGINE", "owned"), validate_default=True
+    )
 
 
 class AdminSection(StrictModel):

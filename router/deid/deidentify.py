@@ -60,11 +60,38 @@ CID_7050 = {
 
 TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN", "CS"}
 DUMMIES = {
-    "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED",
-    "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED", "AE": "ANONYMIZED", "UR": "http://example.invalid",
-    "DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0",
-    "US": 0, "SS": 0, "UL": 0, "SL": 0, "UV": 0, "SV": 0, "FL": 0.0, "FD": 0.0, "AT": 0,
-    "OB": b"\0\0", "OW": b"\0\0", "OD": b"\0" * 8, "OF": b"\0" * 4, "OL": b"\0" * 4, "OV": b"\0" * 8, "UN": b"\0\0",
+    "PN": "ANONYMOUS",
+    "LO": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "UC": "ANONYMIZED",
+    "CS": "ANONYMIZED",
+    "AE": "ANONYMIZED",
+    "UR": "http://example.invalid",
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "IS": "0",
+    "DS": "0",
+    "US": 0,
+    "SS": 0,
+    "UL": 0,
+    "SL": 0,
+    "UV": 0,
+    "SV": 0,
+    "FL": 0.0,
+    "FD": 0.0,
+    "AT": 0,
+    "OB": b"\0\0",
+    "OW": b"\0\0",
+    "OD": b"\0" * 8,
+    "OF": b"\0" * 4,
+    "OL": b"\0" * 4,
+    "OV": b"\0" * 8,
+    "UN": b"\0\0",
 }
 FILE_META_AE_TAGS = (0x00020016, 0x00020017, 0x00020018)
 # The Implementation Class UID of files the router de-identified (a UUID-derived 2.25 UID, fixed).
@@ -202,8 +229,15 @@ class Deidentifier:
 class _Run:
     """One walk over one dataset, carrying what the walk needs at every level."""
 
-    def __init__(self, deid: Deidentifier, report: Report, shift: dt.timedelta | None,
-                 identifying: re.Pattern | None, new_id: str, new_name: str):
+    def __init__(
+        self,
+        deid: Deidentifier,
+        report: Report,
+        shift: dt.timedelta | None,
+        identifying: re.Pattern | None,
+        new_id: str,
+        new_name: str,
+    ):
         self.deid = deid
         self.profile = deid.profile
         self.keys = deid.settings.keys
@@ -389,15 +423,29 @@ def _identifying_pattern(ds: Dataset) -> re.Pattern | None:
         for value in _text(_element(ds, keyword)).split("\\"):
             if len(value.strip()) >= 3:
                 tokens.add(value.strip())
-    for keyword in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
-                    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName"):
+    for keyword in (
+        "PatientName",
+        "OtherPatientNames",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+    ):
         for part in re.split(r"[\^=\\ ,]+", _text(_element(ds, keyword))):
             if len(part) >= 3:
                 tokens.add(part)
     birth = _text(_element(ds, "PatientBirthDate"))
     if re.fullmatch(r"\d{8}", birth):
-        tokens.update({birth, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", f"{birth[6:]}.{birth[4:6]}.{birth[:4]}",
-                       f"{birth[4:6]}/{birth[6:]}/{birth[:4]}", f"{birth[6:]}/{birth[4:6]}/{birth[:4]}"})
+        tokens.update(
+            {
+                birth,
+                f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
+                f"{birth[6:]}.{birth[4:6]}.{birth[:4]}",
+                f"{birth[4:6]}/{birth[6:]}/{birth[:4]}",
+                f"{birth[6:]}/{birth[4:6]}/{birth[:4]}",
+            }
+        )
     if not tokens:
         return None
     alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))

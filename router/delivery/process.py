@@ -37,7 +37,9 @@ def build_backends(config: RouterConfig) -> dict:
     return backends
 
 
-def start_workers(config: RouterConfig, queue: DeliveryQueue, spool: Spool, stop: threading.Event) -> list[BackendWorker]:
+def start_workers(
+    config: RouterConfig, queue: DeliveryQueue, spool: Spool, stop: threading.Event
+) -> list[BackendWorker]:
     workers = []
     for name, backend in build_backends(config).items():
         backend_config = config.backends[name]
@@ -51,8 +53,12 @@ def start_workers(config: RouterConfig, queue: DeliveryQueue, spool: Spool, stop
 
 def run_delivery(config: RouterConfig, parent_pid: int) -> None:
     """Entry point of the delivery process (spawned by :class:`router.service.RouterService`)."""
-    setup_logging(config.router.log_level, config.router.log_format, process="delivery",
-                  thread_context=engine.current_association_fields)
+    setup_logging(
+        config.router.log_level,
+        config.router.log_format,
+        process="delivery",
+        thread_context=engine.current_association_fields,
+    )
     die_with_parent()
     engine.configure(config.router.engine)
     stop = threading.Event()

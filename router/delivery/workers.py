@@ -112,8 +112,11 @@ class SuccessRecorder:
         try:
             paths = self.queue.mark_delivered_many(batch)
         except Exception:
-            log.exception("cannot record deliveries; they will be sent again after a restart",
-                          deliveries=len(batch), backend=batch[0][0].backend)
+            log.exception(
+                "cannot record deliveries; they will be sent again after a restart",
+                deliveries=len(batch),
+                backend=batch[0][0].backend,
+            )
             return
         for path in paths:
             if path:
@@ -169,7 +172,7 @@ class BackendWorker(threading.Thread):
         unless it has ``group`` and ``deliver_many``, as STOW-RS does)."""
         groups = deliverer.group(batch) if hasattr(deliverer, "group") else [[d] for d in batch]
         for index, group in enumerate(groups):
-            later = [d for g in groups[index + 1:] for d in g]
+            later = [d for g in groups[index + 1 :] for d in g]
             if self.stop_event.is_set():
                 self.queue.postpone(group + later, time.time(), "router stopping")
                 return
@@ -210,8 +213,12 @@ class BackendWorker(threading.Thread):
         the attempts so far and the seconds since the instance was queued."""
         now = time.time()
         attempts = delivery.attempts + 1
-        ctx = {**delivery.log_context(), "status": _hex(result.status), "attempts": attempts,
-               "queued_s": round(now - delivery.queued_at, 3)}
+        ctx = {
+            **delivery.log_context(),
+            "status": _hex(result.status),
+            "attempts": attempts,
+            "queued_s": round(now - delivery.queued_at, 3),
+        }
         if result.delivered:
             self.recorder.add(delivery, result.outcome is Outcome.WARNING)
             if result.outcome is Outcome.WARNING:
@@ -243,8 +250,13 @@ class BackendWorker(threading.Thread):
             log.error("delivery quarantined", reason=reason, **delivery.log_context())
         waiting = [d for d in untried if d not in expired]
         self.queue.postpone(waiting, now + delay, result.reason, unreachable=True)
-        log.warning("backend unreachable", backend=self.backend, reason=result.reason, waiting=len(waiting),
-                    retry_in_s=round(delay, 1))
+        log.warning(
+            "backend unreachable",
+            backend=self.backend,
+            reason=result.reason,
+            waiting=len(waiting),
+            retry_in_s=round(delay, 1),
+        )
         self.stop_event.wait(delay)
 
 

@@ -75,8 +75,15 @@ class DimseEndpointConfig(EndpointConfig):
 
 
 class DimseEndpoint:
-    def __init__(self, name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake,
-                 qr: QueryRetrieveService | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        name: str,
+        config: DimseEndpointConfig,
+        router_ae_title: str,
+        intake: Intake,
+        qr: QueryRetrieveService | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.name = name
         self.metrics = metrics or Metrics()
         self.config = config
@@ -127,17 +134,25 @@ class DimseEndpoint:
         ]
         self._ae = ae
         self.server = self._listen(ae, handlers)
-        log.info("endpoint listening", endpoint=self.name, ae_title=self.ae_title,
-                 address=f"{self.address[0]}:{self.address[1]}",
-                 query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [])
+        log.info(
+            "endpoint listening",
+            endpoint=self.name,
+            ae_title=self.ae_title,
+            address=f"{self.address[0]}:{self.address[1]}",
+            query_retrieve=sorted(self.qr.offered(self.name)) if self.qr is not None else [],
+        )
 
     def _listen(self, ae: AE, handlers):
         """A listener with a bounded pool for connections that have not sent their association
         request yet (:class:`~router.engine.admission.AdmittingServer`)."""
         address = (self.config.bind, self.config.port)
         tls = self.config.tls
-        server = ae.make_server(address, evt_handlers=handlers, server_class=AdmittingServer,
-                                ssl_context=server_context(tls) if tls is not None else None)
+        server = ae.make_server(
+            address,
+            evt_handlers=handlers,
+            server_class=AdmittingServer,
+            ssl_context=server_context(tls) if tls is not None else None,
+        )
         server.endpoint = self.name
         server.request_timeout = self.config.acse_timeout
         server.max_pending = self.config.max_pending
@@ -181,9 +196,11 @@ class DimseEndpoint:
             time.sleep(0.05)
         left = self.active_associations()
         for assoc in left:
-            log.warning("aborting an association still open at the end of the shutdown grace period",
-                        endpoint=self.name, assoc_id=getattr(getattr(assoc, "router_info", None), "association_id",
-                                                             None))
+            log.warning(
+                "aborting an association still open at the end of the shutdown grace period",
+                endpoint=self.name,
+                assoc_id=getattr(getattr(assoc, "router_info", None), "association_id", None),
+            )
             assoc.abort()
         for assoc in left:
             assoc.join(timeout=5)
@@ -210,8 +227,12 @@ class DimseEndpoint:
 
     def _assoc_log(self, assoc):
         info = self._info(assoc)
-        return log.bind(endpoint=self.name, assoc_id=info.association_id, calling_aet=info.calling_aet,
-                        peer=f"{info.peer_host}:{info.peer_port}")
+        return log.bind(
+            endpoint=self.name,
+            assoc_id=info.association_id,
+            calling_aet=info.calling_aet,
+            peer=f"{info.peer_host}:{info.peer_port}",
+        )
 
     def _on_requested(self, event) -> None:
         assoc = event.assoc
@@ -224,8 +245,11 @@ class DimseEndpoint:
             diagnostic = DIAG_CALLING_AET if "calling AE" in refusal else DIAG_NO_REASON
             self._refuse(assoc, refusal, (REJECT_PERMANENT, SOURCE_USER, diagnostic))
         elif not self._take_slot(assoc):
-            self._refuse(assoc, f"max_associations ({self.config.max_associations}) reached",
-                         (REJECT_TRANSIENT, SOURCE_PRESENTATION, DIAG_LOCAL_LIMIT))
+            self._refuse(
+                assoc,
+                f"max_associations ({self.config.max_associations}) reached",
+                (REJECT_TRANSIENT, SOURCE_PRESENTATION, DIAG_LOCAL_LIMIT),
+            )
 
     def _take_slot(self, assoc) -> bool:
         """Count ``assoc`` among the endpoint's associations unless ``max_associations`` are open."""
@@ -247,13 +271,15 @@ class DimseEndpoint:
         engine.arm_socket_timeout(event.assoc, self.config.network_timeout)
         self.metrics.associations.labels(self.name, "accepted").inc()
         info = self._info(event.assoc)
-        self._assoc_log(event.assoc).info("association accepted", called_aet=info.called_aet,
-                                          tls=self.config.tls is not None, tls_peer=info.tls_peer)
+        self._assoc_log(event.assoc).info(
+            "association accepted", called_aet=info.called_aet, tls=self.config.tls is not None, tls_peer=info.tls_peer
+        )
 
     def _on_rejected(self, event) -> None:
         self.metrics.associations.labels(self.name, "rejected").inc()
-        self._assoc_log(event.assoc).warning("association rejected by the negotiation",
-                                             active=len(self._ae.active_associations) if self._ae else None)
+        self._assoc_log(event.assoc).warning(
+            "association rejected by the negotiation", active=len(self._ae.active_associations) if self._ae else None
+        )
 
     def _on_aborted(self, event) -> None:
         self._assoc_log(event.assoc).warning("association aborted")
@@ -264,8 +290,11 @@ class DimseEndpoint:
     def _on_connection_closed(self, event) -> None:
         if getattr(event.assoc, "router_info", None) is None:
             host, port = event.address[:2]
-            log.warning("connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)",
-                        endpoint=self.name, peer=f"{host}:{port}")
+            log.warning(
+                "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)",
+                endpoint=self.name,
+                peer=f"{host}:{port}",
+            )
 
     # -- DIMSE services ------------------------------------------------------
 
@@ -279,14 +308,24 @@ class DimseEndpoint:
         info = self._info(event.assoc)
         receive_error = getattr(rq, "_receive_error", None)
         if receive_error is not None:
-            log.error("refusing instance: its data set could not be written", error=receive_error,
-                      association_id=info.association_id, calling_aet=info.calling_aet,
-                      sop_instance_uid=str(rq.AffectedSOPInstanceUID))
+            log.error(
+                "refusing instance: its data set could not be written",
+                error=receive_error,
+                association_id=info.association_id,
+                calling_aet=info.calling_aet,
+                sop_instance_uid=str(rq.AffectedSOPInstanceUID),
+            )
             self.metrics.response(self.name, "C-STORE", OUT_OF_RESOURCES)
             return OUT_OF_RESOURCES
-        if self.qr is not None and self.qr.collector.active and self.qr.collector.claim(
-            str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
-            Path(event.dataset_path),
+        if (
+            self.qr is not None
+            and self.qr.collector.active
+            and self.qr.collector.claim(
+                str(rq.AffectedSOPInstanceUID),
+                str(rq.AffectedSOPClassUID),
+                str(event.context.transfer_syntax),
+                Path(event.dataset_path),
+            )
         ):
             self.metrics.response(self.name, "C-STORE", 0x0000)
             return 0x0000
@@ -303,9 +342,14 @@ class DimseEndpoint:
         received = Path(event.dataset_path)
         size = self._count_received(received, getattr(rq, "_received_size", None))
         try:
-            result = self.intake.receive_store(envelope, received, str(event.context.transfer_syntax), size,
-                                               received_file=take_received_file(rq),
-                                               checksum=getattr(rq, "_received_checksum", None))
+            result = self.intake.receive_store(
+                envelope,
+                received,
+                str(event.context.transfer_syntax),
+                size,
+                received_file=take_received_file(rq),
+                checksum=getattr(rq, "_received_checksum", None),
+            )
             status = result.status
         except Exception as exc:  # never let a bug take the association or the daemon down
             log.exception("C-STORE handling failed", error=repr(exc), **envelope.log_context())
@@ -325,26 +369,47 @@ class DimseEndpoint:
         self.metrics.bytes_received.labels(self.name).inc(size)
         return size
 
-
     def _on_find(self, event):
         rq = event.request
         info = self._info(event.assoc)
-        yield from self._counted("C-FIND", self.qr.find(
-            info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier, lambda: event.is_cancelled))
+        yield from self._counted(
+            "C-FIND",
+            self.qr.find(
+                info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier, lambda: event.is_cancelled
+            ),
+        )
 
     def _on_move(self, event):
         rq = event.request
         info = self._info(event.assoc)
-        yield from self._counted("C-MOVE", self.qr.move(
-            info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier,
-            str(event.move_destination or "").strip(), self.ae_title, lambda: event.is_cancelled))
+        yield from self._counted(
+            "C-MOVE",
+            self.qr.move(
+                info,
+                str(rq.AffectedSOPClassUID),
+                int(rq.MessageID),
+                event.identifier,
+                str(event.move_destination or "").strip(),
+                self.ae_title,
+                lambda: event.is_cancelled,
+            ),
+        )
 
     def _on_get(self, event):
         rq = event.request
         info = self._info(event.assoc)
-        yield from self._counted("C-GET", self.qr.get(
-            info, str(rq.AffectedSOPClassUID), int(rq.MessageID), event.identifier, self.ae_title,
-            event.assoc.accepted_contexts, lambda: event.is_cancelled))
+        yield from self._counted(
+            "C-GET",
+            self.qr.get(
+                info,
+                str(rq.AffectedSOPClassUID),
+                int(rq.MessageID),
+                event.identifier,
+                self.ae_title,
+                event.assoc.accepted_contexts,
+                lambda: event.is_cancelled,
+            ),
+        )
 
     def _counted(self, service: str, responses):
         """Pass a handler's yields through; count its final status (an exception counts as 0xC000
@@ -355,8 +420,12 @@ class DimseEndpoint:
                 yield last
         except Exception as exc:
             self.metrics.response(self.name, service, 0xC000)
-            log.error(f"{service} failed", endpoint=self.name, error=repr(exc), exc_info=not isinstance(
-                exc, (UpstreamError, RetrievalRefused)))
+            log.error(
+                f"{service} failed",
+                endpoint=self.name,
+                error=repr(exc),
+                exc_info=not isinstance(exc, (UpstreamError, RetrievalRefused)),
+            )
             raise
         self.metrics.response(self.name, service, _final_status(last))
 
@@ -375,6 +444,12 @@ def _final_status(last) -> int:
 
 
 @register("endpoint", "dimse", DimseEndpointConfig)
-def build_dimse_endpoint(name: str, config: DimseEndpointConfig, router_ae_title: str, intake: Intake,
-                         qr: QueryRetrieveService | None = None, metrics: Metrics | None = None) -> DimseEndpoint:
+def build_dimse_endpoint(
+    name: str,
+    config: DimseEndpointConfig,
+    router_ae_title: str,
+    intake: Intake,
+    qr: QueryRetrieveService | None = None,
+    metrics: Metrics | None = None,
+) -> DimseEndpoint:
     return DimseEndpoint(name, config, router_ae_title, intake, qr, metrics)

@@ -77,8 +77,12 @@ def configure(mode: str | None = None) -> SeamReport:
         log_unhandled_thread_errors()
         notable = _report.mode != "owned" or _report.left_out
         (log.info if notable else log.debug)(
-            "pynetdicom engine", mode=_report.mode, pynetdicom=pynetdicom.__version__,
-            changes_applied=len(_report.applied), changes_left_out=len(_report.left_out))
+            "pynetdicom engine",
+            mode=_report.mode,
+            pynetdicom=pynetdicom.__version__,
+            changes_applied=len(_report.applied),
+            changes_left_out=len(_report.left_out),
+        )
         return _report
 
 

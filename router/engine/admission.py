@@ -105,11 +105,15 @@ class AdmittingServer(ThreadedAssociationServer):
             self._forget_closed()
             from_host = [s for s, p in self._pending.items() if p.host == host]
             if len(from_host) >= self.max_pending_per_address:
-                self._cut_off(from_host[0], "more pending connections from this address than "
-                                            f"max_pending_per_address ({self.max_pending_per_address})")
+                self._cut_off(
+                    from_host[0],
+                    "more pending connections from this address than "
+                    f"max_pending_per_address ({self.max_pending_per_address})",
+                )
             if len(self._pending) >= self.max_pending:
-                self._cut_off(next(iter(self._pending)), f"more pending connections than max_pending "
-                                                         f"({self.max_pending})")
+                self._cut_off(
+                    next(iter(self._pending)), f"more pending connections than max_pending ({self.max_pending})"
+                )
             self._pending[request] = _Pending(host, port, time.monotonic() + timeout)
         return True
 
@@ -146,8 +150,13 @@ class AdmittingServer(ThreadedAssociationServer):
     def _cut_off(self, sock, reason: str) -> None:
         """Shut a pending connection down (the caller holds the lock); its own threads then end."""
         pending = self._pending.pop(sock)
-        log.warning("pending connection closed", endpoint=self.endpoint, peer=f"{pending.host}:{pending.port}",
-                    reason=reason, pending=len(self._pending))
+        log.warning(
+            "pending connection closed",
+            endpoint=self.endpoint,
+            peer=f"{pending.host}:{pending.port}",
+            reason=reason,
+            pending=len(self._pending),
+        )
         try:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
@@ -167,8 +176,11 @@ class AdmittingServer(ThreadedAssociationServer):
         finally:
             self._reserve = _reserve_descriptor()
         _refuse(sock)
-        log.warning("association refused: the process has no descriptor left (raise LimitNOFILE)",
-                    endpoint=self.endpoint, peer=f"{address[0]}:{address[1]}")
+        log.warning(
+            "association refused: the process has no descriptor left (raise LimitNOFILE)",
+            endpoint=self.endpoint,
+            peer=f"{address[0]}:{address[1]}",
+        )
 
     def handle_error(self, request, client_address) -> None:
         """A connection the server could not set up (no descriptor or no thread for its association):
@@ -177,12 +189,12 @@ class AdmittingServer(ThreadedAssociationServer):
         limit = isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS or isinstance(exc, RuntimeError)
         peer = f"{client_address[0]}:{client_address[1]}"
         if limit:
-            log.warning("association refused: a process limit was reached", endpoint=self.endpoint, peer=peer,
-                        error=repr(exc))
+            log.warning(
+                "association refused: a process limit was reached", endpoint=self.endpoint, peer=peer, error=repr(exc)
+            )
             _refuse(request, close=False)
         else:
-            log.error("connection set-up failed", endpoint=self.endpoint, peer=peer, error=repr(exc),
-                      exc_info=exc)
+            log.error("connection set-up failed", endpoint=self.endpoint, peer=peer, error=repr(exc), exc_info=exc)
 
     # -- the connection's own thread ----------------------------------------------------
 
@@ -204,8 +216,12 @@ class AdmittingServer(ThreadedAssociationServer):
             request.settimeout(None)
             return True
         except (OSError, ValueError) as exc:
-            log.warning("TLS handshake failed", endpoint=self.endpoint,
-                        peer=f"{client_address[0]}:{client_address[1]}", error=str(exc))
+            log.warning(
+                "TLS handshake failed",
+                endpoint=self.endpoint,
+                peer=f"{client_address[0]}:{client_address[1]}",
+                error=str(exc),
+            )
             return False
 
     def shutdown_request(self, request) -> None:

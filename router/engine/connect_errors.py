@@ -30,8 +30,9 @@ def _connect(self: AssociationSocket, primitive: T_CONNECT) -> None:
     try:
         if self.tls_args:
             context, server_hostname = self.tls_args
-            self.socket = cast(socket.socket, context.wrap_socket(
-                self.socket, server_side=False, server_hostname=server_hostname))
+            self.socket = cast(
+                socket.socket, context.wrap_socket(self.socket, server_side=False, server_hostname=server_hostname)
+            )
         self.socket.settimeout(self.assoc.connection_timeout)
         self.socket.connect(primitive.address_info.as_tuple)
         self.socket.settimeout(None)
@@ -70,8 +71,7 @@ def why_not_associated(assoc, peer: str) -> str:
     if error is not None:
         return f"cannot connect to {peer}: {connect_problem(error, assoc.connection_timeout)}"
     if assoc.is_aborted:
-        return (f"{peer} aborted the association request, or did not answer it within "
-                f"{assoc.acse_timeout:g} s")
+        return f"{peer} aborted the association request, or did not answer it within {assoc.acse_timeout:g} s"
     return f"cannot connect to {peer}"
 
 

@@ -76,8 +76,12 @@ def _unhandled(args) -> None:
     if args.exc_type is SystemExit:
         return
     thread = args.thread
-    log.error("a thread ended with an unhandled error", thread=getattr(thread, "name", None),
-              error=repr(args.exc_value), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    log.error(
+        "a thread ended with an unhandled error",
+        thread=getattr(thread, "name", None),
+        error=repr(args.exc_value),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
     try:
         if isinstance(thread, Association):
             abort_after_error(thread.dul, args.exc_value, "in the association thread")

@@ -110,7 +110,8 @@ def store_rq_pdata(primitive: C_STORE, context_id: int, max_pdu: int):
         for position, length, last in fragment_bounds(0, len(data), max_pdu):
             pdata = P_DATA()
             pdata.presentation_data_value_list.append(
-                (context_id, (b"\x02" if last else b"\x00") + data[position:position + length]))
+                (context_id, (b"\x02" if last else b"\x00") + data[position : position + length])
+            )
             yield pdata
 
 
@@ -256,12 +257,16 @@ def _send_queued(assoc: Association, request: C_STORE, context_id: int) -> Store
 
 def _accepted_context_id(assoc, meta) -> int | None:
     """The first accepted context (as SCU) for the file's SOP class in its transfer syntax."""
-    if not all(keyword in meta for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
-                                               "TransferSyntaxUID")):
+    if not all(
+        keyword in meta for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+    ):
         return None
     for context in assoc._accepted_cx.values():
-        if (context.abstract_syntax == meta.MediaStorageSOPClassUID and context.as_scu
-                and context.transfer_syntax[0] == meta.TransferSyntaxUID):
+        if (
+            context.abstract_syntax == meta.MediaStorageSOPClassUID
+            and context.as_scu
+            and context.transfer_syntax[0] == meta.TransferSyntaxUID
+        ):
             return context.context_id
     return None
 

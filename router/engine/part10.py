@@ -70,10 +70,20 @@ def encode_file_meta(meta: FileMetaValues) -> bytes:
     return _short(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
-def _create(sop_class_uid, sop_instance_uid, transfer_syntax, implementation_uid=IMPLEMENTATION_UID,
-            implementation_version=IMPLEMENTATION_VERSION) -> FileMetaValues:
-    return FileMetaValues(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax),
-                          str(implementation_uid), str(implementation_version))
+def _create(
+    sop_class_uid,
+    sop_instance_uid,
+    transfer_syntax,
+    implementation_uid=IMPLEMENTATION_UID,
+    implementation_version=IMPLEMENTATION_VERSION,
+) -> FileMetaValues:
+    return FileMetaValues(
+        str(sop_class_uid),
+        str(sop_instance_uid),
+        str(transfer_syntax),
+        str(implementation_uid),
+        str(implementation_version),
+    )
 
 
 def _write(fp, file_meta, enforce_standard: bool = True) -> None:
@@ -128,7 +138,7 @@ def read_file_meta(head: bytes) -> tuple[FileMetaSummary, int]:
             raise NotPlainPart10("file meta with an undefined or long element")
         keyword = _KEYWORDS.get(element)
         if keyword is not None:
-            values[keyword] = UID(head[position:position + length].decode("iso8859").rstrip("\0 "))
+            values[keyword] = UID(head[position : position + length].decode("iso8859").rstrip("\0 "))
         position += length
 
 

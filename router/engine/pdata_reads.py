@@ -118,7 +118,9 @@ def _read_pdu(self, raw: socket.socket, header: bytes) -> bool:
         _read_items(self, reader, length)
         return True
     except InvalidPDU:
-        log_association_error(self.assoc, InvalidPDU("the items do not add up to the PDU length"), "receiving a P-DATA-TF PDU")
+        log_association_error(
+            self.assoc, InvalidPDU("the items do not add up to the PDU length"), "receiving a P-DATA-TF PDU"
+        )
         self.event_queue.put("Evt19")
     except TooSlow as exc:
         log_association_error(self.assoc, exc, "receiving a message")
@@ -180,7 +182,7 @@ class _Reader:
             return bytes(self.buffer[:size])
         chunks = bytearray()
         while size:
-            part = self.buffer[:min(size, len(self.buffer))]
+            part = self.buffer[: min(size, len(self.buffer))]
             self._fill(part)
             chunks += part
             size -= len(part)
@@ -189,7 +191,7 @@ class _Reader:
     def into(self, incoming, size: int) -> None:
         """Pass the next ``size`` bytes to ``incoming.write_part``, a buffer at a time."""
         while size:
-            part = self.buffer[:min(size, len(self.buffer))]
+            part = self.buffer[: min(size, len(self.buffer))]
             self._fill(part)
             incoming.write_part(part)
             size -= len(part)

@@ -75,7 +75,8 @@ class FileFragments(P_DATA):
             primitive = P_DATA()
             control = LAST_FRAGMENT if last else 0
             primitive.presentation_data_value_list.append(
-                (self.context_id, bytes((control,)) + self.source.read(offset, length)))
+                (self.context_id, bytes((control,)) + self.source.read(offset, length))
+            )
             out.append(primitive)
         return out
 
@@ -139,8 +140,9 @@ def send_fragments(raw: socket.socket, primitive: FileFragments) -> None:
     """Send each fragment as a P-DATA-TF PDU: its headers, then the file's bytes with sendfile()."""
     fd = primitive.source.file.fileno()
     for offset, length, last in primitive.fragments:
-        headers = HEADERS.pack(P_DATA_TF_TYPE, 0, length + 6, length + 2, primitive.context_id,
-                               LAST_FRAGMENT if last else 0)
+        headers = HEADERS.pack(
+            P_DATA_TF_TYPE, 0, length + 6, length + 2, primitive.context_id, LAST_FRAGMENT if last else 0
+        )
         if not length:
             raw.sendall(headers)
             continue

@@ -52,8 +52,13 @@ def largest_acceptable(dul, pdu_type: int) -> int:
 
 def refuse_length(dul, pdu_type: int, length: int, limit: int) -> None:
     """Log a PDU announcing more than ``limit`` bytes and queue its abort (Evt19)."""
-    log.error("PDU announces more bytes than the association accepts; aborting", pdu_type=f"0x{pdu_type:02X}",
-              length=length, limit=limit, **association_fields(dul.assoc))
+    log.error(
+        "PDU announces more bytes than the association accepts; aborting",
+        pdu_type=f"0x{pdu_type:02X}",
+        length=length,
+        limit=limit,
+        **association_fields(dul.assoc),
+    )
     dul.event_queue.put("Evt19")
 
 

@@ -61,4 +61,3 @@ def restart_between_messages(dul) -> None:
     dimse = dul.assoc.dimse
     if dimse.message is None and getattr(dimse, "_incoming_data_set", None) is None:
         progress.restart()
-

@@ -73,6 +73,7 @@ def _bounded_by(timer, wait: float) -> float:
         return wait
     return min(wait, max(timer.remaining, 0.001))
 
+
 _stock = {
     "dul_init": DULServiceProvider.__init__,
     "assoc_init": Association.__init__,
@@ -216,8 +217,9 @@ def _dul_run_reactor(self) -> None:
             try:
                 hook(self)
             except Exception as exc:  # a clean-up must not keep the association from ending
-                ROUTER_LOG.exception("clean-up at the end of an association failed", error=repr(exc),
-                                     **association_fields(self.assoc))
+                ROUTER_LOG.exception(
+                    "clean-up at the end of an association failed", error=repr(exc), **association_fields(self.assoc)
+                )
         self.assoc.wake_reactor()
 
 
@@ -296,8 +298,9 @@ def abort_after_error(dul, exc: BaseException, where: str) -> None:
 
 def log_association_error(assoc, exc: BaseException, where: str) -> None:
     """One structured line for an error that ends an association, with who the peer was."""
-    ROUTER_LOG.error("association ended after an unexpected error", where=where, error=repr(exc),
-                     **association_fields(assoc))
+    ROUTER_LOG.error(
+        "association ended after an unexpected error", where=where, error=repr(exc), **association_fields(assoc)
+    )
 
 
 def association_fields(assoc) -> dict:
@@ -306,8 +309,12 @@ def association_fields(assoc) -> dict:
     association the router requested."""
     info = getattr(assoc, "router_info", None)
     if info is not None:
-        return {"endpoint": info.endpoint, "assoc_id": info.association_id, "calling_aet": info.calling_aet,
-                "peer": f"{info.peer_host}:{info.peer_port}"}
+        return {
+            "endpoint": info.endpoint,
+            "assoc_id": info.association_id,
+            "calling_aet": info.calling_aet,
+            "peer": f"{info.peer_host}:{info.peer_port}",
+        }
     return {"peer": _peer_of(assoc)}
 
 
@@ -342,8 +349,11 @@ def _drop_late_p_data(dul) -> None:
         dul.to_provider_queue.get(False)
     except queue.Empty:
         return
-    ROUTER_LOG.error("dropped a P-DATA queued after the association's release began",
-                     state=dul.state_machine.current_state, **association_fields(dul.assoc))
+    ROUTER_LOG.error(
+        "dropped a P-DATA queued after the association's release began",
+        state=dul.state_machine.current_state,
+        **association_fields(dul.assoc),
+    )
 
 
 def _do_action(self, event: str) -> None:
@@ -523,7 +533,9 @@ def _dul_receive_pdu(self, wait: bool = False, timeout: float | None = None):
     while True:
         remaining = MAX_WAIT if deadline is None else min(MAX_WAIT, deadline - time.monotonic())
         try:
-            primitive = self.to_user_queue.get(block=wait and remaining > 0, timeout=max(remaining, 0) if wait else None)
+            primitive = self.to_user_queue.get(
+                block=wait and remaining > 0, timeout=max(remaining, 0) if wait else None
+            )
         except queue.Empty:
             if not wait or (deadline is not None and time.monotonic() >= deadline) or not self.is_alive():
                 return None

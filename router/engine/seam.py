@@ -96,8 +96,13 @@ def apply_changes(changes: Iterable[Change], mode: str) -> SeamReport:
             continue
         report.left_out[change.name] = reason
         if change.kind == "fix" or mode == "owned":
-            log.warning("pynetdicom change not applied", change=change.name, kind=change.kind, reason=reason,
-                        replaces=list(change.replaces))
+            log.warning(
+                "pynetdicom change not applied",
+                change=change.name,
+                kind=change.kind,
+                reason=reason,
+                replaces=list(change.replaces),
+            )
     return report
 
 

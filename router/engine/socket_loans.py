@@ -45,8 +45,13 @@ PDU_HEADER = struct.Struct(">BBL")
 PDV_HEADER = struct.Struct(">LBB")
 ELEMENT_HEADER = struct.Struct("<HHL")
 _NEED_PYNETDICOM_OBJECTS = (
-    evt.EVT_PDU_SENT, evt.EVT_PDU_RECV, evt.EVT_DATA_SENT, evt.EVT_DATA_RECV,
-    evt.EVT_DIMSE_SENT, evt.EVT_DIMSE_RECV, evt.EVT_FSM_TRANSITION,
+    evt.EVT_PDU_SENT,
+    evt.EVT_PDU_RECV,
+    evt.EVT_DATA_SENT,
+    evt.EVT_DATA_RECV,
+    evt.EVT_DIMSE_SENT,
+    evt.EVT_DIMSE_RECV,
+    evt.EVT_FSM_TRANSITION,
 )
 
 
@@ -73,8 +78,9 @@ def lendable_socket(assoc) -> socket.socket | None:
     return raw
 
 
-def exchange_on_loan(assoc, raw: socket.socket, request: bytes, data_set: Iterable[FileFragments],
-                     timeout: float | None) -> bytes | None:
+def exchange_on_loan(
+    assoc, raw: socket.socket, request: bytes, data_set: Iterable[FileFragments], timeout: float | None
+) -> bytes | None:
     """Send a request (its encoded command PDU, then its data set's fragments) on the lent
     socket and return the command set of the peer's answer.
 
@@ -86,7 +92,8 @@ def exchange_on_loan(assoc, raw: socket.socket, request: bytes, data_set: Iterab
     dul = assoc.dul
     with dul._socket_lock:
         if dul.state_machine.current_state != ESTABLISHED or not (
-                dul.to_provider_queue.empty() and dul.event_queue.empty()):
+            dul.to_provider_queue.empty() and dul.event_queue.empty()
+        ):
             return None
         dul._socket_lent = True
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -128,8 +135,9 @@ def settle_lent_socket(assoc) -> None:
 
 
 def _taken_in(dul) -> bool:
-    return (dul.state_machine.current_state == ESTABLISHED and dul.event_queue.empty()
-            and not _has_input(plain_socket(dul)))
+    return (
+        dul.state_machine.current_state == ESTABLISHED and dul.event_queue.empty() and not _has_input(plain_socket(dul))
+    )
 
 
 def _has_input(raw: socket.socket | None) -> bool:
@@ -155,7 +163,7 @@ def read_command_set(raw: socket.socket, deadline: float | None) -> bytes:
             raise PeerSpoke(f"the peer sent a PDU of type 0x{pdu_type:02X}")
         if length > MAX_BUFFER:
             raise InvalidResponse(f"the peer announced a PDU of {length} bytes")
-        body = memoryview(_read_exactly(raw, PDU_HEADER.size + length))[PDU_HEADER.size:]
+        body = memoryview(_read_exactly(raw, PDU_HEADER.size + length))[PDU_HEADER.size :]
         position = 0
         while position < len(body):
             if position + PDV_HEADER.size > len(body):
@@ -166,7 +174,7 @@ def read_command_set(raw: socket.socket, deadline: float | None) -> bytes:
                 raise InvalidResponse("a P-DATA-TF item runs past its PDU")
             if not control & 0x01:
                 raise InvalidResponse("the answer carries a data set")
-            command += body[position + PDV_HEADER.size:end]
+            command += body[position + PDV_HEADER.size : end]
             position = end
             if control & 0x02:
                 if position != len(body):
@@ -218,7 +226,7 @@ def parse_store_rsp(command: bytes) -> tuple[int, str | None]:
         position += ELEMENT_HEADER.size
         if group != 0x0000 or position + length > len(command):
             raise InvalidResponse("the command set has an element outside group 0000 or past its end")
-        elements[element] = command[position:position + length]
+        elements[element] = command[position : position + length]
         position += length
     if _us(elements.get(0x0100)) != C_STORE_RSP_FIELD:
         raise InvalidResponse("the answer is not a C-STORE-RSP")

@@ -170,4 +170,3 @@ def close_and_remove(path, file) -> None:
             os.unlink(path)
         except OSError:
             pass
-

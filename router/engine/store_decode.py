@@ -72,7 +72,7 @@ def parse_command_set(data) -> dict[int, bytes]:
         position += 8
         if group != 0 or length > end - position or element in fields:
             raise NotPlain("not a plain command set")
-        fields[element] = bytes(data[position:position + length])
+        fields[element] = bytes(data[position : position + length])
         position += length
     return fields
 
@@ -145,8 +145,14 @@ class IncomingDataSet:
         self.files = files
         try:
             self.path, self.file = files.take()
-            self._write(PREAMBLE + encode_file_meta(FileMetaValues(
-                str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID), str(transfer_syntax))))
+            self._write(
+                PREAMBLE
+                + encode_file_meta(
+                    FileMetaValues(
+                        str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID), str(transfer_syntax)
+                    )
+                )
+            )
         except OSError as exc:
             self._fail(exc)
 
@@ -195,7 +201,7 @@ class IncomingDataSet:
         self.size += len(view)
         self.checksum.update(view)
         while view:
-            view = view[self.file.write(view):]
+            view = view[self.file.write(view) :]
 
     def _fail(self, exc: OSError) -> None:
         self.error = f"cannot write the received data set: {exc}"
@@ -235,7 +241,8 @@ def start_writeback(fd: int) -> None:
 def _receive_primitive(self, primitive: P_DATA) -> None:
     """pynetdicom's ``receive_primitive`` with the fast path for plain C-STOREs in front."""
     if getattr(self, "_incoming_data_set", None) is None and (
-            self.message is not None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV)):
+        self.message is not None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
+    ):
         _stock_receive_primitive(self, primitive)
         return
     pdvs = primitive.presentation_data_value_list
@@ -255,8 +262,10 @@ def _receive_primitive(self, primitive: P_DATA) -> None:
 def _continue_data_set(self, incoming: IncomingDataSet, data) -> bool:
     """Write one data set fragment; queue the request after the last. False if the peer broke the protocol."""
     if data[0] & 1:
-        log.error("a command fragment arrived inside a C-STORE data set; aborting the association",
-                  **association_fields(self.dul.assoc))
+        log.error(
+            "a command fragment arrived inside a C-STORE data set; aborting the association",
+            **association_fields(self.dul.assoc),
+        )
         self._incoming_data_set = None
         incoming.discard()
         self.dul.event_queue.put("Evt19")
@@ -290,8 +299,9 @@ def _take_command(self, context_id: int, data) -> bool:
         if context is None:
             return False
         request = store_request(fields)
-        self._incoming_data_set = IncomingDataSet(request, context_id, context.transfer_syntax[0],
-                                                  received_files_of(self.assoc))
+        self._incoming_data_set = IncomingDataSet(
+            request, context_id, context.transfer_syntax[0], received_files_of(self.assoc)
+        )
         return True
     except NotPlain:
         return False

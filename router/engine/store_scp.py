@@ -61,8 +61,12 @@ def answer(dimse, context_id: int, request: C_STORE) -> bool:
     try:
         status = handler(event, *args) if args is not None else handler(event)
     except Exception as exc:
-        log.exception("exception in the C-STORE handler", status=f"0x{HANDLER_FAILED:04X}", error=repr(exc),
-                      **association_fields(assoc))
+        log.exception(
+            "exception in the C-STORE handler",
+            status=f"0x{HANDLER_FAILED:04X}",
+            error=repr(exc),
+            **association_fields(assoc),
+        )
         status = HANDLER_FAILED
     finally:
         assoc.abort = assoc._abort_blocking

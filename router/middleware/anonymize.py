@@ -133,8 +133,14 @@ class AnonymizeConfig(MiddlewareConfig):
         for key in ("key_file", "patient_table"):
             path = getattr(self, key)
             if path is not None and path.exists() and path.stat().st_mode & 0o007:
-                problems.append((key, f"{path} is readable by every user; chmod 600 it (or 640 with the "
-                                      "router's own group as its group)", "warning"))
+                problems.append(
+                    (
+                        key,
+                        f"{path} is readable by every user; chmod 600 it (or 640 with the "
+                        "router's own group as its group)",
+                        "warning",
+                    )
+                )
         if self.mapping_file is not None:
             problem = writable_dir_problem(self.mapping_file.parent)
             if problem:
@@ -227,8 +233,11 @@ class MappingFile:
         for kind, pair in (("patient_id", report.patient_id), ("patient_name", report.patient_name)):
             if pair and pair[0]:
                 rows.append((kind, *pair))
-        for kind, keyword in (("study_uid", "StudyInstanceUID"), ("series_uid", "SeriesInstanceUID"),
-                              ("sop_instance_uid", "SOPInstanceUID")):
+        for kind, keyword in (
+            ("study_uid", "StudyInstanceUID"),
+            ("series_uid", "SeriesInstanceUID"),
+            ("sop_instance_uid", "SOPInstanceUID"),
+        ):
             original = str(header.get(keyword, "")) if header is not None else ""
             if original in report.uids:
                 rows.append((kind, original, report.uids[original]))

@@ -52,7 +52,9 @@ def attribute_vr(tag: int, explicit: str | None = None) -> str:
     try:
         vr = dictionary_VR(tag)
     except KeyError:
-        raise AttributeSpecError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not in the data dictionary; give its vr") from None
+        raise AttributeSpecError(
+            f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not in the data dictionary; give its vr"
+        ) from None
     return vr.split(" or ")[0]
 
 
@@ -113,7 +115,9 @@ def render_template(template: str, envelope: RequestEnvelope, ds: Dataset) -> st
         if element is None or element.value is None:
             return ""
         v = element.value
-        return "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else str(v)
+        return (
+            "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else str(v)
+        )
 
     return _PLACEHOLDER.sub(value, template)
 

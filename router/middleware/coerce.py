@@ -96,7 +96,7 @@ class CoerceOperation(StrictModel):
                     check_template(text)
         elif verb == "delete":
             if not self.delete:
-                raise AttributeSpecError("delete needs at least one keyword, tag, group or \"private\"")
+                raise AttributeSpecError('delete needs at least one keyword, tag, group or "private"')
             for selector in self.delete:
                 Selector.parse(selector)
         elif verb == "copy":
@@ -225,6 +225,7 @@ def _build_operation(op: CoerceOperation):
                 del ds[tag]
                 return f"deleted unmapped {op.map}"
             return ""
+
     return matcher, apply
 
 

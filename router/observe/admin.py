@@ -34,9 +34,13 @@ class AdminServer:
     def __init__(self, config, service):
         host, _, port = config.listen.rpartition(":")
         self.service = service
-        self.httpd = GuardedHTTPServer((host.strip("[]"), int(port)), _handler_for(self), name="admin",
-                                       max_connections=config.max_connections,
-                                       request_timeout=config.request_timeout)
+        self.httpd = GuardedHTTPServer(
+            (host.strip("[]"), int(port)),
+            _handler_for(self),
+            name="admin",
+            max_connections=config.max_connections,
+            request_timeout=config.request_timeout,
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -66,16 +70,25 @@ class AdminServer:
         for name, endpoint in self.service.endpoints.items():
             host, port = endpoint.address
             qr = sorted(self.service.qr.offered(name)) if self.service.qr is not None else []
-            endpoints[name] = {"ae_title": endpoint.ae_title, "address": f"{host}:{port}",
-                               "listening": endpoint.server is not None, "query_retrieve": qr}
+            endpoints[name] = {
+                "ae_title": endpoint.ae_title,
+                "address": f"{host}:{port}",
+                "listening": endpoint.server is not None,
+                "query_retrieve": qr,
+            }
         backends = {name: {"type": b.type, "target": _target(b)} for name, b in self.service.config.backends.items()}
         problems = self.service.queue.recent_problems()
         return {
-            "ready": ready, "checks": checks, "uptime_seconds": round(time.time() - self.service.started_at, 1),
+            "ready": ready,
+            "checks": checks,
+            "uptime_seconds": round(time.time() - self.service.started_at, 1),
             "data_dir": str(self.service.spool.data_dir),
             "free_space_mb": self.service.spool.free_bytes() // 2**20,
-            "endpoints": endpoints, "backends": backends, "queues": self.queues(),
-            "recent_delivery_problems": problems, "recent_log_problems": recent_problems()[:10],
+            "endpoints": endpoints,
+            "backends": backends,
+            "queues": self.queues(),
+            "recent_delivery_problems": problems,
+            "recent_log_problems": recent_problems()[:10],
         }
 
     def queues(self) -> dict:
@@ -83,8 +96,11 @@ class AdminServer:
         out = {}
         for backend, c in self.service.queue.counts().items():
             oldest = c.pop("oldest_queued_at")
-            out[backend] = {**c, "oldest_waiting_seconds": round(now - oldest, 3) if oldest else None,
-                            "configured": backend in self.service.config.backends}
+            out[backend] = {
+                **c,
+                "oldest_waiting_seconds": round(now - oldest, 3) if oldest else None,
+                "configured": backend in self.service.config.backends,
+            }
         return out
 
 
@@ -109,7 +125,10 @@ def _handler_for(admin: AdminServer) -> Callable[[Request], Response]:
         return 200, admin.status()
 
     routes: dict[str, Callable[[], tuple[int, dict]]] = {
-        "/healthz": healthz, "/readyz": readyz, "/api/queues": queues, "/api/status": status,
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/api/queues": queues,
+        "/api/status": status,
     }
 
     def handle(request: Request) -> Response:

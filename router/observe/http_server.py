@@ -72,9 +72,16 @@ class _Connection:
 
 
 class GuardedHTTPServer:
-    def __init__(self, address: tuple[str, int], handler: Handler, name: str = "http",
-                 max_connections: int = 32, request_timeout: float = 10.0, workers: int = 2,
-                 max_request_bytes: int = 16384):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: Handler,
+        name: str = "http",
+        max_connections: int = 32,
+        request_timeout: float = 10.0,
+        workers: int = 2,
+        max_request_bytes: int = 16384,
+    ):
         self.handler, self.name = handler, name
         self.max_connections, self.request_timeout = max_connections, request_timeout
         self.max_request_bytes = max_request_bytes
@@ -140,13 +147,21 @@ class GuardedHTTPServer:
         peer = f"{address[0]}:{address[1]}"
         if self.open_connections >= self.max_connections:
             if not self._reading:
-                log.warning("HTTP connection refused: every connection is being served", server=self.name,
-                            peer=peer, max_connections=self.max_connections)
+                log.warning(
+                    "HTTP connection refused: every connection is being served",
+                    server=self.name,
+                    peer=peer,
+                    max_connections=self.max_connections,
+                )
                 self._reply_and_close(sock, Response(503, b'{"error": "busy"}'))
                 return
             oldest = next(iter(self._reading.values()))
-            log.warning("HTTP connection closed to make room", server=self.name, peer=oldest.peer,
-                        max_connections=self.max_connections)
+            log.warning(
+                "HTTP connection closed to make room",
+                server=self.name,
+                peer=oldest.peer,
+                max_connections=self.max_connections,
+            )
             self._close(oldest)
         sock.setblocking(False)
         conn = _Connection(sock, peer, time.monotonic() + self.request_timeout, self.max_request_bytes)
@@ -165,7 +180,9 @@ class GuardedHTTPServer:
         conn.received += len(data)
         try:
             if conn.received > self.max_request_bytes:
-                raise h11.RemoteProtocolError("request too large", error_status_hint=431 if conn.request is None else 413)
+                raise h11.RemoteProtocolError(
+                    "request too large", error_status_hint=431 if conn.request is None else 413
+                )
             conn.http.receive_data(data)
             self._advance(conn)
         except h11.RemoteProtocolError as exc:
@@ -195,17 +212,24 @@ class GuardedHTTPServer:
         self._detach(conn)
         with self._served_lock:
             self._served += 1
-        request = Request(method=event.method.decode("ascii", "replace"),
-                          target=event.target.decode("ascii", "replace"),
-                          headers={k.decode("ascii", "replace").lower(): v.decode("latin-1") for k, v in event.headers},
-                          body=bytes(conn.body), peer=conn.peer)
+        request = Request(
+            method=event.method.decode("ascii", "replace"),
+            target=event.target.decode("ascii", "replace"),
+            headers={k.decode("ascii", "replace").lower(): v.decode("latin-1") for k, v in event.headers},
+            body=bytes(conn.body),
+            peer=conn.peer,
+        )
         self._pool.submit(self._serve, conn, request)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         for conn in [c for c in self._reading.values() if c.deadline <= now]:
-            log.info("HTTP request not complete within request_timeout", server=self.name, peer=conn.peer,
-                     request_timeout=self.request_timeout)
+            log.info(
+                "HTTP request not complete within request_timeout",
+                server=self.name,
+                peer=conn.peer,
+                request_timeout=self.request_timeout,
+            )
             self._detach(conn)
             self._reply_and_close(conn.sock, Response(408, b'{"error": "request timeout"}'))
 
@@ -227,8 +251,9 @@ class GuardedHTTPServer:
             try:
                 response = self.handler(request)
             except Exception as exc:  # a failing handler must not take the worker down
-                log.exception("HTTP handler failed", server=self.name, peer=conn.peer, target=request.target,
-                              error=repr(exc))
+                log.exception(
+                    "HTTP handler failed", server=self.name, peer=conn.peer, target=request.target, error=repr(exc)
+                )
                 response = Response(500, b'{"error": "internal error; see the router\'s log"}')
             self._reply_and_close(conn.sock, response)
         finally:
@@ -237,9 +262,13 @@ class GuardedHTTPServer:
 
     def _reply_and_close(self, sock: socket.socket, response: Response) -> None:
         """Write the whole response within request_timeout (a client that stops reading is dropped)."""
-        head = [f"HTTP/1.1 {response.status} {_reason(response.status)}",
-                f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}",
-                "Connection: close", *(f"{k}: {v}" for k, v in response.headers)]
+        head = [
+            f"HTTP/1.1 {response.status} {_reason(response.status)}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in response.headers),
+        ]
         payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
         try:
             sock.settimeout(self.request_timeout)

@@ -22,8 +22,19 @@ from router.observe.printable import escape_event
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 RECENT_PROBLEMS = deque(maxlen=50)  # the latest warnings and errors of this process, for `dicom-router status`
 _recent_lock = threading.Lock()
-KEPT_FIELDS = ("timestamp", "level", "logger", "event", "endpoint", "backend", "assoc_id", "calling_aet",
-               "sop_instance_uid", "reason", "error")
+KEPT_FIELDS = (
+    "timestamp",
+    "level",
+    "logger",
+    "event",
+    "endpoint",
+    "backend",
+    "assoc_id",
+    "calling_aet",
+    "sop_instance_uid",
+    "reason",
+    "error",
+)
 
 
 def _thread_context_adder(provider):
@@ -41,8 +52,7 @@ def _thread_context_adder(provider):
     return add
 
 
-def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = None,
-                  thread_context=None) -> None:
+def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = None, thread_context=None) -> None:
     """Configure structlog and the standard library for this process.
 
     ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY, JSON otherwise).

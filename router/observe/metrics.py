@@ -32,19 +32,39 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._queue_collector = None
         r = None if shared else self.registry
-        self.associations = Counter("dicom_router_associations", "Associations requested, by endpoint and result "
-                                    "(accepted, rejected)", ["endpoint", "result"], registry=r)
-        self.instances_received = Counter("dicom_router_instances_received", "C-STORE requests whose dataset was "
-                                          "received in full", ["endpoint"], registry=r)
-        self.bytes_received = Counter("dicom_router_received_bytes", "Bytes of received instances (Part-10 files)",
-                                      ["endpoint"], registry=r)
-        self.responses = Counter("dicom_router_responses", "Final responses sent, by endpoint, DIMSE service and "
-                                 "status", ["endpoint", "service", "status"], registry=r)
-        self.http_requests = Counter("dicom_router_http_requests", "HTTP requests answered by DICOMweb endpoints, "
-                                     "by endpoint, route (stow, qido, wado, ...) and status code",
-                                     ["endpoint", "route", "status"], registry=r)
-        self.stage_verdicts = Counter("dicom_router_stage_verdicts", "Requests a pipeline stage dropped, rejected or "
-                                      "held for review", ["pipeline", "stage", "verdict"], registry=r)
+        self.associations = Counter(
+            "dicom_router_associations",
+            "Associations requested, by endpoint and result (accepted, rejected)",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.instances_received = Counter(
+            "dicom_router_instances_received",
+            "C-STORE requests whose dataset was received in full",
+            ["endpoint"],
+            registry=r,
+        )
+        self.bytes_received = Counter(
+            "dicom_router_received_bytes", "Bytes of received instances (Part-10 files)", ["endpoint"], registry=r
+        )
+        self.responses = Counter(
+            "dicom_router_responses",
+            "Final responses sent, by endpoint, DIMSE service and status",
+            ["endpoint", "service", "status"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "dicom_router_http_requests",
+            "HTTP requests answered by DICOMweb endpoints, by endpoint, route (stow, qido, wado, ...) and status code",
+            ["endpoint", "route", "status"],
+            registry=r,
+        )
+        self.stage_verdicts = Counter(
+            "dicom_router_stage_verdicts",
+            "Requests a pipeline stage dropped, rejected or held for review",
+            ["pipeline", "stage", "verdict"],
+            registry=r,
+        )
 
     def watch_queue(self, queue, backends) -> None:
         """Report the queue's figures for the backends ``backends()`` names (and any with rows)."""
@@ -81,17 +101,28 @@ class QueueCollector:
         events = self.queue.events()
         backends = sorted(set(self.backends()) | set(counts) | set(events))
         now = time.time()
-        depth = GaugeMetricFamily("dicom_router_queue_depth", "Deliveries waiting, by backend and state "
-                                  "(pending, in_flight)", labels=["backend", "state"])
-        oldest = GaugeMetricFamily("dicom_router_queue_oldest_age_seconds", "Age of the oldest delivery waiting "
-                                   "(pending or in flight); 0 when none", labels=["backend"])
-        quarantined = GaugeMetricFamily("dicom_router_quarantined", "Deliveries quarantined, waiting for an operator",
-                                        labels=["backend"])
+        depth = GaugeMetricFamily(
+            "dicom_router_queue_depth",
+            "Deliveries waiting, by backend and state (pending, in_flight)",
+            labels=["backend", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "dicom_router_queue_oldest_age_seconds",
+            "Age of the oldest delivery waiting (pending or in flight); 0 when none",
+            labels=["backend"],
+        )
+        quarantined = GaugeMetricFamily(
+            "dicom_router_quarantined", "Deliveries quarantined, waiting for an operator", labels=["backend"]
+        )
         delivered = CounterMetricFamily("dicom_router_deliveries", "Instances delivered", labels=["backend"])
-        failures = CounterMetricFamily("dicom_router_delivery_failures", "Failed delivery attempts by class "
-                                       "(transient, permanent, unreachable)", labels=["backend", "class"])
-        retries = CounterMetricFamily("dicom_router_delivery_retries", "Deliveries scheduled for another attempt",
-                                      labels=["backend"])
+        failures = CounterMetricFamily(
+            "dicom_router_delivery_failures",
+            "Failed delivery attempts by class (transient, permanent, unreachable)",
+            labels=["backend", "class"],
+        )
+        retries = CounterMetricFamily(
+            "dicom_router_delivery_retries", "Deliveries scheduled for another attempt", labels=["backend"]
+        )
         for backend in backends:
             c = counts.get(backend, {})
             e = events.get(backend, {})

@@ -68,8 +68,9 @@ class QidoCall:
         try:
             offset = 0
             while not self.cancelled:
-                page = session_get(session, url, params + [("limit", str(PAGE)), ("offset", str(offset))],
-                                   self.upstream.describe())
+                page = session_get(
+                    session, url, params + [("limit", str(PAGE)), ("offset", str(offset))], self.upstream.describe()
+                )
                 for item in page:
                     answer = Dataset.from_json(item)
                     answer.QueryRetrieveLevel = level
@@ -101,8 +102,9 @@ def qido_request(level: str, identifier: Dataset) -> tuple[str, list[tuple[str, 
         else:
             resource, in_path = "/instances", set()
     else:
-        raise UpstreamError(f"QIDO-RS has no {level or 'unnamed'}-level search (patient-level C-FIND "
-                            "cannot go to a dicomweb backend)")
+        raise UpstreamError(
+            f"QIDO-RS has no {level or 'unnamed'}-level search (patient-level C-FIND cannot go to a dicomweb backend)"
+        )
     params: list[tuple[str, str]] = []
     for element in identifier:
         keyword = element.keyword
@@ -162,8 +164,11 @@ def wado_fetch(upstream: DicomwebUpstream, identifier: Dataset, incoming: Path, 
     """Fetch what ``identifier`` (a retrieve identifier) names by WADO-RS; ``accept(uid, sop class,
     transfer syntax, path)`` each instance as its part ends. Stops reading when ``stopped()``."""
     level = str(identifier.get("QueryRetrieveLevel", "")).upper()
-    path = [("studies", identifier.get("StudyInstanceUID")), ("series", identifier.get("SeriesInstanceUID")),
-            ("instances", identifier.get("SOPInstanceUID"))][: {"STUDY": 1, "SERIES": 2, "IMAGE": 3}.get(level, 0)]
+    path = [
+        ("studies", identifier.get("StudyInstanceUID")),
+        ("series", identifier.get("SeriesInstanceUID")),
+        ("instances", identifier.get("SOPInstanceUID")),
+    ][: {"STUDY": 1, "SERIES": 2, "IMAGE": 3}.get(level, 0)]
     if not path or any(not _single_value(value) for _, value in path):
         raise UpstreamError(f"{upstream.describe()}: WADO-RS needs one study (and series, instance) UID per level")
     url = upstream.backend.config.url + "".join(f"/{name}/{value}" for name, value in path)
@@ -173,8 +178,9 @@ def wado_fetch(upstream: DicomwebUpstream, identifier: Dataset, incoming: Path, 
         async with client.get(url, headers=session.headers(Accept=WADO_ACCEPT)) as response:
             if response.status != 200:
                 detail = (await response.content.read(200)).decode("utf-8", "replace").strip()
-                raise UpstreamError(f"{upstream.describe()}: WADO-RS answered {response.status}"
-                                    + (f": {detail}" if detail else ""))
+                raise UpstreamError(
+                    f"{upstream.describe()}: WADO-RS answered {response.status}" + (f": {detail}" if detail else "")
+                )
             reader = aiohttp.MultipartReader(response.headers, response.content)
             while not stopped() and (part := await reader.next()) is not None:
                 target = incoming / f"retrieved-{uuid.uuid4().hex}.dcm"
@@ -184,8 +190,12 @@ def wado_fetch(upstream: DicomwebUpstream, identifier: Dataset, incoming: Path, 
                 except NotPlainPart10 as exc:
                     target.unlink(missing_ok=True)
                     raise UpstreamError(f"{upstream.describe()}: a WADO-RS part is not a DICOM file: {exc}") from None
-                accept(str(meta.MediaStorageSOPInstanceUID), str(meta.MediaStorageSOPClassUID),
-                       str(meta.TransferSyntaxUID), target)
+                accept(
+                    str(meta.MediaStorageSOPInstanceUID),
+                    str(meta.MediaStorageSOPClassUID),
+                    str(meta.TransferSyntaxUID),
+                    target,
+                )
 
     try:
         session.run(fetch)

@@ -35,9 +35,16 @@ class _Done:
 
 
 class FindProxy:
-    def __init__(self, upstreams: list[Upstream], model: str, identifier: Dataset, *,
-                 is_cancelled: Callable[[], bool], transform: Callable[[Dataset], Dataset | None] = lambda d: d,
-                 log_context: dict | None = None):
+    def __init__(
+        self,
+        upstreams: list[Upstream],
+        model: str,
+        identifier: Dataset,
+        *,
+        is_cancelled: Callable[[], bool],
+        transform: Callable[[Dataset], Dataset | None] = lambda d: d,
+        log_context: dict | None = None,
+    ):
         self.upstreams = upstreams
         self.model = model
         self.identifier = identifier
@@ -51,8 +58,9 @@ class FindProxy:
 
     def responses(self) -> Iterator[tuple[int, Dataset | None]]:
         """(status, identifier) pairs for the client, ending with a final status."""
-        threads = [threading.Thread(target=self._ask, args=(u,), daemon=True, name=f"find-{u.name}")
-                   for u in self.upstreams]
+        threads = [
+            threading.Thread(target=self._ask, args=(u,), daemon=True, name=f"find-{u.name}") for u in self.upstreams
+        ]
         for t in threads:
             t.start()
         seen: set[tuple] = set()
@@ -90,8 +98,12 @@ class FindProxy:
             yield failure_status(status, reasons), None
             return
         for d in failures:
-            log.warning("an upstream failed the C-FIND; answering with the others", upstream=d.upstream.name,
-                        reason=d.error or f"status 0x{d.status:04X}", **self.ctx)
+            log.warning(
+                "an upstream failed the C-FIND; answering with the others",
+                upstream=d.upstream.name,
+                reason=d.error or f"status 0x{d.status:04X}",
+                **self.ctx,
+            )
         yield SUCCESS, None
 
     def _ask(self, upstream: Upstream) -> None:
@@ -126,7 +138,9 @@ class FindProxy:
             try:
                 call.cancel()
             except Exception as exc:
-                log.warning("could not send C-CANCEL upstream", upstream=call.upstream.name, error=repr(exc), **self.ctx)
+                log.warning(
+                    "could not send C-CANCEL upstream", upstream=call.upstream.name, error=repr(exc), **self.ctx
+                )
 
 
 def failure_status(status: int, comment: str) -> Dataset:

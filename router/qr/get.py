@@ -34,8 +34,12 @@ def get_responses(relay: Relay | None, accepted_contexts, is_cancelled, ctx: dic
     def payload_for(fetched, path):
         payload = sendable(path, fetched, accepted_contexts, relay)
         if payload is None:
-            log.warning("the requester accepts this instance's SOP class in no usable transfer syntax",
-                        sop_instance_uid=fetched.sop_instance_uid, transfer_syntax=fetched.transfer_syntax, **ctx)
+            log.warning(
+                "the requester accepts this instance's SOP class in no usable transfer syntax",
+                sop_instance_uid=fetched.sop_instance_uid,
+                transfer_syntax=fetched.transfer_syntax,
+                **ctx,
+            )
         return payload
 
     yield from relay.responses(payload_for, is_cancelled, "C-GET")
@@ -58,7 +62,10 @@ def sendable(path, fetched, accepted_contexts, relay: Relay | None = None):
     try:
         convert_file(path, converted, targets[0])
     except CannotConvert as exc:
-        log.warning("could not convert the instance for the requester", sop_instance_uid=fetched.sop_instance_uid,
-                    error=str(exc))
+        log.warning(
+            "could not convert the instance for the requester",
+            sop_instance_uid=fetched.sop_instance_uid,
+            error=str(exc),
+        )
         return None
     return FileBackedDataset(converted, sop_class, instance_uid)

@@ -26,8 +26,12 @@ MOVE = (PATIENT_MOVE, STUDY_MOVE)
 GET = (PATIENT_GET, STUDY_GET)
 
 # The C-FIND model that lists what a C-MOVE or C-GET of a model would retrieve.
-FIND_FOR_RETRIEVE = {PATIENT_MOVE: PATIENT_FIND, STUDY_MOVE: STUDY_FIND, PATIENT_GET: PATIENT_FIND,
-                     STUDY_GET: STUDY_FIND}
+FIND_FOR_RETRIEVE = {
+    PATIENT_MOVE: PATIENT_FIND,
+    STUDY_MOVE: STUDY_FIND,
+    PATIENT_GET: PATIENT_FIND,
+    STUDY_GET: STUDY_FIND,
+}
 GET_FOR_FIND = {PATIENT_FIND: PATIENT_GET, STUDY_FIND: STUDY_GET}
 MOVE_FOR_FIND = {PATIENT_FIND: PATIENT_MOVE, STUDY_FIND: STUDY_MOVE}
 
@@ -45,8 +49,12 @@ def result_key(model: str, identifier: Dataset) -> tuple:
     if model == WORKLIST_FIND:
         steps = identifier.get("ScheduledProcedureStepSequence") or []
         step_id = str(steps[0].get("ScheduledProcedureStepID", "")) if len(steps) else ""
-        return (str(identifier.get("AccessionNumber", "")), step_id, str(identifier.get("StudyInstanceUID", "")),
-                str(identifier.get("PatientID", "")))
+        return (
+            str(identifier.get("AccessionNumber", "")),
+            step_id,
+            str(identifier.get("StudyInstanceUID", "")),
+            str(identifier.get("PatientID", "")),
+        )
     level = str(identifier.get("QueryRetrieveLevel", "")).upper()
     keys = UNIQUE_KEYS.get(level, HIERARCHY)
     return (level,) + tuple(str(identifier.get(k, "")) for k in keys)

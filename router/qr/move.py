@@ -21,8 +21,8 @@ from router.qr.upstream import storage_contexts
 
 log = structlog.get_logger("router.qr.move")
 
-def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | None, is_cancelled,
-                   ctx: dict) -> Iterator:
+
+def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | None, is_cancelled, ctx: dict) -> Iterator:
     """The C-MOVE handler's yields; ``relay`` is None when nothing matched."""
     if destination is None:
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
@@ -37,4 +37,6 @@ def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | Non
     log.info("C-MOVE relaying", instances=len(planned), destination=f"{destination[0]}:{destination[1]}", **ctx)
     yield from relay.responses(
         lambda fetched, path: FileBackedDataset(path, fetched.sop_class_uid, file_instance_uid(path, fetched)),
-        is_cancelled, "C-MOVE")
+        is_cancelled,
+        "C-MOVE",
+    )

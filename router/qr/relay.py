@@ -29,8 +29,9 @@ WARNING_SUBOPS_FAILED, FAILURE_SUBOPS = 0xB000, 0xA702
 
 
 class Relay:
-    def __init__(self, retrieval: Retrieval, pipeline: Pipeline, spool: Spool, association: AssociationInfo,
-                 log_context: dict):
+    def __init__(
+        self, retrieval: Retrieval, pipeline: Pipeline, spool: Spool, association: AssociationInfo, log_context: dict
+    ):
         self.retrieval = retrieval
         self.pipeline = pipeline
         self.spool = spool
@@ -79,8 +80,9 @@ class Relay:
             return
         failed = Dataset()
         failed.FailedSOPInstanceUIDList = missing
-        log.warning(f"{what} incomplete", sent=len(self.sent), failed=len(missing), refused=len(self.refused),
-                    **self.ctx)
+        log.warning(
+            f"{what} incomplete", sent=len(self.sent), failed=len(missing), refused=len(self.refused), **self.ctx
+        )
         yield (WARNING_SUBOPS_FAILED if self.sent else FAILURE_SUBOPS), failed
 
     def missing(self) -> list[str]:
@@ -96,8 +98,12 @@ class Relay:
         result = self.pipeline.run(envelope)
         ctx = {**self.ctx, "sop_instance_uid": fetched.sop_instance_uid}
         if result.verdict is not None:
-            log.info("retrieved instance not sent: a stage refused it", stage=result.verdict.stage,
-                     reason=result.verdict.reason, **ctx)
+            log.info(
+                "retrieved instance not sent: a stage refused it",
+                stage=result.verdict.stage,
+                reason=result.verdict.reason,
+                **ctx,
+            )
             return None
         if result.envelope.hold_reason:
             log.warning("retrieved instance not sent: held for review", reason=result.envelope.hold_reason, **ctx)

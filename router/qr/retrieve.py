@@ -94,8 +94,16 @@ class Collector:
 
 
 class Retrieval:
-    def __init__(self, upstream: Upstream, retrieve_model: str, identifier: Dataset, incoming: Path,
-                 collector: Collector, move_ae_title: str, log_context: dict | None = None):
+    def __init__(
+        self,
+        upstream: Upstream,
+        retrieve_model: str,
+        identifier: Dataset,
+        incoming: Path,
+        collector: Collector,
+        move_ae_title: str,
+        log_context: dict | None = None,
+    ):
         self.upstream = upstream
         self.find_model = FIND_FOR_RETRIEVE[retrieve_model]
         how = upstream.backend.config.retrieve
@@ -134,8 +142,11 @@ class Retrieval:
         except UpstreamError as exc:
             log.info("the upstream refused a relational query; listing level by level", reason=str(exc), **self.ctx)
             return None
-        planned = {str(a.SOPInstanceUID): Planned(str(a.SOPInstanceUID), str(a.get("SOPClassUID", "")))
-                   for a in answers if a.get("SOPInstanceUID")}
+        planned = {
+            str(a.SOPInstanceUID): Planned(str(a.SOPInstanceUID), str(a.get("SOPClassUID", "")))
+            for a in answers
+            if a.get("SOPInstanceUID")
+        }
         return planned or None
 
     def _descend(self, level: str, keys: dict) -> Iterator[Planned]:
@@ -227,8 +238,9 @@ class Retrieval:
 
     def _get(self) -> None:
         sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
-        self._assoc = self.upstream.retrieve_association(self.upstream_model, sop_classes, self._on_get_store,
-                                                         FolderFiles(self.incoming))
+        self._assoc = self.upstream.retrieve_association(
+            self.upstream_model, sop_classes, self._on_get_store, FolderFiles(self.incoming)
+        )
         self._final(self._assoc.send_c_get(self.identifier, self.upstream_model, msg_id=1), "C-GET")
 
     def _move(self) -> None:
@@ -255,8 +267,9 @@ class Retrieval:
     def _on_get_store(self, event) -> int:
         rq = event.request
         path = self._adopt(Path(event.dataset_path))
-        self.accept(str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax),
-                    path)
+        self.accept(
+            str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax), path
+        )
         return 0x0000
 
     def _adopt(self, received: Path) -> Path:

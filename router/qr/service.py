@@ -88,8 +88,7 @@ class QueryRetrieveService:
 
     # -- C-FIND ------------------------------------------------------------------
 
-    def find(self, info: AssociationInfo, model: str, message_id: int, identifier: Dataset,
-             is_cancelled) -> Iterator:
+    def find(self, info: AssociationInfo, model: str, message_id: int, identifier: Dataset, is_cancelled) -> Iterator:
         envelope = _envelope(info, "find", model, message_id, identifier)
         ctx = envelope.log_context()
         wanted = "worklist" if model == WORKLIST_FIND else "find"
@@ -103,8 +102,12 @@ class QueryRetrieveService:
             yield 0x0000, None
             return
         query = choices[0].envelope.identifier
-        log.info("C-FIND forwarded", upstreams=[u.name for u in upstreams],
-                 level=str(query.get("QueryRetrieveLevel", "")), **ctx)
+        log.info(
+            "C-FIND forwarded",
+            upstreams=[u.name for u in upstreams],
+            level=str(query.get("QueryRetrieveLevel", "")),
+            **ctx,
+        )
         respond = [c.pipeline for c in choices]
 
         def transform(answer: Dataset) -> Dataset | None:
@@ -115,15 +118,26 @@ class QueryRetrieveService:
                 answer = out.identifier
             return answer
 
-        yield from FindProxy(upstreams, model, query, is_cancelled=is_cancelled, transform=transform,
-                             log_context=ctx).responses()
+        yield from FindProxy(
+            upstreams, model, query, is_cancelled=is_cancelled, transform=transform, log_context=ctx
+        ).responses()
 
     # -- C-MOVE / C-GET ------------------------------------------------------------
 
-    def move(self, info: AssociationInfo, model: str, message_id: int, identifier: Dataset, destination_ae: str,
-             endpoint_ae: str, is_cancelled) -> Iterator:
-        envelope = replace(_envelope(info, "move", model, message_id, identifier),
-                           command=Command("move", model, message_id, move_destination=destination_ae))
+    def move(
+        self,
+        info: AssociationInfo,
+        model: str,
+        message_id: int,
+        identifier: Dataset,
+        destination_ae: str,
+        endpoint_ae: str,
+        is_cancelled,
+    ) -> Iterator:
+        envelope = replace(
+            _envelope(info, "move", model, message_id, identifier),
+            command=Command("move", model, message_id, move_destination=destination_ae),
+        )
         ctx = envelope.log_context()
         destination = self.resolve_destination(info.endpoint, destination_ae)
         if destination is None:
@@ -133,15 +147,24 @@ class QueryRetrieveService:
         relay = self._relay(envelope, endpoint_ae, ctx)
         yield from move_responses(destination, relay, is_cancelled, ctx)
 
-    def get(self, info: AssociationInfo, model: str, message_id: int, identifier: Dataset, endpoint_ae: str,
-            accepted_contexts, is_cancelled) -> Iterator:
+    def get(
+        self,
+        info: AssociationInfo,
+        model: str,
+        message_id: int,
+        identifier: Dataset,
+        endpoint_ae: str,
+        accepted_contexts,
+        is_cancelled,
+    ) -> Iterator:
         envelope = _envelope(info, "get", model, message_id, identifier)
         ctx = envelope.log_context()
         relay = self._relay(envelope, endpoint_ae, ctx)
         yield from get_responses(relay, accepted_contexts, is_cancelled, ctx)
 
-    def retrieve_files(self, info: AssociationInfo, identifier: Dataset, endpoint_ae: str,
-                       is_cancelled) -> Iterator[tuple[Fetched, Path]]:
+    def retrieve_files(
+        self, info: AssociationInfo, identifier: Dataset, endpoint_ae: str, is_cancelled
+    ) -> Iterator[tuple[Fetched, Path]]:
         """For WADO-RS: (fetched, file) per instance the request covers, through the pipeline's
         stages, as they arrive; each file is removed when the next is asked for. Nothing when
         no upstream has a match; raises :class:`RetrievalRefused` or :class:`UpstreamError`."""
@@ -157,8 +180,9 @@ class QueryRetrieveService:
             yield fetched, path
         missing = relay.missing()
         if missing:
-            log.warning("WADO-RS retrieval incomplete", sent=len(relay.sent), failed=len(missing),
-                        **envelope.log_context())
+            log.warning(
+                "WADO-RS retrieval incomplete", sent=len(relay.sent), failed=len(missing), **envelope.log_context()
+            )
 
     def resolve_destination(self, endpoint: str, ae_title: str) -> tuple[str, int, dict] | None:
         """A C-MOVE destination (host, port, association options): a ``dimse`` backend with that AE title
@@ -182,9 +206,15 @@ class QueryRetrieveService:
         errors = []
         for choice in choices:
             for upstream in choice.upstreams:
-                retrieval = Retrieval(upstream, envelope.command.sop_class_uid, choice.envelope.identifier,
-                                      self.spool.incoming, self.collector,
-                                      getattr(upstream.backend.config, "retrieve_ae_title", None) or endpoint_ae, ctx)
+                retrieval = Retrieval(
+                    upstream,
+                    envelope.command.sop_class_uid,
+                    choice.envelope.identifier,
+                    self.spool.incoming,
+                    self.collector,
+                    getattr(upstream.backend.config, "retrieve_ae_title", None) or endpoint_ae,
+                    ctx,
+                )
                 try:
                     planned = retrieval.plan()
                 except UpstreamError as exc:
@@ -204,14 +234,20 @@ class QueryRetrieveService:
         routing = self.pipelines.route(envelope)
         rejection = routing.rejection
         if rejection is not None:
-            log.info("query/retrieve request refused", stage=rejection.stage, reason=rejection.reason,
-                     **envelope.log_context())
+            log.info(
+                "query/retrieve request refused",
+                stage=rejection.stage,
+                reason=rejection.reason,
+                **envelope.log_context(),
+            )
             return [], (failure_status(rejection.status, f"refused by {rejection.stage}: {rejection.reason}"), None)
         choices = []
         for result in routing.results:
             if isinstance(result.verdict, Drop):
                 continue
-            upstreams = [self.upstreams[b] for b in result.backends if b in self.upstreams and self.upstreams[b].answers(flag)]
+            upstreams = [
+                self.upstreams[b] for b in result.backends if b in self.upstreams and self.upstreams[b].answers(flag)
+            ]
             if upstreams:
                 choices.append(Choice(self.pipelines.pipelines[result.pipeline], result.envelope, upstreams))
         return choices, None
@@ -226,4 +262,3 @@ def _named_backends(pipeline: Pipeline) -> list[str]:
     for stage in pipeline.config.middleware:
         names += [b for _, b in stage.backend_references()]
     return names
-

@@ -17,8 +17,14 @@ log = structlog.get_logger("router.qr.upstream")
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 # Compressed syntaxes offered one context each, so an upstream sends instances as it stores them.
 COMPRESSED = [
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
     "1.2.840.10008.1.2.5",
 ]
 MAX_CONTEXTS = 128
@@ -61,9 +67,15 @@ class Upstream:
         engine.configure()
         ae = self.backend.new_ae(received_files)
         ae.dimse_timeout = self.backend.config.query_timeout
-        assoc = ae.associate(self.backend.config.host, self.backend.config.port, ae_title=self.backend.config.ae_title,
-                             contexts=contexts, ext_neg=roles or None, evt_handlers=handlers or None,
-                             tls_args=self.backend.tls_args())
+        assoc = ae.associate(
+            self.backend.config.host,
+            self.backend.config.port,
+            ae_title=self.backend.config.ae_title,
+            contexts=contexts,
+            ext_neg=roles or None,
+            evt_handlers=handlers or None,
+            tls_args=self.backend.tls_args(),
+        )
         if not assoc.is_established:
             raise UpstreamError(f"{self.name}: {engine.why_not_associated(assoc, self.backend.describe())}")
         engine.arm_socket_timeout(assoc, self.backend.config.network_timeout)
@@ -77,8 +89,9 @@ class Upstream:
         the instances it receives are written into ``received_files``."""
         contexts = [build_context(model)] + storage_contexts(sop_classes)
         roles = [build_role(sop, scp_role=True) for sop in dict.fromkeys(sop_classes)]
-        return self.associate(contexts, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)],
-                              received_files=received_files)
+        return self.associate(
+            contexts, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)], received_files=received_files
+        )
 
 
 class FindCall:

@@ -49,8 +49,9 @@ def read_deflated(path: Path | str, stop_when=None) -> FileDataset:
         f.seek(132 + 12 + meta.FileMetaInformationGroupLength)
         inflated = inflate(f, MAX_INFLATED)
     dataset = read_dataset(BytesIO(inflated), False, True, stop_when=stop_when)
-    return FileDataset(str(path), dataset, preamble=preamble, file_meta=meta, is_implicit_VR=False,
-                       is_little_endian=True)
+    return FileDataset(
+        str(path), dataset, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True
+    )
 
 
 def inflate(f, limit: int) -> bytes:

@@ -21,7 +21,11 @@ from router.spool.deflated import DEFLATED
 from router.spool.spans import LONG_VRS, UNDEFINED, SpanError, element_end
 
 SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID = 0x00080016, 0x00080018, 0x0020000D
-WANTED = {SOP_CLASS_UID: "sop_class_uid", SOP_INSTANCE_UID: "sop_instance_uid", STUDY_INSTANCE_UID: "study_instance_uid"}
+WANTED = {
+    SOP_CLASS_UID: "sop_class_uid",
+    SOP_INSTANCE_UID: "sop_instance_uid",
+    STUDY_INSTANCE_UID: "study_instance_uid",
+}
 IMPLICIT_VR_LE, EXPLICIT_VR_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 SCAN_BYTES = 8 * 1024
 
@@ -58,7 +62,7 @@ def identifying_uids(path: str, transfer_syntax: str) -> Identity | None:
         tag = group << 16 | element
         if tag > STUDY_INSTANCE_UID:
             break
-        vr = None if implicit else head[offset + 4:offset + 6]
+        vr = None if implicit else head[offset + 4 : offset + 6]
         if implicit:
             length, header = struct.unpack_from("<I", head, offset + 4)[0], 8
         elif vr in LONG_VRS:
@@ -67,13 +71,20 @@ def identifying_uids(path: str, transfer_syntax: str) -> Identity | None:
             length, header = struct.unpack_from(end + "H", head, offset + 6)[0], 8
         if length == UNDEFINED:
             try:
-                offset = element_end(io.BytesIO(head), offset + header, UNDEFINED, implicit=implicit, little=little,
-                                     vr=None if vr is None else vr.decode("ascii", "replace"), size=len(head))
+                offset = element_end(
+                    io.BytesIO(head),
+                    offset + header,
+                    UNDEFINED,
+                    implicit=implicit,
+                    little=little,
+                    vr=None if vr is None else vr.decode("ascii", "replace"),
+                    size=len(head),
+                )
             except SpanError:
                 break  # a sequence longer than the scanned bytes: the UIDs after it stay unknown
             continue
         if tag in WANTED:
-            value = head[offset + header:offset + header + length]
+            value = head[offset + header : offset + header + length]
             found[WANTED[tag]] = value.rstrip(b"\0 ").decode("ascii", "replace") or None
         offset += header + length
     return Identity(found.get("sop_class_uid"), found.get("sop_instance_uid"), found.get("study_instance_uid"))

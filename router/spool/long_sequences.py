@@ -62,8 +62,11 @@ class _ReadsLongSequences:
                 return super().__getitem__(key)
             element = self._dict.get(tag)
             if is_long_sequence(element):
-                self[tag] = _parse(element, getattr(self, "filename", None),
-                                   convert_encodings(self.get("SpecificCharacterSet", "ISO_IR 6")))
+                self[tag] = _parse(
+                    element,
+                    getattr(self, "filename", None),
+                    convert_encodings(self.get("SpecificCharacterSet", "ISO_IR 6")),
+                )
         return super().__getitem__(key)
 
 
@@ -87,11 +90,13 @@ def _parse_from(f, element: RawDataElement, encoding) -> DataElement:
     start = element.value_tell - element_header_length(element.is_implicit_VR, "SQ")
     f.seek(start + 4)
     vr = None if element.is_implicit_VR else f.read(2).decode("ascii", "replace")
-    end = element_end(f, element.value_tell, UNDEFINED, implicit=element.is_implicit_VR,
-                      little=element.is_little_endian, vr=vr)
+    end = element_end(
+        f, element.value_tell, UNDEFINED, implicit=element.is_implicit_VR, little=element.is_little_endian, vr=vr
+    )
     f.seek(start)
-    part = read_dataset(f, element.is_implicit_VR, element.is_little_endian, bytelength=end - start,
-                        parent_encoding=encoding)
+    part = read_dataset(
+        f, element.is_implicit_VR, element.is_little_endian, bytelength=end - start, parent_encoding=encoding
+    )
     return part[element.tag]
 
 

@@ -195,16 +195,22 @@ class DeliveryQueue:
 
     # -- intake -------------------------------------------------------------
 
-    def enqueue(self, instance: InstanceRecord, targets: list[tuple[str, str]], now: float | None = None,
-                hold_reason: str | None = None) -> int:
+    def enqueue(
+        self,
+        instance: InstanceRecord,
+        targets: list[tuple[str, str]],
+        now: float | None = None,
+        hold_reason: str | None = None,
+    ) -> int:
         """Record an instance and one delivery per (pipeline, backend); commit durably.
 
         With ``hold_reason`` the deliveries start quarantined with that reason.
         """
         return self.enqueue_many([(instance, targets, hold_reason)], now)[0]
 
-    def enqueue_many(self, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
-                     now: float | None = None) -> list[int]:
+    def enqueue_many(
+        self, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]], now: float | None = None
+    ) -> list[int]:
         """:meth:`enqueue` for several instances (versions of one received instance) in one commit.
 
         Callers on other threads of this process that enqueue at the same time share the
@@ -276,12 +282,16 @@ class DeliveryQueue:
     def take_superseded(self, backend: str) -> list[str]:
         """Remove ``backend``'s superseded deliveries (a newer version of the same SOP instance
         was queued for it); the spool paths no delivery needs any more."""
-        if not self._conn().execute("SELECT 1 FROM deliveries WHERE backend=? AND state='superseded' LIMIT 1",
-                                    (backend,)).fetchone():
+        if (
+            not self._conn()
+            .execute("SELECT 1 FROM deliveries WHERE backend=? AND state='superseded' LIMIT 1", (backend,))
+            .fetchone()
+        ):
             return []
         with self._write() as conn:
-            rows = conn.execute("SELECT id, instance_id FROM deliveries WHERE backend=? AND state='superseded'",
-                                (backend,)).fetchall()
+            rows = conn.execute(
+                "SELECT id, instance_id FROM deliveries WHERE backend=? AND state='superseded'", (backend,)
+            ).fetchall()
             paths = []
             for delivery_id, instance_id in rows:
                 conn.execute("DELETE FROM deliveries WHERE id=?", (delivery_id,))
@@ -291,8 +301,9 @@ class DeliveryQueue:
                     paths.append(path)
         return paths
 
-    def schedule_retry(self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str,
-                       failure: str = "transient") -> None:
+    def schedule_retry(
+        self, delivery: Delivery, next_attempt_at: float, status: int | None, reason: str, failure: str = "transient"
+    ) -> None:
         """Record a failed attempt (``failure``: its class); the delivery is due again at ``next_attempt_at``.
 
         Like :meth:`postpone`, it changes only a delivery still in flight: a worker of a process
@@ -318,8 +329,14 @@ class DeliveryQueue:
             if unreachable and deliveries:
                 _count_event(conn, deliveries[0].backend, "failure:unreachable")
 
-    def quarantine(self, delivery: Delivery, status: int | None, reason: str, count_attempt: bool = True,
-                   failure: str = "permanent") -> None:
+    def quarantine(
+        self,
+        delivery: Delivery,
+        status: int | None,
+        reason: str,
+        count_attempt: bool = True,
+        failure: str = "permanent",
+    ) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE deliveries SET state=CASE WHEN superseded_by IS NULL THEN 'quarantined' ELSE 'superseded' END,"
@@ -354,7 +371,8 @@ class DeliveryQueue:
         out: dict[str, list[tuple[str, int]]] = {}
         rows = self._conn().execute(
             "SELECT backend, reason, COUNT(*) AS n FROM deliveries WHERE state='pending' AND reason IS NOT NULL"
-            " GROUP BY backend, reason ORDER BY backend, n DESC")
+            " GROUP BY backend, reason ORDER BY backend, n DESC"
+        )
         for backend, reason, count in rows:
             out.setdefault(backend, []).append((reason, count))
         return out
@@ -403,7 +421,9 @@ class DeliveryQueue:
 
     def purge(self, backend: str | None = None, delivery_ids: list[int] | None = None) -> tuple[int, list[str]]:
         """Delete quarantined deliveries; returns how many and the spool files no longer needed."""
-        query, args = _narrow("SELECT id, instance_id FROM deliveries WHERE state='quarantined'", [], backend, delivery_ids)
+        query, args = _narrow(
+            "SELECT id, instance_id FROM deliveries WHERE state='quarantined'", [], backend, delivery_ids
+        )
         paths = []
         with self._write() as conn:
             rows = conn.execute(query, args).fetchall()
@@ -421,10 +441,15 @@ class DeliveryQueue:
     def quarantine_instance(self, instance_id: int, reason: str) -> int:
         """Quarantine every delivery of an instance not delivered yet, with ``reason``; how many."""
         with self._write() as conn:
-            rows = conn.execute("SELECT backend FROM deliveries WHERE instance_id=? AND state IN ('pending','in_flight')",
-                                (instance_id,)).fetchall()
-            conn.execute("UPDATE deliveries SET state='quarantined', updated_at=?, reason=? "
-                         "WHERE instance_id=? AND state IN ('pending','in_flight')", (time.time(), reason, instance_id))
+            rows = conn.execute(
+                "SELECT backend FROM deliveries WHERE instance_id=? AND state IN ('pending','in_flight')",
+                (instance_id,),
+            ).fetchall()
+            conn.execute(
+                "UPDATE deliveries SET state='quarantined', updated_at=?, reason=? "
+                "WHERE instance_id=? AND state IN ('pending','in_flight')",
+                (time.time(), reason, instance_id),
+            )
             for (backend,) in rows:
                 _count_event(conn, backend, "quarantined")
         return len(rows)
@@ -448,8 +473,9 @@ class DeliveryQueue:
         return row[0] if row else None
 
 
-def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]],
-                      now: float) -> list[int]:
+def _insert_instances(
+    conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]], now: float
+) -> list[int]:
     """Insert each batch's instance row and its delivery rows; return the instance ids."""
     ids = []
     for instance, targets, hold_reason in batches:
@@ -457,9 +483,17 @@ def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceReco
             "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
             " received_at, endpoint, association_id, calling_aet, peer, checksum) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
-                instance.path, instance.sop_instance_uid, instance.sop_class_uid, instance.transfer_syntax,
-                instance.size, instance.received_at, instance.endpoint, instance.association_id,
-                instance.calling_aet, instance.peer, instance.checksum,
+                instance.path,
+                instance.sop_instance_uid,
+                instance.sop_class_uid,
+                instance.transfer_syntax,
+                instance.size,
+                instance.received_at,
+                instance.endpoint,
+                instance.association_id,
+                instance.calling_aet,
+                instance.peer,
+                instance.checksum,
             ),
         )
         instance_id = cur.lastrowid
@@ -476,8 +510,9 @@ def _insert_instances(conn: sqlite3.Connection, batches: list[tuple[InstanceReco
     return ids
 
 
-def _supersede_older(conn: sqlite3.Connection, sop_instance_uid: str, newer_id: int, batch_ids: list[int],
-                     backends: set[str], now: float) -> None:
+def _supersede_older(
+    conn: sqlite3.Connection, sop_instance_uid: str, newer_id: int, batch_ids: list[int], backends: set[str], now: float
+) -> None:
     """A newer version of an instance supersedes the older ones not yet delivered to the same
     backend: pending or quarantined ones at once; one in flight once its attempt ends, unless
     it succeeds (it then reached the peer before the newer one, which follows it).
@@ -485,8 +520,11 @@ def _supersede_older(conn: sqlite3.Connection, sop_instance_uid: str, newer_id: 
     The older versions are looked up by the SOP Instance UID index first: almost always there
     are none, and the intake's commit then pays one index probe, never a scan of the queue.
     """
-    older = [row[0] for row in conn.execute("SELECT id FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
-             if row[0] not in batch_ids]
+    older = [
+        row[0]
+        for row in conn.execute("SELECT id FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
+        if row[0] not in batch_ids
+    ]
     if not older:
         return
     marks = ",".join("?" * len(older))

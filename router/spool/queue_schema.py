@@ -94,7 +94,8 @@ def migrate(conn: sqlite3.Connection, begin: Callable[[sqlite3.Connection], None
             raise QueueFromNewerRelease(
                 f"the queue database has schema version {found}, written by a newer dicom-router; this "
                 f"release knows versions up to {CURRENT}. Run the newer release (undelivered instances "
-                f"wait in it), or deliver or purge its queue before going back")
+                f"wait in it), or deliver or purge its queue before going back"
+            )
         applied = []
         for version, _, apply in MIGRATIONS:
             if version > found:

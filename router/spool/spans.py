@@ -37,8 +37,9 @@ def element_header_length(implicit: bool, vr: str | None) -> int:
     return 12 if vr is not None and vr.encode("ascii", "replace") in LONG_VRS else 8
 
 
-def element_end(f, value_start: int, length: int, *, implicit: bool, little: bool, vr: str | None,
-                size: int | None = None) -> int:
+def element_end(
+    f, value_start: int, length: int, *, implicit: bool, little: bool, vr: str | None, size: int | None = None
+) -> int:
     """The offset just past the element whose value starts at ``value_start`` in file ``f``
     (``size``: the file's, if the caller knows it)."""
     size = os.fstat(f.fileno()).st_size if size is None else size
@@ -111,7 +112,7 @@ class _Walk:
             header, length = 8, struct.unpack_from(self.endian + "I", window, index + 4)[0]
             vr = None
         else:
-            vr = window[index + 4:index + 6]
+            vr = window[index + 4 : index + 6]
             if vr in LONG_VRS:
                 header, length = 12, struct.unpack_from(self.endian + "I", window, index + 8)[0]
             else:

@@ -70,8 +70,9 @@ def read_header(path: Path | str) -> tuple[Dataset, Layout]:
     return header, locate_pixel_data(path, header, start)
 
 
-def read_header_before_pixels(path: Path | str, only: list | None = None,
-                              transfer_syntax: str | None = None) -> tuple[Dataset, int]:
+def read_header_before_pixels(
+    path: Path | str, only: list | None = None, transfer_syntax: str | None = None
+) -> tuple[Dataset, int]:
     """The elements before the top-level pixel data (``only``: just these tags or keywords, the
     other values skipped), and the offset where that pixel data starts. ``transfer_syntax``:
     the file's, when the caller knows it (else it is read from the file meta).
@@ -126,8 +127,9 @@ class _StopBeforeLongOrPixels:
         if length != UNDEFINED or not self._walkable():
             return False
         value_start = self.f.tell()
-        end = element_end(self.f, value_start, UNDEFINED, implicit=self.implicit, little=self.little, vr=vr,
-                          size=self.size)
+        end = element_end(
+            self.f, value_start, UNDEFINED, implicit=self.implicit, little=self.little, vr=vr, size=self.size
+        )
         self.f.seek(value_start)
         if end - value_start <= DEFER_SIZE:
             return False
@@ -152,8 +154,15 @@ def _read_elements(f, ds: Dataset, stop: _StopBeforeLongOrPixels, only: list | N
             ds[tag] = long_sequence(tag, value_start, stop.implicit, stop.little)
             ds.holds_long_sequences = True
         f.seek(end)
-        part = read_dataset(f, stop.implicit, stop.little, stop_when=stop, defer_size=DEFER_SIZE,
-                            parent_encoding=encoding, specific_tags=only)
+        part = read_dataset(
+            f,
+            stop.implicit,
+            stop.little,
+            stop_when=stop,
+            defer_size=DEFER_SIZE,
+            parent_encoding=encoding,
+            specific_tags=only,
+        )
         for tag in part.keys():
             ds[tag] = part.get_item(tag, keep_deferred=True)
 
@@ -173,8 +182,14 @@ def locate_pixel_data(path: Path | str, header: Dataset, start: int) -> Layout:
             f.seek(end)
             stop = _StopBeforeLongOrPixels(f, ts)
             encoding = convert_encodings(header.get("SpecificCharacterSet", "ISO_IR 6"))
-            tail = read_dataset(f, ts.is_implicit_VR, ts.is_little_endian, stop_when=stop, defer_size=DEFER_SIZE,
-                                parent_encoding=encoding)
+            tail = read_dataset(
+                f,
+                ts.is_implicit_VR,
+                ts.is_little_endian,
+                stop_when=stop,
+                defer_size=DEFER_SIZE,
+                parent_encoding=encoding,
+            )
             for element_tag in tail.keys():
                 header[element_tag] = tail.get_item(element_tag, keep_deferred=True)
             _read_elements(f, header, stop)
@@ -299,8 +314,14 @@ def _copy_element(src, element: RawDataElement, fp) -> None:
     if isinstance(element, ElementElsewhere):
         src = element.file
     start = element.value_tell - element_header_length(element.is_implicit_VR, element.VR)
-    end = element_end(src, element.value_tell, element.length, implicit=element.is_implicit_VR,
-                      little=element.is_little_endian, vr=element.VR)
+    end = element_end(
+        src,
+        element.value_tell,
+        element.length,
+        implicit=element.is_implicit_VR,
+        little=element.is_little_endian,
+        vr=element.VR,
+    )
     src.seek(start)
     group, elem = struct.unpack(("<" if element.is_little_endian else ">") + "HH", src.read(4))
     if group << 16 | elem != element.tag:

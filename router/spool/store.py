@@ -187,8 +187,12 @@ class Spool:
                 orphaned.append(entry.name)
         if orphaned:
             fsync_dir(self.orphans)
-            log.warning("moved spool files no queue row names to orphans/ (run `dicom-router queue adopt`)",
-                        count=len(orphaned), orphans=str(self.orphans), files=orphaned[:20])
+            log.warning(
+                "moved spool files no queue row names to orphans/ (run `dicom-router queue adopt`)",
+                count=len(orphaned),
+                orphans=str(self.orphans),
+                files=orphaned[:20],
+            )
         if removed:
             log.info("removed empty spool files no delivery needs", count=removed)
         return removed + len(orphaned)

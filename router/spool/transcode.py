@@ -44,10 +44,15 @@ def convert_file(source: Path | str, target: Path | str, transfer_syntax: str) -
             raise CannotConvert(f"cannot convert from {meta.TransferSyntaxUID}")
         fin.seek(offset)
         with open(target, "wb") as fout:
-            fout.write(PREAMBLE + encode_file_meta(FileMetaValues(
-                meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, transfer_syntax)))
-            _Converter(fin, fout, meta.TransferSyntaxUID == ImplicitVRLittleEndian,
-                       os.fstat(fin.fileno()).st_size).elements(None)
+            fout.write(
+                PREAMBLE
+                + encode_file_meta(
+                    FileMetaValues(meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, transfer_syntax)
+                )
+            )
+            _Converter(
+                fin, fout, meta.TransferSyntaxUID == ImplicitVRLittleEndian, os.fstat(fin.fileno()).st_size
+            ).elements(None)
 
 
 class _Converter:

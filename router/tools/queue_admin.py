@@ -13,8 +13,9 @@ from router.spool.splice import read_header
 from router.spool.store import Spool
 
 
-def queue_command(config: RouterConfig, action: str, backends: list[str], ids: list[int] | None,
-                  purge_all: bool = False) -> int:
+def queue_command(
+    config: RouterConfig, action: str, backends: list[str], ids: list[int] | None, purge_all: bool = False
+) -> int:
     spool = Spool(config.router.data_dir)
     if not spool.queue_path.exists():
         print(f"no queue yet in {spool.data_dir}")
@@ -53,17 +54,21 @@ def print_queue(queue: DeliveryQueue, config: RouterConfig, backend: str | None)
         c = counts.get(name, {"pending": 0, "in_flight": 0, "delivered": 0, "quarantined": 0, "oldest_queued_at": None})
         oldest = _age(now - c["oldest_queued_at"]) if c["oldest_queued_at"] else "-"
         note = "" if name in config.backends else "  (not in the configuration)"
-        print(f"{name:<20} {c['pending']:>8} {c['in_flight']:>9} {c['delivered']:>9} {c['quarantined']:>11}  {oldest}{note}")
+        print(
+            f"{name:<20} {c['pending']:>8} {c['in_flight']:>9} {c['delivered']:>9} {c['quarantined']:>11}  {oldest}{note}"
+        )
     superseded = {name: e.get("superseded", 0) for name, e in queue.events().items() if e.get("superseded")}
     if superseded and (backend is None or backend in superseded):
-        print("\nsuperseded (older versions not delivered because a newer one was queued): "
-              + ", ".join(f"{name} {n}" for name, n in sorted(superseded.items()) if backend in (None, name)))
+        print(
+            "\nsuperseded (older versions not delivered because a newer one was queued): "
+            + ", ".join(f"{name} {n}" for name, n in sorted(superseded.items()) if backend in (None, name))
+        )
     waiting = {name: reasons for name, reasons in queue.waiting_reasons().items() if backend in (None, name)}
     if waiting:
         print("\nwaiting to be retried:")
         for name, reasons in sorted(waiting.items()):
             for reason, count in reasons[:3]:
-                print(f"  {name}: {count} after \"{reason}\"")
+                print(f'  {name}: {count} after "{reason}"')
     quarantined = queue.list_state("quarantined", backend)
     if quarantined:
         print("\nquarantined:")
@@ -72,8 +77,10 @@ def print_queue(queue: DeliveryQueue, config: RouterConfig, backend: str | None)
     orphans = Spool(config.router.data_dir).orphans
     count = sum(1 for _ in orphans.iterdir()) if orphans.is_dir() else 0
     if count:
-        print(f"\n{count} spool file(s) no queue row names are in {orphans}: "
-              "`dicom-router queue adopt --backend NAME` queues them again")
+        print(
+            f"\n{count} spool file(s) no queue row names are in {orphans}: "
+            "`dicom-router queue adopt --backend NAME` queues them again"
+        )
 
 
 def adopt_orphans(spool: Spool, queue: DeliveryQueue, config: RouterConfig, backends: list[str]) -> int:
@@ -110,9 +117,15 @@ def _orphan_record(path: Path) -> InstanceRecord:
         raise ValueError("no SOP Class UID or SOP Instance UID")
     if layout.pixel_end is not None and layout.pixel_end > layout.size:
         raise ValueError("the pixel data runs past the end of the file")
-    return InstanceRecord(str(path), str(header.get("SOPInstanceUID", "")) or None,
-                          str(header.get("SOPClassUID", "")) or None, ts or None, os.path.getsize(path), time.time(),
-                          calling_aet=str(header.file_meta.get("SourceApplicationEntityTitle", "")) or None)
+    return InstanceRecord(
+        str(path),
+        str(header.get("SOPInstanceUID", "")) or None,
+        str(header.get("SOPClassUID", "")) or None,
+        ts or None,
+        os.path.getsize(path),
+        time.time(),
+        calling_aet=str(header.file_meta.get("SourceApplicationEntityTitle", "")) or None,
+    )
 
 
 def _age(seconds: float) -> str:

@@ -56,8 +56,15 @@ def dry_run_pipelines(config: RouterConfig) -> PipelineSet:
     return pipelines
 
 
-def route_test(config: RouterConfig, path: Path, *, endpoint: str | None = None, calling_aet: str = "ROUTE_TEST",
-               called_aet: str | None = None, peer_address: str = "127.0.0.1") -> list[str]:
+def route_test(
+    config: RouterConfig,
+    path: Path,
+    *,
+    endpoint: str | None = None,
+    calling_aet: str = "ROUTE_TEST",
+    called_aet: str | None = None,
+    peer_address: str = "127.0.0.1",
+) -> list[str]:
     """The report lines for ``path``; raises :class:`RouteTestError` for an unusable request."""
     endpoint = endpoint or _default_endpoint(config)
     if endpoint not in config.endpoints:
@@ -70,13 +77,20 @@ def route_test(config: RouterConfig, path: Path, *, endpoint: str | None = None,
     called = called_aet or getattr(config.endpoints[endpoint], "ae_title", None) or config.router.ae_title
     envelope = RequestEnvelope(
         association=AssociationInfo(endpoint, "route-test", calling_aet, called, peer_address, 0),
-        command=Command("store", str(header.get("SOPClassUID", "")), 1,
-                        affected_sop_instance_uid=str(header.get("SOPInstanceUID", ""))),
+        command=Command(
+            "store",
+            str(header.get("SOPClassUID", "")),
+            1,
+            affected_sop_instance_uid=str(header.get("SOPInstanceUID", "")),
+        ),
         instance=SpooledInstance(Path(path), transfer_syntax, Path(path).stat().st_size),
     )
     routing = dry_run_pipelines(config).route(envelope)
-    lines = [f"instance {path}", f"  SOP instance {envelope.command.affected_sop_instance_uid}",
-             f"  as received on endpoint {endpoint!r} from {calling_aet} ({peer_address}) calling {called}"]
+    lines = [
+        f"instance {path}",
+        f"  SOP instance {envelope.command.affected_sop_instance_uid}",
+        f"  as received on endpoint {endpoint!r} from {calling_aet} ({peer_address}) calling {called}",
+    ]
     if not routing.results:
         lines.append(f"no pipeline is bound to endpoint {endpoint!r}: the instance would be dropped")
         return lines
@@ -110,8 +124,10 @@ def route_test(config: RouterConfig, path: Path, *, endpoint: str | None = None,
             versions.setdefault(id(instance), [target.pipeline, instance])
     for pipeline, instance in versions.values():
         changes = list(diff_datasets(header, instance.header))
-        changes += [Change("file meta " + c.path, c.before, c.after)
-                    for c in diff_datasets(header.file_meta, instance.header.file_meta)]
+        changes += [
+            Change("file meta " + c.path, c.before, c.after)
+            for c in diff_datasets(header.file_meta, instance.header.file_meta)
+        ]
         lines.append(f"changes made by pipeline {pipeline} ({len(changes)}; pixel data unchanged):")
         lines.extend(str(c) for c in changes)
     return lines

@@ -56,8 +56,20 @@ def describe_file(path: Path) -> Delivery | str:
     missing = [k for k in needed if k not in meta]
     if missing:
         return f"no Part-10 file meta ({', '.join(missing)} missing)"
-    return Delivery(0, 0, "send", None, 0, 0.0, str(path), str(meta.MediaStorageSOPInstanceUID),
-                    str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID), None, None)
+    return Delivery(
+        0,
+        0,
+        "send",
+        None,
+        0,
+        0.0,
+        str(path),
+        str(meta.MediaStorageSOPInstanceUID),
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.TransferSyntaxUID),
+        None,
+        None,
+    )
 
 
 class Progress:
@@ -111,10 +123,12 @@ def send_paths(backend, paths: list[Path]) -> bool:
         scu.close()
         progress.finish()
     elapsed = max(time.monotonic() - started, 1e-6)
-    print(f"{counts['sent']} sent, {counts['warning']} with warnings, {counts['failed']} failed "
-          f"to {backend.describe()}: {sent_bytes / 1e6:.1f} MB in {elapsed:.1f} s "
-          f"({(counts['sent'] + counts['warning']) / elapsed:.1f} instances/s)"
-          + (f"; {skipped} skipped (not DICOM files)" if skipped else ""))
+    print(
+        f"{counts['sent']} sent, {counts['warning']} with warnings, {counts['failed']} failed "
+        f"to {backend.describe()}: {sent_bytes / 1e6:.1f} MB in {elapsed:.1f} s "
+        f"({(counts['sent'] + counts['warning']) / elapsed:.1f} instances/s)"
+        + (f"; {skipped} skipped (not DICOM files)" if skipped else "")
+    )
     if not files:
         print("no DICOM file to send", file=sys.stderr)
     return counts["failed"] == 0 and bool(files)

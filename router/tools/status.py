@@ -27,27 +27,34 @@ def fetch_status(config: RouterConfig, timeout: float = 5.0) -> dict:
 
 
 def render_status(status: dict) -> list[str]:
-    lines = [f"router {'READY' if status['ready'] else 'NOT READY'}   up {_duration(status['uptime_seconds'])}"
-             f"   data {status['data_dir']} ({status['free_space_mb']} MB free)"]
+    lines = [
+        f"router {'READY' if status['ready'] else 'NOT READY'}   up {_duration(status['uptime_seconds'])}"
+        f"   data {status['data_dir']} ({status['free_space_mb']} MB free)"
+    ]
     failing = [name for name, ok in status["checks"].items() if not ok]
     if failing:
         lines.append(f"  failing checks: {', '.join(failing)}")
     lines.append("endpoints")
     for name, e in status["endpoints"].items():
         qr = f"  q/r: {', '.join(e['query_retrieve'])}" if e["query_retrieve"] else ""
-        lines.append(f"  {name:<16} {e['ae_title']:<16} {e['address']:<22} "
-                     f"{'listening' if e['listening'] else 'CLOSED'}{qr}")
+        lines.append(
+            f"  {name:<16} {e['ae_title']:<16} {e['address']:<22} {'listening' if e['listening'] else 'CLOSED'}{qr}"
+        )
     lines.append("backends                         pending  in-flight  oldest    quarantined  delivered")
     queues = status["queues"]
     for name, b in status["backends"].items():
         q = queues.get(name, {})
         oldest = _duration(q["oldest_waiting_seconds"]) if q.get("oldest_waiting_seconds") else "-"
-        lines.append(f"  {name:<16} {b['type']:<14} {q.get('pending', 0):>7} {q.get('in_flight', 0):>10}  "
-                     f"{oldest:<9} {q.get('quarantined', 0):>11} {q.get('delivered', 0):>10}")
+        lines.append(
+            f"  {name:<16} {b['type']:<14} {q.get('pending', 0):>7} {q.get('in_flight', 0):>10}  "
+            f"{oldest:<9} {q.get('quarantined', 0):>11} {q.get('delivered', 0):>10}"
+        )
     for name, q in queues.items():
         if name not in status["backends"]:
-            lines.append(f"  {name:<16} (removed)      {q.get('pending', 0):>7} {q.get('in_flight', 0):>10}  "
-                         f"{'':<9} {q.get('quarantined', 0):>11} {q.get('delivered', 0):>10}")
+            lines.append(
+                f"  {name:<16} (removed)      {q.get('pending', 0):>7} {q.get('in_flight', 0):>10}  "
+                f"{'':<9} {q.get('quarantined', 0):>11} {q.get('delivered', 0):>10}"
+            )
     problems = status["recent_delivery_problems"][:5]
     if problems:
         lines.append("recent delivery problems")
@@ -59,8 +66,10 @@ def render_status(status: dict) -> list[str]:
         for p in logged:
             where = p.get("endpoint") or p.get("backend") or p.get("logger", "")
             detail = p.get("reason") or p.get("error") or ""
-            lines.append(f"  {p.get('timestamp', '')[:19]} {p.get('level', ''):<7} {where:<14} {p.get('event', '')}"
-                         + (f": {detail[:70]}" if detail else ""))
+            lines.append(
+                f"  {p.get('timestamp', '')[:19]} {p.get('level', ''):<7} {where:<14} {p.get('event', '')}"
+                + (f": {detail[:70]}" if detail else "")
+            )
     return lines
 
 

@@ -10,8 +10,7 @@ from router.config.errors import ConfigError, ConfigIssue
 from router.config.models import RouterConfig
 
 
-def resolve_target(target: str, config: RouterConfig,
-                   calling_aet: str | None = None):
+def resolve_target(target: str, config: RouterConfig, calling_aet: str | None = None):
     if target in config.backends:
         backend_config = config.backends[target]
         if isinstance(backend_config, DicomwebBackendConfig):
@@ -19,8 +18,15 @@ def resolve_target(target: str, config: RouterConfig,
 
             return DicomwebBackend(target, backend_config)
         if not isinstance(backend_config, DimseBackendConfig):
-            raise ConfigError([ConfigIssue("<command line>", "target",
-                                           f"backend {target!r} is of type {backend_config.type}, not dimse or dicomweb")])
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "<command line>",
+                        "target",
+                        f"backend {target!r} is of type {backend_config.type}, not dimse or dicomweb",
+                    )
+                ]
+            )
         if calling_aet:
             backend_config = backend_config.model_copy(update={"calling_ae_title": calling_aet})
         return DimseBackend(target, backend_config, config.router.ae_title)
@@ -28,8 +34,15 @@ def resolve_target(target: str, config: RouterConfig,
     port, sep2, aet = rest.partition(":")
     if not (sep and sep2):
         known = ", ".join(sorted(config.backends)) or "none"
-        raise ConfigError([ConfigIssue("<command line>", "target",
-                                       f"{target!r} is neither a configured backend ({known}) nor HOST:PORT:AET")])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "<command line>",
+                    "target",
+                    f"{target!r} is neither a configured backend ({known}) nor HOST:PORT:AET",
+                )
+            ]
+        )
     try:
         backend_config = DimseBackendConfig(host=host, port=port, ae_title=aet, calling_ae_title=calling_aet)
     except ValidationError as exc:

@@ -70,8 +70,14 @@ def test_examples_pass_check(config, tmp_path):
 
 
 def test_there_are_the_promised_examples():
-    assert {p.parent.name for p in EXAMPLES} >= {"forward", "fan-out", "filter-by-modality",
-                                                 "anonymize-to-research", "route-by-rules", "query-proxy"}
+    assert {p.parent.name for p in EXAMPLES} >= {
+        "forward",
+        "fan-out",
+        "filter-by-modality",
+        "anonymize-to-research",
+        "route-by-rules",
+        "query-proxy",
+    }
 
 
 def test_check_reports_every_error_and_exits_78(tmp_path):
@@ -89,8 +95,13 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "site" / "router.toml").exists()
     assert {p.name for p in (tmp_path / "site" / "pipelines").glob("*.toml")} >= {
-        "archive.toml", "forward.toml", "fan-out.toml", "filter-by-modality.toml", "route-by-rules.toml",
-        "anonymize-to-research.toml"}
+        "archive.toml",
+        "forward.toml",
+        "fan-out.toml",
+        "filter-by-modality.toml",
+        "route-by-rules.toml",
+        "anonymize-to-research.toml",
+    }
     check = run_cli("check", "-c", tmp_path / "site" / "router.toml", "--tier", "references")
     assert check.returncode == 0, check.stderr
     admin = load_config(tmp_path / "site" / "router.toml").admin
@@ -174,8 +185,10 @@ def test_queue_list_retry_purge(tmp_path):
     spool_file = data / "x.dcm"
     spool_file.write_bytes(b"x")
     q = DeliveryQueue(data / "queue.db")
-    q.enqueue(InstanceRecord(str(spool_file), "1.2.3.4", "1.2", "1.2.840.10008.1.2.1", 1, time.time(), calling_aet="CT1"),
-              [("p", "pacs")])
+    q.enqueue(
+        InstanceRecord(str(spool_file), "1.2.3.4", "1.2", "1.2.840.10008.1.2.1", 1, time.time(), calling_aet="CT1"),
+        [("p", "pacs")],
+    )
     (d,) = q.claim_due("pacs", 1)
     q.quarantine(d, 0xC000, "C-STORE status 0xC000 (permanent failure)")
     listed = run_cli("queue", "list", "-c", tmp_path / "r.toml")
@@ -207,8 +220,15 @@ def test_serve_on_the_embedded_default(tmp_path, small_files):
         sent = run_cli("send", *small_files[:3], "--to", "127.0.0.1:11112:DICOM_ROUTER")
         assert sent.returncode == 0, sent.stderr
         archive = tmp_path / "dicom-router-data" / "archive"
-        files = wait_for(lambda: [p for p in archive.rglob("*.dcm")] if archive.exists() and
-                         len(list(archive.rglob("*.dcm"))) == 3 else None, 30, message="3 archived files")
+        files = wait_for(
+            lambda: (
+                [p for p in archive.rglob("*.dcm")]
+                if archive.exists() and len(list(archive.rglob("*.dcm"))) == 3
+                else None
+            ),
+            30,
+            message="3 archived files",
+        )
         assert {p.parent.parent.parent.name for p in files} == {"SM1"}  # PatientID/Study/Series/file
         status = run_cli("status", cwd=tmp_path)  # the default enables the admin API on loopback
         assert status.returncode == 0, status.stderr
@@ -223,9 +243,11 @@ def test_serve_on_the_embedded_default(tmp_path, small_files):
 
 def test_second_router_on_the_same_data_dir_is_refused(tmp_path):
     port, other = free_port(), free_port()
-    text = (f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
-            f'[endpoints.ingest]\ntype = "dimse"\nport = {{port}}\n'
-            f'[backends.a]\ntype = "filesystem"\npath = "a"\n[pipelines.p]\nendpoints = ["ingest"]\nbackends = ["a"]\n')
+    text = (
+        f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
+        f'[endpoints.ingest]\ntype = "dimse"\nport = {{port}}\n'
+        f'[backends.a]\ntype = "filesystem"\npath = "a"\n[pipelines.p]\nendpoints = ["ingest"]\nbackends = ["a"]\n'
+    )
     (tmp_path / "one.toml").write_text(text.format(port=port))
     (tmp_path / "two.toml").write_text(text.format(port=other))
     first = ServeProcess(tmp_path / "one.toml", tmp_path / "one.log").start(port)
@@ -241,9 +263,11 @@ def test_check_passes_while_the_router_runs_and_still_finds_a_port_another_progr
     """Edit -> check -> reload: the running router's own ports are not errors; a port held by
     any other program still is."""
     port = free_port()
-    text = (f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
-            f'[endpoints.ingest]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {port}\n{{extra}}'
-            f'[backends.a]\ntype = "filesystem"\npath = "a"\n[pipelines.p]\nendpoints = [{{endpoints}}]\nbackends = ["a"]\n')
+    text = (
+        f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
+        f'[endpoints.ingest]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {port}\n{{extra}}'
+        f'[backends.a]\ntype = "filesystem"\npath = "a"\n[pipelines.p]\nendpoints = [{{endpoints}}]\nbackends = ["a"]\n'
+    )
     config = tmp_path / "router.toml"
     config.write_text(text.format(extra="", endpoints='"ingest"'))
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
@@ -254,8 +278,12 @@ def test_check_passes_while_the_router_runs_and_still_finds_a_port_another_progr
             other.bind(("127.0.0.1", 0))
             other.listen()
             taken = other.getsockname()[1]
-            config.write_text(text.format(extra=f'[endpoints.more]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {taken}\n',
-                                          endpoints='"ingest", "more"'))
+            config.write_text(
+                text.format(
+                    extra=f'[endpoints.more]\ntype = "dimse"\nbind = "127.0.0.1"\nport = {taken}\n',
+                    endpoints='"ingest", "more"',
+                )
+            )
             check = run_cli("check", "-c", config)
         assert check.returncode == 78
         assert f"cannot listen on 127.0.0.1:{taken}" in check.stderr and f":{port}:" not in check.stderr
@@ -277,7 +305,7 @@ def research_site(tmp_path):
     config = tmp_path / "router.toml"
     config.write_text(f"""
 [router]
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 [endpoints.ingest]
 type = "dimse"
 port = 4242
@@ -383,13 +411,23 @@ options = ["retain_longitudinal_full_dates", "retain_longitudinal_modified_dates
     assert "router.toml: pipelines.p.middleware[0].rules[0].match: Modality: invalid regex" in err
     assert "router.toml: pipelines.p.middleware[1].operations[0]: 'StationNam' is not a DICOM keyword" in err
     assert "router.toml: pipelines.p.middleware[2].options: retain_longitudinal_full_dates and" in err
-    text = (tmp_path / "router.toml").read_text().replace('regex = "("', 'regex = "C."').replace("StationNam", "StationName")
+    text = (
+        (tmp_path / "router.toml")
+        .read_text()
+        .replace('regex = "("', 'regex = "C."')
+        .replace("StationNam", "StationName")
+    )
     (tmp_path / "router.toml").write_text(text.replace(', "retain_longitudinal_modified_dates"', ""))
     schema = run_cli("check", "-c", tmp_path / "router.toml", "--tier", "schema")
     assert schema.returncode == 0, schema.stderr  # a key file is made after the configuration: not a schema error
     references = run_cli("check", "-c", tmp_path / "router.toml", "--tier", "references")
-    assert references.returncode == 78 and "middleware[0].rules[1].backends[0]: no backend named 'nowhere'" in references.stderr
-    (tmp_path / "router.toml").write_text(text.replace(', "retain_longitudinal_modified_dates"', "").replace('"nowhere"', '"pacs"'))
+    assert (
+        references.returncode == 78
+        and "middleware[0].rules[1].backends[0]: no backend named 'nowhere'" in references.stderr
+    )
+    (tmp_path / "router.toml").write_text(
+        text.replace(', "retain_longitudinal_modified_dates"', "").replace('"nowhere"', '"pacs"')
+    )
     environment = run_cli("check", "-c", tmp_path / "router.toml")
     assert environment.returncode == 78
     assert "router.toml: pipelines.p.middleware[2].key_file: key file" in environment.stderr
@@ -438,8 +476,18 @@ def test_control_characters_from_peers_are_escaped_in_cli_output(tmp_path):
     )
     hostile_uid = "1.2.3\x1b[2J\x1b[H\rALL QUEUES OK"
     q = DeliveryQueue(data / "queue.db")
-    q.enqueue(InstanceRecord(str(data / "x.dcm"), hostile_uid, "1.2", "1.2.840.10008.1.2.1", 1, time.time(),
-                             calling_aet="CT\x1b]0;owned\x07"), [("p", "pacs")])
+    q.enqueue(
+        InstanceRecord(
+            str(data / "x.dcm"),
+            hostile_uid,
+            "1.2",
+            "1.2.840.10008.1.2.1",
+            1,
+            time.time(),
+            calling_aet="CT\x1b]0;owned\x07",
+        ),
+        [("p", "pacs")],
+    )
     (d,) = q.claim_due("pacs", 1)
     q.quarantine(d, 0xC000, "peer said \x1b[31mRED\x9b")
     listed = run_cli("queue", "list", "-c", tmp_path / "r.toml")
@@ -456,7 +504,8 @@ def test_serve_refuses_to_start_without_a_key_file_it_names(tmp_path):
         f'[router]\ndata_dir = "{tmp_path / "data"}"\nmin_free_space_mb = 0\n'
         f'[endpoints.ingest]\ntype = "dimse"\nport = {port}\n[backends.a]\ntype = "filesystem"\npath = "a"\n'
         '[pipelines.p]\nendpoints = ["ingest"]\nbackends = ["a"]\n'
-        '[[pipelines.p.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n')
+        '[[pipelines.p.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n'
+    )
     result = run_cli("serve", "-c", tmp_path / "router.toml", timeout=60)
     assert result.returncode == 78
     assert "pipelines.p.middleware[0].key_file" in result.stderr and "dicom-router keygen" in result.stderr
@@ -470,8 +519,12 @@ def test_the_starter_takes_the_research_pipeline_as_its_comments_say(tmp_path):
     site = tmp_path / "site"
     assert run_cli("init", site).returncode == 0
     config = site / "router.toml"
-    config.write_text(config.read_text().replace('include = ["pipelines/archive.toml"]',
-                                                 'include = ["pipelines/archive.toml", "pipelines/anonymize-to-research.toml"]'))
+    config.write_text(
+        config.read_text().replace(
+            'include = ["pipelines/archive.toml"]',
+            'include = ["pipelines/archive.toml", "pipelines/anonymize-to-research.toml"]',
+        )
+    )
     before = run_cli("check", "-c", config, "--tier", "references")
     assert before.returncode == 0, before.stderr
     assert run_cli("keygen", "research.key", cwd=site).returncode == 0
@@ -484,7 +537,8 @@ def test_explain_profile_needs_no_key_file_and_lists_each_row_once(tmp_path):
     (tmp_path / "router.toml").write_text(
         '[endpoints.ingest]\ntype = "dimse"\nport = 4242\n[backends.a]\ntype = "filesystem"\npath = "a"\n'
         '[pipelines.research]\nendpoints = ["ingest"]\nbackends = ["a"]\n'
-        '[[pipelines.research.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n')
+        '[[pipelines.research.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n'
+    )
     explained = run_cli("explain-profile", "-c", tmp_path / "router.toml", "research")
     assert explained.returncode == 0, explained.stderr
     rows = [line.split()[0] for line in explained.stdout.splitlines() if line.startswith(("(", "private"))]

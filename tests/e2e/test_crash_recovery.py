@@ -21,8 +21,11 @@ def kill9_whole_router(serve: ServeProcess) -> None:
     """``kill -9`` the router and wait until its delivery process has ended too."""
     children = psutil.Process(serve.pid).children(recursive=True)
     serve.kill9()
-    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10,
-             message="the router's child processes to end")
+    wait_for(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        10,
+        message="the router's child processes to end",
+    )
 
 
 def send_until_failure(port: int, files: dict, acked: list[str], started: threading.Event) -> None:
@@ -65,8 +68,11 @@ def test_kill_9_during_transfer_then_resume(tmp_path, write_config, small_files)
     sender.join(60)
     assert not sender.is_alive()
     assert len(acked) < len(small_files), "the kill landed after the whole transfer"
-    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10,
-             message="the delivery process to die with its parent")
+    wait_for(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        10,
+        message="the delivery process to die with its parent",
+    )
 
     with StorageSCP(tmp_path / "dest", ae_title="PACS", port=dest_port) as pacs:
         serve = ServeProcess(config, tmp_path / "serve2.log").start(port)
@@ -77,8 +83,10 @@ def test_kill_9_during_transfer_then_resume(tmp_path, write_config, small_files)
             assert serve.stop() == 0
     duplicates = len(pacs.received) - len(set(pacs.received))
     unacked_but_delivered = set(pacs.received) - set(acked)
-    report = (f"acknowledged {len(acked)}, delivered {len(set(pacs.received))}, duplicates {duplicates}, "
-              f"delivered though unacknowledged (in flight at the kill) {len(unacked_but_delivered)}")
+    report = (
+        f"acknowledged {len(acked)}, delivered {len(set(pacs.received))}, duplicates {duplicates}, "
+        f"delivered though unacknowledged (in flight at the kill) {len(unacked_but_delivered)}"
+    )
     print(report)
     if duplicates:
         warnings.warn(f"kill -9 recovery delivered duplicates: {report}", stacklevel=1)
@@ -95,9 +103,13 @@ def test_killed_delivery_process_is_restarted_and_resumes(tmp_path, write_config
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     try:
         assert send_with_pynetdicom(port, small_files[:20]) == [0] * 20
-        delivery = wait_for(lambda: [c for c in psutil.Process(serve.pid).children()
-                                     if "resource_tracker" not in " ".join(c.cmdline())], 20,
-                            message="the delivery process")[0]
+        delivery = wait_for(
+            lambda: [
+                c for c in psutil.Process(serve.pid).children() if "resource_tracker" not in " ".join(c.cmdline())
+            ],
+            20,
+            message="the delivery process",
+        )[0]
         delivery.kill()
         delivery.wait(10)
         with StorageSCP(tmp_path / "dest", ae_title="PACS", port=dest_port) as pacs:
@@ -107,8 +119,9 @@ def test_killed_delivery_process_is_restarted_and_resumes(tmp_path, write_config
         assert serve.stop() == 0
 
 
-def test_damaged_spool_files_and_a_lost_queue_never_make_acknowledged_instances_vanish(tmp_path, write_config,
-                                                                                       small_files):
+def test_damaged_spool_files_and_a_lost_queue_never_make_acknowledged_instances_vanish(
+    tmp_path, write_config, small_files
+):
     """With the destination down: 10 instances acknowledged, then the router killed. Two spool
     files are damaged (one removed, one cut short), and the queue database is replaced by an
     empty one (a lost WAL). At the next start nothing is deleted: the files are in orphans/;
@@ -190,8 +203,11 @@ def test_a_spool_file_whose_bytes_changed_is_quarantined_not_delivered(tmp_path,
         again = ServeProcess(config, tmp_path / "serve2.log").start(port)
         try:
             wait_for(lambda: len(scp.received) >= 3, 60, message="the three intact instances at the destination")
-            wait_for(lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout, 30,
-                     message="the changed one quarantined")
+            wait_for(
+                lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout,
+                30,
+                message="the changed one quarantined",
+            )
         finally:
             again.stop()
         assert len(scp.received) == 3

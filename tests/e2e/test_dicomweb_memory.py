@@ -49,7 +49,10 @@ def test_a_600_mb_instance_by_stow_in_and_out_and_by_wado_out_with_flat_memory(t
     received = tmp_path / "received"
     received.mkdir()
     with ScriptedStowServer(lambda uids: (200, {}), keep=received) as cloud, ScriptedPACS([big], "ARCHIVE") as pacs:
-        config = write_config(router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) + f"""
+        config = write_config(
+            router_section(tmp_path / "data")
+            + dicomweb_endpoint_toml("web", web)
+            + f"""
 [backends.cloud]
 type = "dicomweb"
 url = "{cloud.url}"
@@ -66,24 +69,61 @@ retrieve = "get"
 [pipelines.web]
 endpoints = ["web"]
 backends = ["cloud", "archive"]
-""")
+"""
+        )
         serve = ServeProcess(config, tmp_path / "serve.log").start(web)
         try:
-            posted = subprocess.run(["curl", "-sS", "-X", "POST", "-T", str(body), "-H",
-                                     f"Content-Type: {stow_content_type()}", "-w", "%{http_code}", "-o",
-                                     str(tmp_path / "answer.json"), f"http://127.0.0.1:{web}/dicom-web/studies"],
-                                    capture_output=True, text=True, timeout=600)
+            posted = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "-X",
+                    "POST",
+                    "-T",
+                    str(body),
+                    "-H",
+                    f"Content-Type: {stow_content_type()}",
+                    "-w",
+                    "%{http_code}",
+                    "-o",
+                    str(tmp_path / "answer.json"),
+                    f"http://127.0.0.1:{web}/dicom-web/studies",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert posted.stdout == "200", posted.stderr + serve.log_text()[-2000:]
             wait_for(lambda: not spooled_files(tmp_path / "data"), 600, message="the STOW-RS delivery")
             (part,) = received.iterdir()
             assert part.stat().st_size == big.stat().st_size and tail_digest(part, 1 << 20) == tail_digest(big, 1 << 20)
-            study = subprocess.run(["python3", "-c", "import sys; from pydicom import dcmread; "
-                                    "print(dcmread(sys.argv[1], stop_before_pixels=True).StudyInstanceUID)", str(big)],
-                                   capture_output=True, text=True, check=True).stdout.strip()
+            study = subprocess.run(
+                [
+                    "python3",
+                    "-c",
+                    "import sys; from pydicom import dcmread; "
+                    "print(dcmread(sys.argv[1], stop_before_pixels=True).StudyInstanceUID)",
+                    str(big),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
             fetched = tmp_path / "fetched.bin"
-            got = subprocess.run(["curl", "-sS", "-o", str(fetched), "-w", "%{http_code}",
-                                  f"http://127.0.0.1:{web}/dicom-web/studies/{study}"],
-                                 capture_output=True, text=True, timeout=600)
+            got = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "-o",
+                    str(fetched),
+                    "-w",
+                    "%{http_code}",
+                    f"http://127.0.0.1:{web}/dicom-web/studies/{study}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert got.stdout == "200", got.stderr
             assert 0 < fetched.stat().st_size - big.stat().st_size < 4096  # one part: headers and boundaries
             peaks = peaks_of(serve)

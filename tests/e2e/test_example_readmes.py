@@ -31,8 +31,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RUNNABLE = sorted(p.parent for p in (ROOT / "examples").glob("*/README.md")
-                  if p.parent.name not in ("docker", "systemd"))
+RUNNABLE = sorted(
+    p.parent for p in (ROOT / "examples").glob("*/README.md") if p.parent.name not in ("docker", "systemd")
+)
 DCMTK_TOOLS = ("findscu", "echoscu", "storescu", "movescu", "getscu")
 PORT_LINE = re.compile(r"^(port\s*=\s*)(\d+)", re.MULTILINE)
 URL_PORT = re.compile(r'(url\s*=\s*"http://127\.0\.0\.1:)(\d+)')
@@ -62,8 +63,9 @@ def start_backend_peers(config: Path, stack: ExitStack, site: Path) -> None:
     study = write_series(site / "pacs-holds", 1, patient="P001")
     for name, backend in tomllib.loads(config.read_text()).get("backends", {}).items():
         if backend.get("type") == "dicomweb":
-            stack.enter_context(ScriptedStowServer(lambda uids: (200, {}), port=int(backend["url"].split(":")[2]
-                                                                                     .split("/")[0])))
+            stack.enter_context(
+                ScriptedStowServer(lambda uids: (200, {}), port=int(backend["url"].split(":")[2].split("/")[0]))
+            )
             continue
         if backend.get("type") != "dimse":
             continue
@@ -72,8 +74,9 @@ def start_backend_peers(config: Path, stack: ExitStack, site: Path) -> None:
             peer.port = backend["port"]
             stack.enter_context(peer)
         else:
-            stack.enter_context(StorageSCP(site / "received" / name, ae_title=backend["ae_title"],
-                                           port=backend["port"]))
+            stack.enter_context(
+                StorageSCP(site / "received" / name, ae_title=backend["ae_title"], port=backend["port"])
+            )
 
 
 def first_endpoint_port(config: Path) -> int:
@@ -85,24 +88,35 @@ def run_dcmtk_line(words: list[str], moved: dict[int, int], site: Path) -> subpr
     """A DCMTK tool from the README, aimed at the copy: host ``ROUTER`` is this machine and the
     example's ports are the moved ones."""
     words = ["127.0.0.1" if w == "ROUTER" else str(moved.get(int(w), w)) if w.isdigit() else w for w in words]
-    return subprocess.run([dcmtk(words[0]), *words[1:]], cwd=site, capture_output=True, text=True,
-                          timeout=60, env=dcmtk_env())
+    return subprocess.run(
+        [dcmtk(words[0]), *words[1:]], cwd=site, capture_output=True, text=True, timeout=60, env=dcmtk_env()
+    )
 
 
 def run_curl_line(words: list[str], moved: dict[int, int], site: Path, token: str) -> subprocess.CompletedProcess:
     """curl from the README: ``$TOKEN`` is the token ``dicom-router token`` printed last, the
     example's ports are the moved ones."""
+
     def aimed(word: str) -> str:
         word = word.replace("$TOKEN", token)
         return re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{moved.get(int(m.group(1)), m.group(1))}", word)
 
-    return subprocess.run([w if i == 0 else aimed(w) for i, w in enumerate(words)], cwd=site, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [w if i == 0 else aimed(w) for i, w in enumerate(words)], cwd=site, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_every_runnable_example_has_commands():
-    assert {p.name for p in RUNNABLE} >= {"forward", "fan-out", "filter-by-modality", "route-by-rules",
-                                           "anonymize-to-research", "query-proxy", "dicomweb-to-cloud", "web-gateway"}
+    assert {p.name for p in RUNNABLE} >= {
+        "forward",
+        "fan-out",
+        "filter-by-modality",
+        "route-by-rules",
+        "anonymize-to-research",
+        "query-proxy",
+        "dicomweb-to-cloud",
+        "web-gateway",
+    }
     for example in RUNNABLE:
         assert any(line.startswith("dicom-router serve") for line in readme_commands(example)), example.name
 

@@ -30,8 +30,12 @@ def test_install_script_makes_a_virtual_environment_with_the_router(tmp_path):
     assert "installed:" in installed.stdout
     version = subprocess.run([str(copy / ".venv/bin/dicom-router"), "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("dicom-router ")
-    check = subprocess.run([str(copy / ".venv/bin/dicom-router"), "check", "--tier", "references"], cwd=tmp_path,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [str(copy / ".venv/bin/dicom-router"), "check", "--tier", "references"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stderr  # the embedded default, from the installed package
     assert (copy / ".venv/bin/storescp").exists()
     assert str(copy / ".venv/bin") not in env.get("PATH", "")

@@ -15,7 +15,9 @@ BACKENDS = '\n[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
 
 def test_the_idle_timeout_line_names_the_association_and_its_peer(tmp_path, write_config):
     port = free_port()
-    config = write_config(router_toml(tmp_path / "data", port, BACKENDS, ["archive"], endpoint_extra="network_timeout = 1"))
+    config = write_config(
+        router_toml(tmp_path / "data", port, BACKENDS, ["archive"], endpoint_extra="network_timeout = 1")
+    )
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -32,8 +34,11 @@ def test_the_idle_timeout_line_names_the_association_and_its_peer(tmp_path, writ
     (timeout,) = [line for line in lines if line["event"] == "Network timeout reached"]
     assert timeout["logger"].startswith("pynetdicom")
     assert accepted["peer"] == local
-    assert (timeout["assoc_id"], timeout["peer"], timeout["endpoint"]) == \
-        (accepted["assoc_id"], local, accepted["endpoint"])
+    assert (timeout["assoc_id"], timeout["peer"], timeout["endpoint"]) == (
+        accepted["assoc_id"],
+        local,
+        accepted["endpoint"],
+    )
 
 
 def test_at_the_default_level_the_log_says_where_every_instance_went(tmp_path, write_config, small_files):

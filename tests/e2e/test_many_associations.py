@@ -61,8 +61,9 @@ def test_a_thousand_concurrent_associations_each_answer_c_echo(tmp_path, write_c
             sock = _open_association(port)
             held.append(sock)
             answer = pdus.read_pdu(sock, 60)
-            assert answer is not None and answer[0] == pdus.A_ASSOCIATE_AC, \
+            assert answer is not None and answer[0] == pdus.A_ASSOCIATE_AC, (
                 f"association {len(held)}: {answer}; the router's log ends:\n{_log_tail(serve)}"
+            )
         statuses = [_echo_on(sock) for sock in held]  # all 1,000 open at once
         assert statuses == [0] * ASSOCIATIONS, f"the router's log ends:\n{_log_tail(serve)}"
         extra = _open_association(port)

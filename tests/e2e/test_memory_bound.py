@@ -82,11 +82,14 @@ options = ["retain_longitudinal_modified_dates"]
 
 @pytest.mark.slow
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("stages,size,limit", [
-    ("as-received", SIZE, LIMIT_MIB),
-    ("coerce+anonymize", SIZE, LIMIT_MIB),
-    ("as-received", 600 * 1000 * 1000, 100),  # issue 6: a 600 MB multi-frame instance under 100 MiB
-])
+@pytest.mark.parametrize(
+    "stages,size,limit",
+    [
+        ("as-received", SIZE, LIMIT_MIB),
+        ("coerce+anonymize", SIZE, LIMIT_MIB),
+        ("as-received", 600 * 1000 * 1000, 100),  # issue 6: a 600 MB multi-frame instance under 100 MiB
+    ],
+)
 def test_large_instance_with_flat_memory(tmp_path, write_config, stages, size, limit):
     big = write_large(tmp_path / "big.dcm", size)
     port, dest_port = free_port(), free_port()
@@ -94,8 +97,9 @@ def test_large_instance_with_flat_memory(tmp_path, write_config, stages, size, l
     storescp = start_storescp(dest, dest_port, ae_title="PACS")
     backends = dimse_backend_toml(dest_port)
     extra = EDITING_STAGES.format(key=key_file(tmp_path)) if stages != "as-received" else ""
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["pacs"], extra=extra)),
-                         tmp_path / "serve.log").start(port)
+    serve = ServeProcess(
+        write_config(router_toml(tmp_path / "data", port, backends, ["pacs"], extra=extra)), tmp_path / "serve.log"
+    ).start(port)
     try:
         peaks = store_and_measure(port, big, CTImageStorage, tmp_path / "data", serve)
         assert max(peaks.values()) < limit
@@ -120,8 +124,10 @@ def test_a_large_instance_converted_for_a_peer_that_takes_only_implicit_vr(tmp_p
     port, dest_port = free_port(), free_port()
     dest = tmp_path / "dest"
     storescp = start_storescp(dest, dest_port, ae_title="PACS", extra=["+xi"])  # Implicit VR only
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port), ["pacs"])),
-                         tmp_path / "serve.log").start(port)
+    serve = ServeProcess(
+        write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port), ["pacs"])),
+        tmp_path / "serve.log",
+    ).start(port)
     try:
         peaks = store_and_measure(port, big, CTImageStorage, tmp_path / "data", serve)
         assert max(peaks.values()) < 100
@@ -153,8 +159,9 @@ def through_the_router_to_a_folder(tmp_path, write_config, path, sop_class: str,
     every router process under 100 MiB; the file that arrived."""
     port = free_port()
     backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=stages)),
-                         tmp_path / "serve.log").start(port)
+    serve = ServeProcess(
+        write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=stages)), tmp_path / "serve.log"
+    ).start(port)
     try:
         peaks = store_and_measure(port, path, sop_class, tmp_path / "data", serve)
         assert max(peaks.values()) < 100
@@ -176,8 +183,9 @@ def sequence_digest(path, tag: int) -> str:
     assert element.value is None, "the sequence was read, not deferred"
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        end = element_end(f, element.value_tell, element.length, implicit=element.is_implicit_VR,
-                          little=True, vr=element.VR)
+        end = element_end(
+            f, element.value_tell, element.length, implicit=element.is_implicit_VR, little=True, vr=element.VR
+        )
         f.seek(element.value_tell)
         left = end - element.value_tell
         while left:
@@ -188,9 +196,11 @@ def sequence_digest(path, tag: int) -> str:
 
 
 SEQUENCE_STAGES = {
-    "filter+coerce": ('[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"] }\n\n'
-                      '[[pipelines.default.middleware]]\ntype = "coerce"\n'
-                      'operations = [{ set = "BodyPartExamined", value = "CHEST" }]\n'),
+    "filter+coerce": (
+        '[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"] }\n\n'
+        '[[pipelines.default.middleware]]\ntype = "coerce"\n'
+        'operations = [{ set = "BodyPartExamined", value = "CHEST" }]\n'
+    ),
     "anonymize": '[[pipelines.default.middleware]]\ntype = "anonymize"\nkey_file = "{key}"\n',
 }
 
@@ -214,10 +224,12 @@ def test_a_large_sequence_passes_the_stages_to_a_folder_with_flat_memory(tmp_pat
         assert sequence_digest(arrived, 0x52009230) == sequence_digest(big, 0x52009230)
     else:
         with open(arrived, "rb") as f:
-            tail = f.read()[-(20 << 20):]  # the last items, the sequence's end and the pixel data
+            tail = f.read()[-(20 << 20) :]  # the last items, the sequence's end and the pixel data
         assert b"frame frame" not in tail and b"0\\0\\" in tail
-        assert dcmread(arrived, stop_before_pixels=True, specific_tags=["PatientIdentityRemoved"]) \
-            .PatientIdentityRemoved == "YES"
+        assert (
+            dcmread(arrived, stop_before_pixels=True, specific_tags=["PatientIdentityRemoved"]).PatientIdentityRemoved
+            == "YES"
+        )
 
 
 @pytest.mark.slow
@@ -235,8 +247,9 @@ def test_a_deflate_bomb_through_a_filter_is_refused_with_flat_memory(tmp_path, w
     port = free_port()
     backends = '[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
     extra = '[[pipelines.default.middleware]]\ntype = "filter"\nmatch = { Modality = ["CT"] }\n'
-    serve = ServeProcess(write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)),
-                         tmp_path / "serve.log").start(port)
+    serve = ServeProcess(
+        write_config(router_toml(tmp_path / "data", port, backends, ["archive"], extra=extra)), tmp_path / "serve.log"
+    ).start(port)
     try:
         ae = AE("MODALITY")
         ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
@@ -265,19 +278,24 @@ def test_retrieving_hundreds_of_instances_keeps_memory_flat(tmp_path, write_conf
     files = write_series(tmp_path / "study", 200, "ct", patient="BULK")
     port = free_port()
     with ScriptedPACS(files) as pacs:
-        text = router_section(tmp_path / "data", 'log_level = "info"') + endpoint_section("qr", port) + (
-            dimse_backend_toml(pacs.port, pacs.ae_title)) + """query = true
+        text = (
+            router_section(tmp_path / "data", 'log_level = "info"')
+            + endpoint_section("qr", port)
+            + (dimse_backend_toml(pacs.port, pacs.ae_title))
+            + """query = true
 retrieve = "get"
 
 [pipelines.qr]
 endpoints = ["qr"]
 backends = ["pacs"]
 """
+        )
         serve = ServeProcess(write_config(text), tmp_path / "serve.log").start(port)
         try:
             study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-            result = getscu(port, "DICOM_ROUTER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
-                            tmp_path / "got")
+            result = getscu(
+                port, "DICOM_ROUTER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"], tmp_path / "got"
+            )
             processes = [psutil.Process(serve.pid), *psutil.Process(serve.pid).children(recursive=True)]
             peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
         finally:

@@ -35,10 +35,16 @@ def test_two_receiving_processes_share_the_work(tmp_path, write_config, small_fi
         wait_for(lambda: "receive-1" in serve.log_text(), 30, message="the second receiving process")
         names = [p.name() for p in psutil.Process(serve.pid).children(recursive=True)]
         halves = [small_files[:60], small_files[60:]]
-        senders = [subprocess.Popen([dcmtk("storescu"), "-aec", "DICOM_ROUTER", "127.0.0.1", str(port),
-                                     *map(str, half)], env=dcmtk_env(),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for half in halves
-                   for _ in range(2)]
+        senders = [
+            subprocess.Popen(
+                [dcmtk("storescu"), "-aec", "DICOM_ROUTER", "127.0.0.1", str(port), *map(str, half)],
+                env=dcmtk_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for half in halves
+            for _ in range(2)
+        ]
         for sender in senders:
             assert sender.wait(120) == 0
         wait_for(lambda: len(list((tmp_path / "dest").iterdir())) == len(small_files), 60, message="every instance")

@@ -33,10 +33,13 @@ def test_signal_during_a_transfer_loses_nothing_acknowledged(tmp_path, write_con
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     sending = small_files * 3  # long enough to be under way when the signal lands, on a fast machine too
     sender_log = open(tmp_path / "storescu.log", "w")  # a file: an unread pipe would stall storescu
-    sender = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "DICOM_ROUTER", "127.0.0.1", str(port),
-                               *map(str, sending)], env=dcmtk_env(), stdout=sender_log, stderr=subprocess.STDOUT)
-    wait_for(lambda: len(spooled_files(tmp_path / "data")) >= 10, 30,
-             message="the transfer to be under way")
+    sender = subprocess.Popen(
+        [dcmtk("storescu"), "-v", "-aec", "DICOM_ROUTER", "127.0.0.1", str(port), *map(str, sending)],
+        env=dcmtk_env(),
+        stdout=sender_log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: len(spooled_files(tmp_path / "data")) >= 10, 30, message="the transfer to be under way")
     serve.proc.send_signal(sig)
     assert serve.proc.wait(60) == 0  # the open association finished within the grace period
     sender.wait(60)
@@ -49,8 +52,11 @@ def test_signal_during_a_transfer_loses_nothing_acknowledged(tmp_path, write_con
     storescp = start_storescp(dest, dest_port, "DEST")
     again = ServeProcess(config, tmp_path / "serve2.log").start(port)
     try:
-        wait_for(lambda: not spooled_files(tmp_path / "data"), 120,
-                 message="every acknowledged instance delivered (the spool empty)")
+        wait_for(
+            lambda: not spooled_files(tmp_path / "data"),
+            120,
+            message="every acknowledged instance delivered (the spool empty)",
+        )
     finally:
         assert again.stop() == 0
         stop_process(storescp)
@@ -89,9 +95,9 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path, write_config):
     listener.settimeout(30)
     config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]))
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
-    serve = subprocess.Popen([*router_command(),
-                              "serve", "-c", str(config)], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    serve = subprocess.Popen(
+        [*router_command(), "serve", "-c", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         messages = []
         while not any("WATCHDOG=1" in m for m in messages):
@@ -132,8 +138,10 @@ def test_reload_adds_a_backend_while_an_association_stays_open(tmp_path, write_c
     from tests.support.peers import StorageSCP
 
     port = free_port()
-    with StorageSCP(tmp_path / "first", ae_title="FIRST") as first, StorageSCP(tmp_path / "second",
-                                                                               ae_title="SECOND") as second:
+    with (
+        StorageSCP(tmp_path / "first", ae_title="FIRST") as first,
+        StorageSCP(tmp_path / "second", ae_title="SECOND") as second,
+    ):
         one = dimse_backend_toml(first.port, "FIRST", "first")
         two = dimse_backend_toml(second.port, "SECOND", "second")
         config = write_config(router_toml(tmp_path / "data", port, one, ["first"]))
@@ -151,8 +159,11 @@ def test_reload_adds_a_backend_while_an_association_stays_open(tmp_path, write_c
             assert assoc.is_established  # the open association was not dropped
             assert int(assoc.send_c_store(small_files[1]).Status) == 0  # and keeps working
             assoc.release()
-            wait_for(lambda: len(first.received) == 2 and len(second.received) == 1, 30,
-                     message="deliveries under the new configuration")
+            wait_for(
+                lambda: len(first.received) == 2 and len(second.received) == 1,
+                30,
+                message="deliveries under the new configuration",
+            )
             assert "backends_added" in serve.log_text()
         finally:
             assert serve.stop() == 0
@@ -187,7 +198,9 @@ def test_reload_changes_and_adds_endpoints_without_dropping_associations(tmp_pat
     try:
         assoc = open_ct_association(port)
         assert assoc.is_established
-        text = router_toml(tmp_path / "data", port, archive, ["archive"], endpoint_extra='allowed_calling_aets = ["CT_*"]')
+        text = router_toml(
+            tmp_path / "data", port, archive, ["archive"], endpoint_extra='allowed_calling_aets = ["CT_*"]'
+        )
         text += endpoint_section("second", new_port)
         config.write_text(text.replace('endpoints = ["ingest"]', 'endpoints = ["ingest", "second"]'))
         serve.proc.send_signal(signal.SIGHUP)

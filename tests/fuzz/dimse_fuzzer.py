@@ -54,21 +54,22 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif choice == 1:  # insert bytes
             out[position:position] = rng.randbytes(rng.randint(1, 16))
         elif choice == 2 and out:  # cut bytes
-            del out[position:position + rng.randint(1, 32)]
+            del out[position : position + rng.randint(1, 32)]
         elif choice == 3 and out:  # replace a byte with an edge value
             out[position] = rng.choice((0x00, 0x01, 0x02, 0x7F, 0x80, 0xFE, 0xFF))
         elif choice == 4 and len(out) >= 6:  # rewrite the PDU length
-            out[2:6] = struct.pack(">I", rng.choice((0, 1, 5, len(out), len(out) * 2, 0x7FFFFFFF, 0xFFFFFFFF,
-                                                     rng.randrange(1 << 20))))
+            out[2:6] = struct.pack(
+                ">I", rng.choice((0, 1, 5, len(out), len(out) * 2, 0x7FFFFFFF, 0xFFFFFFFF, rng.randrange(1 << 20)))
+            )
         elif choice == 5 and len(out) > 8:  # rewrite a 16-bit length somewhere in the items
             offset = rng.randrange(6, len(out) - 2)
-            out[offset:offset + 2] = struct.pack(">H", rng.choice((0, 1, 0xFFFF, rng.randrange(1 << 16))))
+            out[offset : offset + 2] = struct.pack(">H", rng.choice((0, 1, 0xFFFF, rng.randrange(1 << 16))))
         elif choice == 6 and len(out) > 12:  # repeat a slice (an item twice)
             start = rng.randrange(6, len(out) - 4)
             end = min(len(out), start + rng.randint(4, 64))
             out[end:end] = out[start:end]
         else:  # truncate
-            del out[rng.randrange(len(out) + 1):]
+            del out[rng.randrange(len(out) + 1) :]
     return bytes(out)
 
 
@@ -85,8 +86,9 @@ def case_bytes(rng: random.Random) -> list[bytes]:
         if rng.random() < 0.5:
             return [valid_request(), mutate(command, rng), data]
         return [valid_request(), command, mutate(data, rng)]
-    other = rng.choice((pdus.release_rq(), pdus.abort(), pdus.pdu(0x02, b"\0" * 8), pdus.pdu(0x06, b"\0" * 4),
-                        pdus.associate_rq()))
+    other = rng.choice(
+        (pdus.release_rq(), pdus.abort(), pdus.pdu(0x02, b"\0" * 8), pdus.pdu(0x06, b"\0" * 4), pdus.associate_rq())
+    )
     return [valid_request(), mutate(other, rng)]
 
 
@@ -114,8 +116,9 @@ class Report:
     seconds: float = 0.0
 
 
-def fuzz(port: int, cases: int, seed: int, canaries: list[Path], canary_every: int = 250,
-         deadline: float | None = None) -> Report:
+def fuzz(
+    port: int, cases: int, seed: int, canaries: list[Path], canary_every: int = 250, deadline: float | None = None
+) -> Report:
     """Run ``cases`` mutated cases (fewer if the monotonic ``deadline`` passes) with canaries between them."""
     from tests.integration.test_bad_input import echo
     from tests.integration.test_forwarding import send_with_pynetdicom
@@ -208,8 +211,15 @@ def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = No
     canaries = write_series(work / "canaries", cases // 250 + 2, "small", patient="CANARY")
     port = free_port()
     config = work / "router.toml"
-    config.write_text(router_toml(work / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
-                                  ["archive"], endpoint_extra="acse_timeout = 2\nnetwork_timeout = 5\nmax_pending = 256"))
+    config.write_text(
+        router_toml(
+            work / "data",
+            port,
+            '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
+            ["archive"],
+            endpoint_extra="acse_timeout = 2\nnetwork_timeout = 5\nmax_pending = 256",
+        )
+    )
     serve = ServeProcess(config, work / "serve.log").start(port)
     try:
         send_with_pynetdicom(port, canaries[-1:], calling="CANARY")
@@ -240,8 +250,10 @@ def run_from_command_line(fuzz_a_router, description: str, prefix: str, argv: li
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     run = fuzz_a_router(args.workdir or Path(tempfile.mkdtemp(prefix=prefix)), args.cases, args.seed)
-    print(f"{run.report.cases} cases in {run.report.seconds:.1f} s, {run.delivered} canaries delivered, "
-          f"threads/descriptors {run.baseline} -> {run.after}; problems: {run.problems or 'none'}")
+    print(
+        f"{run.report.cases} cases in {run.report.seconds:.1f} s, {run.delivered} canaries delivered, "
+        f"threads/descriptors {run.baseline} -> {run.after}; problems: {run.problems or 'none'}"
+    )
     return 1 if run.problems else 0
 
 

@@ -35,17 +35,36 @@ def requests(instance: bytes, rng: random.Random) -> bytes:
     kind = rng.randrange(4)
     if kind == 0:
         body = multipart_related([instance])
-        return (f"POST {STOW_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {stow_content_type()}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        return (
+            f"POST {STOW_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {stow_content_type()}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
     if kind == 1:
         body = multipart_related([instance])
-        chunks = b"".join(f"{len(body[i:i + 700]):x}\r\n".encode() + body[i:i + 700] + b"\r\n"
-                          for i in range(0, len(body), 700))
-        return (f"POST {STOW_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {stow_content_type()}\r\n"
-                f"Transfer-Encoding: chunked\r\n\r\n").encode() + chunks + b"0\r\n\r\n"
+        chunks = b"".join(
+            f"{len(body[i : i + 700]):x}\r\n".encode() + body[i : i + 700] + b"\r\n" for i in range(0, len(body), 700)
+        )
+        return (
+            (
+                f"POST {STOW_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {stow_content_type()}\r\n"
+                f"Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+            + chunks
+            + b"0\r\n\r\n"
+        )
     if kind == 2:
-        params = rng.choice(["PatientID=P*", "limit=5&offset=2", "includefield=all", "StudyDate=20200101-",
-                             "00100010=A%5EB", "limit=-1", "Modality=CT&Modality=MR", "%ff%fe=1"])
+        params = rng.choice(
+            [
+                "PatientID=P*",
+                "limit=5&offset=2",
+                "includefield=all",
+                "StudyDate=20200101-",
+                "00100010=A%5EB",
+                "limit=-1",
+                "Modality=CT&Modality=MR",
+                "%ff%fe=1",
+            ]
+        )
         return f"GET /dicom-web/studies?{params} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     return f"GET /dicom-web/studies/1.2.{rng.randrange(10**6)}/metadata HTTP/1.1\r\nHost: x\r\n\r\n".encode()
 
@@ -60,12 +79,15 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif how == 1:
             data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
         elif how == 2:
-            del data[at:at + rng.randint(1, 64)]
+            del data[at : at + rng.randint(1, 64)]
         elif how == 3:
             data = data[: rng.randrange(len(data) + 1)]
         elif how == 4:
-            data = bytearray(bytes(data).replace(b"Content-Length: ", f"Content-Length: {rng.randrange(10**7)}"
-                                                 .encode() + b"\r\nX-Old: ", 1))
+            data = bytearray(
+                bytes(data).replace(
+                    b"Content-Length: ", f"Content-Length: {rng.randrange(10**7)}".encode() + b"\r\nX-Old: ", 1
+                )
+            )
         elif how == 5:
             data = bytearray(bytes(data).replace(BOUNDARY.encode(), b"other", rng.randint(1, 3)))
         elif how == 6:
@@ -98,8 +120,16 @@ class HttpReport:
     seconds: float = 0.0
 
 
-def fuzz(web: int, dimse: int, cases: int, seed: int, instance: bytes, canaries: list[Path],
-         canary_every: int = 200, deadline: float | None = None) -> HttpReport:
+def fuzz(
+    web: int,
+    dimse: int,
+    cases: int,
+    seed: int,
+    instance: bytes,
+    canaries: list[Path],
+    canary_every: int = 200,
+    deadline: float | None = None,
+) -> HttpReport:
     from tests.integration.test_bad_input import echo
     from tests.support.dicomweb import post
 
@@ -110,8 +140,11 @@ def fuzz(web: int, dimse: int, cases: int, seed: int, instance: bytes, canaries:
     for index in range(cases):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        case = mutate(requests(instance, rng), rng) if rng.random() < 0.9 else bytes(
-            rng.randrange(256) for _ in range(rng.randint(1, 300)))
+        case = (
+            mutate(requests(instance, rng), rng)
+            if rng.random() < 0.9
+            else bytes(rng.randrange(256) for _ in range(rng.randint(1, 300)))
+        )
         status = send_case(web, case, wait=0.3)
         if status.startswith(b"HTTP/1.1 500"):
             report.server_errors.append(repr(case[:120]))
@@ -150,8 +183,11 @@ def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = No
     canaries = write_series(work / "canaries", cases // 200 + 2, "small", patient="CANARY")
     web, dimse = free_port(), free_port()
     config = work / "router.toml"
-    config.write_text(router_section(work / "data") + dicomweb_endpoint_toml(
-        "web", web, "header_timeout = 2\nrequest_timeout = 5\nmax_pending = 256") + endpoint_section("ingest", dimse) + """
+    config.write_text(
+        router_section(work / "data")
+        + dicomweb_endpoint_toml("web", web, "header_timeout = 2\nrequest_timeout = 5\nmax_pending = 256")
+        + endpoint_section("ingest", dimse)
+        + """
 [backends.archive]
 type = "filesystem"
 path = "archive"
@@ -159,7 +195,8 @@ path = "archive"
 [pipelines.default]
 endpoints = ["web", "ingest"]
 backends = ["archive"]
-""")
+"""
+    )
     serve = ServeProcess(config, work / "serve.log").start(web)
     try:
         assert post(web, STOW_PATH, multipart_related(canaries[-1:]), stow_content_type())[0] == 200
@@ -175,8 +212,9 @@ backends = ["archive"]
         delivered = archived()
     finally:
         stop_code = serve.stop()
-    return HttpRun(report, baseline, after, alive, delivered, serve.log_text(), stop_code,
-                   server_errors=report.server_errors)
+    return HttpRun(
+        report, baseline, after, alive, delivered, serve.log_text(), stop_code, server_errors=report.server_errors
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,10 @@ def test_health_ready_and_queues(tmp_path, write_config, start_router, port, sma
 
 def test_a_failing_admin_check_answers_500_without_its_details(tmp_path, write_config, start_router, port, caplog):
     admin_port = free_port()
-    text = router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]) \
+    text = (
+        router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"])
         + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+    )
     service = start_router(write_config(text))
 
     def broken():
@@ -66,7 +68,7 @@ def metric(text: str, name: str, **labels) -> float | None:
         head, _, value = line.rpartition(" ")
         if head.split("{")[0] != name:
             continue
-        found = dict(part.split("=", 1) for part in head[len(name) + 1:-1].split(",")) if "{" in head else {}
+        found = dict(part.split("=", 1) for part in head[len(name) + 1 : -1].split(",")) if "{" in head else {}
         if {k: v.strip('"') for k, v in found.items()} == {k: str(v) for k, v in labels.items()}:
             return float(value)
     return None
@@ -95,19 +97,33 @@ match = { InstanceNumber = { max = 8 } }
         sizes = sum(p.stat().st_size for p in small_files[:10])
         assert send_with_pynetdicom(port, small_files[:10]) == [0] * 10
         wait_for(lambda: len(scp.received) == 8, 30, message="8 deliveries")
-        wait_for(lambda: service.queue.events().get("dead", {}).get("failure:unreachable"), 30,
-                 message="the dead backend to be tried")
+        wait_for(
+            lambda: service.queue.events().get("dead", {}).get("failure:unreachable"),
+            30,
+            message="the dead backend to be tried",
+        )
         text = scrape(admin_port)
     assert metric(text, "dicom_router_associations_total", endpoint="ingest", result="accepted") == 1
     assert metric(text, "dicom_router_instances_received_total", endpoint="ingest") == 10
     assert metric(text, "dicom_router_received_bytes_total", endpoint="ingest") >= sizes - 10 * 400
     assert metric(text, "dicom_router_responses_total", endpoint="ingest", service="C-STORE", status="0x0000") == 10
-    assert metric(text, "dicom_router_stage_verdicts_total", pipeline="default",
-                  stage="default.middleware[0](filter)", verdict="drop") == 2
+    assert (
+        metric(
+            text,
+            "dicom_router_stage_verdicts_total",
+            pipeline="default",
+            stage="default.middleware[0](filter)",
+            verdict="drop",
+        )
+        == 2
+    )
     assert metric(text, "dicom_router_deliveries_total", backend="pacs") == 8
     assert metric(text, "dicom_router_queue_depth", backend="pacs", state="pending") == 0
-    assert metric(text, "dicom_router_queue_depth", backend="dead", state="pending") + metric(
-        text, "dicom_router_queue_depth", backend="dead", state="in_flight") == 8
+    assert (
+        metric(text, "dicom_router_queue_depth", backend="dead", state="pending")
+        + metric(text, "dicom_router_queue_depth", backend="dead", state="in_flight")
+        == 8
+    )
     assert metric(text, "dicom_router_queue_oldest_age_seconds", backend="dead") > 0
     assert metric(text, "dicom_router_delivery_failures_total", backend="dead", **{"class": "unreachable"}) >= 1
     assert metric(text, "dicom_router_quarantined", backend="pacs") == 0
@@ -134,8 +150,9 @@ def test_status_command_summarises_the_running_router(tmp_path, write_config, st
 
 def _admin_router(tmp_path, write_config, start_router, port, extra: str = ""):
     admin_port = free_port()
-    text = router_toml(tmp_path / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
-                       ["archive"])
+    text = router_toml(
+        tmp_path / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n', ["archive"]
+    )
     text += f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\nmax_connections = 8\nrequest_timeout = 2\n{extra}'
     service = start_router(write_config(text))
     return service, admin_port
@@ -182,8 +199,10 @@ def test_an_oversized_or_malformed_admin_request_gets_an_error_status(tmp_path, 
     import socket
 
     _, admin_port = _admin_router(tmp_path, write_config, start_router, port)
-    for payload, expected in ((b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40000 + b"\r\n\r\n", b" 431 "),
-                              (b"\x16\x03\x01garbage\r\n\r\n", b" 400 ")):
+    for payload, expected in (
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40000 + b"\r\n\r\n", b" 431 "),
+        (b"\x16\x03\x01garbage\r\n\r\n", b" 400 "),
+    ):
         with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as sock:
             sock.sendall(payload)
             assert expected in sock.recv(200)

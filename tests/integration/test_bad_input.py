@@ -25,8 +25,13 @@ path = "archive"
 
 @pytest.fixture
 def guarded_router(tmp_path, write_config, start_router, port):
-    text = router_toml(tmp_path / "data", port, BACKENDS, ["archive"],
-                       endpoint_extra='allowed_calling_aets = ["CT_*", "MR01"]\nacse_timeout = 3')
+    text = router_toml(
+        tmp_path / "data",
+        port,
+        BACKENDS,
+        ["archive"],
+        endpoint_extra='allowed_calling_aets = ["CT_*", "MR01"]\nacse_timeout = 3',
+    )
     start_router(write_config(text))
     return port
 
@@ -54,16 +59,22 @@ def echo(port: int, calling: str = "CT_SCANNER") -> tuple[bool, int | None]:
 def test_random_bytes_get_an_abort_and_a_log_line(guarded_router, caplog):
     reply = raw_exchange(guarded_router, os.urandom(4096))
     assert reply[:1] in (bytes([A_ABORT]), b"")
-    wait_for(lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"), 10,
-             message="a log line about the bad connection")
+    wait_for(
+        lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"),
+        10,
+        message="a log line about the bad connection",
+    )
     assert echo(guarded_router) == (True, 0)
 
 
 def test_malformed_associate_request_gets_an_abort(guarded_router, caplog):
     bogus = b"\x01\x00" + struct.pack(">I", 10) + b"\x00\x01garbage!"
     assert raw_exchange(guarded_router, bogus)[:1] == bytes([A_ABORT])
-    wait_for(lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"), 10,
-             message="a log line about the malformed request")
+    wait_for(
+        lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"),
+        10,
+        message="a log line about the malformed request",
+    )
     assert echo(guarded_router) == (True, 0)
 
 
@@ -80,8 +91,10 @@ def test_an_announced_length_over_the_limit_is_aborted_at_once(guarded_router, c
         s.sendall(b"\x01\x00" + struct.pack(">I", length) + b"\x00\x01")
         assert s.recv(64)[:1] == bytes([A_ABORT])
     assert events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)") or wait_for(
-        lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"), 10,
-        message="a log line about the bad connection")
+        lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"),
+        10,
+        message="a log line about the bad connection",
+    )
     assert echo(guarded_router) == (True, 0)
 
 
@@ -93,8 +106,11 @@ def test_a_peer_silent_inside_its_request_is_closed_within_the_acse_timeout(guar
         except ConnectionResetError:
             rest = b""
         assert rest[:1] in (b"", bytes([A_ABORT]))  # closed by the router (acse_timeout = 3 s), not by our 20 s
-    wait_for(lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"), 10,
-             message="a log line about the silent connection")
+    wait_for(
+        lambda: events(caplog, "connection closed before a valid A-ASSOCIATE-RQ (bad bytes or silence)"),
+        10,
+        message="a log line about the silent connection",
+    )
 
 
 def test_calling_aet_outside_allow_list_is_rejected(guarded_router, caplog):
@@ -133,7 +149,9 @@ def test_raw_reject_pdu_for_disallowed_aet(guarded_router):
 
 
 def test_association_limit_rejects_the_extra_one(tmp_path, write_config, start_router, port):
-    start_router(write_config(router_toml(tmp_path / "data", port, BACKENDS, ["archive"], endpoint_extra="max_associations = 1")))
+    start_router(
+        write_config(router_toml(tmp_path / "data", port, BACKENDS, ["archive"], endpoint_extra="max_associations = 1"))
+    )
     ae = AE("CT_FIRST")
     ae.add_requested_context(Verification)
     first = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")

@@ -16,7 +16,9 @@ from tests.support.peers import free_port, wait_for
 
 
 def _backend(port: int, ae_title: str = "PACS", **timeouts) -> DimseBackend:
-    return DimseBackend("pacs", DimseBackendConfig(host="127.0.0.1", port=port, ae_title=ae_title, **timeouts), "ROUTER")
+    return DimseBackend(
+        "pacs", DimseBackendConfig(host="127.0.0.1", port=port, ae_title=ae_title, **timeouts), "ROUTER"
+    )
 
 
 def test_a_closed_port_is_a_refused_connection():
@@ -84,13 +86,15 @@ def test_a_peer_that_aborts_the_request_is_not_a_refused_connection():
     assert "aborted the association request" in reason and "cannot connect" not in reason
 
 
-def test_queue_shows_a_refused_connection_for_a_destination_that_is_down(tmp_path, write_config, start_router, port,
-                                                                            small_files):
+def test_queue_shows_a_refused_connection_for_a_destination_that_is_down(
+    tmp_path, write_config, start_router, port, small_files
+):
     dead = free_port()
     service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dead), ["pacs"])))
     assert send_with_pynetdicom(port, small_files[:1]) == [0]
-    pending = wait_for(lambda: [d for d in service.queue.list_state("pending") if d.reason], 30,
-                       message="a failed attempt")
+    pending = wait_for(
+        lambda: [d for d in service.queue.list_state("pending") if d.reason], 30, message="a failed attempt"
+    )
     assert "connection refused" in pending[0].reason and "aborted" not in pending[0].reason
     ((reason, count),) = service.queue.waiting_reasons()["pacs"]  # what `queue list` prints
     assert count == 1 and "connection refused" in reason

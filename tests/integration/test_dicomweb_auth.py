@@ -26,15 +26,19 @@ from tests.support.tls import CertificateAuthority
 
 def start(tmp_path, write_config, start_router, endpoint_extra: str) -> int:
     port = free_port()
-    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", port, endpoint_extra) + f"""
+    text = (
+        router_section(tmp_path / "data")
+        + dicomweb_endpoint_toml("web", port, endpoint_extra)
+        + f"""
 [backends.archive]
 type = "filesystem"
-path = "{tmp_path / 'archive'}"
+path = "{tmp_path / "archive"}"
 
 [pipelines.web]
 endpoints = ["web"]
 backends = ["archive"]
 """
+    )
     start_router(write_config(text))
     return port
 
@@ -43,8 +47,7 @@ def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def test_basic_credentials_are_checked_against_salted_hashes(tmp_path, write_config, start_router, small_files,
-                                                             caplog):
+def test_basic_credentials_are_checked_against_salted_hashes(tmp_path, write_config, start_router, small_files, caplog):
     users = tmp_path / "users"
     made = run_cli("passwd", users, "alice", input_text="correct horse\n")
     assert made.returncode == 0, made.stderr
@@ -76,16 +79,21 @@ def test_bearer_tokens_are_stored_as_hashes_only(tmp_path, write_config, start_r
     assert len(token) >= 40 and token not in tokens.read_text()
     port = start(tmp_path, write_config, start_router, f'auth = {{ type = "bearer", tokens_file = "{tokens}" }}')
     body = multipart_related(small_files[:1])
-    status, headers, _ = post(port, "/dicom-web/studies", body, stow_content_type(),
-                              {"Authorization": "Bearer not-the-token"})
+    status, headers, _ = post(
+        port, "/dicom-web/studies", body, stow_content_type(), {"Authorization": "Bearer not-the-token"}
+    )
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     status, _, _ = post(port, "/dicom-web/studies", body, stow_content_type(), {"Authorization": f"Bearer {token}"})
     assert status == 200
 
 
 def test_a_missing_users_file_is_an_environment_finding(tmp_path, write_config):
-    config = write_config(router_section(tmp_path / "data") + dicomweb_endpoint_toml(
-        "web", free_port(), f'auth = {{ type = "basic", users_file = "{tmp_path / "nobody"}" }}') + """
+    config = write_config(
+        router_section(tmp_path / "data")
+        + dicomweb_endpoint_toml(
+            "web", free_port(), f'auth = {{ type = "basic", users_file = "{tmp_path / "nobody"}" }}'
+        )
+        + """
 [backends.archive]
 type = "filesystem"
 path = "archive"
@@ -93,7 +101,8 @@ path = "archive"
 [pipelines.web]
 endpoints = ["web"]
 backends = ["archive"]
-""")
+"""
+    )
     assert run_cli("check", "-c", config, "--tier", "references").returncode == 0
     checked = run_cli("check", "-c", config)
     assert checked.returncode == 78 and "endpoints.web.auth: cannot read" in checked.stderr
@@ -103,14 +112,21 @@ def test_stow_over_tls_with_a_client_certificate(tmp_path, write_config, start_r
     ca = CertificateAuthority(tmp_path / "pki", "Test CA")
     server = ca.issue("localhost", server=True)
     client = ca.issue("uploader", server=False)
-    port = start(tmp_path, write_config, start_router,
-                 f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
-                 f'ca_bundle = "{ca.bundle}", require_client_certificate = true }}')
+    port = start(
+        tmp_path,
+        write_config,
+        start_router,
+        f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
+        f'ca_bundle = "{ca.bundle}", require_client_certificate = true }}',
+    )
     context = ssl.create_default_context(cafile=str(ca.bundle))
     context.check_hostname = False
-    request = urllib.request.Request(f"https://127.0.0.1:{port}/dicom-web/studies", method="POST",
-                                     data=multipart_related(small_files[:1]),
-                                     headers={"Content-Type": stow_content_type()})
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/dicom-web/studies",
+        method="POST",
+        data=multipart_related(small_files[:1]),
+        headers={"Content-Type": stow_content_type()},
+    )
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionResetError)):
         urllib.request.urlopen(request, context=context, timeout=10)  # no client certificate
     context.load_cert_chain(str(client.certificate), str(client.private_key))

@@ -56,8 +56,9 @@ def test_soak_no_send_waits_for_a_lost_response(tmp_path, small_files):
     scp_ae = AE("STORE_SCP")
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     scp_ae.dimse_timeout = 20
-    server = scp_ae.start_server(("127.0.0.1", 0), block=False,
-                                 evt_handlers=[(evt.EVT_C_STORE, lambda event: answered.append(1) or 0x0000)])
+    server = scp_ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: answered.append(1) or 0x0000)]
+    )
     try:
         ae = requestor()
         missing = 0
@@ -104,8 +105,7 @@ def test_idle_association_is_closed_by_network_timeout(tmp_path):
     ae = AE("IDLE_SCP")
     ae.add_supported_context(Verification)
     ae.network_timeout = 1
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_CONN_CLOSE, lambda e: ended.set())])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_CONN_CLOSE, lambda e: ended.set())])
     try:
         client = requestor()
         assoc = client.associate("127.0.0.1", server.server_address[1], ae_title="IDLE_SCP")
@@ -120,8 +120,7 @@ def test_abort_from_the_requestor_is_seen_by_the_acceptor(tmp_path):
     aborted = threading.Event()
     ae = AE("ABORT_SCP")
     ae.add_supported_context(Verification)
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_ABORTED, lambda e: aborted.set())])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_ABORTED, lambda e: aborted.set())])
     try:
         assoc = requestor().associate("127.0.0.1", server.server_address[1], ae_title="ABORT_SCP")
         assert assoc.is_established
@@ -159,13 +158,17 @@ def test_a_connection_closed_before_its_request_leaves_no_thread_behind(tmp_path
     from tests.conftest import dimse_backend_toml, router_toml
     from tests.support.peers import free_port, wait_for
 
-    service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()),
-                                                    ["pacs"])))
+    service = start_router(
+        write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(free_port()), ["pacs"]))
+    )
     endpoint = service.endpoints["ingest"]
     for _ in range(5):
         socket.create_connection(("127.0.0.1", port)).close()
-    wait_for(lambda: not endpoint._closed_server_or_server().active_associations, 10,
-             message="the association threads of closed connections to end")
+    wait_for(
+        lambda: not endpoint._closed_server_or_server().active_associations,
+        10,
+        message="the association threads of closed connections to end",
+    )
 
 
 def test_accepted_associations_share_the_supported_contexts_instead_of_copying_them():
@@ -174,8 +177,11 @@ def test_accepted_associations_share_the_supported_contexts_instead_of_copying_t
     scp_ae = AE("ECHO_SCP")
     scp_ae.add_supported_context(Verification)
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
-    server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
-        (evt.EVT_REQUESTED, lambda event: seen.append(list(event.assoc.acceptor.supported_contexts)))])
+    server = scp_ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_REQUESTED, lambda event: seen.append(list(event.assoc.acceptor.supported_contexts)))],
+    )
     try:
         for _ in range(2):
             assoc = requestor().associate("127.0.0.1", server.server_address[1], ae_title="ECHO_SCP")
@@ -225,10 +231,14 @@ def test_a_store_arriving_before_the_acceptor_counts_itself_established_is_answe
     served_by = []
     scp_ae = AE("SLOW_ACCEPT")
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
-    server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
-        (evt.EVT_C_STORE, lambda event: served_by.append(threading.current_thread()) or 0x0000),
-        (evt.EVT_ACCEPTED, lambda event: time.sleep(0.3)),
-    ])
+    server = scp_ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_C_STORE, lambda event: served_by.append(threading.current_thread()) or 0x0000),
+            (evt.EVT_ACCEPTED, lambda event: time.sleep(0.3)),
+        ],
+    )
     try:
         ae = requestor(dimse_timeout=5)
         for _ in range(3):
@@ -248,8 +258,7 @@ def store_scp(handler, extra_handlers=()):
     engine.configure()
     ae = AE("STORE_SCP")
     ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
-    return ae.start_server(("127.0.0.1", 0), block=False,
-                           evt_handlers=[(evt.EVT_C_STORE, handler), *extra_handlers])
+    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handler), *extra_handlers])
 
 
 def store_once(server, path):
@@ -277,7 +286,7 @@ def test_a_plain_c_store_is_served_on_the_socket_thread_with_its_file(small_file
     try:
         status, _ = store_once(server, small_files[0])
         assert status == 0x0000
-        (thread, file_there, path), = seen
+        ((thread, file_there, path),) = seen
         assert isinstance(thread, DULServiceProvider) and file_there
         assert not os.path.exists(path)  # removed after the handler, as pynetdicom does
     finally:
@@ -288,8 +297,9 @@ def test_with_a_dimse_sent_handler_the_association_thread_serves(small_files):
     from pynetdicom.dul import DULServiceProvider
 
     seen = []
-    server = store_scp(lambda event: seen.append(threading.current_thread()) or 0x0000,
-                       [(evt.EVT_DIMSE_SENT, lambda event: None)])
+    server = store_scp(
+        lambda event: seen.append(threading.current_thread()) or 0x0000, [(evt.EVT_DIMSE_SENT, lambda event: None)]
+    )
     try:
         status, _ = store_once(server, small_files[0])
         assert status == 0x0000
@@ -367,6 +377,7 @@ def test_a_rejection_that_arrives_before_the_requestor_looks_is_reported_as_a_re
     handlers; by then a fast peer may have rejected the association and the DUL closed the
     connection. Stock pynetdicom reported that as an abort (always, with this 0.3 s handler;
     0.3 % of rejections under load with the event-driven DUL)."""
+
     def reject(event):
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()
@@ -377,8 +388,12 @@ def test_a_rejection_that_arrives_before_the_requestor_looks_is_reported_as_a_re
     try:
         ae = requestor()
         for _ in range(3):
-            assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="REJECTING",
-                                 evt_handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(0.3))])
+            assoc = ae.associate(
+                "127.0.0.1",
+                server.server_address[1],
+                ae_title="REJECTING",
+                evt_handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(0.3))],
+            )
             assert assoc.is_rejected and not assoc.is_aborted
     finally:
         server.shutdown()

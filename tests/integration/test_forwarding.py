@@ -55,10 +55,14 @@ def test_dcmtk_storescu_to_storescp_120_instances(tmp_path, write_config, start_
         files = small_files + ct_files
         result = storescu(port, files)
         assert result.returncode == 0, result.stderr
-        wait_for(lambda: len(list((tmp_path / "dest").glob("*"))) >= len(files), 120,
-                 message="all instances at storescp")
-        wait_for(lambda: service.queue.counts().get("pacs", {}).get("delivered") == len(files), 30,
-                 message="the queue to record every delivery")
+        wait_for(
+            lambda: len(list((tmp_path / "dest").glob("*"))) >= len(files), 120, message="all instances at storescp"
+        )
+        wait_for(
+            lambda: service.queue.counts().get("pacs", {}).get("delivered") == len(files),
+            30,
+            message="the queue to record every delivery",
+        )
         arrived = digests_by_uid((tmp_path / "dest").glob("*"))
         assert arrived == digests_by_uid(files)
         # every spool file is removed once delivered

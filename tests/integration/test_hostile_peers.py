@@ -31,8 +31,10 @@ path = "archive"
 
 @pytest.fixture
 def router(tmp_path, write_config, start_router, port):
-    extra = (f"acse_timeout = {ACSE_TIMEOUT}\nnetwork_timeout = {NETWORK_TIMEOUT}\nmax_associations = 4\n"
-             "max_pending = 12\nmax_pending_per_address = 6")
+    extra = (
+        f"acse_timeout = {ACSE_TIMEOUT}\nnetwork_timeout = {NETWORK_TIMEOUT}\nmax_associations = 4\n"
+        "max_pending = 12\nmax_pending_per_address = 6"
+    )
     start_router(write_config(router_toml(tmp_path / "data", port, BACKENDS, ["archive"], endpoint_extra=extra)))
     return port
 
@@ -55,8 +57,10 @@ def test_idle_and_trickling_connections_never_lock_out_a_sender(router):
     tricklers = [socket.create_connection(("127.0.0.1", router), timeout=10) for _ in range(6)]
     request = pdus.associate_rq()
     sent: dict[int, int] = {}
-    threads = [threading.Thread(target=lambda i=i, s=s: sent.__setitem__(i, pdus.trickle(s, request, 1, 0.3)))
-               for i, s in enumerate(tricklers)]
+    threads = [
+        threading.Thread(target=lambda i=i, s=s: sent.__setitem__(i, pdus.trickle(s, request, 1, 0.3)))
+        for i, s in enumerate(tricklers)
+    ]
     try:
         for thread in threads:
             thread.start()
@@ -90,20 +94,25 @@ def test_a_data_set_trickled_is_dropped_at_the_network_timeout(router, caplog):
         data = pdus.data_set_fragment(b"\x08\x00\x16\x00UI\x1a\x00" + b"1" * 30000)
         sent = pdus.trickle(sock, data, 100, 0.2)  # 500 bytes/s: 12 s for the whole PDU
     assert sent < len(data)
-    ended = wait_for(lambda: events(caplog, "association ended after an unexpected error"), 10,
-                     message="a log line about the slow peer")
+    ended = wait_for(
+        lambda: events(caplog, "association ended after an unexpected error"),
+        10,
+        message="a log line about the slow peer",
+    )
     assert ended[-1]["calling_aet"] == "TRICKLER" and "TooSlow" in ended[-1]["error"]
     assert echo(router) == 0
 
 
 BAD_REQUESTS = {
     "a context without a transfer syntax": pdus.associate_rq(
-        contexts=[pdus.presentation_context(1, transfer_syntaxes=())]),
+        contexts=[pdus.presentation_context(1, transfer_syntaxes=())]
+    ),
     "a context without an abstract syntax": pdus.associate_rq(contexts=[pdus.presentation_context(1, abstract=None)]),
     "an even context ID": pdus.associate_rq(contexts=[pdus.presentation_context(2)]),
     "a user identity of type 0": pdus.associate_rq(user=pdus.user_information(identity_type=0)),
     "a valid context beside one without a transfer syntax": pdus.associate_rq(
-        contexts=[pdus.presentation_context(1), pdus.presentation_context(3, transfer_syntaxes=())]),
+        contexts=[pdus.presentation_context(1), pdus.presentation_context(3, transfer_syntaxes=())]
+    ),
 }
 
 
@@ -125,8 +134,11 @@ def test_a_request_pynetdicom_cannot_negotiate_is_answered_and_closed(router, ca
     assert echo(router) == 0
 
 
-@pytest.mark.parametrize("pdu", [pdus.abort(source=7, reason=9), pdus.pdu(0x09, b"\0\0\0\0")],
-                         ids=["an A-ABORT with a bad source", "an unknown PDU type"])
+@pytest.mark.parametrize(
+    "pdu",
+    [pdus.abort(source=7, reason=9), pdus.pdu(0x09, b"\0\0\0\0")],
+    ids=["an A-ABORT with a bad source", "an unknown PDU type"],
+)
 def test_a_bad_pdu_on_an_established_association_ends_it(router, caplog, pdu):
     before = _router_threads()
     with socket.create_connection(("127.0.0.1", router), timeout=10) as sock:
@@ -143,8 +155,13 @@ def test_a_peer_that_keeps_talking_after_its_rejection_is_closed(router, caplog)
     """Sta13 (waiting for the close): further requests, data and releases end nothing badly."""
     before = _router_threads()
     with socket.create_connection(("127.0.0.1", router), timeout=10) as sock:
-        sock.sendall(pdus.associate_rq(called="SOMEONE_ELSE", contexts=[pdus.presentation_context(2)])
-                     + pdus.associate_rq() + pdus.echo_rq() + pdus.release_rq() + pdus.abort())
+        sock.sendall(
+            pdus.associate_rq(called="SOMEONE_ELSE", contexts=[pdus.presentation_context(2)])
+            + pdus.associate_rq()
+            + pdus.echo_rq()
+            + pdus.release_rq()
+            + pdus.abort()
+        )
         assert pdus.connection_closed(sock, 10)
     wait_for(lambda: _router_threads() <= before, 10, message="the connection's threads to end")
     assert not events(caplog, "a thread ended with an unhandled error")

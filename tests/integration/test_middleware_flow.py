@@ -25,11 +25,15 @@ from tests.support.spool import spooled_files
 
 
 def config_text(data_dir, port, backends: str, pipelines: str) -> str:
-    return router_section(data_dir) + endpoint_section("ingest", port) + f"""
+    return (
+        router_section(data_dir)
+        + endpoint_section("ingest", port)
+        + f"""
 {backends}
 
 {pipelines}
 """
+    )
 
 
 @pytest.mark.dcmtk
@@ -54,16 +58,23 @@ backends = ["research"]
 type = "anonymize"
 key_file = "{key}"
 options = ["retain_longitudinal_modified_dates"]
-mapping_file = "{tmp_path / 'reid.csv'}"
+mapping_file = "{tmp_path / "reid.csv"}"
 """
-    backends = dimse_backend_toml(clinical_port, "PACS", "pacs") + dimse_backend_toml(research_port, "RESEARCH", "research")
+    backends = dimse_backend_toml(clinical_port, "PACS", "pacs") + dimse_backend_toml(
+        research_port, "RESEARCH", "research"
+    )
     try:
         service = start_router(write_config(config_text(tmp_path / "data", port, backends, pipelines)))
         result = storescu(port, files, calling="CT_SCANNER")
         assert result.returncode == 0, result.stderr
-        wait_for(lambda: len(list((tmp_path / "clinical").iterdir())) == len(files)
-                 and len(list((tmp_path / "research").iterdir())) == len(files), 60,
-                 message="both copies of every instance")
+        wait_for(
+            lambda: (
+                len(list((tmp_path / "clinical").iterdir())) == len(files)
+                and len(list((tmp_path / "research").iterdir())) == len(files)
+            ),
+            60,
+            message="both copies of every instance",
+        )
         wait_for(lambda: not spooled_files(tmp_path / "data"), 20, message="an empty spool")
     finally:
         stop_process(clinical)
@@ -89,8 +100,10 @@ mapping_file = "{tmp_path / 'reid.csv'}"
 
 def test_route_rules_choose_filesystem_backends(tmp_path, write_config, start_router, port):
     ct = write_rich_study(tmp_path / "ct", "P001", series=1, per_series=2)
-    backends = "".join(f'\n[backends.{n}]\ntype = "filesystem"\npath = "{tmp_path / n}"\n'
-                       for n in ("from_scanner", "chest", "archive"))
+    backends = "".join(
+        f'\n[backends.{n}]\ntype = "filesystem"\npath = "{tmp_path / n}"\n'
+        for n in ("from_scanner", "chest", "archive")
+    )
     pipelines = """
 [pipelines.default]
 endpoints = ["ingest"]
@@ -106,6 +119,7 @@ rules = [
     service = start_router(write_config(config_text(tmp_path / "data", port, backends, pipelines)))
     assert send_with_pynetdicom(port, ct, calling="CT_SCANNER") == [0, 0]
     assert send_with_pynetdicom(port, ct[:1], calling="WORKSTATION") == [0]
+
     def chest_done() -> bool:  # ct[0] was sent twice: the second copy may supersede the first
         superseded = service.queue.events().get("chest", {}).get("superseded", 0)
         return service.queue.counts().get("chest", {}).get("delivered", 0) + superseded == 3

@@ -112,6 +112,7 @@ def store_pdvs(payload: bytes, message_id: int, max_pdu: int) -> list[tuple[int,
     primitive.AffectedSOPClassUID = CTImageStorage
     primitive.AffectedSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{message_id}"
     from io import BytesIO
+
     primitive.DataSet = BytesIO(payload)
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
@@ -149,8 +150,8 @@ def test_instances_in_separate_pdus(scp, max_pdu):
         statuses.append(status_of(read_pdu(sock)[1]))
     assert release(sock) == A_RELEASE_RP
     assert statuses == [0, 0, 0]
-    assert [r[-len(p):] for r, p in zip(received, payloads, strict=True)] == payloads
-    assert len({r[:-len(p)] for r, p in zip(received, payloads, strict=True)}) == 3  # each with its own file meta
+    assert [r[-len(p) :] for r, p in zip(received, payloads, strict=True)] == payloads
+    assert len({r[: -len(p)] for r, p in zip(received, payloads, strict=True)}) == 3  # each with its own file meta
 
 
 def test_command_and_data_and_the_next_command_share_pdus(scp):
@@ -163,7 +164,7 @@ def test_command_and_data_and_the_next_command_share_pdus(scp):
     sock.sendall(pdu(*two))
     assert status_of(read_pdu(sock)[1]) == 0
     assert release(sock) == A_RELEASE_RP
-    assert [r[-len(p):] for r, p in zip(received, (first, second), strict=True)] == [first, second]
+    assert [r[-len(p) :] for r, p in zip(received, (first, second), strict=True)] == [first, second]
 
 
 def item_longer_than_its_pdu(command, data) -> bytes:
@@ -179,11 +180,14 @@ def command_inside_a_data_set(command, data) -> bytes:
     return pdu(command) + pdu(data[0], command)
 
 
-@pytest.mark.parametrize("script,answer", [
-    (item_longer_than_its_pdu, A_ABORT),
-    (cut_inside_a_pdu, None),  # then the connection is closed
-    (command_inside_a_data_set, A_ABORT),
-])
+@pytest.mark.parametrize(
+    "script,answer",
+    [
+        (item_longer_than_its_pdu, A_ABORT),
+        (cut_inside_a_pdu, None),  # then the connection is closed
+        (command_inside_a_data_set, A_ABORT),
+    ],
+)
 def test_a_broken_transfer_stores_nothing_and_leaves_no_file(scp, script, answer):
     port, received, directory = scp
     command, *data = store_pdvs(os.urandom(100_000), 1, 16384)

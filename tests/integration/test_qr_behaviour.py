@@ -57,8 +57,9 @@ class ScriptedUpstream:
         engine.configure()
         ae = AE(self.ae_title)
         ae.add_supported_context(self.model)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_FIND, self._on_find)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_FIND, self._on_find)]
+        )
         return self
 
     def __exit__(self, *exc):
@@ -81,16 +82,22 @@ class ScriptedUpstream:
         yield 0x0000, None
 
 
-def config(tmp_path, port, backends: str, upstreams: list[str], pipeline_extra: str = "",
-           endpoint_extra: str = "") -> str:
-    head = (router_section(tmp_path / "data", f'ae_title = "{ROUTER_AE}"') + endpoint_section("qr", port, endpoint_extra)
-            + endpoint_section("store_only", free_port()))
-    return head + f"""
+def config(
+    tmp_path, port, backends: str, upstreams: list[str], pipeline_extra: str = "", endpoint_extra: str = ""
+) -> str:
+    head = (
+        router_section(tmp_path / "data", f'ae_title = "{ROUTER_AE}"')
+        + endpoint_section("qr", port, endpoint_extra)
+        + endpoint_section("store_only", free_port())
+    )
+    return (
+        head
+        + f"""
 {backends}
 
 [backends.archive]
 type = "filesystem"
-path = "{tmp_path / 'archive'}"
+path = "{tmp_path / "archive"}"
 
 [pipelines.qr]
 endpoints = ["qr"]
@@ -101,6 +108,7 @@ backends = {upstreams!r}
 endpoints = ["store_only"]
 backends = ["archive"]
 """.replace("'", '"')
+    )
 
 
 def upstream_table(name: str, port: int, ae_title: str, flag: str = "query") -> str:
@@ -128,8 +136,11 @@ def client_find(port: int, model, query: Dataset, cancel_after: int | None = Non
 
 @pytest.mark.dcmtk
 def test_worklist_through_the_router_with_response_middleware(tmp_path, write_config, start_router):
-    items = [worklist_item("ACC1001", "CT", "P1"), worklist_item("ACC1002", "MR", "P2"),
-             worklist_item("ACC1003", "CT", "P3")]
+    items = [
+        worklist_item("ACC1001", "CT", "P1"),
+        worklist_item("ACC1002", "MR", "P2"),
+        worklist_item("ACC1003", "CT", "P3"),
+    ]
     with ScriptedUpstream(ModalityWorklistInformationFind, items, ae_title="RIS") as ris:
         port = free_port()
         response = """
@@ -137,15 +148,24 @@ def test_worklist_through_the_router_with_response_middleware(tmp_path, write_co
 type = "coerce"
 operations = [{ set = "InstitutionName", value = "via {called_aet}" }]
 """
-        start_router(write_config(config(tmp_path, port, upstream_table("ris", ris.port, "RIS", "worklist"), ["ris"],
-                                         response)))
-        keys = ["ScheduledProcedureStepSequence[0].Modality=CT", "AccessionNumber", "PatientID",
-                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID", "InstitutionName"]
+        start_router(
+            write_config(config(tmp_path, port, upstream_table("ris", ris.port, "RIS", "worklist"), ["ris"], response))
+        )
+        keys = [
+            "ScheduledProcedureStepSequence[0].Modality=CT",
+            "AccessionNumber",
+            "PatientID",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+            "InstitutionName",
+        ]
         direct, expected = findscu(ris.port, "RIS", keys, tmp_path / "direct", "worklist")
         routed, answers = findscu(port, ROUTER_AE, keys, tmp_path / "routed", "worklist")
     assert routed.returncode == 0, routed.stderr
-    assert sorted(a.AccessionNumber for a in answers) == sorted(e.AccessionNumber for e in expected) == [
-        "ACC1001", "ACC1003"]
+    assert (
+        sorted(a.AccessionNumber for a in answers)
+        == sorted(e.AccessionNumber for e in expected)
+        == ["ACC1001", "ACC1003"]
+    )
     assert {a.InstitutionName for a in answers} == {f"via {ROUTER_AE}"}
     assert ris.queries[-1].ScheduledProcedureStepSequence[0].Modality == "CT"
 
@@ -207,8 +227,9 @@ reject_status = 0xA700
 type = "coerce"
 operations = [{ set = "AccessionNumber", value = "ACC*" }]
 """
-        start_router(write_config(config(tmp_path, port, upstream_table("pacs", pacs.port, "UPSTREAM"), ["pacs"],
-                                         stages)))
+        start_router(
+            write_config(config(tmp_path, port, upstream_table("pacs", pacs.port, "UPSTREAM"), ["pacs"], stages))
+        )
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
@@ -240,12 +261,19 @@ def test_query_retrieve_is_offered_only_where_a_pipeline_can_answer(tmp_path, wr
         assert StudyRootQueryRetrieveInformationModelMove not in accepted
 
 
-def move_config(tmp_path, port: int, upstream_port: int, upstream_ae: str, viewer_port: int,
-                pipeline_extra: str = "") -> str:
+def move_config(
+    tmp_path, port: int, upstream_port: int, upstream_ae: str, viewer_port: int, pipeline_extra: str = ""
+) -> str:
     """The Q/R endpoint with a C-GET-retrieving upstream and VIEWER as a known move destination."""
     backends = upstream_table("pacs", upstream_port, upstream_ae).replace("query = true", 'retrieve = "get"')
-    return config(tmp_path, port, backends, ["pacs"], pipeline_extra,
-                  endpoint_extra=f'move_destinations = {{ VIEWER = "127.0.0.1:{viewer_port}" }}')
+    return config(
+        tmp_path,
+        port,
+        backends,
+        ["pacs"],
+        pipeline_extra,
+        endpoint_extra=f'move_destinations = {{ VIEWER = "127.0.0.1:{viewer_port}" }}',
+    )
 
 
 def send_move(port: int, study_uid: str, cancel_after: int | None = None) -> list[int]:
@@ -308,7 +336,9 @@ def test_a_refused_move_retrieves_nothing(tmp_path, write_config, start_router):
     files = write_series(tmp_path / "study", 3, "small", patient="REFUSED")
     with ScriptedPACS(files) as pacs, StorageSCP(tmp_path / "viewer", ae_title="VIEWER") as viewer:
         port = free_port()
-        refuse = '[[pipelines.qr.middleware]]\ntype = "filter"\nmatch = { calling_aet = "TRUSTED" }\naction = "reject"\n'
+        refuse = (
+            '[[pipelines.qr.middleware]]\ntype = "filter"\nmatch = { calling_aet = "TRUSTED" }\naction = "reject"\n'
+        )
         start_router(write_config(move_config(tmp_path, port, pacs.port, pacs.ae_title, viewer.port, refuse)))
         statuses = send_move(port, str(dcmread(files[0]).StudyInstanceUID))
     assert len(statuses) == 1 and 0xC000 <= statuses[0] <= 0xCFFF

@@ -36,21 +36,28 @@ def ports():
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory, studies, ports):
-    upstream = start_orthanc(tmp_path_factory.mktemp("orthanc"), {
-        ROUTER_AE: ("127.0.0.1", ports["router"]),
-        "QRCLIENT": ("127.0.0.1", ports["client"]),
-        "VIEWER": ("127.0.0.1", ports["viewer"]),
-    })
+    upstream = start_orthanc(
+        tmp_path_factory.mktemp("orthanc"),
+        {
+            ROUTER_AE: ("127.0.0.1", ports["router"]),
+            "QRCLIENT": ("127.0.0.1", ports["client"]),
+            "VIEWER": ("127.0.0.1", ports["viewer"]),
+        },
+    )
     load(upstream, [p for files in studies.values() for p in files])
     yield upstream
     upstream.stop()
 
 
-def router_config(tmp_path, ports, orthanc, retrieve="get", extra_backends="", pipeline_extra="",
-                  upstreams=("pacs",)) -> str:
+def router_config(
+    tmp_path, ports, orthanc, retrieve="get", extra_backends="", pipeline_extra="", upstreams=("pacs",)
+) -> str:
     viewer = f'move_destinations = {{ VIEWER = "127.0.0.1:{ports["viewer"]}" }}'
-    return router_section(tmp_path / "data", f'ae_title = "{ROUTER_AE}"') + endpoint_section(
-        "qr", ports["router"], viewer) + dimse_backend_toml(orthanc.port, orthanc.ae_title) + f"""query = true
+    return (
+        router_section(tmp_path / "data", f'ae_title = "{ROUTER_AE}"')
+        + endpoint_section("qr", ports["router"], viewer)
+        + dimse_backend_toml(orthanc.port, orthanc.ae_title)
+        + f"""query = true
 retrieve = "{retrieve}"
 {extra_backends}
 
@@ -59,6 +66,7 @@ endpoints = ["qr"]
 backends = {list(upstreams)!r}
 {pipeline_extra}
 """.replace("'", '"')
+    )
 
 
 @pytest.fixture
@@ -68,19 +76,30 @@ def viewer(tmp_path, ports):
     stop_process(process)
 
 
-STUDY_KEYS = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID", "PatientName", "StudyDate",
-              "AccessionNumber", "ModalitiesInStudy"]
+STUDY_KEYS = [
+    "QueryRetrieveLevel=STUDY",
+    "StudyInstanceUID",
+    "PatientID",
+    "PatientName",
+    "StudyDate",
+    "AccessionNumber",
+    "ModalitiesInStudy",
+]
 
 
-@pytest.mark.parametrize("model,keys", [
-    ("study", STUDY_KEYS),
-    ("study", ["QueryRetrieveLevel=STUDY", "PatientID=P00*", "StudyInstanceUID", "StudyDate=20240301-"]),
-    ("patient", ["QueryRetrieveLevel=PATIENT", "PatientID", "PatientName"]),
-    ("study", ["QueryRetrieveLevel=SERIES", "StudyInstanceUID={study}", "SeriesInstanceUID", "Modality",
-               "SeriesNumber"]),
-])
-def test_find_answers_what_the_pacs_answers(tmp_path, write_config, start_router, ports, orthanc, studies, model,
-                                            keys):
+@pytest.mark.parametrize(
+    "model,keys",
+    [
+        ("study", STUDY_KEYS),
+        ("study", ["QueryRetrieveLevel=STUDY", "PatientID=P00*", "StudyInstanceUID", "StudyDate=20240301-"]),
+        ("patient", ["QueryRetrieveLevel=PATIENT", "PatientID", "PatientName"]),
+        (
+            "study",
+            ["QueryRetrieveLevel=SERIES", "StudyInstanceUID={study}", "SeriesInstanceUID", "Modality", "SeriesNumber"],
+        ),
+    ],
+)
+def test_find_answers_what_the_pacs_answers(tmp_path, write_config, start_router, ports, orthanc, studies, model, keys):
     study = str(dcmread(studies["P001"][0]).StudyInstanceUID)
     keys = [k.format(study=study) for k in keys]
     start_router(write_config(router_config(tmp_path, ports, orthanc)))
@@ -104,8 +123,9 @@ def moved_directly(orthanc, viewer, keys) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("retrieve,patient", [("get", "P001"), ("move", "P001"), ("get", "P003"), ("move", "P003")])
-def test_move_delivers_the_pacs_instances_unchanged(tmp_path, write_config, start_router, ports, orthanc, studies,
-                                                    viewer, retrieve, patient):
+def test_move_delivers_the_pacs_instances_unchanged(
+    tmp_path, write_config, start_router, ports, orthanc, studies, viewer, retrieve, patient
+):
     service = start_router(write_config(router_config(tmp_path, ports, orthanc, retrieve)))
     study = str(dcmread(studies[patient][0]).StudyInstanceUID)
     keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"]
@@ -120,8 +140,9 @@ def test_move_delivers_the_pacs_instances_unchanged(tmp_path, write_config, star
 
 
 @pytest.mark.parametrize("retrieve", ["get", "move"])
-def test_get_returns_the_pacs_instances_unchanged(tmp_path, write_config, start_router, ports, orthanc, studies,
-                                                  retrieve):
+def test_get_returns_the_pacs_instances_unchanged(
+    tmp_path, write_config, start_router, ports, orthanc, studies, retrieve
+):
     start_router(write_config(router_config(tmp_path, ports, orthanc, retrieve)))
     study = str(dcmread(studies["P002"][0]).StudyInstanceUID)
     keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"]
@@ -135,8 +156,9 @@ def test_get_returns_the_pacs_instances_unchanged(tmp_path, write_config, start_
     assert digests_by_uid((tmp_path / "got").iterdir()) == expected
 
 
-def test_get_converts_for_a_requester_that_takes_only_implicit_vr(tmp_path, write_config, start_router, ports,
-                                                                  orthanc, studies):
+def test_get_converts_for_a_requester_that_takes_only_implicit_vr(
+    tmp_path, write_config, start_router, ports, orthanc, studies
+):
     """The PACS holds Explicit VR files; a C-GET requester that accepts only Implicit VR gets
     each instance converted (streamed from file to file), same data set, and nothing left behind."""
     from pydicom.uid import ImplicitVRLittleEndian
@@ -157,15 +179,22 @@ def test_get_converts_for_a_requester_that_takes_only_implicit_vr(tmp_path, writ
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ImplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", ports["router"], ae_title=ROUTER_AE,
-                         ext_neg=[build_role(c, scp_role=True) for c in sop_classes],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = ae.associate(
+        "127.0.0.1",
+        ports["router"],
+        ae_title=ROUTER_AE,
+        ext_neg=[build_role(c, scp_role=True) for c in sop_classes],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = next(iter(originals.values())).StudyInstanceUID
-    statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
-                if status is not None]
+    statuses = [
+        int(status.Status)
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        if status is not None
+    ]
     assoc.release()
     assert statuses[-1] == 0x0000 and set(received) == set(originals)
     for uid, (syntax, dataset) in received.items():
@@ -177,26 +206,48 @@ def test_get_converts_for_a_requester_that_takes_only_implicit_vr(tmp_path, writ
 def test_move_to_an_unknown_destination_is_refused(tmp_path, write_config, start_router, ports, orthanc, studies):
     start_router(write_config(router_config(tmp_path, ports, orthanc)))
     result = movescu(ports["router"], ROUTER_AE, "NOBODY", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3"])
-    assert "MoveDestinationUnknown" in result.stderr + result.stdout or "a801" in (result.stderr + result.stdout).lower()
+    assert (
+        "MoveDestinationUnknown" in result.stderr + result.stdout or "a801" in (result.stderr + result.stdout).lower()
+    )
 
 
 def test_move_series_and_image_levels(tmp_path, write_config, start_router, ports, orthanc, studies, viewer):
     start_router(write_config(router_config(tmp_path, ports, orthanc, "move")))
     first = dcmread(studies["P001"][0])
-    series = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=SERIES",
-                     f"StudyInstanceUID={first.StudyInstanceUID}", f"SeriesInstanceUID={first.SeriesInstanceUID}"])
+    series = movescu(
+        ports["router"],
+        ROUTER_AE,
+        "VIEWER",
+        [
+            "QueryRetrieveLevel=SERIES",
+            f"StudyInstanceUID={first.StudyInstanceUID}",
+            f"SeriesInstanceUID={first.SeriesInstanceUID}",
+        ],
+    )
     assert series.returncode == 0, series.stderr
-    image = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=IMAGE",
-                    f"StudyInstanceUID={first.StudyInstanceUID}", f"SeriesInstanceUID={first.SeriesInstanceUID}",
-                    f"SOPInstanceUID={first.SOPInstanceUID}"])
+    image = movescu(
+        ports["router"],
+        ROUTER_AE,
+        "VIEWER",
+        [
+            "QueryRetrieveLevel=IMAGE",
+            f"StudyInstanceUID={first.StudyInstanceUID}",
+            f"SeriesInstanceUID={first.SeriesInstanceUID}",
+            f"SOPInstanceUID={first.SOPInstanceUID}",
+        ],
+    )
     assert image.returncode == 0, image.stderr
     arrived = {dcmread(p).SOPInstanceUID for p in viewer.iterdir()}
-    assert arrived == {str(dcmread(p).SOPInstanceUID) for p in studies["P001"]
-                       if dcmread(p).SeriesInstanceUID == first.SeriesInstanceUID}
+    assert arrived == {
+        str(dcmread(p).SOPInstanceUID)
+        for p in studies["P001"]
+        if dcmread(p).SeriesInstanceUID == first.SeriesInstanceUID
+    }
 
 
-def test_retrieval_goes_through_the_pipeline_stages(tmp_path, write_config, start_router, ports, orthanc, studies,
-                                                    viewer):
+def test_retrieval_goes_through_the_pipeline_stages(
+    tmp_path, write_config, start_router, ports, orthanc, studies, viewer
+):
     anonymize = f"""
 [[pipelines.qr.middleware]]
 type = "anonymize"
@@ -214,8 +265,9 @@ burned_in_annotation = "pass"
     assert sorted(raw_pixel_bytes(p) for p in viewer.iterdir()) == sorted(raw_pixel_bytes(p) for p in studies["P002"])
 
 
-def test_instances_a_stage_refuses_are_reported_failed(tmp_path, write_config, start_router, ports, orthanc, studies,
-                                                       viewer):
+def test_instances_a_stage_refuses_are_reported_failed(
+    tmp_path, write_config, start_router, ports, orthanc, studies, viewer
+):
     first = dcmread(studies["P001"][0])
     refuse_one_series = f"""
 [[pipelines.qr.middleware]]
@@ -223,8 +275,9 @@ type = "filter"
 match = {{ SeriesInstanceUID = {{ not = "{first.SeriesInstanceUID}" }} }}
 """
     start_router(write_config(router_config(tmp_path, ports, orthanc, "get", pipeline_extra=refuse_one_series)))
-    result = movescu(ports["router"], ROUTER_AE, "VIEWER",
-                     ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={first.StudyInstanceUID}"])
+    result = movescu(
+        ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={first.StudyInstanceUID}"]
+    )
     output = result.stderr + result.stdout
     counts = final_counts(output)
     assert counts.get("Completed") == 2 and counts.get("Failed") == 2, output
@@ -237,8 +290,9 @@ def test_find_merges_two_pacs_without_duplicates(tmp_path, write_config, start_r
     second = start_dcmqrscp(tmp_path / "dcmqrscp", files=studies["P002"] + p3)
     try:
         extra = dimse_backend_toml(second.port, second.ae_title, "archive") + "query = true\n"
-        start_router(write_config(router_config(tmp_path, ports, orthanc, extra_backends=extra,
-                                                upstreams=("pacs", "archive"))))
+        start_router(
+            write_config(router_config(tmp_path, ports, orthanc, extra_backends=extra, upstreams=("pacs", "archive")))
+        )
         keys = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID"]
         routed, answers = findscu(ports["router"], ROUTER_AE, keys, tmp_path / "routed")
         _, from_orthanc = findscu(orthanc.port, orthanc.ae_title, keys, tmp_path / "o")
@@ -246,8 +300,9 @@ def test_find_merges_two_pacs_without_duplicates(tmp_path, write_config, start_r
     finally:
         second.stop()
     assert routed.returncode == 0, routed.stderr
-    union = answers_by(from_orthanc, "StudyInstanceUID", "PatientID") | answers_by(from_archive, "StudyInstanceUID",
-                                                                                    "PatientID")
+    union = answers_by(from_orthanc, "StudyInstanceUID", "PatientID") | answers_by(
+        from_archive, "StudyInstanceUID", "PatientID"
+    )
     assert len(from_archive) == 2 and len(from_orthanc) >= 2
     assert answers_by(answers, "StudyInstanceUID", "PatientID") == union
     assert len(answers) == len(union)  # P002's study, held by both, answered once

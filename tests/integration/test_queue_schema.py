@@ -38,7 +38,8 @@ def user_version(path) -> int:
 
 
 def test_a_database_of_the_previous_release_is_upgraded_and_every_pending_delivery_goes_out(
-        tmp_path, write_config, start_router, port):
+    tmp_path, write_config, start_router, port
+):
     data = tmp_path / "data"
     copy_fixture(data)
     assert user_version(data / "queue.db") == 0
@@ -46,8 +47,11 @@ def test_a_database_of_the_previous_release_is_upgraded_and_every_pending_delive
     with StorageSCP(tmp_path / "pacs", ae_title="PACS") as scp:
         service = start_router(write_config(router_toml(data, port, dimse_backend_toml(scp.port), ["pacs"])))
         assert user_version(data / "queue.db") == CURRENT
-        wait_for(lambda: service.queue.counts()["pacs"]["delivered"] == 3, 60,
-                 message="the pending, retried and in-flight deliveries sent")
+        wait_for(
+            lambda: service.queue.counts()["pacs"]["delivered"] == 3,
+            60,
+            message="the pending, retried and in-flight deliveries sent",
+        )
         (quarantined,) = service.queue.list_state("quarantined")
         assert "0xA900" in quarantined.reason  # an operator's decision, kept as it was
         received = digests_by_uid(sorted((tmp_path / "pacs").glob("*.dcm")))

@@ -14,7 +14,9 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 def test_a_reload_asked_for_while_the_router_starts_runs_once_it_serves(tmp_path, write_config):
     archive = f'[backends.archive]\ntype = "filesystem"\npath = "{tmp_path / "archive"}"\n'
-    service = RouterService(load_config(write_config(router_toml(tmp_path / "data", free_port(), archive, ["archive"]))))
+    service = RouterService(
+        load_config(write_config(router_toml(tmp_path / "data", free_port(), archive, ["archive"])))
+    )
     reloads = []
 
     def reload() -> bool:

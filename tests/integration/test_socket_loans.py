@@ -94,17 +94,26 @@ def raw_answer(command: bytes, context_id: int = 1) -> bytes:
 
 
 def echo_rsp() -> bytes:
-    body = b"".join(struct.pack("<HHI", 0, element, len(value)) + value for element, value in (
-        (0x0100, struct.pack("<H", 0x8030)), (0x0120, struct.pack("<H", 1)),
-        (0x0800, struct.pack("<H", 0x0101)), (0x0900, struct.pack("<H", 0))))
+    body = b"".join(
+        struct.pack("<HHI", 0, element, len(value)) + value
+        for element, value in (
+            (0x0100, struct.pack("<H", 0x8030)),
+            (0x0120, struct.pack("<H", 1)),
+            (0x0800, struct.pack("<H", 0x0101)),
+            (0x0900, struct.pack("<H", 0)),
+        )
+    )
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
-@pytest.mark.parametrize("answer", [
-    pytest.param(raw_answer(echo_rsp()), id="c-echo-rsp"),
-    pytest.param(encode_p_data_tf([(1, b"\x02" + b"\x00" * 8)]), id="a-data-set"),
-    pytest.param(raw_answer(encode_store_rsp(store_response(0))[:-3]), id="cut-command"),
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(raw_answer(echo_rsp()), id="c-echo-rsp"),
+        pytest.param(encode_p_data_tf([(1, b"\x02" + b"\x00" * 8)]), id="a-data-set"),
+        pytest.param(raw_answer(encode_store_rsp(store_response(0))[:-3]), id="cut-command"),
+    ],
+)
 def test_an_answer_that_is_not_a_c_store_rsp_aborts_and_gives_no_status(small_files, answer, caplog):
     def on_store(event):
         event.assoc.dul.socket.socket.sendall(answer)
@@ -123,8 +132,9 @@ def test_an_answer_that_is_not_a_c_store_rsp_aborts_and_gives_no_status(small_fi
 
 def test_a_response_in_several_pdus_and_pdvs_is_assembled(small_files):
     command = encode_store_rsp(store_response(0xB000, comment="coerced"))
-    answer = (encode_p_data_tf([(1, b"\x01" + command[:10]), (1, b"\x01" + command[10:20])])
-              + encode_p_data_tf([(1, b"\x03" + command[20:])]))
+    answer = encode_p_data_tf([(1, b"\x01" + command[:10]), (1, b"\x01" + command[10:20])]) + encode_p_data_tf(
+        [(1, b"\x03" + command[20:])]
+    )
     answered = threading.Event()
 
     def on_store(event):
@@ -214,9 +224,20 @@ def _readable(assoc) -> bool:
 
 def delivery_of(path) -> Delivery:
     ds = dcmread(path, stop_before_pixels=True)
-    return Delivery(id=1, instance_id=1, backend="pacs", pipeline=None, attempts=0, queued_at=time.time(),
-                    path=str(path), sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                    transfer_syntax=ds.file_meta.TransferSyntaxUID, calling_aet="MODALITY", association_id=None)
+    return Delivery(
+        id=1,
+        instance_id=1,
+        backend="pacs",
+        pipeline=None,
+        attempts=0,
+        queued_at=time.time(),
+        path=str(path),
+        sop_instance_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        transfer_syntax=ds.file_meta.TransferSyntaxUID,
+        calling_aet="MODALITY",
+        association_id=None,
+    )
 
 
 @pytest.mark.parametrize("status,comment", [(0x0000, None), (0xB007, "odd"), (0xA700, "even!"), (0xC211, None)])

@@ -54,7 +54,9 @@ def store(port: int, path, ts, calling="MODALITY") -> int:
 def test_compressed_instance_is_kept_as_sent(tmp_path, write_config, start_router, port):
     src = j2k_file(tmp_path / "j2k.dcm")
     with StorageSCP(tmp_path / "dest") as scp:
-        start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"])))
+        start_router(
+            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"]))
+        )
         assert store(port, src, JPEG2000Lossless) == 0
         wait_for(lambda: scp.received, 30, message="the J2K instance")
         (arrived,) = (tmp_path / "dest").glob("*.dcm")
@@ -70,7 +72,9 @@ def test_refused_compressed_syntax_is_quarantined_with_reason(tmp_path, write_co
     dest_port = free_port()
     scp = start_storescp(tmp_path / "dest", dest_port)
     try:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"])))
+        service = start_router(
+            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"]))
+        )
         assert store(port, src, JPEG2000Lossless) == 0
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
         assert "JPEG 2000" in quarantined.reason and "does not transcode" in quarantined.reason
@@ -80,12 +84,15 @@ def test_refused_compressed_syntax_is_quarantined_with_reason(tmp_path, write_co
 
 
 @pytest.mark.dcmtk
-def test_uncompressed_syntax_converted_for_a_peer_that_only_takes_implicit(tmp_path, write_config, start_router, port,
-                                                                          ct_files):
+def test_uncompressed_syntax_converted_for_a_peer_that_only_takes_implicit(
+    tmp_path, write_config, start_router, port, ct_files
+):
     dest_port = free_port()
     scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xi"])
     try:
-        start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"])))
+        start_router(
+            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"]))
+        )
         assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
         (arrived,) = wait_for(lambda: list((tmp_path / "dest").iterdir()), 30, message="the converted instance")
         wait_for(lambda: arrived.stat().st_size > 500_000, 10, message="storescp to finish writing")
@@ -98,7 +105,9 @@ def test_uncompressed_syntax_converted_for_a_peer_that_only_takes_implicit(tmp_p
 
 def test_refused_status_from_destination_is_quarantined(tmp_path, write_config, start_router, port, ct_files):
     with StorageSCP(tmp_path / "dest", status=0xA900) as scp:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"])))
+        service = start_router(
+            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"]))
+        )
         assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
         (d,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
         assert "0xA900" in d.reason and "permanent" in d.reason
@@ -107,7 +116,10 @@ def test_refused_status_from_destination_is_quarantined(tmp_path, write_config, 
 
 def test_transient_status_is_retried_then_quarantined(tmp_path, write_config, start_router, port, ct_files):
     with StorageSCP(tmp_path / "dest", status=0xA700) as scp:
-        text = router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"]) + "max_attempts = 3\n"
+        text = (
+            router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"])
+            + "max_attempts = 3\n"
+        )
         service = start_router(write_config(text))
         assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0
         (d,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
@@ -116,7 +128,7 @@ def test_transient_status_is_retried_then_quarantined(tmp_path, write_config, st
 
 
 def test_free_space_floor_answers_out_of_resources(tmp_path, write_config, start_router, port, ct_files):
-    text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
+    text = router_toml(tmp_path / "data", port, '[backends.a]\ntype = "filesystem"\npath = "a"', ["a"])
     text = text.replace("min_free_space_mb = 0", "min_free_space_mb = 1000000000")
     service = start_router(write_config(text))
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0xA700
@@ -125,8 +137,7 @@ def test_free_space_floor_answers_out_of_resources(tmp_path, write_config, start
 
 
 @pytest.mark.owned_engine
-def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, write_config, start_router, port,
-                                                                   ct_files):
+def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, write_config, start_router, port, ct_files):
     """No rename into the spool and no directory fsync before the acknowledgement: the spare's
     directory entry was made durable when the spare was made."""
     text = router_toml(tmp_path / "data", port, dimse_backend_toml(free_port(), "NOBODY", "pacs"), ["pacs"])
@@ -141,9 +152,10 @@ def test_an_instance_is_spooled_in_the_spare_it_was_received_into(tmp_path, writ
 
 
 @pytest.mark.owned_engine
-def test_a_data_set_that_cannot_be_written_answers_out_of_resources(tmp_path, write_config, start_router, port,
-                                                                      ct_files):
-    text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
+def test_a_data_set_that_cannot_be_written_answers_out_of_resources(
+    tmp_path, write_config, start_router, port, ct_files
+):
+    text = router_toml(tmp_path / "data", port, '[backends.a]\ntype = "filesystem"\npath = "a"', ["a"])
     service = start_router(write_config(text))
     for directory in ("incoming", "objects"):  # every write of a received data set now fails, as on a broken disk
         shutil.rmtree(tmp_path / "data" / directory)
@@ -160,7 +172,7 @@ def test_an_association_aborted_mid_data_set_leaves_no_partial_file(tmp_path, wr
     from pynetdicom.dimse_messages import C_STORE_RQ
     from pynetdicom.dimse_primitives import C_STORE
 
-    text = router_toml(tmp_path / "data", port, "[backends.a]\ntype = \"filesystem\"\npath = \"a\"", ["a"])
+    text = router_toml(tmp_path / "data", port, '[backends.a]\ntype = "filesystem"\npath = "a"', ["a"])
     start_router(write_config(text))
     ae = AE("MODALITY")
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
@@ -190,12 +202,16 @@ action = "{action}"
 
 
 def test_filter_reject_and_drop_as_the_sender_sees_them(tmp_path, write_config, start_router, port, ct_files, caplog):
-    arch = "[backends.a]\ntype = \"filesystem\"\npath = \"a\""
-    service = start_router(write_config(router_toml(tmp_path / "d1", port, arch, ["a"], extra=FILTER.format(action="reject"))))
+    arch = '[backends.a]\ntype = "filesystem"\npath = "a"'
+    service = start_router(
+        write_config(router_toml(tmp_path / "d1", port, arch, ["a"], extra=FILTER.format(action="reject")))
+    )
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0124
     assert service.queue.counts() == {}
     service.stop()
-    start_router(write_config(router_toml(tmp_path / "d2", port, arch, ["a"], extra=FILTER.format(action="drop")), "r2.toml"))
+    start_router(
+        write_config(router_toml(tmp_path / "d2", port, arch, ["a"], extra=FILTER.format(action="drop")), "r2.toml")
+    )
     assert store(port, ct_files[0], ExplicitVRLittleEndian) == 0x0000
     dropped = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "instance dropped"]
     assert dropped and dropped[-1]["sop_instance_uid"] and dropped[-1]["calling_aet"] == "MODALITY"
@@ -210,7 +226,8 @@ operations = [{ set = "InstitutionName", value = "{calling_aet}" }]
 
 @pytest.mark.parametrize("stages", ["", COERCE], ids=["as received", "through coerce"])
 def test_an_instance_without_a_sop_class_uid_gets_a_failure_status_in_every_pipeline(
-        tmp_path, write_config, start_router, port, ct_files, stages, caplog):
+    tmp_path, write_config, start_router, port, ct_files, stages, caplog
+):
     """Not 0xA700 (out of resources: the sender would retry it for ever), in any pipeline: a
     failure in the 0xC000 range with the reason in the log; nothing is queued."""
     from tests.integration.test_forwarding import send_with_pynetdicom
@@ -219,19 +236,30 @@ def test_an_instance_without_a_sop_class_uid_gets_a_failure_status_in_every_pipe
     del broken.SOPClassUID
     path = tmp_path / "no-sop-class.dcm"
     broken.save_as(path, enforce_file_format=False)
-    text = router_toml(tmp_path / "data", port, '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
-                       ["archive"], extra=stages)
+    text = router_toml(
+        tmp_path / "data",
+        port,
+        '[backends.archive]\ntype = "filesystem"\npath = "archive"\n',
+        ["archive"],
+        extra=stages,
+    )
     service = start_router(write_config(text))
     (status,) = send_with_pynetdicom(port, [path])
     assert 0xC000 <= status <= 0xCFFF
     assert service.queue.counts().get("archive", {}).get("pending", 0) == 0
-    refused = [e for e in caplog.records if isinstance(e.msg, dict) and e.msg.get("level") == "error"
-               and e.msg.get("sop_instance_uid") == str(broken.SOPInstanceUID)]
+    refused = [
+        e
+        for e in caplog.records
+        if isinstance(e.msg, dict)
+        and e.msg.get("level") == "error"
+        and e.msg.get("sop_instance_uid") == str(broken.SOPInstanceUID)
+    ]
     assert refused and "SOP Class UID" in str(refused[-1].msg)
 
 
-def test_one_association_of_mixed_syntaxes_goes_out_as_it_came_in(tmp_path, write_config, start_router, port,
-                                                                 ct_files, caplog):
+def test_one_association_of_mixed_syntaxes_goes_out_as_it_came_in(
+    tmp_path, write_config, start_router, port, ct_files, caplog
+):
     """JPEG 2000, Implicit and Explicit VR instances of one SOP class to a destination that takes
     every syntax: each arrives in its own syntax, none converted (the fallback context once let
     the worker skip re-associating and convert Implicit VR to Explicit)."""
@@ -244,8 +272,9 @@ def test_one_association_of_mixed_syntaxes_goes_out_as_it_came_in(tmp_path, writ
     ds.save_as(implicit, enforce_file_format=True, implicit_vr=True, little_endian=True)
     sent = {j2k: JPEG2000Lossless, implicit: ImplicitVRLittleEndian, ct_files[2]: ExplicitVRLittleEndian}
     with StorageSCP(tmp_path / "dest") as scp:
-        start_router(write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"),
-                                              ["pacs"])))
+        start_router(
+            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(scp.port, "STORE_SCP"), ["pacs"]))
+        )
         ae = AE("MODALITY")
         for ts in sent.values():
             ae.add_requested_context(CTImageStorage, [ts])
@@ -261,12 +290,14 @@ def test_one_association_of_mixed_syntaxes_goes_out_as_it_came_in(tmp_path, writ
         arrived = tmp_path / "dest" / f"{uid}.dcm"
         assert dcmread(arrived, stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
         assert dataset_digest(arrived) == dataset_digest(path)
-    assert not [r for r in caplog.records if isinstance(r.msg, dict)
-                and r.msg.get("event") == "converting transfer syntax for a peer that refused it"]
+    assert not [
+        r
+        for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "converting transfer syntax for a peer that refused it"
+    ]
 
 
-def test_a_corrected_version_is_never_overtaken_by_the_older_one(tmp_path, write_config, start_router, port,
-                                                                  ct_files):
+def test_a_corrected_version_is_never_overtaken_by_the_older_one(tmp_path, write_config, start_router, port, ct_files):
     """The destination answers 0xA700 to the first version; a corrected version (same SOP
     Instance UID) then succeeds. The first is superseded, not retried after it: the
     destination ends with the corrected one."""
@@ -291,8 +322,9 @@ def test_a_corrected_version_is_never_overtaken_by_the_older_one(tmp_path, write
     ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = ae.start_server(("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        text = router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORE_SCP"), ["pacs"],
-                           fast_retry=False)
+        text = router_toml(
+            tmp_path / "data", port, dimse_backend_toml(dest_port, "STORE_SCP"), ["pacs"], fast_retry=False
+        )
         text += "\n[backends.pacs.retry]\ninitial_delay_seconds = 2.0\nmax_delay_seconds = 2.0\n"
         service = start_router(write_config(text))
         original = tmp_path / "v1.dcm"

@@ -43,21 +43,33 @@ def status_dataset(status: int, comment: str | None) -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize("status,comment", [(0x0000, None), (0xB000, "elements coerced"), (0xA700, "disk full"),
-                                            (0xC000, None)])
-def test_a_file_sent_the_owned_way_arrives_and_is_answered_as_with_pynetdicom(small_files, monkeypatch, status,
-                                                                              comment):
+@pytest.mark.parametrize(
+    "status,comment", [(0x0000, None), (0xB000, "elements coerced"), (0xA700, "disk full"), (0xC000, None)]
+)
+def test_a_file_sent_the_owned_way_arrives_and_is_answered_as_with_pynetdicom(
+    small_files, monkeypatch, status, comment
+):
     received = []
 
     def on_store(event):
         rq = event.request
-        received.append((rq.MessageID, rq.Priority, rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID,
-                         rq.MoveOriginatorApplicationEntityTitle, Path(event.dataset_path).read_bytes()))
+        received.append(
+            (
+                rq.MessageID,
+                rq.Priority,
+                rq.AffectedSOPClassUID,
+                rq.AffectedSOPInstanceUID,
+                rq.MoveOriginatorApplicationEntityTitle,
+                Path(event.dataset_path).read_bytes(),
+            )
+        )
         return status_dataset(status, comment)
 
     stock_sends = []
     stock = Association.send_c_store
-    monkeypatch.setattr(Association, "send_c_store", lambda self, *a, **k: stock_sends.append(a) or stock(self, *a, **k))
+    monkeypatch.setattr(
+        Association, "send_c_store", lambda self, *a, **k: stock_sends.append(a) or stock(self, *a, **k)
+    )
     server = store_scp(on_store)
     try:
         assoc = associate(server)
@@ -76,8 +88,10 @@ def test_a_file_sent_the_owned_way_arrives_and_is_answered_as_with_pynetdicom(sm
 def test_no_response_within_the_dimse_timeout_aborts_and_reports_none_as_pynetdicom_does(small_files):
     server = store_scp(lambda event: time.sleep(1.5) or 0x0000)
     try:
-        for send in (lambda assoc: send_c_store_file(assoc, str(small_files[1])),
-                     lambda assoc: store_response_from(assoc.send_c_store(small_files[1]))):
+        for send in (
+            lambda assoc: send_c_store_file(assoc, str(small_files[1])),
+            lambda assoc: store_response_from(assoc.send_c_store(small_files[1])),
+        ):
             assoc = associate(server, dimse_timeout=0.5)
             assert send(assoc).status is None
             assert assoc.is_aborted

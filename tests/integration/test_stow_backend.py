@@ -17,8 +17,9 @@ from tests.support.pacs import have_orthanc_dicomweb, start_orthanc
 from tests.support.peers import free_port, storescu, wait_for
 from tests.support.stowpeer import ScriptedStowServer
 
-orthanc_web = pytest.mark.skipif(not have_orthanc_dicomweb(), reason="needs Orthanc with its DICOMweb plugin "
-                                                                       "(orthanc-dicomweb): run tests/run.sh")
+orthanc_web = pytest.mark.skipif(
+    not have_orthanc_dicomweb(), reason="needs Orthanc with its DICOMweb plugin (orthanc-dicomweb): run tests/run.sh"
+)
 
 
 def dicomweb_backend_toml(url: str, name: str = "cloud", extra: str = "") -> str:
@@ -62,12 +63,16 @@ def test_dimse_in_stow_out_reaches_orthanc_byte_identical(tmp_path, write_config
 
 @orthanc_web
 @pytest.mark.dcmtk
-def test_an_archive_that_is_down_gets_everything_once_it_is_up_across_a_router_restart(tmp_path, write_config, port,
-                                                                                       small_files):
+def test_an_archive_that_is_down_gets_everything_once_it_is_up_across_a_router_restart(
+    tmp_path, write_config, port, small_files
+):
     http_port = free_port()
     files = small_files[:6]
-    config = write_config(router_toml(tmp_path / "data", port,
-                                      dicomweb_backend_toml(f"http://127.0.0.1:{http_port}/dicom-web"), ["cloud"]))
+    config = write_config(
+        router_toml(
+            tmp_path / "data", port, dicomweb_backend_toml(f"http://127.0.0.1:{http_port}/dicom-web"), ["cloud"]
+        )
+    )
     service = RouterService(load_config(config))
     service.start()
     try:
@@ -94,10 +99,16 @@ def test_basic_credentials_from_a_file_and_the_command_line(tmp_path, write_conf
     try:
         (tmp_path / "good.pw").write_text("s3cret\n")
         (tmp_path / "bad.pw").write_text("wrong\n")
-        good = dicomweb_backend_toml(orthanc.dicomweb_url, "cloud",
-                                     f'auth = {{ type = "basic", username = "router", password_file = "{tmp_path / "good.pw"}" }}')
-        bad = dicomweb_backend_toml(orthanc.dicomweb_url, "wrong",
-                                    f'auth = {{ type = "basic", username = "router", password_file = "{tmp_path / "bad.pw"}" }}')
+        good = dicomweb_backend_toml(
+            orthanc.dicomweb_url,
+            "cloud",
+            f'auth = {{ type = "basic", username = "router", password_file = "{tmp_path / "good.pw"}" }}',
+        )
+        bad = dicomweb_backend_toml(
+            orthanc.dicomweb_url,
+            "wrong",
+            f'auth = {{ type = "basic", username = "router", password_file = "{tmp_path / "bad.pw"}" }}',
+        )
         config = write_config(router_toml(tmp_path / "data", free_port(), good + bad, ["cloud"]))
         echo = run_cli("echo", "cloud", "-c", config)
         assert echo.returncode == 0 and "HTTP 200" in echo.stdout, echo.stderr
@@ -107,9 +118,20 @@ def test_basic_credentials_from_a_file_and_the_command_line(tmp_path, write_conf
         assert sent.returncode == 0, sent.stderr
         assert f"{len(small_files)} sent, 0 with warnings, 0 failed" in sent.stdout
         assert set(orthanc_instances(orthanc, ("router", "s3cret"))) == set(digests_by_uid(small_files))
-        down = run_cli("echo", "cloud", "-c", write_config(router_toml(
-            tmp_path / "data2", free_port(), dicomweb_backend_toml(f"http://127.0.0.1:{free_port()}/dicom-web"),
-            ["cloud"]), "down.toml"))
+        down = run_cli(
+            "echo",
+            "cloud",
+            "-c",
+            write_config(
+                router_toml(
+                    tmp_path / "data2",
+                    free_port(),
+                    dicomweb_backend_toml(f"http://127.0.0.1:{free_port()}/dicom-web"),
+                    ["cloud"],
+                ),
+                "down.toml",
+            ),
+        )
         assert down.returncode == 1 and "connection refused" in down.stderr
     finally:
         orthanc.stop()
@@ -133,8 +155,9 @@ def test_each_instance_gets_its_own_outcome_from_the_answer(tmp_path, write_conf
         return (202 if len(failed) < len(sent) else 409), failed
 
     with ScriptedStowServer(answer) as server:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url),
-                                                        ["cloud"])))
+        service = start_router(
+            write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url), ["cloud"]))
+        )
         assert storescu(port, files).returncode == 0
         wait_for(lambda: delivered(service) == 3, 60, message="three delivered")
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="one quarantined")
@@ -143,30 +166,37 @@ def test_each_instance_gets_its_own_outcome_from_the_answer(tmp_path, write_conf
         assert max(len(r) for r in server.requests) > 1  # several instances shared a request
 
 
-def test_server_errors_are_retried_and_refused_credentials_postpone_the_queue(tmp_path, write_config, start_router,
-                                                                              port, small_files):
+def test_server_errors_are_retried_and_refused_credentials_postpone_the_queue(
+    tmp_path, write_config, start_router, port, small_files
+):
     script = {"status": 503}
 
     def answer(sent):
         return script["status"], ({} if script["status"] == 200 else None)
 
     with ScriptedStowServer(answer) as server:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url),
-                                                        ["cloud"])))
+        service = start_router(
+            write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url), ["cloud"]))
+        )
         assert storescu(port, small_files[:2]).returncode == 0
-        retried = wait_for(lambda: [d for d in service.queue.list_state("pending") if d.reason], 30,
-                           message="a retried delivery")
+        retried = wait_for(
+            lambda: [d for d in service.queue.list_state("pending") if d.reason], 30, message="a retried delivery"
+        )
         assert "answered 503" in retried[0].reason
         script["status"] = 401
-        wait_for(lambda: any("credentials refused" in r for r, _ in service.queue.waiting_reasons().get("cloud", [])),
-                 30, message="the queue postponed for refused credentials")
+        wait_for(
+            lambda: any("credentials refused" in r for r, _ in service.queue.waiting_reasons().get("cloud", [])),
+            30,
+            message="the queue postponed for refused credentials",
+        )
         assert service.queue.list_state("quarantined") == []
         script["status"] = 200
         wait_for(lambda: delivered(service) == 2, 60, message="delivered once the server accepts")
 
 
-def test_a_request_the_server_calls_bad_is_sent_again_one_instance_each(tmp_path, write_config, start_router, port,
-                                                                        small_files):
+def test_a_request_the_server_calls_bad_is_sent_again_one_instance_each(
+    tmp_path, write_config, start_router, port, small_files
+):
     files = small_files[:3]
     bad = list(digests_by_uid(files))[0]
 
@@ -174,16 +204,18 @@ def test_a_request_the_server_calls_bad_is_sent_again_one_instance_each(tmp_path
         return (400, None) if bad in sent else (200, {})
 
     with ScriptedStowServer(answer) as server:
-        service = start_router(write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url),
-                                                        ["cloud"])))
+        service = start_router(
+            write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url), ["cloud"]))
+        )
         assert storescu(port, files).returncode == 0
         wait_for(lambda: delivered(service) == 2, 60, message="the good ones delivered")
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="the bad one")
         assert quarantined.sop_instance_uid == bad and "answered 400" in quarantined.reason
 
 
-def test_an_unreadable_credentials_file_holds_the_queue_until_it_is_there(tmp_path, write_config, start_router, port,
-                                                                           small_files):
+def test_an_unreadable_credentials_file_holds_the_queue_until_it_is_there(
+    tmp_path, write_config, start_router, port, small_files
+):
     """The token file is the backend's problem: the queue waits with that reason, nothing is
     quarantined, and deliveries go out once the file exists (it is read for each request)."""
     token = tmp_path / "cloud.token"
@@ -191,8 +223,13 @@ def test_an_unreadable_credentials_file_holds_the_queue_until_it_is_there(tmp_pa
         backend = dicomweb_backend_toml(server.url, extra=f'auth = {{ type = "bearer", token_file = "{token}" }}')
         service = start_router(write_config(router_toml(tmp_path / "data", port, backend, ["cloud"])))
         assert storescu(port, small_files[:2]).returncode == 0
-        wait_for(lambda: any("cannot read the credentials" in r for r, _ in service.queue.waiting_reasons().get(
-            "cloud", [])), 30, message="the queue held for the credentials")
+        wait_for(
+            lambda: any(
+                "cannot read the credentials" in r for r, _ in service.queue.waiting_reasons().get("cloud", [])
+            ),
+            30,
+            message="the queue held for the credentials",
+        )
         assert service.queue.list_state("quarantined") == []
         token.write_text("let-me-in\n")
         wait_for(lambda: delivered(service) == 2, 60, message="delivered once the token is there")

@@ -33,20 +33,30 @@ from tests.support.spool import spooled_files
 STUDIES = "/dicom-web/studies"
 
 
-def config_text(tmp_path: Path, web_port: int, dimse_port: int, endpoint_extra: str = "", pipeline_extra: str = "",
-                router_extra: str = "") -> str:
-    return (router_section(tmp_path / "data", router_extra) + dicomweb_endpoint_toml("web", web_port, endpoint_extra)
-            + endpoint_section("ingest", dimse_port) + f"""
+def config_text(
+    tmp_path: Path,
+    web_port: int,
+    dimse_port: int,
+    endpoint_extra: str = "",
+    pipeline_extra: str = "",
+    router_extra: str = "",
+) -> str:
+    return (
+        router_section(tmp_path / "data", router_extra)
+        + dicomweb_endpoint_toml("web", web_port, endpoint_extra)
+        + endpoint_section("ingest", dimse_port)
+        + f"""
 [backends.archive]
 type = "filesystem"
-path = "{tmp_path / 'archive'}"
+path = "{tmp_path / "archive"}"
 template = "{{SOPInstanceUID}}.dcm"
 
 [pipelines.default]
 endpoints = ["web", "ingest"]
 backends = ["archive"]
 {pipeline_extra}
-""")
+"""
+    )
 
 
 @pytest.fixture
@@ -55,16 +65,20 @@ def web(tmp_path, write_config, start_router):
 
     def start(endpoint_extra: str = "", pipeline_extra: str = "", router_extra: str = ""):
         web_port, dimse_port = free_port(), free_port()
-        service = start_router(write_config(config_text(tmp_path, web_port, dimse_port, endpoint_extra,
-                                                        pipeline_extra, router_extra)))
+        service = start_router(
+            write_config(config_text(tmp_path, web_port, dimse_port, endpoint_extra, pipeline_extra, router_extra))
+        )
         return service, web_port, dimse_port
 
     return start
 
 
 def archived(tmp_path: Path, count: int) -> list[Path]:
-    return wait_for(lambda: (lambda found: found if len(found) >= count else None)(
-        sorted((tmp_path / "archive").glob("*.dcm"))), timeout=30, message=f"{count} archived instances")
+    return wait_for(
+        lambda: (lambda found: found if len(found) >= count else None)(sorted((tmp_path / "archive").glob("*.dcm"))),
+        timeout=30,
+        message=f"{count} archived instances",
+    )
 
 
 def spool_leftovers(tmp_path: Path) -> list[Path]:
@@ -96,10 +110,26 @@ def test_curl_posts_files_that_arrive_byte_identical(tmp_path, web, small_files)
     files = small_files[:5]
     body = tmp_path / "body.bin"
     body.write_bytes(multipart_related(files))
-    result = subprocess.run(["curl", "-sS", "-X", "POST", "-H", f"Content-Type: {stow_content_type()}",
-                             "-H", "Accept: application/dicom+json", "--data-binary", f"@{body}",
-                             "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{STUDIES}"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            f"Content-Type: {stow_content_type()}",
+            "-H",
+            "Accept: application/dicom+json",
+            "--data-binary",
+            f"@{body}",
+            "-w",
+            "\n%{http_code}",
+            f"http://127.0.0.1:{port}{STUDIES}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     answer, _, code = result.stdout.rpartition("\n")
     assert code == "200", result.stdout + result.stderr
     stored, failed = stow_uids(answer.encode())
@@ -145,11 +175,14 @@ operations = [{ set = "InstitutionName", value = "Via STOW" }]
     assert dcmread(copy).InstitutionName == "Via STOW"
 
 
-@pytest.mark.parametrize("content_type, expected", [
-    ("application/dicom", 415),
-    ('multipart/related; type="application/dicom+xml"; boundary=x', 415),
-    ('multipart/related; type="application/dicom"', 400),
-])
+@pytest.mark.parametrize(
+    "content_type, expected",
+    [
+        ("application/dicom", 415),
+        ('multipart/related; type="application/dicom+xml"; boundary=x', 415),
+        ('multipart/related; type="application/dicom"', 400),
+    ],
+)
 def test_wrong_media_types_and_missing_boundaries_are_refused(tmp_path, web, ct_files, content_type, expected):
     _, port, _ = web()
     status, _, body = post(port, STUDIES, ct_files[0].read_bytes(), content_type)
@@ -159,8 +192,7 @@ def test_wrong_media_types_and_missing_boundaries_are_refused(tmp_path, web, ct_
 
 def test_parts_that_are_not_dicom_fail_and_a_body_without_parts_is_malformed(tmp_path, web, small_files):
     _, port, _ = web()
-    status, _, body = post(port, STUDIES, multipart_related([b"not dicom at all", small_files[0]]),
-                           stow_content_type())
+    status, _, body = post(port, STUDIES, multipart_related([b"not dicom at all", small_files[0]]), stow_content_type())
     assert status == 202
     stored, failed = stow_uids(body)
     assert len(stored) == 1 and failed == {"": 0xC000}
@@ -168,8 +200,7 @@ def test_parts_that_are_not_dicom_fail_and_a_body_without_parts_is_malformed(tmp
     assert status == 409
     status, _, body = post(port, STUDIES, b"no boundary in here", stow_content_type())
     assert status == 400, body
-    status, _, _ = post(port, STUDIES, multipart_related([small_files[1]], part_type="text/plain"),
-                        stow_content_type())
+    status, _, _ = post(port, STUDIES, multipart_related([small_files[1]], part_type="text/plain"), stow_content_type())
     assert status == 409
     wait_for(lambda: spool_leftovers(tmp_path) == [], timeout=20, message="no received bytes left unowned")
 
@@ -182,7 +213,7 @@ def test_a_request_over_the_size_limit_gets_413(tmp_path, web, ct_files):
         sock.sendall(request_head(STUDIES, stow_content_type()))
         body = multipart_related(ct_files[:3])
         for start in range(0, len(body), 65536):
-            chunk = body[start:start + 65536]
+            chunk = body[start : start + 65536]
             try:
                 sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             except (BrokenPipeError, ConnectionResetError):
@@ -202,10 +233,11 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing_and_nothing_acknowl
     service, port, _ = web()
     body = multipart_related(ct_files[:2])
     with raw_connection(port) as sock:
-        sock.sendall(request_head(STUDIES, stow_content_type(), len(body)) + body[:len(body) * 3 // 4])
+        sock.sendall(request_head(STUDIES, stow_content_type(), len(body)) + body[: len(body) * 3 // 4])
         time.sleep(0.5)
-    wait_for(lambda: spool_leftovers(tmp_path) == [], timeout=20, message="the partial part removed, the whole "
-                                                                       "one delivered")
+    wait_for(
+        lambda: spool_leftovers(tmp_path) == [], timeout=20, message="the partial part removed, the whole one delivered"
+    )
     # the first part was whole: it may be queued (never acknowledged); the cut one is not
     assert len(service.queue.instance_files()) <= 1
 
@@ -271,6 +303,7 @@ def test_every_log_line_about_a_stow_request_names_it_and_its_peer(tmp_path, web
     request_id = headers["X-Request-Id"]
     about = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("request_id") == request_id]
     received = [line for line in about if line.get("event") == "instance received"]
-    assert len(received) == 2 and all(line["sop_instance_uid"] and line["peer"].startswith("127.0.0.1:")
-                                      for line in received)
+    assert len(received) == 2 and all(
+        line["sop_instance_uid"] and line["peer"].startswith("127.0.0.1:") for line in received
+    )
     assert any(line.get("event") == "http request" and line["status"] == 200 for line in about)

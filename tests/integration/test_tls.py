@@ -33,8 +33,10 @@ def pki(tmp_path_factory):
 
 def tls_endpoint(pki, require=True) -> str:
     server = pki["server"]
-    return (f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
-            f'ca_bundle = "{pki["ca"].bundle}", require_client_certificate = {str(require).lower()} }}')
+    return (
+        f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
+        f'ca_bundle = "{pki["ca"].bundle}", require_client_certificate = {str(require).lower()} }}'
+    )
 
 
 def client_context(pki, cert: str | None = "client") -> ssl.SSLContext:
@@ -64,8 +66,13 @@ def echo(port: int, tls_context: ssl.SSLContext | None, timeout: float = 20) -> 
 @pytest.fixture
 def tls_router(tmp_path, write_config, start_router, pki):
     port = free_port()
-    text = router_toml(tmp_path / "data", port, f'[backends.archive]\ntype = "filesystem"\npath = "{tmp_path / "a"}"\n',
-                       ["archive"], endpoint_extra=tls_endpoint(pki))
+    text = router_toml(
+        tmp_path / "data",
+        port,
+        f'[backends.archive]\ntype = "filesystem"\npath = "{tmp_path / "a"}"\n',
+        ["archive"],
+        endpoint_extra=tls_endpoint(pki),
+    )
     return port, start_router(write_config(text))
 
 
@@ -104,14 +111,44 @@ def test_a_silent_client_does_not_block_others(tls_router, pki):
 def test_dcmtk_echoscu_over_tls(tls_router, pki):
     port, _ = tls_router
     client = pki["client"]
-    ok = subprocess.run([dcmtk("echoscu"), "-aec", "DICOM_ROUTER", "+tls", str(client.private_key),
-                         str(client.certificate), "+cf", str(pki["ca"].bundle), "127.0.0.1", str(port)],
-                        env=dcmtk_env(), capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [
+            dcmtk("echoscu"),
+            "-aec",
+            "DICOM_ROUTER",
+            "+tls",
+            str(client.private_key),
+            str(client.certificate),
+            "+cf",
+            str(pki["ca"].bundle),
+            "127.0.0.1",
+            str(port),
+        ],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     rogue = pki["rogue_client"]
-    refused = subprocess.run([dcmtk("echoscu"), "-aec", "DICOM_ROUTER", "+tls", str(rogue.private_key),
-                              str(rogue.certificate), "+cf", str(pki["ca"].bundle), "127.0.0.1", str(port)],
-                             env=dcmtk_env(), capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [
+            dcmtk("echoscu"),
+            "-aec",
+            "DICOM_ROUTER",
+            "+tls",
+            str(rogue.private_key),
+            str(rogue.certificate),
+            "+cf",
+            str(pki["ca"].bundle),
+            "127.0.0.1",
+            str(port),
+        ],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode != 0
 
 
@@ -131,8 +168,12 @@ class TLSStoreSCP:
         engine.configure()
         ae = AE("TLS_PACS")
         ae.add_supported_context(Verification)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=self.context,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            ssl_context=self.context,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
         return self
 
     def _on_store(self, event):
@@ -152,14 +193,18 @@ def test_backend_verifies_its_tls_peer(tmp_path, write_config, start_router, pki
         ca = pki["ca"].bundle if trusted else pki["rogue_ca"].bundle
         client = pki["client"]
         backend = dimse_backend_toml(pacs.port, "TLS_PACS") + (
-            f'tls = {{ ca_bundle = "{ca}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}\n')
+            f'tls = {{ ca_bundle = "{ca}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}\n'
+        )
         service = start_router(write_config(router_toml(tmp_path / "data", port, backend, ["pacs"])))
         assert send_with_pynetdicom(port, small_files[:2]) == [0, 0]
         if trusted:
             wait_for(lambda: len(pacs.received) == 2, 30, message="TLS deliveries")
         else:
-            wait_for(lambda: service.queue.events().get("pacs", {}).get("failure:unreachable"), 30,
-                     message="the untrusted peer to be refused")
+            wait_for(
+                lambda: service.queue.events().get("pacs", {}).get("failure:unreachable"),
+                30,
+                message="the untrusted peer to be refused",
+            )
             assert pacs.received == []
 
 
@@ -200,7 +245,7 @@ type = "dimse"
 host = "127.0.0.1"
 port = 2762
 ae_title = "PACS"
-tls = {{ ca_bundle = "{pki['ca'].bundle}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}
+tls = {{ ca_bundle = "{pki["ca"].bundle}", certificate = "{client.certificate}", private_key = "{client.private_key}" }}
 """
     config = write_config(router_toml(tmp_path / "data", port, backend, ["pacs"], endpoint_extra=tls_endpoint(pki)))
     loaded = load_config(config)
@@ -215,7 +260,10 @@ tls = {{ ca_bundle = "{pki['ca'].bundle}", certificate = "{client.certificate}",
     assert all("cannot load the TLS files" in m for m in problems.values())
     assert run_cli("check", "-c", broken_file, "--tier", "references").returncode == 0
     environment = run_cli("check", "-c", broken_file)
-    assert environment.returncode == 78 and "broken.toml: endpoints.ingest.tls: cannot load the TLS files" \
-        in environment.stderr and "backends.pacs.tls" in environment.stderr
+    assert (
+        environment.returncode == 78
+        and "broken.toml: endpoints.ingest.tls: cannot load the TLS files" in environment.stderr
+        and "backends.pacs.tls" in environment.stderr
+    )
     served = run_cli("serve", "-c", broken_file, timeout=60)
     assert served.returncode == 78 and "endpoints.ingest.tls" in served.stderr

@@ -22,15 +22,19 @@ from tests.support.qrclients import getscu, movescu
 
 QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
 
-pytestmark = [pytest.mark.xdist_group("wado-orthanc"), pytest.mark.dcmtk,
-              pytest.mark.skipif(not have_orthanc_dicomweb(), reason="needs Orthanc's DICOMweb plugin: tests/run.sh")]
+pytestmark = [
+    pytest.mark.xdist_group("wado-orthanc"),
+    pytest.mark.dcmtk,
+    pytest.mark.skipif(not have_orthanc_dicomweb(), reason="needs Orthanc's DICOMweb plugin: tests/run.sh"),
+]
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     files = write_series(tmp_path_factory.mktemp("ct"), 5, patient="WA1")
-    upstream = start_orthanc(tmp_path_factory.mktemp("orthanc"), {"DICOM_ROUTER": ("127.0.0.1", free_port())},
-                             dicomweb=True)
+    upstream = start_orthanc(
+        tmp_path_factory.mktemp("orthanc"), {"DICOM_ROUTER": ("127.0.0.1", free_port())}, dicomweb=True
+    )
     load(upstream, files)
     yield upstream, files
     upstream.stop()
@@ -41,9 +45,12 @@ def router(tmp_path, write_config, start_router, archive):
     orthanc, _ = archive
     web = free_port()
     key = key_file(tmp_path)
-    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) \
-        + dicomweb_endpoint_toml("research", free_port()) \
-        + dimse_backend_toml(orthanc.port, orthanc.ae_title, "pacs", QUERY_AND_GET) + f"""
+    text = (
+        router_section(tmp_path / "data")
+        + dicomweb_endpoint_toml("web", web)
+        + dicomweb_endpoint_toml("research", free_port())
+        + dimse_backend_toml(orthanc.port, orthanc.ae_title, "pacs", QUERY_AND_GET)
+        + f"""
 [pipelines.web]
 endpoints = ["web"]
 backends = ["pacs"]
@@ -56,6 +63,7 @@ backends = ["pacs"]
 type = "anonymize"
 key_file = "{key}"
 """
+    )
     service = start_router(write_config(text))
     return web, service.endpoints["research"].address[1]
 
@@ -68,11 +76,14 @@ def test_a_study_arrives_as_parts_byte_identical_to_orthanc_s_own_wado(router, a
     web, _ = router
     orthanc, files = archive
     study = uid_of(files[0])
-    status, headers, body = get(web, f"/dicom-web/studies/{study}", {"Accept": 'multipart/related; type="application/dicom"'})
+    status, headers, body = get(
+        web, f"/dicom-web/studies/{study}", {"Accept": 'multipart/related; type="application/dicom"'}
+    )
     assert status == 200 and headers["Content-Type"].startswith("multipart/related")
     ours = multipart_parts(body, headers["Content-Type"])
-    request = urllib.request.Request(f"{orthanc.dicomweb_url}/studies/{study}",
-                                     headers={"Accept": 'multipart/related; type="application/dicom"'})
+    request = urllib.request.Request(
+        f"{orthanc.dicomweb_url}/studies/{study}", headers={"Accept": 'multipart/related; type="application/dicom"'}
+    )
     with urllib.request.urlopen(request, timeout=60) as answer:
         theirs = multipart_parts(answer.read(), answer.headers["Content-Type"])
     assert len(ours) == len(files) == len(theirs)
@@ -125,7 +136,10 @@ def bridge(tmp_path, write_config, start_router, archive):
     reached from a DIMSE endpoint and a dicomweb endpoint."""
     orthanc, _ = archive
     web, dimse = free_port(), free_port()
-    text = router_section(tmp_path / "data") + dicomweb_endpoint_toml("web", web) + endpoint_section("ingest", dimse) \
+    text = (
+        router_section(tmp_path / "data")
+        + dicomweb_endpoint_toml("web", web)
+        + endpoint_section("ingest", dimse)
         + f"""
 [backends.cloud]
 type = "dicomweb"
@@ -145,6 +159,7 @@ store = false
 endpoints = ["web", "ingest"]
 backends = ["cloud"]
 """
+    )
     service = start_router(write_config(text))
     return web, dimse, service
 
@@ -152,8 +167,9 @@ backends = ["cloud"]
 def test_getscu_through_the_router_is_fetched_by_wado_rs_byte_identical(bridge, archive, tmp_path):
     _, dimse, _ = bridge
     _, files = archive
-    result = getscu(dimse, "DICOM_ROUTER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid_of(files[0])}"],
-                    tmp_path / "got")
+    result = getscu(
+        dimse, "DICOM_ROUTER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid_of(files[0])}"], tmp_path / "got"
+    )
     assert result.returncode == 0, result.stderr
     assert digests_by_uid(sorted((tmp_path / "got").iterdir())) == digests_by_uid(files)
 
@@ -163,9 +179,16 @@ def test_movescu_through_the_router_sends_what_wado_rs_fetched(bridge, archive, 
     _, files = archive
     viewer = service.config.backends["viewer"]
     with StorageSCP(tmp_path / "viewer", ae_title="VIEWER", port=viewer.port) as scp:
-        result = movescu(dimse, "DICOM_ROUTER", "VIEWER",
-                         ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={uid_of(files[0])}",
-                          f"SeriesInstanceUID={uid_of(files[0], 'SeriesInstanceUID')}"])
+        result = movescu(
+            dimse,
+            "DICOM_ROUTER",
+            "VIEWER",
+            [
+                "QueryRetrieveLevel=SERIES",
+                f"StudyInstanceUID={uid_of(files[0])}",
+                f"SeriesInstanceUID={uid_of(files[0], 'SeriesInstanceUID')}",
+            ],
+        )
         assert result.returncode == 0, result.stderr
         assert sorted(scp.received) == sorted(digests_by_uid(files))
     assert digests_by_uid(sorted((tmp_path / "viewer").iterdir())) == digests_by_uid(files)
@@ -189,5 +212,8 @@ def test_qido_rs_through_the_router_from_a_dicomweb_upstream(bridge, archive):
     with urllib.request.urlopen(f"{orthanc.dicomweb_url}/studies/{uid_of(files[0])}/instances", timeout=30) as answer:
         theirs = json.loads(answer.read())
     ours = json.loads(body)
-    assert sorted(a["00080018"]["Value"][0] for a in ours) == sorted(a["00080018"]["Value"][0] for a in theirs) \
+    assert (
+        sorted(a["00080018"]["Value"][0] for a in ours)
+        == sorted(a["00080018"]["Value"][0] for a in theirs)
         == sorted(digests_by_uid(files))
+    )

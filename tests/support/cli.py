@@ -20,10 +20,17 @@ def router_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "router"]
 
 
-def run_cli(*args, cwd: Path | None = None, timeout: float = 120,
-            input_text: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*router_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, input=input_text if input_text is not None else "")
+def run_cli(
+    *args, cwd: Path | None = None, timeout: float = 120, input_text: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*router_command(), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text if input_text is not None else "",
+    )
 
 
 class ServeProcess:
@@ -41,8 +48,14 @@ class ServeProcess:
     def start(self, port: int) -> ServeProcess:
         args = [*router_command(), "serve"] + (["-c", str(self.config)] if self.config else [])
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=self.preexec)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=self.preexec,
+        )
         ServeProcess.started.append(self)
         wait_for_port(port, timeout=30)
         if self.proc.poll() is not None:  # another process holds the port (a port chosen twice)

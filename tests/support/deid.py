@@ -28,8 +28,12 @@ def envelope_for(path: Path, calling: str = "CT01") -> RequestEnvelope:
     header = dcmread(path, stop_before_pixels=True)
     return RequestEnvelope(
         association=AssociationInfo("ingest", "test-assoc", calling, "ROUTER", "127.0.0.1", 40000),
-        command=Command("store", str(header.get("SOPClassUID", CTImageStorage)), 1,
-                        affected_sop_instance_uid=str(header.SOPInstanceUID)),
+        command=Command(
+            "store",
+            str(header.get("SOPClassUID", CTImageStorage)),
+            1,
+            affected_sop_instance_uid=str(header.SOPInstanceUID),
+        ),
         instance=SpooledInstance(path, str(header.file_meta.TransferSyntaxUID), path.stat().st_size),
     )
 

@@ -26,8 +26,16 @@ from pydicom.uid import (
 IMPL_UID = "1.2.826.0.1.3680043.10.1338.1"
 
 
-def make_dataset(kind: str, patient: str, study: str, series: str, index: int, modality: str = "CT",
-                 rows: int | None = None, frames: int = 1) -> Dataset:
+def make_dataset(
+    kind: str,
+    patient: str,
+    study: str,
+    series: str,
+    index: int,
+    modality: str = "CT",
+    rows: int | None = None,
+    frames: int = 1,
+) -> Dataset:
     rows = rows or {"ct": 512, "small": 64}.get(kind, 512)
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
@@ -64,8 +72,9 @@ def make_dataset(kind: str, patient: str, study: str, series: str, index: int, m
     return ds
 
 
-def write_series(directory: Path | str, count: int, kind: str = "ct", patient: str = "P001",
-                 modality: str = "CT", seed: int = 0) -> list[Path]:
+def write_series(
+    directory: Path | str, count: int, kind: str = "ct", patient: str = "P001", modality: str = "CT", seed: int = 0
+) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
@@ -103,8 +112,17 @@ def write_large_pdf(path: Path | str, size_bytes: int) -> Path:
     written in 1 MiB chunks."""
     path = Path(path)
     ds = make_dataset("pdf", "BIGDOC", generate_uid(), generate_uid(), 0, modality="DOC")
-    for keyword in ("ImageType", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
-                    "BitsStored", "HighBit", "PixelRepresentation"):
+    for keyword in (
+        "ImageType",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+    ):
         delattr(ds, keyword)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
     ds.DocumentTitle = "large"
@@ -162,8 +180,16 @@ def write_large_sequence(path: Path | str, size_bytes: int, implicit: bool = Fal
         while written < size_bytes:
             position = f"0\\0\\{frame}".encode()
             position += b" " * (len(position) % 2)
-            item = (item_start + comment + undefined_sequence(0x00209113) + item_start
-                    + element(0x00200032, b"DS", position) + item_end + sequence_end + item_end)
+            item = (
+                item_start
+                + comment
+                + undefined_sequence(0x00209113)
+                + item_start
+                + element(0x00200032, b"DS", position)
+                + item_end
+                + sequence_end
+                + item_end
+            )
             f.write(item)
             written += len(item)
             frame += 1
@@ -181,13 +207,15 @@ def write_deflate_bomb(path, inflated_size: int):
     plain = DicomBytesIO()
     plain.is_little_endian, plain.is_implicit_VR = True, False
     write_dataset(plain, ds)
-    body = plain.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_size - len(plain.getvalue()) - 12)
+    body = plain.getvalue() + struct.pack(
+        "<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_size - len(plain.getvalue()) - 12
+    )
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     deflated = compressor.compress(body)
     zeros = bytes(1 << 20)
     left = inflated_size - len(body)
     while left > 0:
-        deflated += compressor.compress(zeros[:min(left, len(zeros))])
+        deflated += compressor.compress(zeros[: min(left, len(zeros))])
         left -= len(zeros)
     deflated += compressor.flush()
     with open(path, "r+b") as f:

@@ -16,8 +16,9 @@ def dicomweb_endpoint_toml(name: str, port: int, extra: str = "") -> str:
     return f'\n[endpoints.{name}]\ntype = "dicomweb"\nbind = "127.0.0.1"\nport = {port}\n{extra}\n'
 
 
-def multipart_related(parts: list[bytes | Path], boundary: str = BOUNDARY,
-                      part_type: str = "application/dicom") -> bytes:
+def multipart_related(
+    parts: list[bytes | Path], boundary: str = BOUNDARY, part_type: str = "application/dicom"
+) -> bytes:
     body = bytearray()
     for part in parts:
         data = Path(part).read_bytes() if isinstance(part, Path) else part
@@ -30,8 +31,9 @@ def stow_content_type(boundary: str = BOUNDARY) -> str:
     return f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def post(port: int, path: str, body: bytes, content_type: str, headers: dict | None = None,
-         timeout: float = 60) -> tuple[int, dict, bytes]:
+def post(
+    port: int, path: str, body: bytes, content_type: str, headers: dict | None = None, timeout: float = 60
+) -> tuple[int, dict, bytes]:
     """POST over a fresh connection; (status, headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -56,8 +58,10 @@ def stow_uids(body: bytes) -> tuple[list[str], dict[str, int]]:
     """The stored SOP Instance UIDs and the failed ones with their FailureReason, from a STOW-RS answer."""
     answer = json.loads(body)
     stored = [item["00081155"]["Value"][0] for item in answer.get("00081199", {}).get("Value", [])]
-    failed = {(item["00081155"].get("Value") or [""])[0]: item["00081197"]["Value"][0]
-              for item in answer.get("00081198", {}).get("Value", [])}
+    failed = {
+        (item["00081155"].get("Value") or [""])[0]: item["00081197"]["Value"][0]
+        for item in answer.get("00081198", {}).get("Value", [])
+    }
     return stored, failed
 
 

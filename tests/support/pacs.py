@@ -55,8 +55,14 @@ class Upstream:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_title: str = "ORTHANC",
-                  dicomweb: bool = False, users: dict[str, str] | None = None, http_port: int = 0) -> Upstream:
+def start_orthanc(
+    directory: Path,
+    modalities: dict[str, tuple[str, int]],
+    ae_title: str = "ORTHANC",
+    dicomweb: bool = False,
+    users: dict[str, str] | None = None,
+    http_port: int = 0,
+) -> Upstream:
     """Orthanc with C-GET allowed and the given DICOM modalities (AE title -> (host, port)) known.
 
     Orthanc answers C-FIND, C-MOVE and C-GET only for modalities it knows, and C-MOVEs only
@@ -70,8 +76,11 @@ def start_orthanc(directory: Path, modalities: dict[str, tuple[str, int]], ae_ti
         chosen_http_port = (http_port or free_port()) if dicomweb else 0
         process, log_path = _run_orthanc(directory, ae_title, port, dicomweb, chosen_http_port, users, modalities)
         ports = [port, chosen_http_port] if dicomweb else [port]
-        wait_for(lambda p=process, ps=ports: p.poll() is not None or all(_accepts(x) for x in ps), 60,
-                 message=f"Orthanc to listen on {ports}")
+        wait_for(
+            lambda p=process, ps=ports: p.poll() is not None or all(_accepts(x) for x in ps),
+            60,
+            message=f"Orthanc to listen on {ports}",
+        )
         if process.poll() is None:
             return Upstream(ae_title, port, process, log_path, chosen_http_port)
     raise AssertionError(f"Orthanc exited three times; its last log:\n{log_path.read_text(errors='replace')[-2000:]}")
@@ -85,8 +94,15 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _run_orthanc(directory: Path, ae_title: str, port: int, dicomweb: bool, http_port: int,
-                 users: dict[str, str] | None, modalities: dict[str, tuple[str, int]]):
+def _run_orthanc(
+    directory: Path,
+    ae_title: str,
+    port: int,
+    dicomweb: bool,
+    http_port: int,
+    users: dict[str, str] | None,
+    modalities: dict[str, tuple[str, int]],
+):
     config = {
         "Name": "dicom-router-test",
         "StorageDirectory": str(directory / "storage"),
@@ -107,10 +123,13 @@ def _run_orthanc(directory: Path, ae_title: str, port: int, dicomweb: bool, http
     }
     (directory / "orthanc.json").write_text(json.dumps(config, indent=2))
     log_path = directory / "orthanc.log"
-    process = subprocess.Popen([ORTHANC, str(directory / "orthanc.json")], stdout=open(log_path, "wb"),
-                               stderr=subprocess.STDOUT, env=dcmtk_env())
+    process = subprocess.Popen(
+        [ORTHANC, str(directory / "orthanc.json")],
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        env=dcmtk_env(),
+    )
     return process, log_path
-
 
 
 def start_dcmqrscp(directory: Path, ae_title: str = "DCMQRSCP", files: list[Path] = ()) -> Upstream:
@@ -120,8 +139,13 @@ def start_dcmqrscp(directory: Path, ae_title: str = "DCMQRSCP", files: list[Path
     for i, path in enumerate(files):
         shutil.copyfile(path, storage / f"{i:05d}.dcm")
     if files:
-        subprocess.run([dcmtk("dcmqridx"), str(storage), *sorted(str(p) for p in storage.glob("*.dcm"))],
-                       check=True, env=dcmtk_env(), capture_output=True, timeout=120)
+        subprocess.run(
+            [dcmtk("dcmqridx"), str(storage), *sorted(str(p) for p in storage.glob("*.dcm"))],
+            check=True,
+            env=dcmtk_env(),
+            capture_output=True,
+            timeout=120,
+        )
     port = free_port()
     (directory / "dcmqrscp.cfg").write_text(f"""
 NetworkTCPPort  = {port}
@@ -136,8 +160,12 @@ AETable BEGIN
 AETable END
 """)
     log_path = directory / "dcmqrscp.log"
-    process = subprocess.Popen([dcmtk("dcmqrscp"), "-c", str(directory / "dcmqrscp.cfg"), "-v", str(port)],
-                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=dcmtk_env())
+    process = subprocess.Popen(
+        [dcmtk("dcmqrscp"), "-c", str(directory / "dcmqrscp.cfg"), "-v", str(port)],
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        env=dcmtk_env(),
+    )
     wait_for_port(port, 30)
     return Upstream(ae_title, port, process, log_path)
 

@@ -31,8 +31,9 @@ def uid_item(item_type: int, uid: str) -> bytes:
     return item(item_type, uid.encode("ascii"))
 
 
-def presentation_context(context_id: int, abstract: str | None = VERIFICATION,
-                         transfer_syntaxes: tuple[str, ...] = (IMPLICIT_VR,)) -> bytes:
+def presentation_context(
+    context_id: int, abstract: str | None = VERIFICATION, transfer_syntaxes: tuple[str, ...] = (IMPLICIT_VR,)
+) -> bytes:
     body = bytes((context_id, 0, 0, 0))
     if abstract is not None:
         body += uid_item(0x30, abstract)
@@ -49,12 +50,18 @@ def user_information(max_pdu: int = 16384, identity_type: int | None = None, ext
     return item(0x50, body)
 
 
-def associate_rq(called: str = "DICOM_ROUTER", calling: str = "SCRIPTED", contexts: list[bytes] | None = None,
-                 user: bytes | None = None) -> bytes:
+def associate_rq(
+    called: str = "DICOM_ROUTER",
+    calling: str = "SCRIPTED",
+    contexts: list[bytes] | None = None,
+    user: bytes | None = None,
+) -> bytes:
     if contexts is None:
         contexts = [presentation_context(1)]
     body = struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + b"\0" * 32
-    body += uid_item(0x10, APPLICATION_CONTEXT) + b"".join(contexts) + (user if user is not None else user_information())
+    body += (
+        uid_item(0x10, APPLICATION_CONTEXT) + b"".join(contexts) + (user if user is not None else user_information())
+    )
     return pdu(A_ASSOCIATE_RQ, body)
 
 
@@ -73,9 +80,12 @@ def _element(group: int, elem: int, value: bytes) -> bytes:
 def echo_rq(context_id: int = 1, message_id: int = 1) -> bytes:
     """A C-ECHO-RQ command set in one P-DATA-TF PDU (Implicit VR Little Endian)."""
     uid = VERIFICATION.encode() + b"\0"
-    rest = (_element(0x0000, 0x0002, uid) + _element(0x0000, 0x0100, struct.pack("<H", 0x0030))
-            + _element(0x0000, 0x0110, struct.pack("<H", message_id))
-            + _element(0x0000, 0x0800, struct.pack("<H", 0x0101)))
+    rest = (
+        _element(0x0000, 0x0002, uid)
+        + _element(0x0000, 0x0100, struct.pack("<H", 0x0030))
+        + _element(0x0000, 0x0110, struct.pack("<H", message_id))
+        + _element(0x0000, 0x0800, struct.pack("<H", 0x0101))
+    )
     command = _element(0x0000, 0x0000, struct.pack("<I", len(rest))) + rest
     pdv = struct.pack(">IB", len(command) + 2, context_id) + b"\x03" + command
     return pdu(P_DATA_TF, pdv)
@@ -150,15 +160,19 @@ def echo_over_raw_socket(port: int, calling: str = "SCRIPTED", timeout: float = 
 
 def store_rq_command(sop_class: str, sop_instance: str, context_id: int = 1, message_id: int = 1) -> bytes:
     """A C-STORE-RQ command set (a data set follows) in one P-DATA-TF PDU."""
+
     def uid(value: str) -> bytes:
         raw = value.encode()
         return raw + b"\0" if len(raw) % 2 else raw
 
-    rest = (_element(0x0000, 0x0002, uid(sop_class)) + _element(0x0000, 0x0100, struct.pack("<H", 0x0001))
-            + _element(0x0000, 0x0110, struct.pack("<H", message_id))
-            + _element(0x0000, 0x0700, struct.pack("<H", 0))
-            + _element(0x0000, 0x0800, struct.pack("<H", 0x0000))
-            + _element(0x0000, 0x1000, uid(sop_instance)))
+    rest = (
+        _element(0x0000, 0x0002, uid(sop_class))
+        + _element(0x0000, 0x0100, struct.pack("<H", 0x0001))
+        + _element(0x0000, 0x0110, struct.pack("<H", message_id))
+        + _element(0x0000, 0x0700, struct.pack("<H", 0))
+        + _element(0x0000, 0x0800, struct.pack("<H", 0x0000))
+        + _element(0x0000, 0x1000, uid(sop_instance))
+    )
     command = _element(0x0000, 0x0000, struct.pack("<I", len(rest))) + rest
     return pdu(P_DATA_TF, struct.pack(">IB", len(command) + 2, context_id) + b"\x03" + command)
 
@@ -174,10 +188,10 @@ def trickle(sock: socket.socket, data: bytes, step: int, interval: float) -> int
     sent = 0
     while sent < len(data):
         try:
-            sock.sendall(data[sent:sent + step])
+            sock.sendall(data[sent : sent + step])
         except OSError:
             return sent
-        sent += len(data[sent:sent + step])
+        sent += len(data[sent : sent + step])
         if connection_closed(sock, interval):
             return sent
     return sent

@@ -49,8 +49,14 @@ class StorageSCP:
     (default: anything, as sent).
     """
 
-    def __init__(self, directory: Path, ae_title: str = "STORE_SCP", status: int = 0x0000,
-                 transfer_syntaxes: list[str] | None = None, port: int | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        ae_title: str = "STORE_SCP",
+        status: int = 0x0000,
+        transfer_syntaxes: list[str] | None = None,
+        port: int | None = None,
+    ):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
@@ -116,12 +122,28 @@ def dcmtk_env() -> dict:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def start_storescp(directory: Path, port: int, ae_title: str = "STORESCP", extra: list[str] | None = None) -> subprocess.Popen:
+def start_storescp(
+    directory: Path, port: int, ae_title: str = "STORESCP", extra: list[str] | None = None
+) -> subprocess.Popen:
     """DCMTK storescp, bit-preserving, one file per instance named by SOP instance UID."""
     directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", ae_title, "+B", "-uf", "-pdu", "131072", *(extra or []), "-od", str(directory), str(port)],
-        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            dcmtk("storescp"),
+            "-aet",
+            ae_title,
+            "+B",
+            "-uf",
+            "-pdu",
+            "131072",
+            *(extra or []),
+            "-od",
+            str(directory),
+            str(port),
+        ],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     wait_for_port(port)
     return proc
@@ -137,8 +159,14 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def storescu(port: int, paths: list[Path | str], called: str = "DICOM_ROUTER", calling: str = "STORESCU",
-             extra: list[str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def storescu(
+    port: int,
+    paths: list[Path | str],
+    called: str = "DICOM_ROUTER",
+    calling: str = "STORESCU",
+    extra: list[str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     cmd = [dcmtk("storescu"), "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port), *map(str, paths)]
     return subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
 

@@ -19,28 +19,74 @@ def _keys(keys: list[str]) -> list[str]:
     return out
 
 
-def findscu(port: int, called: str, keys: list[str], out_dir: Path, model: str = "study",
-            calling: str = "QRCLIENT") -> tuple[subprocess.CompletedProcess, list[Dataset]]:
+def findscu(
+    port: int, called: str, keys: list[str], out_dir: Path, model: str = "study", calling: str = "QRCLIENT"
+) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
     """Run findscu; the answers it received, read back from the files it extracted."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [dcmtk("findscu"), MODELS[model], "-aet", calling, "-aec", called, "-X", "-od", str(out_dir),
-           *_keys(keys), "127.0.0.1", str(port)]
+    cmd = [
+        dcmtk("findscu"),
+        MODELS[model],
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "-X",
+        "-od",
+        str(out_dir),
+        *_keys(keys),
+        "127.0.0.1",
+        str(port),
+    ]
     result = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=120)
     return result, [dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
 
 
-def movescu(port: int, called: str, destination: str, keys: list[str], model: str = "study",
-            calling: str = "QRCLIENT") -> subprocess.CompletedProcess:
-    cmd = [dcmtk("movescu"), "-d", MODELS[model], "-aet", calling, "-aec", called, "-aem", destination,
-           *_keys(keys), "127.0.0.1", str(port)]
+def movescu(
+    port: int, called: str, destination: str, keys: list[str], model: str = "study", calling: str = "QRCLIENT"
+) -> subprocess.CompletedProcess:
+    cmd = [
+        dcmtk("movescu"),
+        "-d",
+        MODELS[model],
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "-aem",
+        destination,
+        *_keys(keys),
+        "127.0.0.1",
+        str(port),
+    ]
     return subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=300)
 
 
-def getscu(port: int, called: str, keys: list[str], out_dir: Path, model: str = "study",
-           calling: str = "QRCLIENT", options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def getscu(
+    port: int,
+    called: str,
+    keys: list[str],
+    out_dir: Path,
+    model: str = "study",
+    calling: str = "QRCLIENT",
+    options: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [dcmtk("getscu"), "-d", MODELS[model], "-aet", calling, "-aec", called, "-od", str(out_dir), *options,
-           *_keys(keys), "127.0.0.1", str(port)]
+    cmd = [
+        dcmtk("getscu"),
+        "-d",
+        MODELS[model],
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "-od",
+        str(out_dir),
+        *options,
+        *_keys(keys),
+        "127.0.0.1",
+        str(port),
+    ]
     return subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=300)
 
 

@@ -22,8 +22,12 @@ from router import engine
 from router.engine.file_datasets import FileBackedDataset
 from tests.support.peers import free_port
 
-LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
-              "IMAGE": "SOPInstanceUID"}
+LEVEL_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
 ORDER = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -37,8 +41,9 @@ class ScriptedPACS:
         self.rows = []
         for path in files:
             ds = dcmread(path, stop_before_pixels=True)
-            self.rows.append({**{k: str(ds.get(k, "")) for k in ORDER}, "SOPClassUID": str(ds.SOPClassUID),
-                              "path": Path(path)})
+            self.rows.append(
+                {**{k: str(ds.get(k, "")) for k in ORDER}, "SOPClassUID": str(ds.SOPClassUID), "path": Path(path)}
+            )
         self.server = None
 
     def __enter__(self):
@@ -46,8 +51,11 @@ class ScriptedPACS:
         ae = AE(self.ae_title)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
-            (evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get)],
+        )
         return self
 
     def __exit__(self, *exc):

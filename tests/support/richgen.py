@@ -34,8 +34,17 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def rich_ct(patient: str, study_uid: str, series_uid: str, frame_uid: str, index: int, study_date: str,
-            referenced: str | None = None, rows: int = 64, implicit: bool = False) -> Dataset:
+def rich_ct(
+    patient: str,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    index: int,
+    study_date: str,
+    referenced: str | None = None,
+    rows: int = 64,
+    implicit: bool = False,
+) -> Dataset:
     name, birth, sex = PATIENTS[patient]
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -156,8 +165,14 @@ def _request(patient: str) -> Dataset:
     return item
 
 
-def write_rich_study(directory: Path | str, patient: str = "P001", series: int = 2, per_series: int = 3,
-                     study_date: str = "20240315", implicit: bool = False) -> list[Path]:
+def write_rich_study(
+    directory: Path | str,
+    patient: str = "P001",
+    series: int = 2,
+    per_series: int = 3,
+    study_date: str = "20240315",
+    implicit: bool = False,
+) -> list[Path]:
     """One study of ``series`` x ``per_series`` instances; each instance references the series' first."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

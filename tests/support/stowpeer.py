@@ -67,14 +67,15 @@ class ScriptedStowServer:
                 while chunk := await part.read_chunk(1 << 20):
                     size += len(chunk)
                     if len(head) < HEAD:
-                        head += chunk[:HEAD - len(head)]
+                        head += chunk[: HEAD - len(head)]
                     if out is not None:
                         out.write(chunk)
             finally:
                 if out is not None:
                     out.close()
-            ds = dcmread(DicomBytesIO(bytes(head)), stop_before_pixels=True, specific_tags=["SOPClassUID",
-                                                                                         "SOPInstanceUID"])
+            ds = dcmread(
+                DicomBytesIO(bytes(head)), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+            )
             uids.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
             self.sizes.append(size)
         self.requests.append([u for _, u in uids])
@@ -83,10 +84,20 @@ class ScriptedStowServer:
         if failed is None:
             return web.Response(status=status)
         body = {}
-        stored = [{"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [u]}}
-                  for c, u in uids if u not in failed]
-        failures = [{"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [u]},
-                     "00081197": {"vr": "US", "Value": [failed[u]]}} for c, u in uids if u in failed]
+        stored = [
+            {"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [u]}}
+            for c, u in uids
+            if u not in failed
+        ]
+        failures = [
+            {
+                "00081150": {"vr": "UI", "Value": [c]},
+                "00081155": {"vr": "UI", "Value": [u]},
+                "00081197": {"vr": "US", "Value": [failed[u]]},
+            }
+            for c, u in uids
+            if u in failed
+        ]
         if stored:
             body["00081199"] = {"vr": "SQ", "Value": stored}
         if failures:

@@ -55,51 +55,95 @@ SAFE = [{"group": 0x0011, "creator": "SAFE VENDOR", "elements": [0x10]}]
 
 GOLDEN = {
     None: {
-        "PatientName": CHANGED, "PatientID": CHANGED, "StudyDate": EMPTY, "StudyTime": EMPTY,
-        "SeriesDate": "19000101", "InstitutionName": EMPTY, "InstitutionAddress": ABSENT, "StationName": EMPTY,
-        "DeviceSerialNumber": EMPTY, "ReferringPhysicianName": EMPTY, "PatientAge": ABSENT, "PatientSex": EMPTY,
-        "StudyDescription": ABSENT, "SeriesDescription": ABSENT, "PatientComments": ABSENT,
-        "AcquisitionContextSequence": ABSENT, "OtherPatientIDsSequence": ABSENT, "(6000,3000)": ABSENT,
-        "(6000,0010)": ABSENT, "(0009,1001)": ABSENT, "(0011,1010)": ABSENT, "SOPInstanceUID": CHANGED,
-        "StudyInstanceUID": CHANGED, "FrameOfReferenceUID": CHANGED, "Manufacturer": KEPT, "Rows": KEPT,
-        "LongitudinalTemporalInformationModified": "REMOVED", "codes": ["113100"],
+        "PatientName": CHANGED,
+        "PatientID": CHANGED,
+        "StudyDate": EMPTY,
+        "StudyTime": EMPTY,
+        "SeriesDate": "19000101",
+        "InstitutionName": EMPTY,
+        "InstitutionAddress": ABSENT,
+        "StationName": EMPTY,
+        "DeviceSerialNumber": EMPTY,
+        "ReferringPhysicianName": EMPTY,
+        "PatientAge": ABSENT,
+        "PatientSex": EMPTY,
+        "StudyDescription": ABSENT,
+        "SeriesDescription": ABSENT,
+        "PatientComments": ABSENT,
+        "AcquisitionContextSequence": ABSENT,
+        "OtherPatientIDsSequence": ABSENT,
+        "(6000,3000)": ABSENT,
+        "(6000,0010)": ABSENT,
+        "(0009,1001)": ABSENT,
+        "(0011,1010)": ABSENT,
+        "SOPInstanceUID": CHANGED,
+        "StudyInstanceUID": CHANGED,
+        "FrameOfReferenceUID": CHANGED,
+        "Manufacturer": KEPT,
+        "Rows": KEPT,
+        "LongitudinalTemporalInformationModified": "REMOVED",
+        "codes": ["113100"],
     },
     "retain_safe_private": {
-        "(0011,0010)": KEPT, "(0011,1010)": KEPT, "(0011,1011)": ABSENT, "(0009,1001)": ABSENT,
+        "(0011,0010)": KEPT,
+        "(0011,1010)": KEPT,
+        "(0011,1011)": ABSENT,
+        "(0009,1001)": ABSENT,
         "codes": ["113100", "113111"],
     },
     "retain_uids": {
-        "SOPInstanceUID": KEPT, "StudyInstanceUID": KEPT, "SeriesInstanceUID": KEPT, "FrameOfReferenceUID": KEPT,
+        "SOPInstanceUID": KEPT,
+        "StudyInstanceUID": KEPT,
+        "SeriesInstanceUID": KEPT,
+        "FrameOfReferenceUID": KEPT,
         "codes": ["113100", "113110"],
     },
     "retain_device_identity": {
-        "StationName": KEPT, "DeviceSerialNumber": KEPT, "meta SourceApplicationEntityTitle": KEPT,
+        "StationName": KEPT,
+        "DeviceSerialNumber": KEPT,
+        "meta SourceApplicationEntityTitle": KEPT,
         "codes": ["113100", "113109"],
     },
     "retain_institution_identity": {
-        "InstitutionName": KEPT, "InstitutionAddress": KEPT, "InstitutionalDepartmentName": KEPT,
+        "InstitutionName": KEPT,
+        "InstitutionAddress": KEPT,
+        "InstitutionalDepartmentName": KEPT,
         "codes": ["113100", "113112"],
     },
     "retain_patient_characteristics": {
-        "PatientSex": KEPT, "PatientAge": KEPT, "PatientWeight": KEPT, "PatientSize": KEPT,
+        "PatientSex": KEPT,
+        "PatientAge": KEPT,
+        "PatientWeight": KEPT,
+        "PatientSize": KEPT,
         "codes": ["113100", "113108"],
     },
     "retain_longitudinal_full_dates": {
-        "StudyDate": KEPT, "StudyTime": KEPT, "SeriesDate": KEPT, "AcquisitionDateTime": KEPT,
-        "PatientBirthDate": EMPTY, "LongitudinalTemporalInformationModified": "UNMODIFIED",
+        "StudyDate": KEPT,
+        "StudyTime": KEPT,
+        "SeriesDate": KEPT,
+        "AcquisitionDateTime": KEPT,
+        "PatientBirthDate": EMPTY,
+        "LongitudinalTemporalInformationModified": "UNMODIFIED",
         "codes": ["113100", "113106"],
     },
     "retain_longitudinal_modified_dates": {
-        "StudyDate": CHANGED, "StudyTime": KEPT, "AcquisitionDateTime": CHANGED,
-        "LongitudinalTemporalInformationModified": "MODIFIED", "codes": ["113100", "113107"],
+        "StudyDate": CHANGED,
+        "StudyTime": KEPT,
+        "AcquisitionDateTime": CHANGED,
+        "LongitudinalTemporalInformationModified": "MODIFIED",
+        "codes": ["113100", "113107"],
     },
     "clean_descriptors": {
-        "StudyDescription": "CT chest for", "PatientComments": "prefers morning slots",
-        "ImageComments": "Reviewed for", "AdditionalPatientHistory": "Patient referred after fall",
-        "SeriesDescription": KEPT, "codes": ["113100", "113105"],
+        "StudyDescription": "CT chest for",
+        "PatientComments": "prefers morning slots",
+        "ImageComments": "Reviewed for",
+        "AdditionalPatientHistory": "Patient referred after fall",
+        "SeriesDescription": KEPT,
+        "codes": ["113100", "113105"],
     },
     "clean_structured_content": {
-        "AcquisitionContextSequence[0].TextValue": "Scanned supine", "codes": ["113100", "113104"],
+        "AcquisitionContextSequence[0].TextValue": "Scanned supine",
+        "codes": ["113100", "113104"],
     },
     "clean_graphics": {"(6000,3000)": KEPT, "(6000,0010)": KEPT, "codes": ["113100", "113103"]},
 }
@@ -142,26 +186,56 @@ def test_golden_per_option(tmp_path, study, key, option):
 
 def test_basic_profile_leaves_no_identifier_behind(tmp_path, study, key):
     before, after = one(study, tmp_path, key)
-    identifying = ["DOE", "JANE", "P001", "19700312", "Example", "CTSCAN01", "SN-998877", "WHO^JOHN",
-                   "HOUSE", "TECH", "MRNP001", "Patient Lane", "20240315", "101000", "AP001240315",
-                   before.SOPInstanceUID, before.StudyInstanceUID, before.SeriesInstanceUID,
-                   before.ReferencedImageSequence[0].ReferencedSOPInstanceUID, before.FrameOfReferenceUID]
+    identifying = [
+        "DOE",
+        "JANE",
+        "P001",
+        "19700312",
+        "Example",
+        "CTSCAN01",
+        "SN-998877",
+        "WHO^JOHN",
+        "HOUSE",
+        "TECH",
+        "MRNP001",
+        "Patient Lane",
+        "20240315",
+        "101000",
+        "AP001240315",
+        before.SOPInstanceUID,
+        before.StudyInstanceUID,
+        before.SeriesInstanceUID,
+        before.ReferencedImageSequence[0].ReferencedSOPInstanceUID,
+        before.FrameOfReferenceUID,
+    ]
     text = "\n".join(all_values(after))
     assert [token for token in identifying if token in text] == []
     assert after.preamble == b"\0" * 128
 
 
 def test_same_key_same_result_other_key_other_result(tmp_path, study, key):
-    a = [dcmread(p) for p in anonymize_files(study, tmp_path / "a", key_file=key,
-                                             options=["retain_longitudinal_modified_dates"])]
-    b = [dcmread(p) for p in anonymize_files(study, tmp_path / "b", key_file=key,
-                                             options=["retain_longitudinal_modified_dates"])]
+    a = [
+        dcmread(p)
+        for p in anonymize_files(study, tmp_path / "a", key_file=key, options=["retain_longitudinal_modified_dates"])
+    ]
+    b = [
+        dcmread(p)
+        for p in anonymize_files(study, tmp_path / "b", key_file=key, options=["retain_longitudinal_modified_dates"])
+    ]
     other = key_file(tmp_path, KEY_B, "other.key")
-    c = [dcmread(p) for p in anonymize_files(study, tmp_path / "c", key_file=other,
-                                             options=["retain_longitudinal_modified_dates"])]
+    c = [
+        dcmread(p)
+        for p in anonymize_files(study, tmp_path / "c", key_file=other, options=["retain_longitudinal_modified_dates"])
+    ]
     for x, y, z in zip(a, b, c, strict=True):
-        for attribute in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate",
-                          "AcquisitionDateTime"):
+        for attribute in (
+            "SOPInstanceUID",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "PatientID",
+            "StudyDate",
+            "AcquisitionDateTime",
+        ):
             assert x.get(attribute) == y.get(attribute), attribute
         for attribute in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate"):
             assert x.get(attribute) != z.get(attribute), attribute
@@ -169,11 +243,14 @@ def test_same_key_same_result_other_key_other_result(tmp_path, study, key):
 
 def test_keyed_uids_are_the_same_in_another_process(tmp_path, study, key):
     (out,) = anonymize_files(study[:1], tmp_path / "out", key_file=key)
-    program = ("import sys; from router.deid.keys import Keyring, read_key; "
-               "print(Keyring(read_key(sys.argv[1])).uid(sys.argv[2]))")
+    program = (
+        "import sys; from router.deid.keys import Keyring, read_key; "
+        "print(Keyring(read_key(sys.argv[1])).uid(sys.argv[2]))"
+    )
     original = dcmread(study[0]).SOPInstanceUID
-    result = subprocess.run([sys.executable, "-c", program, str(key), original], capture_output=True, text=True,
-                            check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", program, str(key), original], capture_output=True, text=True, check=True, timeout=60
+    )
     assert result.stdout.strip() == dcmread(out).SOPInstanceUID
     assert len(result.stdout.strip()) <= 64 and result.stdout.startswith("2.25.")
 
@@ -213,8 +290,10 @@ def test_date_shift_keeps_intervals_within_a_patient(tmp_path, key):
     april = write_rich_study(tmp_path / "a", "P001", series=1, per_series=1, study_date="20240415")
     other = write_rich_study(tmp_path / "o", "P002", series=1, per_series=1, study_date="20240315")
     options = {"options": ["retain_longitudinal_modified_dates"], "date_shift_days": (10, 400)}
-    m, a, o = (dcmread(anonymize_files(p, tmp_path / n, key_file=key, **options)[0])
-               for p, n in ((march, "mo"), (april, "ao"), (other, "oo")))
+    m, a, o = (
+        dcmread(anonymize_files(p, tmp_path / n, key_file=key, **options)[0])
+        for p, n in ((march, "mo"), (april, "ao"), (other, "oo"))
+    )
     assert (_date(a.StudyDate) - _date(m.StudyDate)).days == 31
     shift = (_date(m.StudyDate) - dt.date(2024, 3, 15)).days
     assert -400 <= shift <= -10
@@ -231,11 +310,14 @@ def patient_table(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("patient,unmapped,expected", [
-    ("P001", "reject", ("SUBJ-0001", "SUBJECT^ONE")),
-    ("P002", "reject", Reject),
-    ("P002", "pseudonym", "keyed"),
-])
+@pytest.mark.parametrize(
+    "patient,unmapped,expected",
+    [
+        ("P001", "reject", ("SUBJ-0001", "SUBJECT^ONE")),
+        ("P002", "reject", Reject),
+        ("P002", "pseudonym", "keyed"),
+    ],
+)
 def test_patient_table(tmp_path, key, patient_table, patient, unmapped, expected):
     (path,) = write_rich_study(tmp_path / "in", patient, series=1, per_series=1)
     out = stage(key_file=key, patient_table=patient_table, unmapped_patient=unmapped)(envelope_for(path))
@@ -249,14 +331,17 @@ def test_patient_table(tmp_path, key, patient_table, patient, unmapped, expected
         assert (header.PatientID, str(header.PatientName)) == expected
 
 
-@pytest.mark.parametrize("burned_in,sop_class,policy,expected", [
-    ("YES", None, "reject", Reject),
-    ("YES", None, "quarantine", "held"),
-    ("YES", None, "pass", "sent"),
-    (None, SecondaryCaptureImageStorage, "quarantine", "held"),
-    (None, None, "quarantine", "sent"),  # CT without the attribute: not a burned-in prone class
-    ("NO", SecondaryCaptureImageStorage, "reject", "sent"),
-])
+@pytest.mark.parametrize(
+    "burned_in,sop_class,policy,expected",
+    [
+        ("YES", None, "reject", Reject),
+        ("YES", None, "quarantine", "held"),
+        ("YES", None, "pass", "sent"),
+        (None, SecondaryCaptureImageStorage, "quarantine", "held"),
+        (None, None, "quarantine", "sent"),  # CT without the attribute: not a burned-in prone class
+        ("NO", SecondaryCaptureImageStorage, "reject", "sent"),
+    ],
+)
 def test_burned_in_annotation_policy(tmp_path, key, burned_in, sop_class, policy, expected):
     (path,) = write_rich_study(tmp_path / "in", series=1, per_series=1)
     ds = dcmread(path)
@@ -280,8 +365,9 @@ def test_mapping_file_is_private_and_complete(tmp_path, study, key):
     mapping = tmp_path / "reid.csv"
     mapping.write_text("")
     mapping.chmod(0o644)
-    outputs = anonymize_files(study[:2], tmp_path / "out", key_file=key, mapping_file=mapping,
-                              options=["retain_longitudinal_modified_dates"])
+    outputs = anonymize_files(
+        study[:2], tmp_path / "out", key_file=key, mapping_file=mapping, options=["retain_longitudinal_modified_dates"]
+    )
     assert stat.S_IMODE(os.stat(mapping).st_mode) == 0o600
     lines = mapping.read_text().splitlines()
     assert lines[0] == "recorded_at,kind,original,pseudonym,assoc_id,calling_aet"
@@ -301,24 +387,30 @@ def test_dry_run_copy_writes_no_mapping(tmp_path, study, key):
     assert not mapping.exists()
 
 
-@pytest.mark.parametrize("config,message", [
-    ({"options": ["retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"]}, "exclude each other"),
-    ({"options": ["retain_all"]}, "options.0"),
-    ({"safe_private": SAFE}, "retain_safe_private option, which is not selected"),
-    ({"options": ["retain_safe_private"], "safe_private": [{"group": 0x0010, "creator": "X"}]}, "not private"),
-    ({"date_shift_days": (10, 5)}, "date_shift_days"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"options": ["retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"]}, "exclude each other"),
+        ({"options": ["retain_all"]}, "options.0"),
+        ({"safe_private": SAFE}, "retain_safe_private option, which is not selected"),
+        ({"options": ["retain_safe_private"], "safe_private": [{"group": 0x0010, "creator": "X"}]}, "not private"),
+        ({"date_shift_days": (10, 5)}, "date_shift_days"),
+    ],
+)
 def test_config_errors(tmp_path, key, config, message):
     config.setdefault("key_file", key)
     with pytest.raises(ValidationError, match=message):
         AnonymizeConfig(**config)
 
 
-@pytest.mark.parametrize("config,location,message", [
-    ({"key_file": "/nonexistent/deid.key"}, "key_file", "cannot read key file"),
-    ({"key_file": "SHORT"}, "key_file", "use at least 16"),
-    ({"patient_table": "/nonexistent.csv"}, "patient_table", "cannot read lookup table"),
-])
+@pytest.mark.parametrize(
+    "config,location,message",
+    [
+        ({"key_file": "/nonexistent/deid.key"}, "key_file", "cannot read key file"),
+        ({"key_file": "SHORT"}, "key_file", "use at least 16"),
+        ({"patient_table": "/nonexistent.csv"}, "patient_table", "cannot read lookup table"),
+    ],
+)
 def test_files_a_stage_names_are_environment_findings_not_schema_errors(tmp_path, key, config, location, message):
     """A key file made later with `keygen` (or a table made later) does not fail the schema
     tier; the environment tier reports it as an error."""

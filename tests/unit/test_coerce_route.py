@@ -40,8 +40,10 @@ def coerce(path, operations, **config):
 COERCE_CASES = [
     ({"set": "InstitutionName", "value": "Central"}, {"InstitutionName": "Central"}),
     ({"set": "StationName", "value": "{calling_aet}"}, {"StationName": "CT_SCANNER1"}),
-    ({"set": "StudyDescription", "value": "{Modality} from {calling_aet} at {endpoint}"},
-     {"StudyDescription": "CT from CT_SCANNER1 at ingest"}),
+    (
+        {"set": "StudyDescription", "value": "{Modality} from {calling_aet} at {endpoint}"},
+        {"StudyDescription": "CT from CT_SCANNER1 at ingest"},
+    ),
     ({"set": "ImageType", "value": "DERIVED\\SECONDARY"}, {"ImageType": ["DERIVED", "SECONDARY"]}),
     ({"set": "(0008,1010)", "value": "BY_TAG"}, {"StationName": "BY_TAG"}),
     ({"set": "Rows", "value": "32"}, {"Rows": 32}),
@@ -51,8 +53,10 @@ COERCE_CASES = [
     ({"delete": ["private"]}, {"(0009,1001)": None, "(0011,1011)": None}),
     ({"copy": "PatientID", "to": "OtherPatientIDs"}, {"OtherPatientIDs": "P001"}),
     ({"replace": "AccessionNumber", "pattern": "^AP", "with": "X-"}, {"AccessionNumber": "X-001240315"}),
-    ({"replace": "InstitutionName", "pattern": r"St\. (\w+)", "with": r"Saint \1"},
-     {"InstitutionName": "Saint Example Hospital"}),
+    (
+        {"replace": "InstitutionName", "pattern": r"St\. (\w+)", "with": r"Saint \1"},
+        {"InstitutionName": "Saint Example Hospital"},
+    ),
     ({"set": "StationName", "value": "MR_ONLY", "match": {"Modality": "MR"}}, {"StationName": "CTSCAN01"}),
     ({"set": "StationName", "value": "CT_ONLY", "match": {"Modality": "CT"}}, {"StationName": "CT_ONLY"}),
 ]
@@ -117,8 +121,14 @@ def map_table(tmp_path):
 def test_coerce_map(tmp_path, instance_path, map_table, value, unmapped, expected):
     env = envelope(instance_path)
     first = CoerceStage("s0", CoerceConfig(operations=[{"set": "InstitutionName", "value": value}]))(env)
-    stage = CoerceStage("s1", CoerceConfig(operations=[
-        {"map": "InstitutionName", "table": str(map_table), "unmapped": unmapped, "reject_status": 0xA901}]))
+    stage = CoerceStage(
+        "s1",
+        CoerceConfig(
+            operations=[
+                {"map": "InstitutionName", "table": str(map_table), "unmapped": unmapped, "reject_status": 0xA901}
+            ]
+        ),
+    )
     out = stage(first)
     if expected is Reject:
         assert isinstance(out, Reject) and out.status == 0xA901

@@ -128,8 +128,18 @@ def test_an_unexpected_error_in_a_deliverer_is_retried_not_quarantined(tmp_path,
     spooled = tmp_path / "a.dcm"
     spooled.write_bytes(b"x" * 10)
     queue = DeliveryQueue(tmp_path / "queue.db")
-    queue.enqueue(InstanceRecord(str(spooled), "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 10,
-                                 time.time(), checksum=file_checksum(spooled)), [("p", "pacs")])
+    queue.enqueue(
+        InstanceRecord(
+            str(spooled),
+            "1.2.3",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.1.2.1",
+            10,
+            time.time(),
+            checksum=file_checksum(spooled),
+        ),
+        [("p", "pacs")],
+    )
 
     class Flaky:
         calls = 0
@@ -140,8 +150,7 @@ def test_an_unexpected_error_in_a_deliverer_is_retried_not_quarantined(tmp_path,
                 raise KeyError("a bug")
             return DeliveryResult(Outcome.SUCCESS, 0, "ok")
 
-    worker = BackendWorker("pacs", Flaky, queue, Spool(tmp_path), POLICY,
-                           threading.Event())
+    worker = BackendWorker("pacs", Flaky, queue, Spool(tmp_path), POLICY, threading.Event())
     worker.recorder = type("Recorder", (), {"add": lambda self, d, w: queue.mark_delivered(d, w)})()
     worker.deliver_batch(Flaky(), queue.claim_due("pacs", 10))
     assert queue.list_state("quarantined") == []

@@ -20,15 +20,20 @@ FIXES = [c.name for c in CHANGES if c.kind == "fix"]
 
 def run_fresh(code: str, env_mode: str | None = None) -> tuple[dict, list[dict]]:
     """Run ``code`` (which must set ``result``) in a new interpreter with JSON logging; its result and log lines."""
-    program = textwrap.dedent("""
+    program = (
+        textwrap.dedent("""
         import json, sys
         from router.observe.logging import setup_logging
         setup_logging("info", "json")
         result = None
-    """) + textwrap.dedent(code) + "\nprint(json.dumps(result))\n"
+    """)
+        + textwrap.dedent(code)
+        + "\nprint(json.dumps(result))\n"
+    )
     env = None
     if env_mode is not None:
         import os
+
         env = {**os.environ, "DICOM_ROUTER_ENGINE": env_mode}
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
@@ -46,7 +51,8 @@ def test_every_declared_fingerprint_matches_the_installed_pynetdicom():
     """)
     assert result["drifted"] == {}, (
         f"pynetdicom {result['version']} changed the code under these changes; re-read each against the new "
-        f"source, then update its fingerprint: {result['drifted']}")
+        f"source, then update its fingerprint: {result['drifted']}"
+    )
 
 
 def test_every_change_is_declared_once_with_its_reason_and_known_prerequisites():
@@ -56,8 +62,9 @@ def test_every_change_is_declared_once_with_its_reason_and_known_prerequisites()
         assert change.why and change.replaces and change.kind in ("fix", "speed")
         assert all(r in names[:position] for r in change.requires), change.name
         assert all(CHANGES[names.index(r)].kind == "speed" or change.kind == "fix" for r in change.requires)
-    assert not any(CHANGES[names.index(r)].kind == "speed" for c in CHANGES if c.kind == "fix" for r in c.requires), \
+    assert not any(CHANGES[names.index(r)].kind == "speed" for c in CHANGES if c.kind == "fix" for r in c.requires), (
         "a fix must not need a speed change: fixes apply in every mode"
+    )
 
 
 def test_owned_mode_applies_every_change():
@@ -71,11 +78,14 @@ def test_owned_mode_applies_every_change():
 
 
 def test_stock_mode_applies_the_fixes_only_and_the_environment_chooses_it():
-    result, lines = run_fresh("""
+    result, lines = run_fresh(
+        """
         from router import engine
         report = engine.configure()
         result = {"applied": report.applied, "left_out": report.left_out}
-    """, env_mode="stock")
+    """,
+        env_mode="stock",
+    )
     assert result["applied"] == FIXES
     assert set(result["left_out"]) == {c.name for c in CHANGES if c.kind == "speed"}
     assert not [line for line in lines if line["event"] == "pynetdicom change not applied"]
@@ -98,7 +108,9 @@ def test_a_change_whose_pynetdicom_code_differs_is_left_out_with_one_line_and_th
                   "send_pdu_untouched": DULServiceProvider.send_pdu is stock_send_pdu}}
     """)
     assert "bounded outgoing PDU queue" in result["left_out"] and result["send_pdu_untouched"]
-    expected = [c.name for c in CHANGES if (mode == "owned" or c.kind == "fix") and c.name != "bounded outgoing PDU queue"]
+    expected = [
+        c.name for c in CHANGES if (mode == "owned" or c.kind == "fix") and c.name != "bounded outgoing PDU queue"
+    ]
     assert result["applied"] == expected
     warned = [line for line in lines if line["event"] == "pynetdicom change not applied"]
     assert len(warned) == 1 and warned[0]["change"] == "bounded outgoing PDU queue"

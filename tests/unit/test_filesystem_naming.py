@@ -35,7 +35,7 @@ def test_safe_component(value, readable):
     """Values kept as they are stand alone; changed ones carry ``~`` and 16 hex digits of their hash."""
     name = safe_component(value)
     if readable.endswith("~"):
-        assert name.startswith(readable) and re.fullmatch(r"[0-9a-f]{16}", name[len(readable):])
+        assert name.startswith(readable) and re.fullmatch(r"[0-9a-f]{16}", name[len(readable) :])
     else:
         assert name == readable
 
@@ -51,7 +51,9 @@ def test_distinct_values_never_share_a_name():
 
 @pytest.mark.parametrize("hostile", ["../../../etc/passwd", "/etc/passwd", "..", ".", "a/../../b"])
 def test_hostile_values_stay_inside(tmp_path, hostile):
-    backend = FilesystemBackend("fs", FilesystemBackendConfig(path=tmp_path / "root", template="{PatientID}/{SOPInstanceUID}.dcm"))
+    backend = FilesystemBackend(
+        "fs", FilesystemBackendConfig(path=tmp_path / "root", template="{PatientID}/{SOPInstanceUID}.dcm")
+    )
     ds = Dataset()
     ds.PatientID = hostile
     ds.SOPInstanceUID = hostile
@@ -68,9 +70,20 @@ def test_bad_templates_are_config_errors(tmp_path, template):
 def _delivery(path, uid: str):
     from router.spool.queue import Delivery
 
-    return Delivery(id=1, instance_id=1, backend="fs", pipeline="p", attempts=0, queued_at=0.0, path=str(path),
-                    sop_instance_uid=uid, sop_class_uid=None, transfer_syntax=None, calling_aet=None,
-                    association_id=None)
+    return Delivery(
+        id=1,
+        instance_id=1,
+        backend="fs",
+        pipeline="p",
+        attempts=0,
+        queued_at=0.0,
+        path=str(path),
+        sop_instance_uid=uid,
+        sop_class_uid=None,
+        transfer_syntax=None,
+        calling_aet=None,
+        association_id=None,
+    )
 
 
 def test_a_file_holding_another_instance_is_never_overwritten(tmp_path):

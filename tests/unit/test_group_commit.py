@@ -15,8 +15,9 @@ from router.spool.queue import DeliveryQueue, InstanceRecord
 
 
 def record(path: str) -> InstanceRecord:
-    return InstanceRecord(path, f"1.2.3.{zlib.crc32(path.encode())}", "1.2.840.10008.5.1.4.1.1.2",
-                          "1.2.840.10008.1.2.1", 100, time.time())
+    return InstanceRecord(
+        path, f"1.2.3.{zlib.crc32(path.encode())}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 100, time.time()
+    )
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:
@@ -95,14 +96,21 @@ def test_writers_arriving_during_a_commit_share_the_next_one(tmp_path):
 def test_a_write_that_fails_in_a_shared_commit_fails_alone(tmp_path):
     q = DeliveryQueue(tmp_path / "q.db")
     q.enqueue(record("/spool/taken.dcm"), [("p", "pacs")])
-    later = {"a": enqueue_write("/spool/a.dcm"), "dup": enqueue_write("/spool/taken.dcm"),
-             "b": enqueue_write("/spool/b.dcm")}
+    later = {
+        "a": enqueue_write("/spool/a.dcm"),
+        "dup": enqueue_write("/spool/taken.dcm"),
+        "b": enqueue_write("/spool/b.dcm"),
+    }
     outcomes = run_while_a_commit_is_in_progress(q._enqueues, enqueue_write("/spool/first.dcm"), later)
 
     assert outcomes["dup"][0] == "error" and isinstance(outcomes["dup"][1], sqlite3.IntegrityError)
     assert [outcomes[k][0] for k in ("first", "a", "b")] == ["ok", "ok", "ok"]
-    assert committed_paths(tmp_path / "q.db") == {"/spool/taken.dcm", "/spool/first.dcm", "/spool/a.dcm",
-                                                  "/spool/b.dcm"}
+    assert committed_paths(tmp_path / "q.db") == {
+        "/spool/taken.dcm",
+        "/spool/first.dcm",
+        "/spool/a.dcm",
+        "/spool/b.dcm",
+    }
     assert len(q.claim_due("pacs", 100)) == 4
 
 

@@ -65,13 +65,16 @@ def test_items_of_defined_length_are_stepped_over(tmp_path):
     assert _span_end(tmp_path / "defined", data, implicit=True, vr=None) == len(data)
 
 
-@pytest.mark.parametrize("data,complaint", [
-    (ITEM + struct.pack("<HHI", 0x0010, 0x0010, 4) + b"AB", "past the end"),
-    (ITEM + ITEM_END, "ends inside"),
-    (struct.pack("<HHI", 0x0010, 0x0010, 0) + SEQUENCE_END, "where an item belongs"),
-    (struct.pack("<HHI", 0xFFFE, 0xE000, 1000) + SEQUENCE_END, "past the end"),
-    ((ITEM + struct.pack("<HHI", 0x0008, 0x1140, UNDEFINED)) * (MAX_DEPTH + 1), "deeper than"),
-])
+@pytest.mark.parametrize(
+    "data,complaint",
+    [
+        (ITEM + struct.pack("<HHI", 0x0010, 0x0010, 4) + b"AB", "past the end"),
+        (ITEM + ITEM_END, "ends inside"),
+        (struct.pack("<HHI", 0x0010, 0x0010, 0) + SEQUENCE_END, "where an item belongs"),
+        (struct.pack("<HHI", 0xFFFE, 0xE000, 1000) + SEQUENCE_END, "past the end"),
+        ((ITEM + struct.pack("<HHI", 0x0008, 0x1140, UNDEFINED)) * (MAX_DEPTH + 1), "deeper than"),
+    ],
+)
 def test_malformed_or_truncated_sequences_are_refused(tmp_path, data, complaint):
     with pytest.raises(SpanError, match=complaint):
         _span_end(tmp_path / "bad", data, implicit=True, vr=None)
@@ -87,8 +90,10 @@ def test_a_long_sequence_of_undefined_length_is_deferred_and_read_when_asked_for
     whole = dcmread(path)
     items = header.PerFrameFunctionalGroupsSequence
     assert len(items) == len(whole.PerFrameFunctionalGroupsSequence) > 60
-    assert items[-1].PlanePositionSequence[0].ImagePositionPatient == \
-        whole.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient
+    assert (
+        items[-1].PlanePositionSequence[0].ImagePositionPatient
+        == whole.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient
+    )
 
 
 def test_a_short_sequence_of_undefined_length_is_parsed_as_pydicom_parses_it(tmp_path):
@@ -104,8 +109,9 @@ def _element_bytes(path, tag: int) -> bytes:
     assert element.value is None, "expected a deferred element"
     header_length = 8 if element.is_implicit_VR else 12
     with open(path, "rb") as f:
-        end = element_end(f, element.value_tell, element.length, implicit=element.is_implicit_VR, little=True,
-                          vr=element.VR)
+        end = element_end(
+            f, element.value_tell, element.length, implicit=element.is_implicit_VR, little=True, vr=element.VR
+        )
         f.seek(element.value_tell - header_length)
         return f.read(end - element.value_tell + header_length)
 
@@ -218,8 +224,10 @@ def test_anonymize_rewrites_a_long_sequence_item_by_item_without_reading_it_whol
     assert len(items) == len(original.PerFrameFunctionalGroupsSequence) > 60
     assert all("FrameComments" not in item for item in items)
     assert "FrameComments" in original.PerFrameFunctionalGroupsSequence[0]
-    assert items[-1].PlanePositionSequence[0].ImagePositionPatient == \
-        original.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient
+    assert (
+        items[-1].PlanePositionSequence[0].ImagePositionPatient
+        == original.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0].ImagePositionPatient
+    )
     assert anonymized.PatientIdentityRemoved == "YES" and anonymized.PixelData == original.PixelData
     assert "FrameComments" not in header.PerFrameFunctionalGroupsSequence[0]  # a later stage sees the edit
 

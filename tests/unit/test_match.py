@@ -16,8 +16,14 @@ class FakeInstance:
         self.header = header
 
 
-def envelope(modality="CT", image_type=("ORIGINAL", "PRIMARY"), calling="CT_SCANNER1", host="10.1.2.3",
-             sop=CTImageStorage, extra=None):
+def envelope(
+    modality="CT",
+    image_type=("ORIGINAL", "PRIMARY"),
+    calling="CT_SCANNER1",
+    host="10.1.2.3",
+    sop=CTImageStorage,
+    extra=None,
+):
     ds = Dataset()
     if modality is not None:
         ds.Modality = modality

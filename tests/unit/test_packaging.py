@@ -69,8 +69,11 @@ def test_the_lock_pins_every_runtime_dependency_with_hashes():
 
 def test_the_tests_run_against_the_locked_versions():
     """tests/run.sh installs the lock first: what passes here is what the image and install.sh ship."""
-    drift = {name: (version, metadata.version(name)) for name, (version, _) in locked().items()
-             if name in runtime_closure() and metadata.version(name) != version}
+    drift = {
+        name: (version, metadata.version(name))
+        for name, (version, _) in locked().items()
+        if name in runtime_closure() and metadata.version(name) != version
+    }
     assert not drift
 
 

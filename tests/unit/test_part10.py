@@ -21,8 +21,9 @@ SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"
 def test_file_meta_identical(sop_class, instance, ts, version):
     kwargs = {} if version is None else {"implementation_version": version}
     stock = io.BytesIO()
-    write_file_meta_info(stock, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=instance,
-                                                 transfer_syntax=ts, **kwargs))
+    write_file_meta_info(
+        stock, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=instance, transfer_syntax=ts, **kwargs)
+    )
     ours = FileMetaValues(sop_class, instance, ts, **kwargs)
     assert encode_file_meta(ours) == stock.getvalue()
 

@@ -81,6 +81,7 @@ def data_file(tmp_path):
         path = tmp_path / f"ds-{size}.dcm"
         path.write_bytes(os.urandom(offset) + os.urandom(size))
         return path, offset
+
     return make
 
 
@@ -120,12 +121,15 @@ def ordinary_p_data(*pdvs):
     return primitive
 
 
-@pytest.mark.parametrize("pdvs", [
-    [(1, b"\x03" + bytes(range(200)))],
-    [(1, b"\x03")],
-    [(3, b"\x01" + os.urandom(16378)), (3, b"\x03" + os.urandom(5))],
-    [(1, b"\x03" + os.urandom(90)), (5, b"\x02" + os.urandom(1_000_000))],
-])
+@pytest.mark.parametrize(
+    "pdvs",
+    [
+        [(1, b"\x03" + bytes(range(200)))],
+        [(1, b"\x03")],
+        [(3, b"\x01" + os.urandom(16378)), (3, b"\x03" + os.urandom(5))],
+        [(1, b"\x03" + os.urandom(90)), (5, b"\x02" + os.urandom(1_000_000))],
+    ],
+)
 def test_ordinary_p_data_bytes_identical_to_pynetdicom(pdvs):
     primitive = ordinary_p_data(*pdvs)
     sent, events, by_pynetdicom = wire_bytes([primitive])

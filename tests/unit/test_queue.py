@@ -12,8 +12,18 @@ from router.spool.queue import DeliveryQueue, InstanceRecord, begin_immediate
 
 
 def record(path="/spool/a.dcm", uid="1.2.3"):
-    return InstanceRecord(path, uid, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 100, time.time(),
-                          "ingest", "assoc1", "CT1", "127.0.0.1:1")
+    return InstanceRecord(
+        path,
+        uid,
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.840.10008.1.2.1",
+        100,
+        time.time(),
+        "ingest",
+        "assoc1",
+        "CT1",
+        "127.0.0.1:1",
+    )
 
 
 def test_one_row_per_backend_and_file_released_after_last(tmp_path):
@@ -123,7 +133,6 @@ def test_success_recorder_commits_off_thread_and_removes_files(tmp_path):
     assert not spool_file.exists()
     assert q.counts()["pacs"]["delivered"] == 1
     recorder.close()
-
 
 
 def wal_frames(path) -> int:

@@ -18,8 +18,11 @@ README = (ROOT / "README.md").read_text()
 def test_every_example_the_readme_names_exists():
     named = set(re.findall(r"examples/([a-z0-9-]+)", README))
     assert named, "the README names no example"
-    missing = sorted(name for name in named if not (ROOT / "examples" / name / "router.toml").exists()
-                     and not (ROOT / "examples" / name).is_dir())
+    missing = sorted(
+        name
+        for name in named
+        if not (ROOT / "examples" / name / "router.toml").exists() and not (ROOT / "examples" / name).is_dir()
+    )
     assert not missing
 
 

@@ -123,8 +123,8 @@ def test_broken_encapsulation_is_refused(tmp_path):
     src = _write(tmp_path, JPEGBaseline8Bit, pixels="encapsulated")
     data = bytearray(src.read_bytes())
     at = data.rfind(struct.pack("<HH", 0xFFFE, 0xE0DD))
-    data[at:at + 4] = struct.pack("<HH", 0x1234, 0x5678)
-    src.write_bytes(bytes(data[:at + 8]))
+    data[at : at + 4] = struct.pack("<HH", 0x1234, 0x5678)
+    src.write_bytes(bytes(data[: at + 8]))
     with pytest.raises(SpliceError):
         read_header(src)
 

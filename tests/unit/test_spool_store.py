@@ -27,12 +27,11 @@ def test_spares_are_made_in_one_shard_whose_directory_is_fsynced(tmp_path, monke
         spool.close()
 
 
-def test_a_file_received_into_a_spare_stays_where_it_is_and_its_directory_is_not_fsynced_again(tmp_path,
-                                                                                               monkeypatch):
+def test_a_file_received_into_a_spare_stays_where_it_is_and_its_directory_is_not_fsynced_again(tmp_path, monkeypatch):
     spool = Spool(tmp_path)
     spool.prepare()
     try:
-        (path, file), = spool.make_spares(1)
+        ((path, file),) = spool.make_spares(1)
         file.write(b"received")
         directories = []
         monkeypatch.setattr(spool, "_fsync_dir", directories.append)
@@ -88,8 +87,21 @@ def test_spares_left_by_a_crash_are_removed_at_the_next_start_and_spooled_instan
         kept_file.close()
         left_file.close()  # the process dies here
         queue = DeliveryQueue(spool.queue_path)
-        queue.enqueue(InstanceRecord(kept, "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 24, 0.0,
-                                     "ingest", "assoc1", "CT1", "127.0.0.1:1"), [("default", "pacs")])
+        queue.enqueue(
+            InstanceRecord(
+                kept,
+                "1.2.3",
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.840.10008.1.2.1",
+                24,
+                0.0,
+                "ingest",
+                "assoc1",
+                "CT1",
+                "127.0.0.1:1",
+            ),
+            [("default", "pacs")],
+        )
         assert spool.sweep_unreferenced(queue.referenced_paths()) == 1
         assert os.path.exists(kept) and not os.path.exists(left)
         queue.close()

@@ -25,9 +25,19 @@ from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID
 from tests.support.primitives import store_response as store_rsp
 
 SYNTAX = "1.2.840.10008.1.2.1"
-FIELDS = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
-          "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "Status", "ErrorComment",
-          "OffendingElement", "_context_id")
+FIELDS = (
+    "MessageID",
+    "MessageIDBeingRespondedTo",
+    "AffectedSOPClassUID",
+    "AffectedSOPInstanceUID",
+    "Priority",
+    "MoveOriginatorApplicationEntityTitle",
+    "MoveOriginatorMessageID",
+    "Status",
+    "ErrorComment",
+    "OffendingElement",
+    "_context_id",
+)
 
 
 class FakeAssociation:
@@ -109,8 +119,9 @@ def both(pdatas_factory, handlers=None):
 @pytest.mark.parametrize("instance", [EVEN_UID, ODD_UID, LONG_UID])
 @pytest.mark.parametrize("originator", [None, "MOVE_SCU"])
 def test_received_request_and_file_identical(stock_file_meta, max_pdu, size, instance, originator):
-    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RQ(), store_rq(instance, size=size, originator=originator),
-                                                         max_pdu))
+    (stock, _, _), (fast, _, _) = both(
+        lambda: pdata_of(C_STORE_RQ(), store_rq(instance, size=size, originator=originator), max_pdu)
+    )
     assert [summary(m) for m in fast] == [summary(m) for m in stock]
     assert len(fast) == 1
     assert received_bytes(fast[0]) == received_bytes(stock[0])
@@ -132,8 +143,12 @@ def test_command_and_data_set_in_one_pdata(stock_file_meta):
 
 
 def test_two_requests_in_a_row(stock_file_meta):
-    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RQ(), store_rq(EVEN_UID, size=3000), 16384)
-                                       + pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=70_000, message_id=8), 16384, 3))
+    (stock, _, _), (fast, _, _) = both(
+        lambda: (
+            pdata_of(C_STORE_RQ(), store_rq(EVEN_UID, size=3000), 16384)
+            + pdata_of(C_STORE_RQ(), store_rq(ODD_UID, size=70_000, message_id=8), 16384, 3)
+        )
+    )
     assert [summary(m) for m in fast] == [summary(m) for m in stock]
     assert [received_bytes(m) for m in fast] == [received_bytes(m) for m in stock]
 
@@ -143,14 +158,17 @@ def test_two_requests_in_a_row(stock_file_meta):
 @pytest.mark.parametrize("comment", [None, "disk full"])
 @pytest.mark.parametrize("sop_class", [EVEN_UID, None])
 def test_responses_identical(status, instance, comment, sop_class):
-    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RSP(), store_rsp(status, instance, sop_class, comment),
-                                                         16384))
+    (stock, _, _), (fast, _, _) = both(
+        lambda: pdata_of(C_STORE_RSP(), store_rsp(status, instance, sop_class, comment), 16384)
+    )
     assert [summary(m) for m in fast] == [summary(m) for m in stock]
     assert fast[0][1].is_valid_response
 
 
 def test_response_with_offending_element_goes_to_pynetdicom():
-    (stock, _, _), (fast, _, _) = both(lambda: pdata_of(C_STORE_RSP(), store_rsp(0xA900, offending=[0x00100010]), 16384))
+    (stock, _, _), (fast, _, _) = both(
+        lambda: pdata_of(C_STORE_RSP(), store_rsp(0xA900, offending=[0x00100010]), 16384)
+    )
     assert [summary(m) for m in fast] == [summary(m) for m in stock]
     assert str(fast[0][1].OffendingElement) == str(stock[0][1].OffendingElement)
 
@@ -205,7 +223,7 @@ def test_a_data_set_that_cannot_be_written_is_reported_not_aborted(monkeypatch, 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     messages, events, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=50_000), 16384))
     assert events == []
-    (context_id, request), = messages
+    ((context_id, request),) = messages
     assert "cannot write the received data set" in request._receive_error
     assert not request._dataset_file  # no file was made: pynetdicom's clean-up after the handler skips it
     assert request.is_valid_request
@@ -223,7 +241,7 @@ def test_write_failure_midway_removes_the_partial_file(monkeypatch, tmp_path, st
 
     monkeypatch.setattr(store_decode.IncomingDataSet, "_write", failing_write)
     messages, events, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=60_000), 16384))
-    (_, request), = messages
+    ((_, request),) = messages
     assert "No space left" in request._receive_error
     assert list(tmp_path.iterdir()) == [], [(p.name, p.stat().st_size) for p in tmp_path.iterdir()]
 
@@ -243,8 +261,9 @@ def test_data_sets_are_written_to_the_associations_spare_files_made_ahead(stock_
     assert spares.take_ready() is None  # the first asks for some
     wait_for(lambda: len(spares.ready_paths) == 2, 10, message="two spares")
     ready = sorted(Path(p) for p in spares.ready_paths)
-    messages, _, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=3000), 16384),
-                          files=spares)
+    messages, _, _ = feed(
+        store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=3000), 16384), files=spares
+    )
     written = Path(messages[0][1]._dataset_path)
     assert written in ready and written.stat().st_size > 3000
     spares.close()

@@ -46,6 +46,6 @@ def test_a_compressed_or_truncated_file_is_refused(tmp_path):
     with pytest.raises(CannotConvert):
         convert_file(path, tmp_path / "out.dcm", JPEG2000Lossless)
     data = path.read_bytes()
-    (tmp_path / "cut.dcm").write_bytes(data[:len(data) - 100])
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 100])
     with pytest.raises(CannotConvert):
         convert_file(tmp_path / "cut.dcm", tmp_path / "out.dcm", ImplicitVRLittleEndian)

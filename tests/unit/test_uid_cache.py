@@ -92,12 +92,19 @@ def test_an_association_request_validates_each_uid_once(fresh_cache, monkeypatch
         pdu = A_ASSOCIATE_RQ()
         pdu.decode(data)
         primitive = pdu.to_primitive()
-        decoded.append([(c.context_id, c.abstract_syntax, c.transfer_syntax)
-                        for c in primitive.presentation_context_definition_list])
+        decoded.append(
+            [
+                (c.context_id, c.abstract_syntax, c.transfer_syntax)
+                for c in primitive.presentation_context_definition_list
+            ]
+        )
         stock_calls.append(len(calls))
     assert decoded[0] == decoded[1] and len(decoded[0]) == 30
-    assert decoded[0][1] == (3, "1.2.840.10008.5.1.4.1.1.2",
-                             ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50"])
+    assert decoded[0][1] == (
+        3,
+        "1.2.840.10008.5.1.4.1.1.2",
+        ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50"],
+    )
     assert 0 < stock_calls[0] <= 20, "each distinct UID once, as bytes and as str"
     assert stock_calls[1] == stock_calls[0], "none validated again"
 
@@ -139,5 +146,9 @@ def test_cached_transfer_syntax_checks_give_what_pynetdicom_gives(fresh_cache, c
             assert [r.getMessage() for r in caplog.records] == stock_warnings
             caplog.clear()
     assert len(expected[0]) == 6 and expected[1][-1].startswith("ValueError")
-    assert set(uid_cache._checked_syntaxes) == {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2",
-                                                b"1.2.840.10008.1.2.4.50", "1.2.826.0.1.3680043.9.1"}
+    assert set(uid_cache._checked_syntaxes) == {
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2",
+        b"1.2.840.10008.1.2.4.50",
+        "1.2.826.0.1.3680043.9.1",
+    }

@@ -39,4 +39,3 @@ class DicomwebBackend:
         finally:
             session.close()
         return status, server
-

@@ -41,9 +41,13 @@ class HttpSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.connections, ssl=self._ssl(), keepalive_timeout=4.0),
-                timeout=aiohttp.ClientTimeout(total=self.config.request_timeout, connect=self.config.connect_timeout,
-                                              sock_read=self.config.read_timeout),
-                raise_for_status=False)
+                timeout=aiohttp.ClientTimeout(
+                    total=self.config.request_timeout,
+                    connect=self.config.connect_timeout,
+                    sock_read=self.config.read_timeout,
+                ),
+                raise_for_status=False,
+            )
         return await request(self._session)
 
     def _ssl(self) -> ssl.SSLContext | bool:

@@ -28,8 +28,13 @@ log = structlog.get_logger("router.backends.dicomweb")
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 RETRIED_STATUSES = {408, 429}
 POSTPONING_STATUSES = {401, 403}
-REFERENCED, FAILED, WARNING_REASON, FAILURE_REASON, SOP_INSTANCE = "00081199", "00081198", "00081196", "00081197", \
-    "00081155"
+REFERENCED, FAILED, WARNING_REASON, FAILURE_REASON, SOP_INSTANCE = (
+    "00081199",
+    "00081198",
+    "00081196",
+    "00081197",
+    "00081155",
+)
 
 
 class StowDeliverer:
@@ -77,7 +82,8 @@ class StowDeliverer:
         try:
             with aiohttp.MultipartWriter("related", boundary=boundary) as body:
                 body.headers[aiohttp.hdrs.CONTENT_TYPE] = (
-                    f'multipart/related; type="application/dicom"; boundary={boundary}')
+                    f'multipart/related; type="application/dicom"; boundary={boundary}'
+                )
                 for delivery in deliveries:
                     file = open(delivery.path, "rb")
                     files.append(file)
@@ -107,12 +113,16 @@ class StowDeliverer:
             uid = delivery.sop_instance_uid
             if uid in failed:
                 reason = failed[uid]
-                results.append(DeliveryResult(classify_store_status(reason), reason,
-                                              f"{said}: FailureReason 0x{reason:04X}"))
+                results.append(
+                    DeliveryResult(classify_store_status(reason), reason, f"{said}: FailureReason 0x{reason:04X}")
+                )
             elif uid in referenced:
                 warning = referenced[uid]
-                results.append(DeliveryResult(Outcome.WARNING, warning, f"{said}: WarningReason 0x{warning:04X}")
-                               if warning else DeliveryResult(Outcome.SUCCESS, 0, said))
+                results.append(
+                    DeliveryResult(Outcome.WARNING, warning, f"{said}: WarningReason 0x{warning:04X}")
+                    if warning
+                    else DeliveryResult(Outcome.SUCCESS, 0, said)
+                )
             else:
                 results.append(DeliveryResult(Outcome.TRANSIENT, None, f"{said} without this instance in its lists"))
         return results

@@ -101,7 +101,7 @@ class Authenticator:
         challenge = f'{scheme} realm="dicom-router"'
         if not authorization or not authorization.lower().startswith(scheme.lower() + " "):
             raise Refused(f"no {scheme} credentials", challenge)
-        credentials = authorization[len(scheme) + 1:].strip()
+        credentials = authorization[len(scheme) + 1 :].strip()
         remembered = self._recall(credentials)
         if remembered is not None:
             return remembered
@@ -168,16 +168,31 @@ def read_entries(path: Path) -> dict[str, str]:
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     key = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    return "$".join(["scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), base64.b64encode(salt).decode(),
-                     base64.b64encode(key).decode()])
+    return "$".join(
+        [
+            "scrypt",
+            str(SCRYPT_N),
+            str(SCRYPT_R),
+            str(SCRYPT_P),
+            base64.b64encode(salt).decode(),
+            base64.b64encode(key).decode(),
+        ]
+    )
 
 
 def verify_password(stored: str, password: str) -> bool:
     try:
         kind, n, r, p, salt, key = stored.split("$")
         expected = base64.b64decode(key)
-        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                                dklen=len(expected), maxmem=64 * 1024 * 1024)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+            maxmem=64 * 1024 * 1024,
+        )
     except (ValueError, TypeError):
         return False
     return kind == "scrypt" and hmac.compare_digest(actual, expected)

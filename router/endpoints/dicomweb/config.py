@@ -57,8 +57,9 @@ class DicomwebEndpointConfig(EndpointConfig):
 
 
 @register("endpoint", "dicomweb", DicomwebEndpointConfig)
-def build_dicomweb_endpoint(name: str, config: DicomwebEndpointConfig, router_ae_title: str, intake, qr=None,
-                            metrics=None):
+def build_dicomweb_endpoint(
+    name: str, config: DicomwebEndpointConfig, router_ae_title: str, intake, qr=None, metrics=None
+):
     """The endpoint; its HTTP stack (aiohttp) is imported only by a router that has one."""
     from router.endpoints.dicomweb.endpoint import DicomwebEndpoint
 

@@ -45,9 +45,15 @@ MAX_PROXIED_REQUESTS = 32  # searches and retrievals running at once; further on
 
 
 class DicomwebEndpoint:
-    def __init__(self, name: str, config: DicomwebEndpointConfig, intake: Intake,
-                 qr: QueryRetrieveService | None = None, metrics: Metrics | None = None,
-                 router_ae_title: str = "DICOM_ROUTER"):
+    def __init__(
+        self,
+        name: str,
+        config: DicomwebEndpointConfig,
+        intake: Intake,
+        qr: QueryRetrieveService | None = None,
+        metrics: Metrics | None = None,
+        router_ae_title: str = "DICOM_ROUTER",
+    ):
         self.name = name
         self.router_ae_title = router_ae_title
         self.config = config
@@ -91,18 +97,32 @@ class DicomwebEndpoint:
             if why:
                 raise OSError(errno.EADDRINUSE, why)
         tls = self.config.tls
-        pool = ConnectionPool(self.name, self.config.max_pending, self.config.max_pending_per_address,
-                              self.config.max_connections)
-        self._executor = ThreadPoolExecutor(max(4, self.config.parallel_instances),
-                                            thread_name_prefix=f"stow-{self.name}")
+        pool = ConnectionPool(
+            self.name, self.config.max_pending, self.config.max_pending_per_address, self.config.max_connections
+        )
+        self._executor = ThreadPoolExecutor(
+            max(4, self.config.parallel_instances), thread_name_prefix=f"stow-{self.name}"
+        )
         self._proxies = ThreadPoolExecutor(MAX_PROXIED_REQUESTS, thread_name_prefix=f"qr-{self.name}")
-        listener = HttpListener(self.name, self._handle, self.config.bind, self.config.port, pool,
-                                self.config.header_timeout, server_context(tls) if tls else None,
-                                tls.handshake_timeout if tls else 5.0)
+        listener = HttpListener(
+            self.name,
+            self._handle,
+            self.config.bind,
+            self.config.port,
+            pool,
+            self.config.header_timeout,
+            server_context(tls) if tls else None,
+            tls.handshake_timeout if tls else 5.0,
+        )
         listener.start()
         self.server = listener
-        log.info("endpoint listening", endpoint=self.name, protocol="dicomweb",
-                 address=f"{self.address[0]}:{self.address[1]}", base_path=self.config.base_path)
+        log.info(
+            "endpoint listening",
+            endpoint=self.name,
+            protocol="dicomweb",
+            address=f"{self.address[0]}:{self.address[1]}",
+            base_path=self.config.base_path,
+        )
 
     def close(self) -> None:
         if self.server is not None:
@@ -131,17 +151,24 @@ class DicomwebEndpoint:
         try:
             refusal = self.access.refusal("", origin.peer_host)
             if refusal is not None:
-                log.warning("request refused", endpoint=self.name, request_id=request_id, peer=_peer(origin),
-                            reason=refusal)
+                log.warning(
+                    "request refused", endpoint=self.name, request_id=request_id, peer=_peer(origin), reason=refusal
+                )
                 response = problem(403, "this address may not use the endpoint")
                 return response
             if self.auth.required:
                 try:
                     user = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, self.auth.user, request.headers.get("Authorization"))
+                        self._executor, self.auth.user, request.headers.get("Authorization")
+                    )
                 except Refused as exc:
-                    log.warning("request not authenticated", endpoint=self.name, request_id=request_id,
-                                peer=_peer(origin), reason=str(exc))
+                    log.warning(
+                        "request not authenticated",
+                        endpoint=self.name,
+                        request_id=request_id,
+                        peer=_peer(origin),
+                        reason=str(exc),
+                    )
                     response = problem(401, "authentication required", {"WWW-Authenticate": exc.challenge})
                     return response
                 origin = replace(origin, user=user)
@@ -156,27 +183,53 @@ class DicomwebEndpoint:
             try:
                 response = await asyncio.wait_for(handler(request, origin, **params), self.config.request_timeout)
             except asyncio.TimeoutError:
-                log.warning("request timed out", endpoint=self.name, request_id=request_id, peer=_peer(origin),
-                            route=route_name, timeout_seconds=self.config.request_timeout)
+                log.warning(
+                    "request timed out",
+                    endpoint=self.name,
+                    request_id=request_id,
+                    peer=_peer(origin),
+                    route=route_name,
+                    timeout_seconds=self.config.request_timeout,
+                )
                 response = problem(408, "the request did not complete within the endpoint's request_timeout")
                 response.force_close()
             return response
         except ConnectionError as exc:
-            log.warning("client went away during the request", endpoint=self.name, request_id=request_id,
-                        peer=_peer(origin), route=route_name, error=str(exc))
+            log.warning(
+                "client went away during the request",
+                endpoint=self.name,
+                request_id=request_id,
+                peer=_peer(origin),
+                route=route_name,
+                error=str(exc),
+            )
             response = problem(400, "the connection was lost")
             return response
         except Exception as exc:
-            log.exception("request failed", endpoint=self.name, request_id=request_id, peer=_peer(origin),
-                          route=route_name, error=repr(exc))
+            log.exception(
+                "request failed",
+                endpoint=self.name,
+                request_id=request_id,
+                peer=_peer(origin),
+                route=route_name,
+                error=repr(exc),
+            )
             response = problem(500, "internal error; see the router's log")
             return response
         finally:
             if response is not None:
                 response.headers["X-Request-Id"] = request_id
                 self.metrics.http_requests.labels(self.name, route_name, str(response.status)).inc()
-                log.info("http request", endpoint=self.name, request_id=request_id, peer=_peer(origin),
-                         method=request.method, path=request.path, route=route_name, status=response.status)
+                log.info(
+                    "http request",
+                    endpoint=self.name,
+                    request_id=request_id,
+                    peer=_peer(origin),
+                    method=request.method,
+                    path=request.path,
+                    route=route_name,
+                    status=response.status,
+                )
 
     def _route(self, request: web.BaseRequest):
         """(route name, handler, path parameters) for the request, or (name, None, the answer)."""
@@ -193,25 +246,42 @@ class DicomwebEndpoint:
         return "other", None, problem(404, f"no DICOMweb resource at {request.path}")
 
     async def _stow(self, request: web.BaseRequest, origin: AssociationInfo, study: str | None = None):
-        target = StowTarget(self.name, self.intake, self.intake.spool, self._executor, self.metrics,
-                            self.config.max_request_mb * 1024 * 1024, self.config.parallel_instances)
+        target = StowTarget(
+            self.name,
+            self.intake,
+            self.intake.spool,
+            self._executor,
+            self.metrics,
+            self.config.max_request_mb * 1024 * 1024,
+            self.config.parallel_instances,
+        )
         return await store_instances(request, target, origin, study)
 
     def _search(self, level: str):
-        async def search_level(request: web.BaseRequest, origin: AssociationInfo, study: str | None = None,
-                               series: str | None = None):
+        async def search_level(
+            request: web.BaseRequest, origin: AssociationInfo, study: str | None = None, series: str | None = None
+        ):
             uids = {k: v for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)) if v}
             return await search(request, self.name, self.qr, self._proxies, origin, level, uids)
 
         return search_level
 
     def _retrieve(self, metadata: bool):
-        async def retrieve_level(request: web.BaseRequest, origin: AssociationInfo, study: str,
-                                 series: str | None = None, instance: str | None = None):
-            uids = {k: v for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
-                                      ("SOPInstanceUID", instance)) if v}
-            return await retrieve(request, self.name, self.qr, self._proxies, origin, self.router_ae_title, uids,
-                                  metadata)
+        async def retrieve_level(
+            request: web.BaseRequest,
+            origin: AssociationInfo,
+            study: str,
+            series: str | None = None,
+            instance: str | None = None,
+        ):
+            uids = {
+                k: v
+                for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", instance))
+                if v
+            }
+            return await retrieve(
+                request, self.name, self.qr, self._proxies, origin, self.router_ae_title, uids, metadata
+            )
 
         return retrieve_level
 
@@ -219,11 +289,17 @@ class DicomwebEndpoint:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         host, port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        return AssociationInfo(self.name, request_id, "", "", host, port,
-                               tls_peer=peer_name(ssl_object) if ssl_object is not None else None,
-                               protocol="dicomweb")
+        return AssociationInfo(
+            self.name,
+            request_id,
+            "",
+            "",
+            host,
+            port,
+            tls_peer=peer_name(ssl_object) if ssl_object is not None else None,
+            protocol="dicomweb",
+        )
 
 
 def _peer(origin: AssociationInfo) -> str:
     return f"{origin.peer_host}:{origin.peer_port}"
-

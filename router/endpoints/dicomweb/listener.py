@@ -31,8 +31,17 @@ MAX_HEADERS = 100
 
 
 class HttpListener:
-    def __init__(self, endpoint: str, handler: Handler, bind: str, port: int, pool: ConnectionPool,
-                 header_timeout: float, ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 5.0):
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Handler,
+        bind: str,
+        port: int,
+        pool: ConnectionPool,
+        header_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 5.0,
+    ):
         self.endpoint = endpoint
         self.handler = handler
         self.bind, self.port = bind, port
@@ -80,12 +89,22 @@ class HttpListener:
             raise failure[0]
 
     async def _open(self, sock: socket.socket) -> None:
-        self._server = web.Server(self._counted, keepalive_timeout=self.header_timeout, max_line_size=MAX_HEADER_LINE,
-                                  max_field_size=MAX_HEADER_LINE, max_headers=MAX_HEADERS, access_log=None,
-                                  logger=MalformedRequestLog(self.endpoint))
+        self._server = web.Server(
+            self._counted,
+            keepalive_timeout=self.header_timeout,
+            max_line_size=MAX_HEADER_LINE,
+            max_field_size=MAX_HEADER_LINE,
+            max_headers=MAX_HEADERS,
+            access_log=None,
+            logger=MalformedRequestLog(self.endpoint),
+        )
         self._listener = await self.loop.create_server(
-            lambda: GuardedConnection(self._server(), self.pool, self.guards), sock=sock, ssl=self.ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None, backlog=512)
+            lambda: GuardedConnection(self._server(), self.pool, self.guards),
+            sock=sock,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+            backlog=512,
+        )
 
     async def _counted(self, request: web.BaseRequest) -> web.StreamResponse:
         self.in_progress += 1
@@ -138,8 +157,12 @@ class HttpListener:
 
     def _on_loop_exception(self, loop, context) -> None:
         exc = context.get("exception")
-        log.error("unhandled error on the HTTP event loop", endpoint=self.endpoint,
-                  message=context.get("message"), error=repr(exc) if exc else None)
+        log.error(
+            "unhandled error on the HTTP event loop",
+            endpoint=self.endpoint,
+            message=context.get("message"),
+            error=repr(exc) if exc else None,
+        )
 
 
 class MalformedRequestLog:
@@ -151,8 +174,12 @@ class MalformedRequestLog:
 
     def exception(self, message: str, *args, exc_info=None, **kwargs) -> None:
         error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        log.warning("malformed HTTP request", endpoint=self.endpoint, detail=str(message) % args if args else message,
-                    error=str(error)[:300] if error is not None else None)
+        log.warning(
+            "malformed HTTP request",
+            endpoint=self.endpoint,
+            detail=str(message) % args if args else message,
+            error=str(error)[:300] if error is not None else None,
+        )
 
     def warning(self, message: str, *args, **kwargs) -> None:
         log.warning(str(message) % args if args else message, endpoint=self.endpoint)

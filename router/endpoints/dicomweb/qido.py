@@ -32,8 +32,15 @@ log = structlog.get_logger("router.dicomweb")
 PENDING = (0xFF00, 0xFF01)
 
 
-async def search(request: web.BaseRequest, endpoint: str, qr: QueryRetrieveService | None, executor: Executor,
-                 origin: AssociationInfo, level: str, path_uids: dict[str, str]) -> web.StreamResponse:
+async def search(
+    request: web.BaseRequest,
+    endpoint: str,
+    qr: QueryRetrieveService | None,
+    executor: Executor,
+    origin: AssociationInfo,
+    level: str,
+    path_uids: dict[str, str],
+) -> web.StreamResponse:
     try:
         query = qido_query(level, path_uids, list(request.query.items()))
     except BadQuery as exc:
@@ -63,8 +70,12 @@ async def search(request: web.BaseRequest, endpoint: str, qr: QueryRetrieveServi
                 comment = str(answer.get("ErrorComment", "")) if isinstance(answer, Dataset) else ""
                 if response is None:
                     return _failure(status, comment)
-                log.warning("QIDO-RS search ended with a failure after some matches", status=f"0x{status:04X}",
-                            reason=comment, request_id=origin.association_id)
+                log.warning(
+                    "QIDO-RS search ended with a failure after some matches",
+                    status=f"0x{status:04X}",
+                    reason=comment,
+                    request_id=origin.association_id,
+                )
     finally:
         await stream.stop()
     if response is None:

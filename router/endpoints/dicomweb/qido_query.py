@@ -19,14 +19,40 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.tag import Tag
 
-STUDY_KEYS = ("StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
-              "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyDescription")
-SERIES_KEYS = ("Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID",
-               "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
-               "PerformedProcedureStepStartTime")
-INSTANCE_KEYS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
-                 "NumberOfFrames")
+STUDY_KEYS = (
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ModalitiesInStudy",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "StudyDescription",
+)
+SERIES_KEYS = (
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "SeriesInstanceUID",
+    "NumberOfSeriesRelatedInstances",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+)
+INSTANCE_KEYS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
+)
 LEVEL_KEYS = {"STUDY": STUDY_KEYS, "SERIES": SERIES_KEYS, "IMAGE": INSTANCE_KEYS}
 HIGHER_LEVELS = {"STUDY": (), "SERIES": ("STUDY",), "IMAGE": ("STUDY", "SERIES")}
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
@@ -34,8 +60,10 @@ HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _DATE = r"\d{4}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])"
 _TIME = r"([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?"
 _DATETIME = rf"{_DATE}({_TIME})?([+-]\d{{4}})?"
-TEMPORAL = {vr: re.compile(rf"^(({p})?-({p})?|{p})(\\(({p})?-({p})?|{p}))*$")
-            for vr, p in (("DA", _DATE), ("TM", _TIME), ("DT", _DATETIME))}
+TEMPORAL = {
+    vr: re.compile(rf"^(({p})?-({p})?|{p})(\\(({p})?-({p})?|{p}))*$")
+    for vr, p in (("DA", _DATE), ("TM", _TIME), ("DT", _DATETIME))
+}
 MAX_LIMIT = 100_000
 
 

@@ -12,5 +12,6 @@ DICOM_JSON = "application/dicom+json"
 def problem(status: int, text: str, headers: dict | None = None) -> web.Response:
     """An error answer: ``text`` says what was wrong, for the operator reading the client's log
     (whatever of it came from the client escaped to printable ASCII)."""
-    return web.Response(status=status, text=printable(text).encode("ascii", "backslashreplace").decode() + "\n",
-                        headers=headers)
+    return web.Response(
+        status=status, text=printable(text).encode("ascii", "backslashreplace").decode() + "\n", headers=headers
+    )

@@ -61,8 +61,9 @@ class PartOutcome:
     reason: str = ""
 
 
-async def store_instances(request: web.BaseRequest, target: StowTarget, origin: AssociationInfo,
-                          study_uid: str | None) -> web.StreamResponse:
+async def store_instances(
+    request: web.BaseRequest, target: StowTarget, origin: AssociationInfo, study_uid: str | None
+) -> web.StreamResponse:
     """Answer one STOW-RS request (headers already checked for access)."""
     media_type, params = _content_type(request.headers.get("Content-Type", ""))
     if media_type != "multipart/related":
@@ -75,8 +76,12 @@ async def store_instances(request: web.BaseRequest, target: StowTarget, origin: 
     if length is not None and length > target.max_request_bytes:
         return problem(413, f"the request body ({length} bytes) is over the endpoint's max_request_mb")
     if not target.spool.has_free_space():
-        log.error("refusing STOW-RS request: free space in the data directory is under the floor",
-                  endpoint=target.endpoint, request_id=origin.association_id, peer=_peer(origin))
+        log.error(
+            "refusing STOW-RS request: free space in the data directory is under the floor",
+            endpoint=target.endpoint,
+            request_id=origin.association_id,
+            peer=_peer(origin),
+        )
         return problem(507, "the router's free space is under its floor; try again later")
 
     outcomes: list[PartOutcome | asyncio.Future] = []
@@ -97,8 +102,9 @@ async def store_instances(request: web.BaseRequest, target: StowTarget, origin: 
             index += 1
             part_type, _ = _content_type(part.headers.get("Content-Type", "application/dicom"))
             if part_type != "application/dicom":
-                outcomes.append(PartOutcome(None, None, CANNOT_UNDERSTAND,
-                                            f"part {index} is {part_type}, not application/dicom"))
+                outcomes.append(
+                    PartOutcome(None, None, CANNOT_UNDERSTAND, f"part {index} is {part_type}, not application/dicom")
+                )
                 await part.release()
                 continue
             spooled = await _spool_part(part, target, received)
@@ -114,14 +120,24 @@ async def store_instances(request: web.BaseRequest, target: StowTarget, origin: 
         return problem(413, "the request body is over the endpoint's max_request_mb")
     except ConnectionError as exc:
         await _settle(pending)  # parts already taken stay durable and queued; none is acknowledged
-        log.warning("STOW-RS client went away before the end of its request", endpoint=target.endpoint,
-                    request_id=origin.association_id, peer=_peer(origin), error=str(exc),
-                    instances_taken=sum(isinstance(o, asyncio.Future) for o in outcomes))
+        log.warning(
+            "STOW-RS client went away before the end of its request",
+            endpoint=target.endpoint,
+            request_id=origin.association_id,
+            peer=_peer(origin),
+            error=str(exc),
+            instances_taken=sum(isinstance(o, asyncio.Future) for o in outcomes),
+        )
         return problem(400, "the request ended before its body did")
     except (ValueError, AssertionError, RuntimeError) as exc:
         await _settle(pending)
-        log.warning("malformed STOW-RS body", endpoint=target.endpoint, request_id=origin.association_id,
-                    peer=_peer(origin), error=str(exc))
+        log.warning(
+            "malformed STOW-RS body",
+            endpoint=target.endpoint,
+            request_id=origin.association_id,
+            peer=_peer(origin),
+            error=str(exc),
+        )
         return problem(400, f"malformed multipart body: {exc}")
     except BaseException:
         await _settle(pending)  # parts already taken stay durable and queued; none is acknowledged
@@ -132,9 +148,15 @@ async def store_instances(request: web.BaseRequest, target: StowTarget, origin: 
         return problem(400, "the multipart body has no parts")
     for outcome in decided:
         if outcome.status != 0:
-            log.warning("STOW-RS instance not stored", endpoint=target.endpoint, request_id=origin.association_id,
-                        peer=_peer(origin), sop_instance_uid=outcome.sop_instance_uid,
-                        status=f"0x{outcome.status:04X}", reason=outcome.reason)
+            log.warning(
+                "STOW-RS instance not stored",
+                endpoint=target.endpoint,
+                request_id=origin.association_id,
+                peer=_peer(origin),
+                sop_instance_uid=outcome.sop_instance_uid,
+                status=f"0x{outcome.status:04X}",
+                reason=outcome.reason,
+            )
     return _response(decided)
 
 
@@ -162,7 +184,7 @@ async def _spool_part(part: BodyPartReader, target: StowTarget, received_before:
             if received_before + size > target.max_request_bytes:
                 raise RequestTooLarge()
             if len(head) < META_READ:
-                head += chunk[:META_READ - len(head)]
+                head += chunk[: META_READ - len(head)]
             checksum.update(chunk)
             file.write(chunk)
     except BaseException:
@@ -173,8 +195,9 @@ async def _spool_part(part: BodyPartReader, target: StowTarget, received_before:
     return SpooledPart(path, file, size, checksum.hexdigest(), bytes(head))
 
 
-def _take_part(target: StowTarget, part: SpooledPart, origin: AssociationInfo, index: int,
-               study_uid: str | None) -> PartOutcome:
+def _take_part(
+    target: StowTarget, part: SpooledPart, origin: AssociationInfo, index: int, study_uid: str | None
+) -> PartOutcome:
     """On a worker thread: identify the part's instance and hand it to the intake."""
     try:
         meta, _ = read_file_meta(part.head)
@@ -186,8 +209,9 @@ def _take_part(target: StowTarget, part: SpooledPart, origin: AssociationInfo, i
         return PartOutcome(None, None, CANNOT_UNDERSTAND, f"part {index} is not a DICOM PS3.10 file: {exc}")
     if not syntax:
         _discard(target, part)
-        return PartOutcome(sop_class, sop_instance, CANNOT_UNDERSTAND,
-                           f"part {index} has no Transfer Syntax UID in its file meta")
+        return PartOutcome(
+            sop_class, sop_instance, CANNOT_UNDERSTAND, f"part {index} has no Transfer Syntax UID in its file meta"
+        )
     if study_uid is not None:
         try:
             identity = identifying_uids(str(part.path), syntax)
@@ -198,12 +222,17 @@ def _take_part(target: StowTarget, part: SpooledPart, origin: AssociationInfo, i
         found = identity.study_instance_uid if identity is not None else None
         if found != study_uid:
             _discard(target, part)
-            return PartOutcome(sop_class, sop_instance, STUDY_MISMATCH, problem_text or
-                               f"Study Instance UID {found} is not the {study_uid} of the request")
+            return PartOutcome(
+                sop_class,
+                sop_instance,
+                STUDY_MISMATCH,
+                problem_text or f"Study Instance UID {found} is not the {study_uid} of the request",
+            )
     envelope = RequestEnvelope(origin, Command("store", sop_class or "", index, affected_sop_instance_uid=sop_instance))
     try:
-        result: IntakeResult = target.intake.receive_store(envelope, part.path, syntax, part.size, part.file,
-                                                           part.checksum)
+        result: IntakeResult = target.intake.receive_store(
+            envelope, part.path, syntax, part.size, part.file, part.checksum
+        )
     except Exception as exc:
         log.exception("STOW-RS instance failed in the intake", endpoint=target.endpoint, **envelope.log_context())
         return PartOutcome(sop_class, sop_instance, PROCESSING_FAILURE, f"processing failure: {exc}")
@@ -261,4 +290,3 @@ def _content_type(value: str) -> tuple[str, dict[str, str]]:
 
 def _peer(origin: AssociationInfo) -> str:
     return f"{origin.peer_host}:{origin.peer_port}"
-

@@ -40,13 +40,22 @@ BULK_BYTES = 1024
 IN_FLIGHT = 4
 
 
-async def retrieve(request: web.BaseRequest, endpoint: str, qr: QueryRetrieveService | None, executor: Executor,
-                   origin: AssociationInfo, endpoint_ae: str, uids: dict[str, str], metadata: bool):
+async def retrieve(
+    request: web.BaseRequest,
+    endpoint: str,
+    qr: QueryRetrieveService | None,
+    executor: Executor,
+    origin: AssociationInfo,
+    endpoint_ae: str,
+    uids: dict[str, str],
+    metadata: bool,
+):
     if qr is None or "retrieve" not in qr.offered(endpoint):
         return problem(503, "no backend of this endpoint's pipelines retrieves instances (retrieve = ...)")
     identifier = Dataset()
-    identifier.QueryRetrieveLevel = "IMAGE" if "SOPInstanceUID" in uids else \
-        "SERIES" if "SeriesInstanceUID" in uids else "STUDY"
+    identifier.QueryRetrieveLevel = (
+        "IMAGE" if "SOPInstanceUID" in uids else "SERIES" if "SeriesInstanceUID" in uids else "STUDY"
+    )
     for keyword, value in uids.items():
         setattr(identifier, keyword, value)
 
@@ -71,8 +80,12 @@ async def retrieve(request: web.BaseRequest, endpoint: str, qr: QueryRetrieveSer
             except UpstreamError as exc:
                 if response is None:
                     return problem(502, f"no upstream could retrieve the instances: {exc}")
-                log.warning("WADO-RS answer cut short: the upstream failed", reason=str(exc),
-                            request_id=origin.association_id, peer=f"{origin.peer_host}:{origin.peer_port}")
+                log.warning(
+                    "WADO-RS answer cut short: the upstream failed",
+                    reason=str(exc),
+                    request_id=origin.association_id,
+                    peer=f"{origin.peer_host}:{origin.peer_port}",
+                )
                 break
             if item is END:
                 break
