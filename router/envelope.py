@@ -94,6 +94,7 @@ class SpooledInstance:
         """
         if self._layout is None:
             self.full_header()
+        assert self._layout is not None
         return self._layout
 
     def full_header(self) -> Dataset:

@@ -104,7 +104,7 @@ class Pipeline:
 def _build_stages(pipeline: str, key: str, configs) -> list[tuple[str, Stage]]:
     stages = []
     for i, stage_config in enumerate(configs):
-        component = registry.lookup("middleware", stage_config.type)
+        component = registry.get("middleware", stage_config.type)
         stage_name = f"{pipeline}.{key}[{i}]({stage_config.type})"
         stages.append((stage_name, component.build(stage_name, stage_config)))
     return stages

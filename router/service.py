@@ -107,7 +107,7 @@ class RouterService:
 
     def _build_endpoint(self, config: RouterConfig, name: str, qr: QueryRetrieveService):
         endpoint_config = config.endpoints[name]
-        component = registry.lookup("endpoint", endpoint_config.type)
+        component = registry.get("endpoint", endpoint_config.type)
         return component.build(name, endpoint_config, config.router.ae_title, self.intake, qr, self.metrics)
 
     def _start_admin(self) -> None:

@@ -102,6 +102,7 @@ def client_context(config: BackendTLSConfig) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if config.certificate is not None:
+        assert config.private_key is not None  # the model requires both or neither
         context.load_cert_chain(Path(config.certificate), Path(config.private_key))
     return context
 

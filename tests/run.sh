@@ -50,6 +50,7 @@ fi
 # (the import-layer contract runs as a test).
 "$python" -m ruff check router tests benchmarks
 "$python" -m ruff format --check router tests benchmarks
+"$python" -m mypy
 "$python" -m pytest -n 2 --dist loadgroup -q "$@"
 # The integration tests again on pynetdicom as released plus the router's fixes (docs/engine.md);
 # tests of the owned engine's speed changes carry the owned_engine mark and are skipped.

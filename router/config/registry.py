@@ -56,6 +56,14 @@ def lookup(kind: str, name: str) -> ComponentType | None:
     return _registry[kind].get(name)
 
 
+def get(kind: str, name: str) -> ComponentType:
+    """The registered component of a configuration already validated (KeyError otherwise)."""
+    component = lookup(kind, name)
+    if component is None:
+        raise KeyError(f"no {kind} type {name!r}")
+    return component
+
+
 def type_names(kind: str) -> list[str]:
     load_builtin_components()
     return sorted(_registry[kind])

@@ -265,7 +265,7 @@ class _Run:
                 continue
             hit = self.profile.decide(tag)
             action = hit[1].action if hit else None
-            if action in ("Z", "D") and vr == "SQ" and hit[1].removable:
+            if action in ("Z", "D") and vr == "SQ" and hit is not None and hit[1].removable:
                 action = "X"
             if action is None and vr in ("DA", "DT") and self.shift is not None:
                 action = "C"
@@ -413,7 +413,7 @@ def _text(element) -> str:
 
 def _element(ds: Dataset, keyword: str) -> DataElement | None:
     tag = tag_for_keyword(keyword)
-    return ds[tag] if tag in ds else None
+    return ds[tag] if tag is not None and tag in ds else None
 
 
 def _identifying_pattern(ds: Dataset) -> re.Pattern | None:

@@ -32,7 +32,7 @@ PR_SET_PDEATHSIG = 1
 def build_backends(config: RouterConfig) -> dict:
     backends = {}
     for name, backend_config in config.backends.items():
-        component = registry.lookup("backend", backend_config.type)
+        component = registry.get("backend", backend_config.type)
         backends[name] = component.build(name, backend_config, config.router.ae_title)
     return backends
 

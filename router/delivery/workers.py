@@ -229,7 +229,7 @@ class BackendWorker(threading.Thread):
         if result.outcome is Outcome.PERMANENT:
             give_up = "permanent failure"
         else:
-            give_up = self.policy.give_up_reason(attempts, delivery.queued_at, now)
+            give_up = self.policy.give_up_reason(attempts, delivery.queued_at, now) or ""
         if give_up:
             reason = f"{result.reason} ({give_up})"
             self.queue.quarantine(delivery, result.status, reason, failure=result.outcome.value)

@@ -55,12 +55,12 @@ class QueryRetrieveService:
         self.upstreams: dict[str, Upstream] = {}
         for name, backend in config.backends.items():
             if backend.type == "dimse" and (backend.query or backend.worklist or backend.retrieve):
-                built = registry.lookup("backend", "dimse").build(name, backend, config.router.ae_title)
+                built = registry.get("backend", "dimse").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = Upstream(name, built)
             elif backend.type == "dicomweb" and (backend.query or backend.retrieve):
                 from router.qr.dicomweb_upstream import DicomwebUpstream
 
-                built = registry.lookup("backend", "dicomweb").build(name, backend, config.router.ae_title)
+                built = registry.get("backend", "dicomweb").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = DicomwebUpstream(name, built)
 
     # -- what an endpoint offers ------------------------------------------------
@@ -190,7 +190,7 @@ class QueryRetrieveService:
         ae_title = ae_title.strip()
         for name, backend in self.config.backends.items():
             if backend.type == "dimse" and backend.ae_title == ae_title:
-                built = registry.lookup("backend", "dimse").build(name, backend, self.config.router.ae_title)
+                built = registry.get("backend", "dimse").build(name, backend, self.config.router.ae_title)
                 return backend.host, backend.port, {"tls_args": built.tls_args()}
         known = getattr(self.config.endpoints.get(endpoint), "move_destinations", {}) or {}
         if ae_title in known:
