@@ -178,6 +178,14 @@ CHANGES: tuple[Change, ...] = (
         failsafe.install_failsafes,
     ),
     Change(
+        "reactor keeps off responses",
+        "fix",
+        "the association's reactor could take a response a send_*() call was waiting for, ending the association",
+        (f"{ASSOCIATION}._run_reactor", f"{DIMSE}.get_msg"),
+        "3f10e5c44b0ae563",
+        reactors.install_reactor_keeps_off_responses,
+    ),
+    Change(
         "no wait after close",
         "fix",
         "a connection closed before its association request held an association thread for acse_timeout",

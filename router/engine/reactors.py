@@ -56,6 +56,7 @@ from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
@@ -78,6 +79,7 @@ _stock = {
     "dul_init": DULServiceProvider.__init__,
     "assoc_init": Association.__init__,
     "do_action": StateMachine.do_action,
+    "get_msg": DIMSEServiceProvider.get_msg,
 }
 
 
@@ -592,6 +594,27 @@ def install_reactors() -> None:
     Association.wake_reactor = _assoc_wake
     Association._run_reactor = _assoc_run_reactor
     Association.kill = _assoc_kill
+
+
+def _get_msg(self, block: bool = False):
+    """``DIMSEServiceProvider.get_msg``, which gives the association's own reactor nothing while
+    a ``send_*()`` call has paused it.
+
+    pynetdicom 3.0.4's reactor can pass its checkpoint just before a ``send_*()`` call on
+    another thread clears it; it then took the peer's response off the queue and treated it
+    as a request, and the ``send_*()`` call saw the association end ("Connection closed while
+    waiting for DIMSE message"). The reactor asks for a message only after it has unpaused,
+    so a call that clears the checkpoint later waits for the reactor's next pass before
+    sending anything.
+    """
+    assoc = self.assoc
+    if not block and threading.current_thread() is assoc and not assoc._reactor_checkpoint.is_set():
+        return None, None
+    return _stock["get_msg"](self, block)
+
+
+def install_reactor_keeps_off_responses() -> None:
+    DIMSEServiceProvider.get_msg = _get_msg
 
 
 def install_receive_until_closed() -> None:
