@@ -49,7 +49,7 @@ class ReceiveWorkers:
     def __init__(self, config: RouterConfig, entry: Callable[[RouterConfig, int, int], None]):
         self.config = config
         self.entry = entry
-        self.processes: dict[int, multiprocessing.Process] = {}
+        self.processes: dict[int, multiprocessing.process.BaseProcess] = {}
 
     def start(self) -> None:
         for index in range(1, self.config.router.receive_processes):
@@ -75,7 +75,7 @@ class ReceiveWorkers:
     def signal(self, signum: int) -> None:
         for process in self.processes.values():
             if process.is_alive():
-                os.kill(process.pid, signum)
+                os.kill(process.pid, signum)  # type: ignore[arg-type]  # alive: it has a pid
 
     def stop(self, timeout: float) -> None:
         """SIGTERM all (each drains its open associations within the grace period), then wait for them."""

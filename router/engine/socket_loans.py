@@ -235,9 +235,8 @@ def parse_store_rsp(command: bytes) -> tuple[int, str | None]:
     status = _us(elements.get(0x0900))
     if status is None or _us(elements.get(0x0120)) is None:
         raise InvalidResponse("the C-STORE-RSP has no Status or no Message ID Being Responded To")
-    comment = elements.get(0x0902)
-    if comment is not None:
-        comment = comment.decode("ascii", "replace").rstrip(" \x00")
+    raw_comment = elements.get(0x0902)
+    comment = raw_comment.decode("ascii", "replace").rstrip(" \x00") if raw_comment is not None else None
     return status, comment
 
 

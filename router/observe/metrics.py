@@ -30,7 +30,7 @@ class Metrics:
         files (``PROMETHEUS_MULTIPROC_DIR``) and are summed at scrape time."""
         self.shared = shared
         self.registry = CollectorRegistry(auto_describe=True)
-        self._queue_collector = None
+        self._queue_collector: QueueCollector | None = None
         r = None if shared else self.registry
         self.associations = Counter(
             "dicom_router_associations",
@@ -68,8 +68,8 @@ class Metrics:
 
     def watch_queue(self, queue, backends) -> None:
         """Report the queue's figures for the backends ``backends()`` names (and any with rows)."""
-        self._queue_collector = QueueCollector(queue, backends)
-        self.registry.register(self._queue_collector)
+        collector = self._queue_collector = QueueCollector(queue, backends)
+        self.registry.register(collector)
 
     def response(self, endpoint: str, service: str, status: int) -> None:
         self.responses.labels(endpoint, service, f"0x{status:04X}").inc()

@@ -29,10 +29,10 @@ class RetryPolicy:
         Exponential (``initial_delay * multiplier**(attempt-1)``) capped at ``max_delay``,
         then spread by ``±jitter`` so that many instances do not retry in lockstep.
         """
-        rng = rng or random
+        uniform = rng.uniform if rng is not None else random.uniform
         exponent = min(max(attempt - 1, 0), 64)
         base = min(self.max_delay, self.initial_delay * self.multiplier**exponent)
-        return max(0.0, base * (1.0 + self.jitter * rng.uniform(-1.0, 1.0)))
+        return max(0.0, base * (1.0 + self.jitter * uniform(-1.0, 1.0)))
 
     def give_up_reason(self, attempts: int, first_queued_at: float, now: float) -> str | None:
         """Why a delivery should stop being retried, or None to keep trying."""

@@ -208,7 +208,7 @@ class Spool:
         return target
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path | str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

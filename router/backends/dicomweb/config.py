@@ -57,9 +57,11 @@ class HttpAuthConfig(StrictModel):
         import base64
 
         if self.type == "basic":
+            assert self.password_file is not None  # checked by the model
             pair = f"{self.username}:{read_secret(self.password_file)}".encode()
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         if self.type == "bearer":
+            assert self.token_file is not None  # checked by the model
             return {"Authorization": "Bearer " + read_secret(self.token_file)}
         return {}
 

@@ -128,6 +128,7 @@ class Authenticator:
 
     def _hashes(self) -> dict[str, str]:
         path = self.config.file
+        assert path is not None  # the model requires a file for basic and bearer authentication
         stat = os.stat(path)
         if self._entries is None or (self._entries.mtime_ns, self._entries.size) != (stat.st_mtime_ns, stat.st_size):
             self._entries = _Entries(stat.st_mtime_ns, stat.st_size, read_entries(path))
