@@ -102,6 +102,11 @@ match = { InstanceNumber = { max = 8 } }
             30,
             message="the dead backend to be tried",
         )
+        wait_for(  # the SCP has them before the router records their success (in batches)
+            lambda: metric(scrape(admin_port), "dicom_router_deliveries_total", backend="pacs") == 8,
+            30,
+            message="8 deliveries counted",
+        )
         text = scrape(admin_port)
     assert metric(text, "dicom_router_associations_total", endpoint="ingest", result="accepted") == 1
     assert metric(text, "dicom_router_instances_received_total", endpoint="ingest") == 10
