@@ -1,4 +1,4 @@
-"""Accepted associations share the endpoint's supported contexts (owned code, version-guarded).
+"""Accepted associations share the endpoint's supported contexts (owned code, declared in router/engine/changes.py).
 
 pynetdicom 3.0.4 deep-copies the server's supported presentation contexts for every
 association it accepts (``transport.RequestHandler.handle``): 40-60 ms with all storage

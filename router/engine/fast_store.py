@@ -1,4 +1,4 @@
-"""C-STORE command sets encoded with ``struct`` instead of pydicom (owned code, version-guarded).
+"""C-STORE command sets encoded with ``struct`` instead of pydicom (owned code, declared in router/engine/changes.py).
 
 pynetdicom 3.0.4 builds every C-STORE request and response as a pydicom Dataset, converts
 it element by element and encodes it twice (once for the group length): about 1.2 ms of

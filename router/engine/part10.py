@@ -1,4 +1,4 @@
-"""The Part-10 header of files, written and read with ``struct`` (owned code, version-guarded).
+"""The Part-10 header of files, written and read with ``struct`` (owned code, declared in router/engine/changes.py).
 
 With STORE_RECV_CHUNKED_DATASET, pynetdicom 3.0.4 starts every received file with a file
 meta group built as a pydicom FileMetaDataset and written by pydicom: 0.67 ms per instance

@@ -1,4 +1,4 @@
-"""P-DATA-TF PDUs read PDV by PDV, data set fragments straight into their file (owned code, version-guarded).
+"""P-DATA-TF PDUs read PDV by PDV, data set fragments straight into their file (owned code, declared in router/engine/changes.py).
 
 pynetdicom 3.0.4 reads each PDU whole into a new bytearray, decodes it into a P_DATA_TF
 object with an item object per PDV, and queues an event for the state machine, whose DT-2

@@ -1,4 +1,4 @@
-"""Data sets sent from their files with ``sendfile()`` (owned code, version-guarded).
+"""Data sets sent from their files with ``sendfile()`` (owned code, declared in router/engine/changes.py).
 
 For a C-STORE-RQ whose data set is in a file (every send the router makes: deliveries,
 C-MOVE and C-GET sub-operations), :func:`file_fragments` queues :class:`FileFragments`

@@ -1,4 +1,4 @@
-"""Event-driven reactor loops for pynetdicom 3.0.4 (owned code, version-guarded).
+"""Event-driven reactor loops for pynetdicom 3.0.4 (owned code, declared in router/engine/changes.py).
 
 Stock pynetdicom polls: its DUL reactor sleeps 1 ms whenever a pass found nothing to do,
 and its association reactor sleeps 1 ms on every pass, so each DIMSE message waits two or
@@ -38,7 +38,7 @@ connection is told it was rejected, not aborted (:class:`_AnsweredSocket`).
 
 The loop bodies are copies of pynetdicom 3.0.4's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` with only the waits, the re-check and the socket lock
-changed: re-diff them on any pynetdicom upgrade (:func:`router.engine.configure` installs them on 3.0.4 only).
+changed: re-diff them on any pynetdicom upgrade (:mod:`router.engine.seam` leaves them out when that code changed).
 """
 
 from __future__ import annotations
@@ -584,7 +584,7 @@ def _acse_socket(self):
 
 
 def install_reactors() -> None:
-    """Install the event-driven reactors (pynetdicom 3.0.4 only: :mod:`router.engine` checks)."""
+    """Install the event-driven reactors (applied by :mod:`router.engine.seam` when pynetdicom's code matches)."""
     DULServiceProvider.__init__ = _dul_init
     DULServiceProvider.wake = _dul_wake
     DULServiceProvider.run_reactor = _dul_run_reactor

@@ -1,4 +1,4 @@
-"""C-STOREs sent and answered on a socket lent by the DUL thread (owned code, version-guarded).
+"""C-STOREs sent and answered on a socket lent by the DUL thread (owned code, declared in router/engine/changes.py).
 
 Queued the pynetdicom way, a delivery took three threads per instance: the delivering
 thread queued the request's P-DATA and waited on the DIMSE queue; the DUL thread woke to

@@ -1,4 +1,4 @@
-"""Socket reads into a reused buffer (owned code, version-guarded).
+"""Socket reads into a reused buffer (owned code, declared in router/engine/changes.py).
 
 Stock ``AssociationSocket.recv`` reads at most 4 KiB per ``recv()`` call and grows a new
 bytearray: about 32 system calls and as many copies for each 128 KiB PDU. This version

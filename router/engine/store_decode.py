@@ -1,4 +1,4 @@
-"""C-STORE messages decoded with ``struct``, data sets written straight to their file (owned code, version-guarded).
+"""C-STORE messages decoded with ``struct``, data sets written straight to their file (owned code, declared in router/engine/changes.py).
 
 pynetdicom 3.0.4 decodes every command set into a pydicom Dataset, copies it element by
 element into the primitive, and with STORE_RECV_CHUNKED_DATASET opens a

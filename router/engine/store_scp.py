@@ -1,4 +1,4 @@
-"""Plain C-STOREs answered on the socket thread (owned code, version-guarded).
+"""Plain C-STOREs answered on the socket thread (owned code, declared in router/engine/changes.py).
 
 In pynetdicom 3.0.4 a received C-STORE-RQ goes from the socket thread through a queue to
 the association thread, which runs ``StorageServiceClass.SCP`` and the EVT_C_STORE

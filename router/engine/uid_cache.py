@@ -1,4 +1,4 @@
-"""UIDs validated once, not on every DIMSE primitive or association (owned code, version-guarded).
+"""UIDs validated once, not on every DIMSE primitive or association (owned code, declared in router/engine/changes.py).
 
 pynetdicom 3.0.4 validates a UID each time a primitive, a PDU item or a presentation
 context is given one, and builds a pydicom ``UID`` twice on the way, about 20 us a time
