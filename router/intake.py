@@ -110,11 +110,13 @@ class Intake:
             log.error("cannot move the received instance into the spool", error=str(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"spool write failed: {exc}")
         received_fd = None if received_file is None or received_file.closed else received_file.fileno()
-        received_durable = self._fsyncers.submit(self.spool.make_durable, str(path), received_fd, entry_durable)
+        received_durable = _Fsync(self._fsyncers, self.spool, str(path), received_fd, entry_durable)
+        if not self.pipelines.edits_instances(envelope.association.endpoint):
+            received_durable.start()
         try:
             return self._route_and_enqueue(envelope, path, transfer_syntax, size, received_durable, checksum)
         finally:
-            _result_or_none(received_durable)
+            received_durable.settle()
 
     def _route_and_enqueue(
         self,
@@ -122,11 +124,12 @@ class Intake:
         path: Path,
         transfer_syntax: str,
         size: int | None,
-        received_durable: Future,
+        received_durable: _Fsync,
         checksum: str | None,
     ) -> IntakeResult:
         """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
-        makes its file durable."""
+        makes its file durable (started already unless a pipeline may edit the instance: then only
+        once routing shows the file as received is kept)."""
         ctx = envelope.log_context()
         identity, problem = _identify(str(path), transfer_syntax)
         if problem is not None:
@@ -216,23 +219,23 @@ class Intake:
                 if version is received or not version.edited:
                     record = _record(envelope, received, checksum=checksum)
                 else:
-                    new_path = self.spool.write_version(version)
+                    new_path, new_checksum = self.spool.write_version(version)
                     written.append(new_path)
-                    record = _record(envelope, version, new_path, file_checksum(new_path))
+                    record = _record(envelope, version, new_path, new_checksum)
                 batches[key] = (record, [], target.envelope.hold_reason)
             batches[key][1].append((target.pipeline, target.backend))
         return list(batches.values())
 
-    def _make_durable_and_enqueue(self, batches: list[Batch], received: str, received_durable: Future) -> None:
+    def _make_durable_and_enqueue(self, batches: list[Batch], received: str, received_durable: _Fsync) -> None:
         """Commit the rows while other threads fsync their files; return when all are done.
 
-        ``received_durable`` is already making the received file at ``received`` durable; the
-        files of edited versions are fsynced here. The commit runs on the calling thread, with
-        no hand-off to another thread in front of it. Rows whose files could not be made
-        durable are removed again before the error is raised.
+        ``received_durable`` makes the received file at ``received`` durable, if a row names
+        it; the files of edited versions are fsynced here. The commit runs on the calling
+        thread, with no hand-off to another thread in front of it. Rows whose files could not
+        be made durable are removed again before the error is raised.
         """
         paths = list(dict.fromkeys(record.path for record, _, _ in batches))
-        fsyncs = [received_durable] if received in paths else []
+        fsyncs = [received_durable.start()] if received in paths else []
         versions = [p for p in paths if p != received]
         if versions:
             fsyncs.append(self._fsyncers.submit(self._make_files_durable, versions))
@@ -284,6 +287,25 @@ def _audit_trail(routing) -> list[str]:
         for e in r.envelope.audit
         if e.action != "pass"
     ]
+
+
+class _Fsync:
+    """Making the received file durable on the fsync threads: started when asked, at most once,
+    so a file that only edited versions replace is never fsynced."""
+
+    def __init__(self, pool: ThreadPoolExecutor, spool: Spool, path: str, fd: int | None, entry_durable: bool):
+        self._start = lambda: pool.submit(spool.make_durable, path, fd, entry_durable)
+        self._future: Future | None = None
+
+    def start(self) -> Future:
+        if self._future is None:
+            self._future = self._start()
+        return self._future
+
+    def settle(self) -> None:
+        """Wait for a started fsync to end (its error, if any, was reported where it mattered)."""
+        if self._future is not None:
+            _result_or_none(self._future)
 
 
 def _result_or_none(future):

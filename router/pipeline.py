@@ -120,9 +120,18 @@ class PipelineSet:
             endpoint: [self.pipelines[n] for n in config.pipelines_for_endpoint(endpoint)]
             for endpoint in config.endpoints
         }
+        self._editing = {
+            endpoint: any(getattr(stage, "edits_instances", False) for p in pipelines for _, stage in p.stages)
+            for endpoint, pipelines in self._by_endpoint.items()
+        }
 
     def for_endpoint(self, endpoint: str) -> list[Pipeline]:
         return self._by_endpoint.get(endpoint, [])
+
+    def edits_instances(self, endpoint: str) -> bool:
+        """Whether a pipeline bound to ``endpoint`` has a stage that may write an edited
+        version of an instance (one whose ``edits_instances`` is true)."""
+        return self._editing.get(endpoint, False)
 
     def route(self, envelope: RequestEnvelope) -> Routing:
         pipelines = self._by_endpoint.get(envelope.association.endpoint, [])

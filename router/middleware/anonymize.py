@@ -163,6 +163,8 @@ class AnonymizeConfig(MiddlewareConfig):
 
 
 class AnonymizeStage:
+    edits_instances = True
+
     def __init__(self, name: str, config: AnonymizeConfig):
         self.name = name
         self.config = config

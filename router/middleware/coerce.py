@@ -142,6 +142,8 @@ class CoerceConfig(MiddlewareConfig):
 
 
 class CoerceStage:
+    edits_instances = True
+
     def __init__(self, name: str, config: CoerceConfig):
         self.name = name
         self.matcher = Matcher.compile(config.match) if config.match else None

@@ -111,7 +111,7 @@ class Relay:
         instance = result.envelope.instance
         if not instance.edited:
             return fetched.path
-        path = self.spool.write_version(instance, self.spool.incoming)
+        path, _ = self.spool.write_version(instance, self.spool.incoming)
         self._files.append(path)
         return path
 

@@ -13,6 +13,7 @@ rewritten whole (they are small in practice).
 from __future__ import annotations
 
 import copy
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pydicom import Dataset
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomFileLike
+from pydicom.filebase import DicomBytesIO, DicomFileLike
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.filewriter import (
     correct_ambiguous_vr,
@@ -42,6 +43,7 @@ from router.spool.long_sequences import (
     is_long_sequence,
     long_sequence,
 )
+from router.spool.raw_elements import element_bytes, file_meta_bytes
 from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
 
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -261,7 +263,12 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out) -> N
     fp.is_little_endian = ts.is_little_endian
     fp.is_implicit_VR = ts.is_implicit_VR
     fp.write((getattr(header, "preamble", None) or b"\0" * 128)[:128].ljust(128, b"\0") + b"DICM")
-    write_file_meta_info(fp, header.file_meta, enforce_standard=True)
+    meta = file_meta_bytes(header.file_meta)
+    if meta is None:
+        buffer = _buffer_like(fp)
+        write_file_meta_info(buffer, header.file_meta, enforce_standard=True)
+        meta = buffer.getvalue()
+    fp.write(meta)
     charset = header.get("SpecificCharacterSet", "iso8859")
     with open(source, "rb") as src:
         _write_elements(fp, before, src, charset)
@@ -274,25 +281,43 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out) -> N
 
 
 def _write_elements(fp, part: Dataset, src, charset) -> None:
-    """Write ``part``'s elements in tag order: those still deferred (never read, so never
-    changed) copied byte for byte from ``src``, the file they were read from, the rest
-    encoded by pydicom."""
-    little = fp.is_little_endian
-    deferred = [tag for tag in part.keys() if _is_deferred(part.get_item(tag, keep_deferred=True))]
-    if not deferred:
-        write_dataset(fp, correct_ambiguous_vr(part, little), parent_encoding=charset)
-        return
-    encoded = _subset(part, [tag for tag in part.keys() if tag not in deferred])
-    correct_ambiguous_vr(encoded, little)
-    run = _subset(part, [])
+    """Write ``part``'s elements in tag order: those still raw (never changed) as they were
+    read, from memory or, when their value was left in the file, copied byte for byte from
+    ``src``; simple decoded ones encoded by :func:`~router.spool.raw_elements.element_bytes`;
+    the rest (sequences, non-ASCII text) by pydicom."""
+    implicit = fp.is_implicit_VR
+    run: list[int] = []
     for tag in sorted(part.keys()):
-        if tag not in deferred:
-            run[tag] = encoded.get_item(tag, keep_deferred=True)
+        element = part.get_item(tag, keep_deferred=True)
+        raw = element_bytes(element, implicit=implicit) if fp.is_little_endian else None
+        if raw is None and not _is_deferred(element):
+            run.append(tag)
             continue
-        write_dataset(fp, run, parent_encoding=charset)
-        run = _subset(part, [])
-        _copy_element(src, part.get_item(tag, keep_deferred=True), fp)
-    write_dataset(fp, run, parent_encoding=charset)
+        _write_encoded(fp, part, run, charset)
+        run = []
+        if raw is not None:
+            fp.write(raw)
+        else:
+            _copy_element(src, element, fp)
+    _write_encoded(fp, part, run, charset)
+
+
+def _write_encoded(fp, part: Dataset, tags: list[int], charset) -> None:
+    """Write ``part``'s elements ``tags`` through pydicom's writer, encoded in memory first."""
+    if tags:
+        encoded = correct_ambiguous_vr(_subset(part, tags), fp.is_little_endian)
+        buffer = _buffer_like(fp)
+        write_dataset(buffer, encoded, parent_encoding=charset)
+        fp.write(buffer.getvalue())
+
+
+def _buffer_like(fp) -> DicomBytesIO:
+    """A memory buffer with ``fp``'s encoding, for pydicom's writer, which seeks back to fill in
+    lengths (the file being written only moves forward: see
+    :class:`~router.spool.checksum.ChecksummingWriter`)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = fp.is_little_endian, fp.is_implicit_VR
+    return buffer
 
 
 def _is_deferred(element) -> bool:
@@ -389,7 +414,9 @@ def _write_whole(source, header: Dataset, out) -> None:
     for element in header:
         full.add(element)
     full.file_meta = header.file_meta
-    dcmwrite(out, full, enforce_file_format=True)
+    buffer = io.BytesIO()
+    dcmwrite(buffer, full, enforce_file_format=True)
+    out.write(buffer.getvalue())
 
 
 def _copy_range(src, dst, length: int) -> None:

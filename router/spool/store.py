@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 
 from router.engine.spare_files import SpareFiles, close_and_remove, create_empty
+from router.spool.checksum import ChecksummingWriter
 from router.spool.splice import write_spliced
 
 log = structlog.get_logger("router.spool")
@@ -85,8 +86,9 @@ class Spool:
         os.replace(received, target)
         return target, False
 
-    def write_version(self, instance, directory: Path | None = None) -> Path:
-        """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet durable.
+    def write_version(self, instance, directory: Path | None = None) -> tuple[Path, str]:
+        """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet
+        durable. Returns its path and checksum.
 
         It goes into ``objects/`` unless ``directory`` says otherwise.
         """
@@ -95,12 +97,13 @@ class Spool:
         tmp = self.incoming / f"{name}.part"
         try:
             with open(tmp, "wb") as out:
-                write_spliced(instance.path, instance.header, instance.layout, out)
+                writer = ChecksummingWriter(out)
+                write_spliced(instance.path, instance.header, instance.layout, writer)
             os.replace(tmp, target)
         except BaseException:
             self.discard(tmp)
             raise
-        return target
+        return target, writer.checksum
 
     def make_durable(self, path: Path | str, fd: int | None = None, entry_durable: bool = False) -> None:
         """fsync the file (through ``fd`` if it is open there) and, unless ``entry_durable``, the
