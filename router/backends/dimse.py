@@ -14,23 +14,24 @@ retrieve = "move"         # fetch instances for C-MOVE/C-GET with C-MOVE to the 
 
 Each worker keeps one association open and reuses it while the instances it sends fit
 its presentation contexts; it proposes, per SOP class, each transfer syntax it has seen
-in a context of its own plus one uncompressed context as a fallback. An instance whose
-syntax was not yet proposed in a context of its own makes the worker associate again (the
-fallback context never stands in for it), so every instance goes out in the syntax it came
-in whenever the peer accepts that syntax. An instance whose
-transfer syntax the peer refused is converted when both are uncompressed little endian;
-a compressed one the peer will not take is quarantined with the reason.
+in a context of its own plus one context for each syntax of its transfer syntax policy
+(:mod:`router.transcode.policy`: ``transfer_syntaxes``, ``transcode``,
+``keep_uid_on_lossy``). An instance whose syntax was not yet proposed in a context of its
+own makes the worker associate again, so every instance goes out in the syntax it came in
+whenever the peer accepts that syntax (unless ``transcode = "always"``). One the peer
+refuses goes out in the first syntax of the policy the peer accepted, transcoded once into
+the spool (:mod:`router.transcode.variants`) and shared with every backend that wants it
+so; one that cannot be transcoded is quarantined with the reason.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Literal
 
 import structlog
 from pydantic import Field
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
 
@@ -44,16 +45,18 @@ from router.engine.fast_store import send_c_store_file
 from router.engine.socket_loans import end_loan, settle_lent_socket
 from router.engine.spare_files import ReceivedFiles
 from router.spool.queue import Delivery
-from router.spool.transcode import CannotConvert, convert_file
 from router.tls import BackendTLSConfig, client_context
+from router.transcode.files import CannotTranscode
+from router.transcode.policy import TranscodePolicy
+from router.transcode.syntaxes import describe
+from router.transcode.variants import ensure_variant
 
 log = structlog.get_logger("router.backends.dimse")
 
 MAX_CONTEXTS = 128
-FALLBACK_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
-class DimseBackendConfig(BackendConfig):
+class DimseBackendConfig(TranscodePolicy, BackendConfig):
     type: Literal["dimse"] = "dimse"
     host: str = Field(min_length=1)
     port: Port
@@ -137,13 +140,15 @@ class StoreSCU:
         self.assoc = None
         self.last_used = 0.0
         self.wanted: dict[str, list[str]] = {}  # SOP class -> transfer syntaxes, insertion ordered
+        self.policy = backend.config
+        self.targets = self.policy.proposed_syntaxes()
         self.proposed: set[tuple[str, str]] = set()
 
     def deliver(self, delivery: Delivery) -> DeliveryResult:
         sop, ts = delivery.sop_class_uid, delivery.transfer_syntax
         if not sop or not ts:
             return DeliveryResult(Outcome.PERMANENT, None, "the spool entry has no SOP class or transfer syntax")
-        if (sop, ts) not in self.proposed or not self._alive():
+        if not self._proposed(sop, ts) or not self._alive():
             self._want(sop, ts)
             unreachable = self._reassociate()
             if unreachable:
@@ -152,6 +157,13 @@ class StoreSCU:
             return self._send(delivery, sop, ts)
         finally:
             self.last_used = time.monotonic()
+
+    def _proposed(self, sop: str, ts: str) -> bool:
+        """Whether the association offered what an instance of ``sop`` in ``ts`` needs: a context
+        of its own syntax, or with ``transcode = "always"`` any context of its SOP class."""
+        if self.policy.transcode == "always":
+            return any(proposed_sop == sop for proposed_sop, _ in self.proposed)
+        return (sop, ts) in self.proposed
 
     def idle(self) -> None:
         """Give the association's socket back to its DUL thread (see
@@ -184,14 +196,16 @@ class StoreSCU:
             del self.wanted[oldest]
 
     def _context_count(self) -> int:
-        return sum(len(v) + 1 for v in self.wanted.values())
+        return sum(len(v) + len(self.targets) for v in self.wanted.values())
 
     def _contexts(self):
         contexts = []
         for sop, syntaxes in self.wanted.items():
-            for ts in syntaxes:
+            for ts in syntaxes if self.policy.transcode != "always" else ():
                 contexts.append(build_context(sop, [ts]))
-            contexts.append(build_context(sop, FALLBACK_SYNTAXES))
+            for ts in self.targets:
+                if ts not in syntaxes or self.policy.transcode == "always":
+                    contexts.append(build_context(sop, [ts]))
         return contexts[:MAX_CONTEXTS]
 
     def _reassociate(self) -> DeliveryResult | None:
@@ -215,22 +229,16 @@ class StoreSCU:
             return DeliveryResult(
                 Outcome.PERMANENT, None, f"{self.backend.describe()} refused SOP class {UID(sop).name}"
             )
-        path = delivery.path
-        if not any(cx.transfer_syntax[0] == ts for cx in accepted):
-            converted = self._converted(delivery, ts, accepted)
-            if isinstance(converted, DeliveryResult):
-                return converted
-            path = converted
+        path = self._in_accepted_syntax(delivery, ts, {cx.transfer_syntax[0] for cx in accepted})
+        if isinstance(path, DeliveryResult):
+            return path
         try:
             rsp = send_c_store_file(self.assoc, path)
         except FileNotFoundError:
-            return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
+            return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {path}")
         except (TimeoutError, OSError, RuntimeError) as exc:
             self.close()
             return DeliveryResult(Outcome.TRANSIENT, None, f"sending failed: {exc}")
-        finally:
-            if path != delivery.path:
-                os.unlink(path)
         if rsp.status is None:
             self.close()
             return DeliveryResult(Outcome.TRANSIENT, None, "no C-STORE response (association aborted or timed out)")
@@ -238,43 +246,24 @@ class StoreSCU:
         comment = f": {rsp.error_comment}" if rsp.error_comment is not None else ""
         return DeliveryResult(outcome, rsp.status, f"C-STORE status 0x{rsp.status:04X}{comment}")
 
-    def _converted(self, delivery: Delivery, ts: str, accepted):
-        """A file beside the spool file holding the instance in an accepted uncompressed syntax
-        (streamed: :mod:`router.spool.transcode`), or why that is impossible."""
-        source = UID(ts)
-        offered = ", ".join(sorted({UID(cx.transfer_syntax[0]).name for cx in accepted}))
-        convertible = [cx for cx in accepted if cx.transfer_syntax[0] in FALLBACK_SYNTAXES]
-        if source.is_compressed or not source.is_little_endian or not convertible:
-            return DeliveryResult(
-                Outcome.PERMANENT,
-                None,
-                f"{self.backend.describe()} accepts {UID(delivery.sop_class_uid).name} only in {offered}; "
-                f"the instance is {source.name} and the router does not transcode it",
-            )
-        target = convertible[0].transfer_syntax[0]
-        log.info(
-            "converting transfer syntax for a peer that refused it",
-            source=source.name,
-            target=UID(target).name,
-            **delivery.log_context(),
-        )
-        converted = f"{delivery.path}.{UID(target).name.replace(' ', '-')}.part"
+    def _in_accepted_syntax(self, delivery: Delivery, ts: str, accepted: set[str]):
+        """The file to send: the spool file, or its version in the syntax the policy chooses
+        among those the peer accepted (made now if it is not there yet); or why there is none."""
+        target = self.policy.choose(ts, accepted)
+        if target is None:
+            reason = self.policy.refusal(ts, accepted)
+            return DeliveryResult(Outcome.PERMANENT, None, f"{self.backend.describe()}: {reason}")
+        if target == ts:
+            return delivery.path
+        log.info("transcoding", source=describe(ts), target=describe(target), **delivery.log_context())
         try:
-            convert_file(delivery.path, converted, target)
-        except (CannotConvert, ValueError) as exc:
-            _remove(converted)
-            return DeliveryResult(Outcome.PERMANENT, None, f"cannot convert to {UID(target).name}: {exc}")
+            return ensure_variant(delivery.path, ts, target, keep_uid_on_lossy=self.policy.keep_uid_on_lossy)
+        except CannotTranscode as exc:
+            return DeliveryResult(Outcome.PERMANENT, None, f"cannot transcode to {describe(target)}: {exc}")
+        except FileNotFoundError:
+            return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
         except OSError as exc:
-            _remove(converted)
-            return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the converted instance: {exc}")
-        return converted
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the transcoded instance: {exc}")
 
 
 @register("backend", "dimse", DimseBackendConfig)

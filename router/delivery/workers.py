@@ -120,7 +120,7 @@ class SuccessRecorder:
             return
         for path in paths:
             if path:
-                self.spool.discard(path)
+                self.spool.discard_instance(path)
 
 
 class BackendWorker(threading.Thread):
@@ -152,7 +152,7 @@ class BackendWorker(threading.Thread):
                 batch = self.queue.claim_due(self.backend, BATCH_SIZE)
                 if not batch:
                     for path in self.queue.take_superseded(self.backend):
-                        self.spool.discard(path)
+                        self.spool.discard_instance(path)
                     deliverer.idle()
                     self.stop_event.wait(poll)
                     poll = next_idle_poll(poll)

@@ -104,10 +104,8 @@ def _meta_element(element) -> bytes | None:
         return _element(element.tag, vr, struct.pack("<I", value), False)
     if vr == "OB" and isinstance(value, bytes):
         raw = value
-    elif vr in ("UI", "SH", "AE", "CS", "LO", "UR") and isinstance(value, str):
-        raw = value.encode("ascii", "strict") if value.isascii() else None
-        if raw is None:
-            return None
+    elif vr in ("UI", "SH", "AE", "CS", "LO", "UR") and isinstance(value, str) and value.isascii():
+        raw = value.encode("ascii")
     else:
         return None
     if len(raw) % 2:

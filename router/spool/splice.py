@@ -242,12 +242,13 @@ def _encapsulated_end(f, position: int, endian: str) -> int:
             raise SpliceError(f"unexpected ({group:04X},{elem:04X}) inside encapsulated pixel data")
 
 
-def write_spliced(source: Path | str, header: Dataset, layout: Layout, out) -> None:
+def write_spliced(source: Path | str, header: Dataset, layout: Layout, out, pixel_data=None) -> None:
     """Write ``header`` + the source's pixel data element (verbatim) as a Part-10 file to ``out``.
 
     ``header`` must not hold a top-level pixel data element; elements after the pixel
-    data tag are written after it. The file meta gets the header's SOP class and
-    instance UIDs.
+    data tag are written after it, in the syntax the header's file meta names. The file
+    meta gets the header's SOP class and instance UIDs. ``pixel_data``, if given, writes a
+    new pixel data element to ``out`` in place of the source's (a transcoding).
     """
     if any(tag in header for tag in PIXEL_TAGS):
         raise SpliceError("the edited header holds a pixel data element; the pixel data comes from the source")
@@ -274,8 +275,11 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out) -> N
         _write_elements(fp, before, src, charset)
         if layout.pixel_start is None:
             return
-        src.seek(layout.pixel_start)
-        _copy_range(src, out, layout.pixel_end - layout.pixel_start)
+        if pixel_data is not None:
+            pixel_data(out)
+        else:
+            src.seek(layout.pixel_start)
+            _copy_range(src, out, layout.pixel_end - layout.pixel_start)
         if len(after):
             _write_elements(fp, after, src, charset)
 
@@ -290,7 +294,7 @@ def _write_elements(fp, part: Dataset, src, charset) -> None:
     for tag in sorted(part.keys()):
         element = part.get_item(tag, keep_deferred=True)
         raw = element_bytes(element, implicit=implicit) if fp.is_little_endian else None
-        if raw is None and not _is_deferred(element):
+        if raw is None and not _is_deferred_as_written(element, fp):
             run.append(tag)
             continue
         _write_encoded(fp, part, run, charset)
@@ -318,6 +322,16 @@ def _buffer_like(fp) -> DicomBytesIO:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = fp.is_little_endian, fp.is_implicit_VR
     return buffer
+
+
+def _is_deferred_as_written(element, fp) -> bool:
+    """A deferred element in the encoding ``fp`` writes (one in another, after a transcoding,
+    is read and re-encoded by pydicom)."""
+    return (
+        _is_deferred(element)
+        and element.is_implicit_VR == fp.is_implicit_VR
+        and element.is_little_endian == fp.is_little_endian
+    )
 
 
 def _is_deferred(element) -> bool:

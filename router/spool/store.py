@@ -25,6 +25,7 @@ import structlog
 from router.engine.spare_files import SpareFiles, close_and_remove, create_empty
 from router.spool.checksum import ChecksummingWriter
 from router.spool.splice import write_spliced
+from router.spool.variants import remove_variants, variant_base
 
 log = structlog.get_logger("router.spool")
 
@@ -143,6 +144,11 @@ class Spool:
         except FileNotFoundError:
             pass
 
+    def discard_instance(self, path: Path | str) -> None:
+        """Remove a spool file no delivery needs any more, with its transcoded versions."""
+        self.discard(path)
+        remove_variants(path)
+
     def free_bytes(self) -> int:
         st = os.statvfs(self.data_dir)
         return st.f_bavail * st.f_frsize
@@ -180,6 +186,11 @@ class Spool:
                 continue
             for entry in os.scandir(shard):
                 if entry.path in referenced:
+                    continue
+                base = variant_base(entry.name)
+                if base is not None:  # a transcoded version: kept while its instance is
+                    if os.path.join(shard, base) not in referenced:
+                        os.unlink(entry.path)
                     continue
                 if entry.stat().st_size == 0:
                     os.unlink(entry.path)

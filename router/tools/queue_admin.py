@@ -38,7 +38,7 @@ def queue_command(
             return 2
         n, paths = queue.purge(backend, ids)
         for path in paths:
-            spool.discard(path)
+            spool.discard_instance(path)
         print(f"purged {n} quarantined deliver{'y' if n == 1 else 'ies'}, removed {len(paths)} spool file(s)")
     return 0
 

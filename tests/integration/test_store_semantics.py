@@ -65,9 +65,11 @@ def test_compressed_instance_is_kept_as_sent(tmp_path, write_config, start_route
 
 
 @pytest.mark.dcmtk
-def test_refused_compressed_syntax_is_quarantined_with_reason(tmp_path, write_config, start_router, port):
-    """storescp accepts only uncompressed syntaxes by default (a separate process: the
-    router's accept-anything switch is process-wide in pynetdicom)."""
+def test_a_damaged_compressed_instance_a_peer_refuses_is_quarantined_with_the_codecs_reason(
+    tmp_path, write_config, start_router, port
+):
+    """storescp accepts only uncompressed syntaxes by default; this J2K codestream is made
+    up, so transcoding it fails (see tests/integration/test_transcoding.py for real ones)."""
     src = j2k_file(tmp_path / "j2k.dcm")
     dest_port = free_port()
     scp = start_storescp(tmp_path / "dest", dest_port)
@@ -77,7 +79,7 @@ def test_refused_compressed_syntax_is_quarantined_with_reason(tmp_path, write_co
         )
         assert store(port, src, JPEG2000Lossless) == 0
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
-        assert "JPEG 2000" in quarantined.reason and "does not transcode" in quarantined.reason
+        assert "cannot transcode to ExplicitVRLittleEndian: cannot decode JPEG2000Lossless" in quarantined.reason
         assert not list((tmp_path / "dest").iterdir())
     finally:
         stop_process(scp)

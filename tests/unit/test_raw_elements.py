@@ -97,7 +97,10 @@ def test_what_it_leaves_to_pydicom(inputs):
     raw_un = RawDataElement(0x00180050, "UN", 2, b"1 ", 0, False, True)
     assert element_bytes(raw_un, implicit=False) is None
     assert element_bytes(DataElement(0x00080080, "LO", "ABC"), implicit=False) == b"\x08\x00\x80\x00LO\x04\x00ABC "
-    assert element_bytes(DataElement(0x00080018, "UI", "1.2.3"), implicit=True) == b"\x08\x00\x18\x00\x06\x00\x00\x001.2.3\0"
+    assert (
+        element_bytes(DataElement(0x00080018, "UI", "1.2.3"), implicit=True)
+        == b"\x08\x00\x18\x00\x06\x00\x00\x001.2.3\0"
+    )
     assert file_meta_bytes(envelope_for(inputs[0]).instance.header.file_meta) is not None
 
 

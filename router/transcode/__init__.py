@@ -1,0 +1,1 @@
+"""Transfer syntax conversion per destination: see :mod:`router.transcode.files`."""

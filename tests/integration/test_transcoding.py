@@ -1,0 +1,167 @@
+"""Transfer syntaxes per destination, against DCMTK storescp restricted to one syntax or
+preferring one: what arrives, in which syntax, with which pixels; what is quarantined."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom import AE
+
+from router.transcode.files import transcode_file
+from tests.conftest import dimse_backend_toml, router_toml
+from tests.support.images import dcmtk_convert, write_image
+from tests.support.peers import free_port, start_storescp, stop_process, wait_for
+from tests.support.spool import spooled_files
+
+pytestmark = pytest.mark.dcmtk
+
+
+def send(port: int, path, syntax) -> int:
+    ds = dcmread(path)
+    ae = AE("MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def j2k_image(tmp_path):
+    """A 16-bit, three-frame image in JPEG 2000 Lossless, and its pixels."""
+    plain = tmp_path / "plain.dcm"
+    pixels = write_image(plain, rows=48, columns=40, bits_stored=16, frames=3)
+    compressed = tmp_path / "j2k.dcm"
+    transcode_file(plain, compressed, JPEG2000Lossless)
+    return compressed, pixels
+
+
+def _arrived(directory, count=1):
+    def files():
+        found = [p for p in directory.iterdir() if p.is_file()] if directory.exists() else []
+        return found if len(found) >= count else None
+
+    return wait_for(files, 30, message=f"{count} file(s) in {directory}")
+
+
+def test_a_compressed_instance_goes_uncompressed_to_a_peer_that_takes_only_that(
+    tmp_path, write_config, start_router, port, j2k_image
+):
+    source, pixels = j2k_image
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xi"])
+    try:
+        start_router(
+            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"]))
+        )
+        assert send(port, source, JPEG2000Lossless) == 0
+        (arrived,) = _arrived(tmp_path / "dest")
+        ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+        assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        np.testing.assert_array_equal(ds.pixel_array, pixels)
+        assert ds.SOPInstanceUID == dcmread(source).SOPInstanceUID
+    finally:
+        stop_process(scp)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "option", "decoder"),
+    [(JPEGLSLossless, "+xt", "dcmdjpls"), (RLELossless, "+xr", "dcmdrle")],
+    ids=["jpeg-ls", "rle"],
+)
+def test_always_sends_the_syntax_named_first_that_the_peer_accepts(
+    tmp_path, write_config, start_router, port, syntax, option, decoder
+):
+    plain = tmp_path / "plain.dcm"
+    pixels = write_image(plain, rows=48, columns=40, bits_stored=12, signed=True, frames=2)
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port, extra=[option])
+    policy = f'transfer_syntaxes = ["{syntax.keyword}", "ExplicitVRLittleEndian"]\ntranscode = "always"'
+    try:
+        service = start_router(
+            write_config(
+                router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
+            )
+        )
+        assert send(port, plain, ExplicitVRLittleEndian) == 0
+        (arrived,) = _arrived(tmp_path / "dest")
+        ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+        assert ds.file_meta.TransferSyntaxUID == syntax
+        dcmtk_convert(decoder, arrived, tmp_path / "decoded.dcm")
+        np.testing.assert_array_equal(dcmread(tmp_path / "decoded.dcm").pixel_array, pixels)
+        wait_for(
+            lambda: not spooled_files(tmp_path / "data") and not list((tmp_path / "data").rglob("*.dcm.*")),
+            10,
+            message="the spool file and its version removed",
+        )
+        assert service.queue.counts()["pacs"]["delivered"] == 1
+    finally:
+        stop_process(scp)
+
+
+def test_two_backends_share_one_transcoded_version_removed_with_the_instance(
+    tmp_path, write_config, start_router, port, j2k_image
+):
+    source, pixels = j2k_image
+    ports = free_port(), free_port()
+    scps = [start_storescp(tmp_path / f"dest{i}", p, extra=["+xi"]) for i, p in enumerate(ports)]
+    backends = dimse_backend_toml(ports[0], "STORESCP", "a") + dimse_backend_toml(ports[1], "STORESCP", "b")
+    try:
+        start_router(write_config(router_toml(tmp_path / "data", port, backends, ["a", "b"])))
+        assert send(port, source, JPEG2000Lossless) == 0
+        arrived = [_arrived(tmp_path / f"dest{i}")[0] for i in range(2)]
+        for path in arrived:
+            ds = wait_for(lambda path=path: _readable(path), 10, message="storescp to finish writing")
+            np.testing.assert_array_equal(ds.pixel_array, pixels)
+        wait_for(
+            lambda: not spooled_files(tmp_path / "data") and not list((tmp_path / "data").rglob("*.dcm.*")),
+            10,
+            message="the spool file and its version removed",
+        )
+    finally:
+        for scp in scps:
+            stop_process(scp)
+
+
+def test_never_quarantines_what_the_peer_will_not_take_as_received(
+    tmp_path, write_config, start_router, port, j2k_image
+):
+    source, _ = j2k_image
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port)
+    try:
+        service = start_router(
+            write_config(
+                router_toml(
+                    tmp_path / "data",
+                    port,
+                    dimse_backend_toml(dest_port, "STORESCP", extra='transcode = "never"'),
+                    ["pacs"],
+                )
+            )
+        )
+        assert send(port, source, JPEG2000Lossless) == 0
+        (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
+        assert 'transcode = "never"' in quarantined.reason and "JPEG2000Lossless" in quarantined.reason
+        assert not list((tmp_path / "dest").iterdir())
+    finally:
+        stop_process(scp)
+
+
+def _readable(path):
+    try:
+        ds = dcmread(path)
+        ds.pixel_array  # noqa: B018 - the whole file is there
+        return ds
+    except Exception:
+        return None
