@@ -46,9 +46,8 @@ from router.engine.socket_loans import end_loan, settle_lent_socket
 from router.engine.spare_files import ReceivedFiles
 from router.spool.queue import Delivery
 from router.tls import BackendTLSConfig, client_context
-from router.transcode.files import CannotTranscode
 from router.transcode.policy import TranscodePolicy
-from router.transcode.syntaxes import describe
+from router.transcode.syntaxes import CannotTranscode, describe
 from router.transcode.variants import ensure_variant
 
 log = structlog.get_logger("router.backends.dimse")

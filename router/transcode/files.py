@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pydicom import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
@@ -27,14 +27,12 @@ from router.spool.checksum import ChecksummingWriter, file_checksum
 from router.spool.deflated import read_deflated
 from router.spool.spans import LONG_VRS
 from router.spool.splice import SpliceError, clone_header, read_header, write_spliced
-from router.transcode.frames import (
-    CannotTranscode,
-    PixelFormat,
-    decoded_frames,
-    encode_frame,
-    output_format,
-)
-from router.transcode.syntaxes import LOSSY, LOSSY_METHODS, NATIVE, describe
+from router.transcode.syntaxes import LOSSY, LOSSY_METHODS, NATIVE, CannotTranscode, describe
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from router.transcode.frames import PixelFormat
 
 PIXEL_DATA = 0x7FE00010
 OFFSET_TABLES = (0x7FE00001, 0x7FE00002)  # the Extended Offset Table and its lengths: the old encoding's
@@ -68,6 +66,8 @@ def transcode_file(
         return _write(source, target, header, layout, syntax, None)
     if layout.pixel_tag != PIXEL_DATA or layout.pixel_start is None:
         raise CannotTranscode("float pixel data is not transcoded")
+    from router.transcode.frames import PixelFormat, decoded_frames, output_format  # numpy: only when used
+
     fmt = PixelFormat.of(header)
     with open(source, "rb") as f:
         f.seek(_value_start(f, layout.pixel_start, source_syntax))
@@ -133,6 +133,9 @@ class _PixelWriter:
         self.lossy_ratio: float | None = None
 
     def __call__(self, out) -> None:
+        from router.transcode.frames import encode_frame
+
+        self.encode = encode_frame
         if self.syntax in NATIVE:
             self._native(out)
         else:
@@ -148,7 +151,7 @@ class _PixelWriter:
             out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, padded))
         written = 0
         for array, _ in self.frames:
-            data = encode_frame(array, self.decoded, self.syntax)
+            data = self.encode(array, self.decoded, self.syntax)
             if len(data) != self.decoded.frame_bytes:
                 raise CannotTranscode(f"a decoded frame is {len(data)} bytes, {self.decoded.frame_bytes} expected")
             out.write(data)
@@ -165,7 +168,7 @@ class _PixelWriter:
         out.write(ITEM + struct.pack("<I", 0))
         raw = encoded = count = 0
         for array, _ in self.frames:
-            data = encode_frame(array, self.decoded, self.syntax)
+            data = self.encode(array, self.decoded, self.syntax)
             if len(data) % 2:
                 data += b"\0"
             out.write(ITEM + struct.pack("<I", len(data)))

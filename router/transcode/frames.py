@@ -20,15 +20,11 @@ from pydicom import Dataset
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import JPEG2000, UID, JPEGBaseline8Bit, JPEGLSNearLossless
 
-from router.transcode.syntaxes import NATIVE, describe
+from router.transcode.syntaxes import NATIVE, CannotTranscode, describe
 
 JPEG_QUALITY = 90  # Pillow's scale; about 10:1 on CT
 J2K_LOSSY_RATIO = 10.0
 JPEG_LS_NEAR_ERROR = 2
-
-
-class CannotTranscode(ValueError):
-    """The instance cannot be written in the syntax asked for (the reason says why)."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ _UID_FORM = re.compile(r"[0-9]+(\.[0-9]+)*")
 _BY_KEYWORD = {UID(uid).keyword: UID(uid) for uid in DECODABLE | ENCODABLE}
 
 
+class CannotTranscode(ValueError):
+    """The instance cannot be written in the syntax asked for (the reason says why)."""
+
+
 def parse_syntax(text: str) -> UID:
     """The UID ``text`` names (a UID or a keyword); raises ValueError naming what can be used."""
     uid = _BY_KEYWORD.get(text) or (UID(text) if _UID_FORM.fullmatch(text) else None)

@@ -21,8 +21,8 @@ from router.spool.checksum import file_checksum
 from router.spool.store import fsync_dir
 from router.spool.transcode import CannotConvert, convert_file
 from router.spool.variants import variant_path
-from router.transcode.files import CannotTranscode, Transcoded, transcode_file
-from router.transcode.syntaxes import NATIVE
+from router.transcode.files import Transcoded, transcode_file
+from router.transcode.syntaxes import NATIVE, CannotTranscode
 
 
 def ensure_variant(path: Path | str, received: str, syntax: str, *, keep_uid_on_lossy: bool = False) -> Path:

@@ -17,9 +17,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from router.transcode.files import CannotTranscode, transcode_file
+from router.transcode.files import transcode_file
 from router.transcode.policy import TranscodePolicy
-from router.transcode.syntaxes import parse_syntax
+from router.transcode.syntaxes import CannotTranscode, parse_syntax
 from tests.support.deid import dciodvfy_errors, have_dciodvfy
 from tests.support.images import dcmtk_convert, write_image
 from tests.support.peers import have_dcmtk
