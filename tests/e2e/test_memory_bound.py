@@ -306,3 +306,58 @@ backends = ["pacs"]
     assert final_counts(result.stderr + result.stdout).get("Completed") == 200
     assert len(list((tmp_path / "got").iterdir())) == 200
     assert max(peaks.values()) < LIMIT_MIB
+
+
+def _frame(index: int, rows: int = 512, columns: int = 512):
+    """Frame ``index`` of the large multi-frame image: a ramp shifted by the index, 12 bits."""
+    import numpy as np
+
+    ramp = (np.arange(rows * columns, dtype=np.uint32).reshape(rows, columns) // 61 + index * 7) % 4096
+    return ramp.astype(np.uint16)
+
+
+def write_large_multiframe(path, frames: int):
+    """A multi-frame 512 x 512 16-bit image, written frame by frame (never whole in memory)."""
+    import struct
+
+    from tests.support.dicomgen import make_dataset
+
+    ds = make_dataset("ct", "BIGMF", "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", 0, rows=512)
+    ds.NumberOfFrames = frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if "PixelData" in ds:
+        del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    with open(path, "ab") as f:
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * 512 * 512 * 2))
+        for index in range(frames):
+            f.write(_frame(index).tobytes())
+
+
+@pytest.mark.slow
+@pytest.mark.dcmtk
+def test_a_600_mb_multi_frame_instance_is_transcoded_frame_by_frame_with_flat_memory(tmp_path, write_config):
+    """Issue 21: 1144 frames of 512 x 512 (600 MB) sent as RLE Lossless to a peer the backend
+    wants RLE for: every router process stays under 150 MiB, and the frames arrive intact."""
+    from pydicom.pixels import iter_pixels
+    from pydicom.uid import RLELossless
+
+    frames = 1144
+    source = tmp_path / "large-mf.dcm"
+    write_large_multiframe(source, frames)
+    port, dest_port = free_port(), free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xr"])
+    policy = 'transfer_syntaxes = ["RLELossless"]\ntranscode = "always"'
+    text = router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
+    serve = ServeProcess(write_config(text), tmp_path / "serve.log").start(port)
+    try:
+        peaks = store_and_measure(port, source, CTImageStorage, tmp_path / "data", serve)
+    finally:
+        serve.stop()
+        stop_process(scp)
+    assert max(peaks.values()) < LIMIT_MIB
+    (arrived,) = (tmp_path / "dest").iterdir()
+    header = dcmread(arrived, stop_before_pixels=True)
+    assert header.file_meta.TransferSyntaxUID == RLELossless and int(header.NumberOfFrames) == frames
+    for index, frame in zip((0, frames - 1), iter_pixels(arrived, indices=[0, frames - 1])):
+        assert (frame == _frame(index)).all()
