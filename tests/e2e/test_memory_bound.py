@@ -359,5 +359,5 @@ def test_a_600_mb_multi_frame_instance_is_transcoded_frame_by_frame_with_flat_me
     (arrived,) = (tmp_path / "dest").iterdir()
     header = dcmread(arrived, stop_before_pixels=True)
     assert header.file_meta.TransferSyntaxUID == RLELossless and int(header.NumberOfFrames) == frames
-    for index, frame in zip((0, frames - 1), iter_pixels(arrived, indices=[0, frames - 1])):
+    for index, frame in zip((0, frames - 1), iter_pixels(arrived, indices=[0, frames - 1]), strict=True):
         assert (frame == _frame(index)).all()

@@ -110,6 +110,28 @@ def test_series_instance_and_metadata(router, archive):
     assert all("7FE00010" not in m for m in metadata)  # no pixel data in metadata
 
 
+def test_a_transfer_syntax_asked_for_is_sent_frame_by_frame_transcoded_and_406_for_one_it_cannot(router, archive):
+    import numpy as np
+
+    web, _ = router
+    _, files = archive
+    study = uid_of(files[0])
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'
+    status, headers, body = get(web, f"/dicom-web/studies/{study}", {"Accept": accept})
+    assert status == 200
+    parts = multipart_parts(body, headers["Content-Type"])
+    assert len(parts) == len(files)
+    originals = {uid_of(f, "SOPInstanceUID"): dcmread(f).pixel_array for f in files}
+    for part_headers, content in parts:
+        assert "transfer-syntax=1.2.840.10008.1.2.4.80" in part_headers["content-type"]
+        ds = dcmread(io.BytesIO(content))
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        np.testing.assert_array_equal(ds.pixel_array, originals[ds.SOPInstanceUID])
+    refused = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.57'
+    status, _, body = get(web, f"/dicom-web/studies/{study}", {"Accept": refused})
+    assert status == 406 and b"1.2.840.10008.1.2.4.57" in body
+
+
 def test_unknown_uids_get_404(router):
     web, _ = router
     status, _, body = get(web, "/dicom-web/studies/1.2.3.4.5.6.7.8.9")

@@ -8,9 +8,13 @@ gets), and each is written to the client as it arrives, one part of a
 ``multipart/related; type="application/dicom"`` answer, read from its file in chunks (aiohttp's
 multipart writer, one part at a time). ``/metadata`` answers the same instances' headers as a
 DICOM JSON array, bulk data (pixel data, long binary values) left out. The instances are sent
-as they are stored (``transfer-syntax=*``), and each part says which syntax that is.
+as they are stored, unless the Accept header names a ``transfer-syntax``
+(:mod:`.accept`): then each is transcoded frame by frame (:mod:`router.transcode.files`)
+into a scratch file beside it, and each part says which syntax it is in. An instance that
+cannot be transcoded is left out of the answer, with a log line saying why.
 
-404: nothing matches; 403: a stage refused the request; 502: no upstream could list or send
+406: the Accept header names only syntaxes the router cannot send; 404: nothing matches;
+403: a stage refused the request; 502: no upstream could list or send
 the instances (with the reasons). An upstream that breaks off after some instances were sent
 ends the answer early: its status cannot change any more, and the log says what was missing.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from concurrent.futures import Executor
 
@@ -26,12 +31,15 @@ import structlog
 from aiohttp import MultipartWriter, hdrs, web
 from pydicom import Dataset
 
+from router.endpoints.dicomweb.accept import AS_STORED, NotAcceptable, requested_syntax
 from router.endpoints.dicomweb.bridge import END, ThreadedStream
 from router.endpoints.dicomweb.responses import DICOM_JSON, problem
 from router.envelope import AssociationInfo
 from router.qr.service import QueryRetrieveService, RetrievalRefused
 from router.qr.upstream import UpstreamError
 from router.spool.splice import read_header_before_pixels
+from router.transcode.files import transcode_file
+from router.transcode.syntaxes import CannotTranscode
 
 log = structlog.get_logger("router.dicomweb")
 
@@ -52,6 +60,10 @@ async def retrieve(
 ):
     if qr is None or "retrieve" not in qr.offered(endpoint):
         return problem(503, "no backend of this endpoint's pipelines retrieves instances (retrieve = ...)")
+    try:
+        syntax = AS_STORED if metadata else requested_syntax(request.headers.get(hdrs.ACCEPT))
+    except NotAcceptable as exc:
+        return problem(406, str(exc))
     identifier = Dataset()
     identifier.QueryRetrieveLevel = (
         "IMAGE" if "SOPInstanceUID" in uids else "SERIES" if "SeriesInstanceUID" in uids else "STUDY"
@@ -63,8 +75,12 @@ async def retrieve(
         for fetched, path in qr.retrieve_files(origin, identifier, endpoint_ae, cancelled):
             if metadata:
                 yield fetched.sop_instance_uid, _metadata_json(path)
-            else:
+            elif syntax in (AS_STORED, fetched.transfer_syntax):
                 yield fetched.sop_instance_uid, (open(path, "rb"), fetched.transfer_syntax)
+            else:
+                transcoded = _transcoded(path, syntax, fetched.sop_instance_uid, origin)
+                if transcoded is not None:
+                    yield fetched.sop_instance_uid, (transcoded, syntax)
 
     stream = ThreadedStream(asyncio.get_running_loop(), executor, capacity=IN_FLIGHT)
     stream.start(produce)
@@ -127,6 +143,30 @@ async def _write_part(response: web.StreamResponse, boundary: str, file, transfe
         await part.write(response, close_boundary=False)
     finally:
         file.close()
+
+
+def _transcoded(path, syntax: str, sop_instance_uid: str, origin: AssociationInfo):
+    """The instance at ``path`` in ``syntax``: a scratch file beside it, open for reading and
+    already unlinked (so it goes when it is closed); None, logged, when it cannot be made."""
+    scratch = f"{path}.{syntax}.wado"
+    try:
+        transcode_file(path, scratch, syntax)
+        file = open(scratch, "rb")
+    except (CannotTranscode, OSError) as exc:
+        log.warning(
+            "WADO-RS instance left out: it cannot be sent in the syntax asked for",
+            reason=str(exc),
+            request_id=origin.association_id,
+            peer=f"{origin.peer_host}:{origin.peer_port}",
+            sop_instance_uid=sop_instance_uid,
+        )
+        return None
+    finally:
+        try:
+            os.unlink(scratch)
+        except FileNotFoundError:
+            pass
+    return file
 
 
 def _metadata_json(path) -> bytes:
