@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--to", required=True, dest="target")
     p.add_argument("--calling-aet", help="calling AE title (default: the router's)")
+    p.add_argument(
+        "--transfer-syntax",
+        help="send every file in this syntax (a keyword such as JPEG2000Lossless, or a UID), transcoded first",
+    )
     p = command("queue", cmd_queue, "Inspect and manage the delivery queue.")
     p.add_argument("action", choices=("list", "retry", "purge", "adopt"))
     p.add_argument(
@@ -257,9 +261,17 @@ def _echo_dicomweb(backend) -> int:
 def cmd_send(args) -> int:
     from router.tools.send import send_paths
     from router.tools.targets import resolve_target
+    from router.transcode.syntaxes import parse_syntax
 
+    syntax = None
+    if args.transfer_syntax:
+        try:
+            syntax = str(parse_syntax(args.transfer_syntax))
+        except ValueError as exc:
+            print(f"send: --transfer-syntax: {exc}", file=sys.stderr)
+            return EX_USAGE
     backend = resolve_target(args.target, _load(args), calling_aet=args.calling_aet)
-    return EX_OK if send_paths(backend, args.paths) else EX_FAIL
+    return EX_OK if send_paths(backend, args.paths, transfer_syntax=syntax) else EX_FAIL
 
 
 def cmd_queue(args) -> int:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
@@ -21,6 +23,8 @@ from router import engine
 from router.backends.status import Outcome
 from router.spool.queue import Delivery
 from router.spool.splice import read_header_before_pixels
+from router.transcode.files import transcode_file
+from router.transcode.syntaxes import CannotTranscode, describe
 
 
 def iter_files(paths: list[Path]):
@@ -90,9 +94,10 @@ class Progress:
             self.stream.write("\n")
 
 
-def send_paths(backend, paths: list[Path]) -> bool:
+def send_paths(backend, paths: list[Path], transfer_syntax: str | None = None) -> bool:
     """Send every DICOM file under ``paths``; print failures and a summary; True if there was
-    one to send and all were sent."""
+    one to send and all were sent. ``transfer_syntax``: each file is first transcoded into it
+    (a scratch copy in a temporary folder, removed once sent; the file itself is never changed)."""
     engine.configure()
     found = list(iter_files(paths))
     files = [path for path in found if is_part10(path)]
@@ -102,9 +107,12 @@ def send_paths(backend, paths: list[Path]) -> bool:
     counts = {"sent": 0, "warning": 0, "failed": 0}
     sent_bytes = 0
     started = time.monotonic()
+    scratch = tempfile.TemporaryDirectory(prefix="dicom-router-send-") if transfer_syntax else None
     try:
         for path in files:
             item = describe_file(path)
+            if scratch is not None and not isinstance(item, str) and item.transfer_syntax != transfer_syntax:
+                item = _transcoded(item, path, Path(scratch.name), transfer_syntax)
             if isinstance(item, str):
                 counts["failed"] += 1
                 _report(progress, path, item)
@@ -119,9 +127,13 @@ def send_paths(backend, paths: list[Path]) -> bool:
                     counts["failed"] += 1
                     _report(progress, path, result.reason)
             progress.step()
+            if scratch is not None and not isinstance(item, str) and item.path != str(path):
+                os.unlink(item.path)
     finally:
         scu.close()
         progress.finish()
+        if scratch is not None:
+            scratch.cleanup()
     elapsed = max(time.monotonic() - started, 1e-6)
     print(
         f"{counts['sent']} sent, {counts['warning']} with warnings, {counts['failed']} failed "
@@ -132,6 +144,16 @@ def send_paths(backend, paths: list[Path]) -> bool:
     if not files:
         print("no DICOM file to send", file=sys.stderr)
     return counts["failed"] == 0 and bool(files)
+
+
+def _transcoded(item: Delivery, path: Path, scratch: Path, syntax: str) -> Delivery | str:
+    """The delivery of ``path`` transcoded into ``syntax`` in ``scratch``, or why it cannot be."""
+    target = scratch / f"{item.sop_instance_uid}.dcm"
+    try:
+        result = transcode_file(path, target, syntax)
+    except (CannotTranscode, OSError) as exc:
+        return f"cannot transcode to {describe(syntax)}: {exc}"
+    return replace(item, path=str(target), transfer_syntax=syntax, sop_instance_uid=result.sop_instance_uid)
 
 
 def _report(progress: Progress, path: Path, reason: str) -> None:

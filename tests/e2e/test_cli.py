@@ -176,6 +176,35 @@ def test_send_folder_with_summary_and_failure_exit(tmp_path, small_files):
         assert nothing.returncode == 1 and "no DICOM file to send" in nothing.stderr
 
 
+@pytest.mark.dcmtk
+def test_send_transfer_syntax_transcodes_scratch_copies_and_leaves_the_files_alone(tmp_path):
+    import numpy as np
+    from pydicom import dcmread
+
+    from tests.support.images import dcmtk_convert, write_image
+    from tests.support.peers import start_storescp, stop_process
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = write_image(folder / "a.dcm", rows=40, columns=36, bits_stored=12, frames=2)
+    before = (folder / "a.dcm").read_bytes()
+    port = free_port()
+    scp = start_storescp(tmp_path / "dest", port, extra=["+xt"])
+    try:
+        sent = run_cli("send", folder, "--to", f"127.0.0.1:{port}:STORESCP", "--transfer-syntax", "JPEGLSLossless")
+        assert sent.returncode == 0, sent.stderr
+        assert "1 sent, 0 with warnings, 0 failed" in sent.stdout
+        (arrived,) = wait_for(lambda: list((tmp_path / "dest").iterdir()), 10, message="the instance")
+        assert dcmread(arrived, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+        dcmtk_convert("dcmdjpls", arrived, tmp_path / "decoded.dcm")
+        np.testing.assert_array_equal(dcmread(tmp_path / "decoded.dcm").pixel_array, pixels)
+    finally:
+        stop_process(scp)
+    assert (folder / "a.dcm").read_bytes() == before and [p.name for p in folder.iterdir()] == ["a.dcm"]
+    bad = run_cli("send", folder, "--to", f"127.0.0.1:{port}:STORESCP", "--transfer-syntax", "J2K")
+    assert bad.returncode == 2 and "cannot write 'J2K'" in bad.stderr
+
+
 def test_queue_list_retry_purge(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
