@@ -111,7 +111,7 @@ def send_paths(backend, paths: list[Path], transfer_syntax: str | None = None) -
     try:
         for path in files:
             item = describe_file(path)
-            if scratch is not None and not isinstance(item, str) and item.transfer_syntax != transfer_syntax:
+            if transfer_syntax and scratch and not isinstance(item, str) and item.transfer_syntax != transfer_syntax:
                 item = _transcoded(item, path, Path(scratch.name), transfer_syntax)
             if isinstance(item, str):
                 counts["failed"] += 1

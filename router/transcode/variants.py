@@ -33,7 +33,7 @@ def ensure_variant(path: Path | str, received: str, syntax: str, *, keep_uid_on_
         return target
     scratch = Path(f"{target}.{uuid.uuid4().hex[:8]}.part")
     try:
-        _write(path, received, syntax, scratch, keep_uid_on_lossy)
+        write_in_syntax(path, received, syntax, scratch, keep_uid_on_lossy=keep_uid_on_lossy)
         fd = os.open(scratch, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -46,14 +46,19 @@ def ensure_variant(path: Path | str, received: str, syntax: str, *, keep_uid_on_
     return target
 
 
-def _write(path, received: str, syntax: str, scratch: Path, keep_uid_on_lossy: bool) -> Transcoded:
+def write_in_syntax(
+    path: Path | str, received: str, syntax: str, target: Path | str, *, keep_uid_on_lossy: bool = False
+) -> Transcoded:
+    """Write the instance in ``path`` (in syntax ``received``) to ``target`` in ``syntax``: only
+    the element headers rewritten between the two uncompressed little-endian syntaxes, else
+    transcoded frame by frame; raises :class:`CannotTranscode`."""
     if UID(received) in NATIVE and UID(syntax) in NATIVE:
         try:
-            convert_file(path, scratch, syntax)  # only the element headers change
+            convert_file(path, target, syntax)
         except CannotConvert as exc:
             raise CannotTranscode(str(exc)) from None
-        return Transcoded(file_checksum(scratch), "", False)
-    return transcode_file(path, scratch, syntax, keep_uid_on_lossy=keep_uid_on_lossy)
+        return Transcoded(file_checksum(target), "", False)
+    return transcode_file(path, target, syntax, keep_uid_on_lossy=keep_uid_on_lossy)
 
 
 def _remove(path) -> None:

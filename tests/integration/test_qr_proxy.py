@@ -156,12 +156,14 @@ def test_get_returns_the_pacs_instances_unchanged(
     assert digests_by_uid((tmp_path / "got").iterdir()) == expected
 
 
-def test_get_converts_for_a_requester_that_takes_only_implicit_vr(
-    tmp_path, write_config, start_router, ports, orthanc, studies
+@pytest.mark.parametrize("wanted", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.4.80"], ids=["implicit", "jpeg-ls"])
+def test_get_converts_for_a_requester_that_takes_only_one_other_syntax(
+    tmp_path, write_config, start_router, ports, orthanc, studies, wanted
 ):
-    """The PACS holds Explicit VR files; a C-GET requester that accepts only Implicit VR gets
-    each instance converted (streamed from file to file), same data set, and nothing left behind."""
-    from pydicom.uid import ImplicitVRLittleEndian
+    """The PACS holds Explicit VR files; a C-GET requester that accepts only Implicit VR (or
+    only JPEG-LS Lossless) gets each instance in it (streamed from file to file, transcoded
+    frame by frame), same data set and pixels, and nothing left behind."""
+    from pydicom.uid import UID
     from pynetdicom import AE, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
@@ -178,7 +180,7 @@ def test_get_converts_for_a_requester_that_takes_only_implicit_vr(
     ae = AE("QRCLIENT")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     for sop_class in sop_classes:
-        ae.add_requested_context(sop_class, [ImplicitVRLittleEndian])
+        ae.add_requested_context(sop_class, [UID(wanted)])
     assoc = ae.associate(
         "127.0.0.1",
         ports["router"],
@@ -198,8 +200,8 @@ def test_get_converts_for_a_requester_that_takes_only_implicit_vr(
     assoc.release()
     assert statuses[-1] == 0x0000 and set(received) == set(originals)
     for uid, (syntax, dataset) in received.items():
-        assert syntax == ImplicitVRLittleEndian
-        assert dataset.PixelData == originals[uid].PixelData and dataset.PatientID == originals[uid].PatientID
+        assert syntax == wanted and dataset.PatientID == originals[uid].PatientID
+        assert (dataset.pixel_array == originals[uid].pixel_array).all()
     assert not list((tmp_path / "data").rglob("*.converted"))
 
 
