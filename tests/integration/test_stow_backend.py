@@ -234,3 +234,75 @@ def test_an_unreadable_credentials_file_holds_the_queue_until_it_is_there(
         token.write_text("let-me-in\n")
         wait_for(lambda: delivered(service) == 2, 60, message="delivered once the token is there")
         assert server.headers[-1]["Authorization"] == "Bearer let-me-in"
+
+
+def _sent_j2k(tmp_path, port):
+    """Send a two-frame JPEG 2000 Lossless image to the router (its pixels returned)."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from router.transcode.files import transcode_file
+    from tests.support.images import write_image
+
+    plain = tmp_path / "plain.dcm"
+    pixels = write_image(plain, rows=48, columns=40, bits_stored=12, frames=2)
+    transcode_file(plain, tmp_path / "j2k.dcm", JPEG2000Lossless)
+    from pynetdicom import AE
+
+    ae = AE("MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", [JPEG2000Lossless])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_store(tmp_path / "j2k.dcm").Status) == 0
+    finally:
+        assoc.release()
+    return pixels
+
+
+def _kept(folder):
+    from pydicom import dcmread
+
+    return [dcmread(p) for p in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)]
+
+
+def test_always_stows_in_the_first_syntax_of_the_list(tmp_path, write_config, start_router, port):
+    import numpy as np
+
+    (tmp_path / "kept").mkdir()
+    with ScriptedStowServer(lambda sent: (200, {}), keep=tmp_path / "kept") as server:
+        policy = 'transfer_syntaxes = ["JPEGLSLossless"]\ntranscode = "always"'
+        service = start_router(
+            write_config(
+                router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url, extra=policy), ["cloud"])
+            )
+        )
+        pixels = _sent_j2k(tmp_path, port)
+        wait_for(lambda: delivered(service) == 1, 60, message="delivered")
+    (ds,) = _kept(tmp_path / "kept")
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    np.testing.assert_array_equal(ds.pixel_array, pixels)
+
+
+def test_a_syntax_the_archive_refuses_is_stowed_again_in_the_next_one(tmp_path, write_config, start_router, port):
+    import numpy as np
+
+    refused: list[str] = []
+
+    def answer(sent):
+        if not refused:
+            refused.extend(sent)
+            return 409, {uid: 0xC122 for uid in sent}
+        return 200, {}
+
+    (tmp_path / "kept").mkdir()
+    with ScriptedStowServer(answer, keep=tmp_path / "kept") as server:
+        service = start_router(
+            write_config(router_toml(tmp_path / "data", port, dicomweb_backend_toml(server.url), ["cloud"]))
+        )
+        pixels = _sent_j2k(tmp_path, port)
+        wait_for(lambda: delivered(service) == 1, 60, message="delivered")
+        assert service.queue.list_state("quarantined") == []
+    first, second = _kept(tmp_path / "kept")
+    assert first.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert second.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    np.testing.assert_array_equal(second.pixel_array, pixels)

@@ -26,6 +26,7 @@ from router.config.models import BackendConfig
 from router.config.registry import register
 from router.config.types import ConfigPath, Seconds, StrictModel
 from router.tls import BackendTLSConfig
+from router.transcode.policy import TranscodePolicy
 
 
 class HttpAuthConfig(StrictModel):
@@ -72,7 +73,7 @@ def read_secret(path: Path) -> str:
         return f.readline().rstrip("\r\n")
 
 
-class DicomwebBackendConfig(BackendConfig):
+class DicomwebBackendConfig(TranscodePolicy, BackendConfig):
     type: Literal["dicomweb"] = "dicomweb"
     url: str
     store: bool = True

@@ -8,6 +8,13 @@ FailedSOPSequence is classified by its FailureReason as a C-STORE status would b
 timeout, 408, 429, 5xx), postpones the backend's queue (no connection, 401, 403), or, for an
 answer that says the request was wrong (400, 413, 415, or 409 without a list), is sent again
 one instance per request, so one bad instance never takes its neighbours with it.
+
+The transfer syntax policy (:mod:`router.transcode.policy`) applies without negotiation:
+``always`` sends each instance in the first syntax of ``transfer_syntaxes`` (transcoded once
+into the spool, :mod:`router.transcode.variants`); ``when-refused`` sends it as received
+and, when the archive fails it with FailureReason 0xC122 (transfer syntax not supported),
+once more in the first other syntax of the list (Explicit VR Little Endian without a list);
+``never`` sends it as received only.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import replace
 
 import aiohttp
 import structlog
@@ -22,10 +30,14 @@ import structlog
 from router.backends.dicomweb.session import HttpSession, failure_reason
 from router.backends.status import DeliveryResult, Outcome, classify_store_status
 from router.spool.queue import Delivery
+from router.spool.splice import read_header_before_pixels
+from router.transcode.syntaxes import CannotTranscode, describe
+from router.transcode.variants import ensure_variant
 
 log = structlog.get_logger("router.backends.dicomweb")
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+SYNTAX_NOT_SUPPORTED = 0xC122  # PS3.18 FailureReason: Referenced Transfer Syntax not supported
 RETRIED_STATUSES = {408, 429}
 POSTPONING_STATUSES = {401, 403}
 REFERENCED, FAILED, WARNING_REASON, FAILURE_REASON, SOP_INSTANCE = (
@@ -63,6 +75,55 @@ class StowDeliverer:
         return self.deliver_many([delivery])[0]
 
     def deliver_many(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
+        policy = self.config
+        if policy.transcode == "always":
+            return self._in_syntax(deliveries, policy.transfer_syntaxes[0])
+        results = self._send(deliveries)
+        if policy.transcode == "when-refused":
+            for index, result in enumerate(results):
+                if result.status == SYNTAX_NOT_SUPPORTED:
+                    delivery = deliveries[index]
+                    target = next((s for s in policy.proposed_syntaxes() if s != delivery.transfer_syntax), None)
+                    if target is not None:
+                        results[index] = self._in_syntax([delivery], target)[0]
+        return results
+
+    def _in_syntax(self, deliveries: list[Delivery], syntax: str) -> list[DeliveryResult]:
+        """Send ``deliveries`` in ``syntax``, each transcoded first where it is in another."""
+        results: list[DeliveryResult | None] = [None] * len(deliveries)
+        ready: list[tuple[int, Delivery]] = []
+        for index, delivery in enumerate(deliveries):
+            version = self._version(delivery, syntax)
+            if isinstance(version, DeliveryResult):
+                results[index] = version
+            else:
+                ready.append((index, version))
+        if ready:
+            for (index, _), result in zip(ready, self._send([d for _, d in ready]), strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _version(self, delivery: Delivery, syntax: str) -> Delivery | DeliveryResult:
+        if delivery.transfer_syntax == syntax:
+            return delivery
+        log.info(
+            "transcoding",
+            source=describe(delivery.transfer_syntax or ""),
+            target=describe(syntax),
+            **delivery.log_context(),
+        )
+        try:
+            path = ensure_variant(
+                delivery.path, delivery.transfer_syntax or "", syntax, keep_uid_on_lossy=self.config.keep_uid_on_lossy
+            )
+            uid = str(read_header_before_pixels(path, only=["SOPInstanceUID"])[0].SOPInstanceUID)
+        except CannotTranscode as exc:
+            return DeliveryResult(Outcome.PERMANENT, None, f"cannot transcode to {describe(syntax)}: {exc}")
+        except OSError as exc:
+            return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the transcoded instance: {exc}")
+        return replace(delivery, path=str(path), transfer_syntax=syntax, sop_instance_uid=uid)
+
+    def _send(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
         try:
             headers = self.session.headers(Accept="application/dicom+json")
         except OSError as exc:  # the secret's file: the backend's problem, not the instances'
@@ -106,7 +167,7 @@ class StowDeliverer:
             if status == 200:
                 return [DeliveryResult(Outcome.SUCCESS, None, said)] * len(deliveries)
             if len(deliveries) > 1:
-                return [result for d in deliveries for result in self.deliver_many([d])]
+                return [result for d in deliveries for result in self._send([d])]
             return [DeliveryResult(Outcome.PERMANENT, None, f"{said}{_detail(text)}")]
         results = []
         for delivery in deliveries:
