@@ -25,6 +25,7 @@ codes, and Longitudinal Temporal Information Modified.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,14 +33,18 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from router.deid.keys import Keyring
 from router.deid.profile import Profile
 from router.tables import LookupTable
 
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
+METHOD_CODES = 0x00120064  # De-identification Method Code Sequence
 LONGITUDINAL_MODIFIED = 0x00280303
 MODIFIED_DATES = "retain_longitudinal_modified_dates"
 FULL_DATES = "retain_longitudinal_full_dates"
@@ -194,21 +199,34 @@ class Deidentifier:
         ds.PatientIdentityRemoved = "YES"
         chosen = [None] + [o for o in CID_7050 if o in self.options]
         ds.DeidentificationMethod = ["DICOM PS3.15 E.1 Basic Profile"] + [CID_7050[o][1][:64] for o in chosen[1:]]
-        items = []
-        for option in chosen:
-            code, meaning = CID_7050[option]
-            item = Dataset()
-            item.CodeValue = code
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds[METHOD_CODES] = self._method_codes(*_encoding(ds))
         if MODIFIED_DATES in self.options:
             ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "MODIFIED")
         elif FULL_DATES in self.options:
             ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "UNMODIFIED")
         elif dates_touched:
             ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "REMOVED")
+
+    @functools.cache  # noqa: B019 - one per encoding, for the life of the de-identifier
+    def _method_codes(self, implicit: bool, little: bool) -> RawDataElement:
+        """The De-identification Method Code Sequence, the same for every instance: encoded once
+        per encoding, and carried as the bytes pydicom wrote (the spliced writer copies them)."""
+        items = []
+        for option in [None] + [o for o in CID_7050 if o in self.options]:
+            code, meaning = CID_7050[option]
+            item = Dataset()
+            item.CodeValue = code
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = implicit, little
+        write_data_element(fp, DataElement(METHOD_CODES, "SQ", Sequence(items)))
+        encoded = fp.getvalue()
+        header = 8 if implicit else 12
+        return RawDataElement(
+            Tag(METHOD_CODES), None if implicit else "SQ", len(encoded) - header, encoded[header:], 0, implicit, little
+        )
 
     def _replace_file_meta(self, ds: Dataset) -> None:
         """PS3.15 E.1.1 item 7: the file meta and preamble describe the de-identifier, nothing else."""
@@ -375,6 +393,15 @@ class _Run:
                 return
         del ds[tag]
         self.report.actions["private removed"] += 1
+
+
+def _encoding(ds: Dataset) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of the file ``ds`` was read from."""
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+        implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    return bool(implicit), bool(little)
 
 
 def _overwritable(ds: Dataset, tag: int, vr: str) -> DataElement:
