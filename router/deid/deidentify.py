@@ -275,7 +275,7 @@ class _Run:
         removed_groups = set()
         for tag in list(ds.keys()):
             vr = _vr(ds, tag)
-            if Tag(tag).is_private:
+            if tag >> 16 & 1:
                 self._private(ds, tag, vr, creators)
                 continue
             if tag in (PATIENT_ID, PATIENT_NAME):
@@ -426,7 +426,7 @@ def _vr(ds: Dataset, tag: int) -> str:
 
 
 def _private_creators(ds: Dataset) -> dict[int, str]:
-    return {t: _text(ds[t]) for t in ds.keys() if Tag(t).is_private and 0x0010 <= t & 0xFFFF <= 0x00FF}
+    return {t: _text(ds[t]) for t in ds.keys() if t >> 16 & 1 and 0x0010 <= t & 0xFFFF <= 0x00FF}
 
 
 def _text(element) -> str:

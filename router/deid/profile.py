@@ -16,7 +16,7 @@ turns them into the one action the router applies, with the reason:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -97,6 +97,9 @@ def table() -> tuple[Row, ...]:
     return tuple(rows)
 
 
+MAX_DECIDED = 65536  # distinct public tags remembered; a flood of odd tags is decided afresh
+
+
 @dataclass(frozen=True)
 class Profile:
     """The resolved profile for one set of options: tag -> :class:`Decision`."""
@@ -105,15 +108,26 @@ class Profile:
     exact: dict[int, tuple[Row, Decision]]
     patterns: tuple[tuple[Row, Decision], ...]
 
+    _decided: dict[int, tuple[Row, Decision] | None] = field(default_factory=dict, compare=False, repr=False)
+
     def decide(self, tag: int) -> tuple[Row, Decision] | None:
-        """The row and decision for ``tag``, None when the profile does not name it (kept)."""
+        """The row and decision for ``tag``, None when the profile does not name it (kept).
+
+        Decided once per tag for the life of the profile (the plan keyed by tag that the
+        patterns resolve to, filled as tags are met)."""
+        try:
+            return self._decided[tag]
+        except KeyError:
+            pass
         hit = self.exact.get(tag)
-        if hit is not None:
-            return hit
-        for row, decision in self.patterns:
-            if row.pattern != "private" and row.matches(tag):
-                return row, decision
-        return None
+        if hit is None:
+            hit = next(
+                ((row, decision) for row, decision in self.patterns if row.pattern != "private" and row.matches(tag)),
+                None,
+            )
+        if len(self._decided) < MAX_DECIDED:
+            self._decided[tag] = hit
+        return hit
 
     def private_decision(self) -> Decision:
         for row, decision in self.patterns:
