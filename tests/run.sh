@@ -46,6 +46,13 @@ fi
 # The dependency versions the image and install.sh ship (requirements.lock), then the package and its test extras.
 "$python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 "$python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# import-linter in a virtual environment of its own (see pyproject.toml's "layers" extra);
+# tests/unit/test_layers.py runs it from there.
+if [ ! -x .venv-tools/bin/lint-imports ]; then
+  python3 -m venv .venv-tools
+  .venv-tools/bin/python -m pip install -q --disable-pip-version-check 'import-linter>=2.0,<3'
+fi
+export DICOM_ROUTER_LINT_IMPORTS="$PWD/.venv-tools/bin/lint-imports"
 # Static checks first, as configured in pyproject.toml: ruff's lint rules and format, mypy over router/
 # (the import-layer contract runs as a test).
 "$python" -m ruff check router tests benchmarks
