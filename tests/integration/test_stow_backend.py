@@ -14,7 +14,7 @@ from tests.conftest import router_toml
 from tests.support.cli import run_cli
 from tests.support.dicomfiles import dataset_digest, digests_by_uid
 from tests.support.pacs import have_orthanc_dicomweb, start_orthanc
-from tests.support.peers import free_port, storescu, wait_for
+from tests.support.peers import c_store, free_port, storescu, wait_for
 from tests.support.stowpeer import ScriptedStowServer
 
 orthanc_web = pytest.mark.skipif(
@@ -246,16 +246,7 @@ def _sent_j2k(tmp_path, port):
     plain = tmp_path / "plain.dcm"
     pixels = write_image(plain, rows=48, columns=40, bits_stored=12, frames=2)
     transcode_file(plain, tmp_path / "j2k.dcm", JPEG2000Lossless)
-    from pynetdicom import AE
-
-    ae = AE("MODALITY")
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", [JPEG2000Lossless])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
-    assert assoc.is_established
-    try:
-        assert int(assoc.send_c_store(tmp_path / "j2k.dcm").Status) == 0
-    finally:
-        assoc.release()
+    assert c_store(port, tmp_path / "j2k.dcm", JPEG2000Lossless) == 0
     return pixels
 
 

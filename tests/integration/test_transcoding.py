@@ -13,27 +13,14 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE
 
 from router.transcode.files import transcode_file
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.images import dcmtk_convert, write_image
-from tests.support.peers import free_port, start_storescp, stop_process, wait_for
+from tests.support.peers import c_store, free_port, start_storescp, stop_process, wait_for
 from tests.support.spool import spooled_files
 
 pytestmark = pytest.mark.dcmtk
-
-
-def send(port: int, path, syntax) -> int:
-    ds = dcmread(path)
-    ae = AE("MODALITY")
-    ae.add_requested_context(ds.SOPClassUID, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_ROUTER")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(path).Status)
-    finally:
-        assoc.release()
 
 
 @pytest.fixture
@@ -64,7 +51,7 @@ def test_a_compressed_instance_goes_uncompressed_to_a_peer_that_takes_only_that(
         start_router(
             write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"]))
         )
-        assert send(port, source, JPEG2000Lossless) == 0
+        assert c_store(port, source, JPEG2000Lossless) == 0
         (arrived,) = _arrived(tmp_path / "dest")
         ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
         assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
@@ -93,7 +80,7 @@ def test_always_sends_the_syntax_named_first_that_the_peer_accepts(
                 router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
             )
         )
-        assert send(port, plain, ExplicitVRLittleEndian) == 0
+        assert c_store(port, plain, ExplicitVRLittleEndian) == 0
         (arrived,) = _arrived(tmp_path / "dest")
         ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
         assert ds.file_meta.TransferSyntaxUID == syntax
@@ -118,7 +105,7 @@ def test_two_backends_share_one_transcoded_version_removed_with_the_instance(
     backends = dimse_backend_toml(ports[0], "STORESCP", "a") + dimse_backend_toml(ports[1], "STORESCP", "b")
     try:
         start_router(write_config(router_toml(tmp_path / "data", port, backends, ["a", "b"])))
-        assert send(port, source, JPEG2000Lossless) == 0
+        assert c_store(port, source, JPEG2000Lossless) == 0
         arrived = [_arrived(tmp_path / f"dest{i}")[0] for i in range(2)]
         for path in arrived:
             ds = wait_for(lambda path=path: _readable(path), 10, message="storescp to finish writing")
@@ -150,7 +137,7 @@ def test_never_quarantines_what_the_peer_will_not_take_as_received(
                 )
             )
         )
-        assert send(port, source, JPEG2000Lossless) == 0
+        assert c_store(port, source, JPEG2000Lossless) == 0
         (quarantined,) = wait_for(lambda: service.queue.list_state("quarantined"), 30, message="a quarantined delivery")
         assert 'transcode = "never"' in quarantined.reason and "JPEG2000Lossless" in quarantined.reason
         assert not list((tmp_path / "dest").iterdir())

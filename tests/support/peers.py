@@ -171,6 +171,20 @@ def storescu(
     return subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def c_store(port: int, path: Path | str, syntax: str, calling: str = "MODALITY", called: str = "DICOM_ROUTER") -> int:
+    """C-STORE one file in ``syntax`` (its own SOP class) with a pynetdicom AE; the status."""
+    from pydicom import dcmread
+
+    ae = AE(calling)
+    ae.add_requested_context(dcmread(path, stop_before_pixels=True).SOPClassUID, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
 def have_dcmtk() -> bool:
     try:
         dcmtk("storescu"), dcmtk("storescp")
