@@ -152,3 +152,50 @@ def _readable(path):
         return ds
     except Exception:
         return None
+
+
+def _orthanc_http(tmp_path):
+    from tests.support.pacs import have_orthanc_dicomweb, start_orthanc
+
+    if not have_orthanc_dicomweb():
+        pytest.skip("needs Orthanc with its HTTP server: tests/run.sh")
+    return start_orthanc(tmp_path / "orthanc", {}, dicomweb=True)
+
+
+def _post(url: str, body: bytes) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30) as answer:
+        return answer.read()
+
+
+@pytest.mark.parametrize("syntax", [JPEGLSLossless, RLELossless], ids=lambda uid: uid.keyword)
+def test_orthanc_decodes_what_the_router_encoded_and_the_router_what_orthanc_encoded(tmp_path, syntax):
+    """Orthanc as a second opinion, both ways: it decodes the router's output to the same
+    pixels, and the router decodes what Orthanc encoded. (Debian's Orthanc transcodes with
+    DCMTK, which has no JPEG 2000 codec: it answers 500 for JPEG 2000 either way.)"""
+    import io
+    import json
+    import urllib.request
+
+    from router.transcode.files import transcode_file
+
+    plain = tmp_path / "plain.dcm"
+    pixels = write_image(plain, rows=48, columns=40, bits_stored=12, frames=2)
+    ours = tmp_path / "ours.dcm"
+    transcode_file(plain, ours, syntax)
+    orthanc = _orthanc_http(tmp_path)
+    base = f"http://127.0.0.1:{orthanc.http_port}"
+    try:
+        instance = json.loads(_post(f"{base}/instances", ours.read_bytes()))["ID"]
+        with urllib.request.urlopen(f"{base}/instances/{instance}/numpy", timeout=30) as answer:
+            decoded = np.load(io.BytesIO(answer.read()))
+        np.testing.assert_array_equal(decoded.reshape(pixels.shape), pixels)
+        original = json.loads(_post(f"{base}/instances", plain.read_bytes()))["ID"]
+        modify = json.dumps({"Transcode": str(syntax), "Keep": ["SOPInstanceUID"], "Force": True}).encode()
+        (tmp_path / "theirs.dcm").write_bytes(_post(f"{base}/instances/{original}/modify", modify))
+    finally:
+        orthanc.stop()
+    assert dcmread(tmp_path / "theirs.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    transcode_file(tmp_path / "theirs.dcm", tmp_path / "back.dcm", ExplicitVRLittleEndian)
+    np.testing.assert_array_equal(dcmread(tmp_path / "back.dcm").pixel_array, pixels)
