@@ -246,23 +246,27 @@ class StoreSCU:
         return DeliveryResult(outcome, rsp.status, f"C-STORE status 0x{rsp.status:04X}{comment}")
 
     def _in_accepted_syntax(self, delivery: Delivery, ts: str, accepted: set[str]):
-        """The file to send: the spool file, or its version in the syntax the policy chooses
-        among those the peer accepted (made now if it is not there yet); or why there is none."""
-        target = self.policy.choose(ts, accepted)
-        if target is None:
+        """The file to send: the spool file, or its version in the first syntax of the policy,
+        among those the peer accepted, that the instance can be written in (made now if it is
+        not there yet); or why there is none."""
+        candidates = self.policy.candidates(ts, accepted)
+        if not candidates:
             reason = self.policy.refusal(ts, accepted)
             return DeliveryResult(Outcome.PERMANENT, None, f"{self.backend.describe()}: {reason}")
-        if target == ts:
-            return delivery.path
-        log.info("transcoding", source=describe(ts), target=describe(target), **delivery.log_context())
-        try:
-            return ensure_variant(delivery.path, ts, target, keep_uid_on_lossy=self.policy.keep_uid_on_lossy)
-        except CannotTranscode as exc:
-            return DeliveryResult(Outcome.PERMANENT, None, f"cannot transcode to {describe(target)}: {exc}")
-        except FileNotFoundError:
-            return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
-        except OSError as exc:
-            return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the transcoded instance: {exc}")
+        problems = []
+        for target in candidates:
+            if target == ts:
+                return delivery.path
+            log.info("transcoding", source=describe(ts), target=describe(target), **delivery.log_context())
+            try:
+                return ensure_variant(delivery.path, ts, target, keep_uid_on_lossy=self.policy.keep_uid_on_lossy)
+            except CannotTranscode as exc:
+                problems.append(f"cannot transcode to {describe(target)}: {exc}")
+            except FileNotFoundError:
+                return DeliveryResult(Outcome.PERMANENT, None, f"spool file missing: {delivery.path}")
+            except OSError as exc:
+                return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the transcoded instance: {exc}")
+        return DeliveryResult(Outcome.PERMANENT, None, "; ".join(problems))
 
 
 @register("backend", "dimse", DimseBackendConfig)

@@ -48,14 +48,18 @@ class TranscodePolicy(BaseModel):
     def choose(self, received: str, accepted: set[str]) -> str | None:
         """The syntax to send an instance received in ``received`` in, given the syntaxes the
         peer accepted for its SOP class; None when none will do."""
-        if self.transcode != "always" and received in accepted:
-            return received
+        candidates = self.candidates(received, accepted)
+        return candidates[0] if candidates else None
+
+    def candidates(self, received: str, accepted: set[str]) -> list[str]:
+        """The syntaxes to try, best first: the next one is for an instance the first cannot
+        hold (no pixel data to compress, a frame too small for a codec)."""
         if self.transcode == "never":
-            return None
-        for syntax in self.proposed_syntaxes():
-            if syntax in accepted:
-                return syntax
-        return None
+            return [received] if received in accepted else []
+        ordered = [s for s in self.proposed_syntaxes() if s in accepted]
+        if self.transcode != "always" and received in accepted:
+            return [received]
+        return ordered
 
     def refusal(self, received: str, accepted: set[str]) -> str:
         """Why :meth:`choose` found nothing, for the quarantine reason."""

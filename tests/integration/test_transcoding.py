@@ -199,3 +199,26 @@ def test_orthanc_decodes_what_the_router_encoded_and_the_router_what_orthanc_enc
     assert dcmread(tmp_path / "theirs.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
     transcode_file(tmp_path / "theirs.dcm", tmp_path / "back.dcm", ExplicitVRLittleEndian)
     np.testing.assert_array_equal(dcmread(tmp_path / "back.dcm").pixel_array, pixels)
+
+
+def test_an_instance_the_first_syntax_cannot_hold_goes_in_the_next(tmp_path, write_config, start_router, port):
+    """16 x 16 frames are too small for OpenJPEG's resolution levels: with JPEG 2000 first and
+    Explicit VR second, the peer (which takes both) gets Explicit VR, not a quarantine."""
+    small = tmp_path / "small.dcm"
+    pixels = write_image(small, rows=16, columns=16, bits_stored=12)
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xv"])
+    policy = 'transfer_syntaxes = ["JPEG2000Lossless", "ExplicitVRLittleEndian"]\ntranscode = "always"'
+    try:
+        start_router(
+            write_config(
+                router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
+            )
+        )
+        assert c_store(port, small, ExplicitVRLittleEndian) == 0
+        (arrived,) = _arrived(tmp_path / "dest")
+        ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        np.testing.assert_array_equal(ds.pixel_array, pixels)
+    finally:
+        stop_process(scp)

@@ -162,3 +162,5 @@ def test_syntax_names_and_the_policy():
     never = TranscodePolicy(transcode="never")
     assert never.choose(jls, {explicit}) is None and "never" in never.refusal(jls, {explicit})
     assert TranscodePolicy().choose(j2k, {str(ImplicitVRLittleEndian)}) == str(ImplicitVRLittleEndian)
+    both = TranscodePolicy(transfer_syntaxes=["JPEG2000Lossless", "ExplicitVRLittleEndian"], transcode="always")
+    assert both.candidates(explicit, {explicit, j2k}) == [j2k, explicit]

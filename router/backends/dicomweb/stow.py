@@ -77,23 +77,24 @@ class StowDeliverer:
     def deliver_many(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
         policy = self.config
         if policy.transcode == "always":
-            return self._in_syntax(deliveries, policy.transfer_syntaxes[0])
+            return self._in_syntax(deliveries, policy.transfer_syntaxes)
         results = self._send(deliveries)
         if policy.transcode == "when-refused":
             for index, result in enumerate(results):
                 if result.status == SYNTAX_NOT_SUPPORTED:
                     delivery = deliveries[index]
-                    target = next((s for s in policy.proposed_syntaxes() if s != delivery.transfer_syntax), None)
-                    if target is not None:
-                        results[index] = self._in_syntax([delivery], target)[0]
+                    others = [s for s in policy.proposed_syntaxes() if s != delivery.transfer_syntax]
+                    if others:
+                        results[index] = self._in_syntax([delivery], others)[0]
         return results
 
-    def _in_syntax(self, deliveries: list[Delivery], syntax: str) -> list[DeliveryResult]:
-        """Send ``deliveries`` in ``syntax``, each transcoded first where it is in another."""
+    def _in_syntax(self, deliveries: list[Delivery], syntaxes: list[str]) -> list[DeliveryResult]:
+        """Send ``deliveries`` each in the first of ``syntaxes`` it can be written in (transcoded
+        first where it is in another)."""
         results: list[DeliveryResult | None] = [None] * len(deliveries)
         ready: list[tuple[int, Delivery]] = []
         for index, delivery in enumerate(deliveries):
-            version = self._version(delivery, syntax)
+            version = self._version(delivery, syntaxes)
             if isinstance(version, DeliveryResult):
                 results[index] = version
             else:
@@ -103,25 +104,28 @@ class StowDeliverer:
                 results[index] = result
         return [r for r in results if r is not None]
 
-    def _version(self, delivery: Delivery, syntax: str) -> Delivery | DeliveryResult:
-        if delivery.transfer_syntax == syntax:
-            return delivery
-        log.info(
-            "transcoding",
-            source=describe(delivery.transfer_syntax or ""),
-            target=describe(syntax),
-            **delivery.log_context(),
-        )
-        try:
-            path = ensure_variant(
-                delivery.path, delivery.transfer_syntax or "", syntax, keep_uid_on_lossy=self.config.keep_uid_on_lossy
-            )
-            uid = str(read_header_before_pixels(path, only=["SOPInstanceUID"])[0].SOPInstanceUID)
-        except CannotTranscode as exc:
-            return DeliveryResult(Outcome.PERMANENT, None, f"cannot transcode to {describe(syntax)}: {exc}")
-        except OSError as exc:
-            return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the transcoded instance: {exc}")
-        return replace(delivery, path=str(path), transfer_syntax=syntax, sop_instance_uid=uid)
+    def _version(self, delivery: Delivery, syntaxes: list[str]) -> Delivery | DeliveryResult:
+        problems = []
+        for syntax in syntaxes:
+            if delivery.transfer_syntax == syntax:
+                return delivery
+            source = describe(delivery.transfer_syntax or "")
+            log.info("transcoding", source=source, target=describe(syntax), **delivery.log_context())
+            try:
+                path = ensure_variant(
+                    delivery.path,
+                    delivery.transfer_syntax or "",
+                    syntax,
+                    keep_uid_on_lossy=self.config.keep_uid_on_lossy,
+                )
+                uid = str(read_header_before_pixels(path, only=["SOPInstanceUID"])[0].SOPInstanceUID)
+            except CannotTranscode as exc:
+                problems.append(f"cannot transcode to {describe(syntax)}: {exc}")
+                continue
+            except OSError as exc:
+                return DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the transcoded instance: {exc}")
+            return replace(delivery, path=str(path), transfer_syntax=syntax, sop_instance_uid=uid)
+        return DeliveryResult(Outcome.PERMANENT, None, "; ".join(problems))
 
     def _send(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
         try:
