@@ -115,7 +115,7 @@ def _output_header(header, source_syntax: UID, syntax: str, fmt: PixelFormat, ke
         edited.LossyImageCompression = "01"
     if UID(syntax) in LOSSY:
         edited.LossyImageCompression = "01"
-        methods = list(edited.get("LossyImageCompressionMethod", []) or [])
+        methods = _values(edited.get("LossyImageCompressionMethod"))
         edited.LossyImageCompressionMethod = [*methods, LOSSY_METHODS[UID(syntax)]]
         if not keep_uid_on_lossy:
             new_uid = generate_uid(entropy_srcs=[str(header.SOPInstanceUID), str(syntax)])
@@ -186,7 +186,7 @@ def _record_ratio(target, ratio: float) -> None:
     header was written: the header is written again with it (the pixel data copied as is)."""
     header, layout = read_header(target)
     header = clone_header(header)
-    ratios = [float(r) for r in (header.get("LossyImageCompressionRatio", []) or [])]
+    ratios = [str(r) for r in _values(header.get("LossyImageCompressionRatio"))]
     header.LossyImageCompressionRatio = [*ratios, f"{ratio:.2f}"[:16]]
     tmp = f"{target}.ratio"
     try:
@@ -196,6 +196,15 @@ def _record_ratio(target, ratio: float) -> None:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _values(value) -> list:
+    """The values of an attribute of any multiplicity (none, one, or a MultiValue)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
 
 
 def _value_start(f, element_start: int, syntax: UID) -> int:

@@ -123,6 +123,17 @@ def test_a_lossy_target_says_so_and_gets_a_new_uid_unless_kept(tmp_path, keep):
     assert np.abs(after.pixel_array.astype(int) - before.pixel_array.astype(int)).mean() < 12
 
 
+def test_lossy_after_lossy_appends_to_the_ratio_and_method_already_there(tmp_path):
+    source = tmp_path / "in.dcm"
+    write_image(source, rows=64, columns=64, bits_stored=8, samples=3)
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    transcode_file(source, first, JPEGBaseline8Bit)
+    transcode_file(first, second, JPEG2000)
+    ds = dcmread(second)
+    assert list(ds.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_15444_1"]
+    assert len(ds.LossyImageCompressionRatio) == 2 and ds.LossyImageCompression == "01"
+
+
 def test_a_corrupt_frame_is_refused_with_the_codecs_reason(tmp_path):
     source = tmp_path / "in.dcm"
     write_image(source, rows=64, columns=64, bits_stored=16)
