@@ -18,6 +18,7 @@ import threading
 
 import pynetdicom
 import structlog
+from pydicom import config as pydicom_config
 from pynetdicom import _config
 
 from router.engine.connect_errors import why_not_associated  # noqa: F401 (re-exported)
@@ -45,8 +46,10 @@ def default_mode() -> str:
 
 def configure(mode: str | None = None) -> SeamReport:
     """Stream received and sent data sets through files, accept any storage class and
-    transfer syntax as sent, silence pynetdicom's per-message logging, and apply the
-    router's changes to pynetdicom for ``mode`` (default :func:`default_mode`):
+    transfer syntax as sent, silence pynetdicom's per-message logging, leave values pydicom
+    reads unvalidated (a router passes on what it was sent, and validating each value it decodes
+    is a measurable part of de-identifying an instance: docs/benchmarks.md), and apply the router's changes to pynetdicom for
+    ``mode`` (default :func:`default_mode`):
 
     - ``owned``: every change of :mod:`router.engine.changes`, fixes and speed-ups;
     - ``stock``: pynetdicom as released plus the fixes.
@@ -67,6 +70,7 @@ def configure(mode: str | None = None) -> SeamReport:
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
         _quiet_pynetdicom_tracebacks()
