@@ -173,8 +173,9 @@ class Spool:
 
     def sweep_unreferenced(self, referenced: set[str]) -> int:
         """At start-up: remove the empty spool files no queue row names (spares, or receptions
-        a crash cut short); move non-empty ones to ``orphans/`` with a warning. Returns how
-        many files were moved or removed.
+        a crash cut short), transcoded versions whose instance no row names and those a crash
+        cut short (``.part``); move other non-empty ones to ``orphans/`` with a warning.
+        Returns how many files were moved or removed.
 
         A non-empty file no row names may be an acknowledged instance whose row was lost
         (the queue database damaged or restored from a backup): it is never deleted.
@@ -186,6 +187,9 @@ class Spool:
                 continue
             for entry in os.scandir(shard):
                 if entry.path in referenced:
+                    continue
+                if entry.name.endswith(".part"):  # a transcoded version a crash cut short
+                    os.unlink(entry.path)
                     continue
                 base = variant_base(entry.name)
                 if base is not None:  # a transcoded version: kept while its instance is

@@ -127,3 +127,34 @@ def test_a_non_empty_file_no_row_names_is_moved_to_orphans_never_deleted(tmp_pat
         queue.close()
     finally:
         spool.close()
+
+
+def test_transcoded_versions_stay_with_their_instance_and_go_without_it(tmp_path):
+    """A version of a queued instance is kept; one whose instance no row names, and one a
+    crash cut short while it was being written, are removed, never taken for orphans."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from router.spool.variants import variant_path
+
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        (kept, kept_file), (gone, gone_file) = spool.make_spares(2)
+        for file in (kept_file, gone_file):
+            file.write(b"an instance")
+            file.close()
+        queue = DeliveryQueue(spool.queue_path)
+        queue.enqueue(InstanceRecord(kept, "1.2.3", "1.2", "1.2.840.10008.1.2.1", 11, 0.0), [("p", "pacs")])
+        os.unlink(gone)
+        versions = [variant_path(kept, JPEG2000Lossless), variant_path(gone, JPEG2000Lossless)]
+        partial = Path(f"{variant_path(kept, JPEG2000Lossless)}.1a2b3c4d.part")
+        for path in [*versions, partial]:
+            path.write_bytes(b"a version")
+        spool.sweep_unreferenced(queue.referenced_paths())
+        assert versions[0].exists() and not versions[1].exists() and not partial.exists()
+        assert not (tmp_path / "orphans").exists() or not list((tmp_path / "orphans").iterdir())
+        spool.discard_instance(kept)
+        assert not os.path.exists(kept) and not versions[0].exists()
+        queue.close()
+    finally:
+        spool.close()
