@@ -23,7 +23,6 @@ from pydicom.valuerep import PersonName
 from router.spool.spans import LONG_VRS, UNDEFINED
 
 REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013)
-TEXT_PAD = {b"UI": b"\0", b"OB": b"\0"}
 TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT", "PN"}
 NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 
@@ -95,22 +94,11 @@ def file_meta_bytes(meta: Dataset) -> bytes | None:
 
 
 def _meta_element(element) -> bytes | None:
-    if isinstance(element, RawDataElement):
-        return raw_element_bytes(element, implicit=False)
-    if not isinstance(element, DataElement) or element.VM > 1:
-        return None
-    vr, value = element.VR, element.value
-    if vr == "UL" and isinstance(value, int):
-        return _element(element.tag, vr, struct.pack("<I", value), False)
-    if vr == "OB" and isinstance(value, bytes):
-        raw = value
-    elif vr in ("UI", "SH", "AE", "CS", "LO", "UR") and isinstance(value, str) and value.isascii():
-        raw = value.encode("ascii")
-    else:
-        return None
-    if len(raw) % 2:
-        raw += TEXT_PAD.get(vr.encode(), b" ")
-    return _element(element.tag, vr, raw, False)
+    """A file meta element: as :func:`element_bytes` encodes it, OB values included."""
+    if isinstance(element, DataElement) and element.VR == "OB" and isinstance(element.value, bytes):
+        raw = element.value + b"\0" * (len(element.value) % 2)
+        return _element(element.tag, "OB", raw, False)
+    return element_bytes(element, implicit=False)
 
 
 def _element(tag: int, vr: str | None, value: bytes, implicit: bool) -> bytes | None:

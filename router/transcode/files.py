@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -66,7 +66,7 @@ def transcode_file(
         return _write(source, target, header, layout, syntax, None)
     if layout.pixel_tag != PIXEL_DATA or layout.pixel_start is None:
         raise CannotTranscode("float pixel data is not transcoded")
-    from router.transcode.frames import PixelFormat, decoded_frames, output_format  # numpy: only when used
+    from router.transcode.frames import PixelFormat, decoded_frames, encode_frame, output_format  # numpy: when used
 
     fmt = PixelFormat.of(header)
     with open(source, "rb") as f:
@@ -78,7 +78,7 @@ def transcode_file(
         decoded = first[1]
         out_format = output_format(decoded, syntax)
         edited = _output_header(header, source_syntax, syntax, out_format, keep_uid_on_lossy)
-        writer = _PixelWriter(chain([first], frames), decoded, fmt, syntax)
+        writer = _PixelWriter(chain([first], frames), decoded, fmt, syntax, encode_frame)
         result = _write(source, target, edited, layout, syntax, writer)
     if writer.lossy_ratio is not None:
         _record_ratio(target, writer.lossy_ratio)
@@ -127,15 +127,17 @@ class _PixelWriter:
     """Writes the new pixel data element to the output as frames are decoded and encoded."""
 
     def __init__(
-        self, frames: Iterator[tuple[np.ndarray, PixelFormat]], decoded: PixelFormat, fmt: PixelFormat, syntax: str
+        self,
+        frames: Iterator[tuple[np.ndarray, PixelFormat]],
+        decoded: PixelFormat,
+        fmt: PixelFormat,
+        syntax: str,
+        encode: Callable[[np.ndarray, PixelFormat, str], bytes],
     ):
-        self.frames, self.decoded, self.fmt, self.syntax = frames, decoded, fmt, UID(syntax)
+        self.frames, self.decoded, self.fmt, self.syntax, self.encode = frames, decoded, fmt, UID(syntax), encode
         self.lossy_ratio: float | None = None
 
     def __call__(self, out) -> None:
-        from router.transcode.frames import encode_frame
-
-        self.encode = encode_frame
         if self.syntax in NATIVE:
             self._native(out)
         else:
