@@ -406,7 +406,6 @@ class DimseEndpoint:
                 int(rq.MessageID),
                 event.identifier,
                 self.ae_title,
-                event.assoc.accepted_contexts,
                 lambda: event.is_cancelled,
             ),
         )

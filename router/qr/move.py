@@ -6,7 +6,9 @@ sends it on a sub-association and reports the running counts in pending response
 The number announced is what the upstream's C-FIND listed; whatever was not sent in the
 end (never arrived, or refused by a stage) is reported in a final Warning (0xB000, some
 sent) or Failure (0xA702, none sent) with the Failed SOP Instance UID List, never as a
-silent Success. A client's C-CANCEL cancels the upstream retrieval too.
+silent Success. A client's C-CANCEL cancels the upstream retrieval too. The sub-association
+proposes every syntax the router can send, and an instance goes in its own or, when the
+destination did not accept that one, in one it did (:meth:`router.qr.relay.Relay.file_dataset`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from router.engine.file_datasets import FileBackedDataset
-from router.qr.relay import Relay, file_instance_uid
+from router.qr.relay import Relay
 from router.qr.upstream import storage_contexts
 
 log = structlog.get_logger("router.qr.move")
@@ -32,11 +33,7 @@ def move_responses(destination: tuple[str, int, dict] | None, relay: Relay | Non
     options = {**destination[2], "contexts": storage_contexts(sop_classes) if sop_classes else None}
     yield destination[0], destination[1], {k: v for k, v in options.items() if v is not None}
     yield len(planned)
-    if not planned:
+    if relay is None or not planned:
         return
     log.info("C-MOVE relaying", instances=len(planned), destination=f"{destination[0]}:{destination[1]}", **ctx)
-    yield from relay.responses(
-        lambda fetched, path: FileBackedDataset(path, fetched.sop_class_uid, file_instance_uid(path, fetched)),
-        is_cancelled,
-        "C-MOVE",
-    )
+    yield from relay.responses(is_cancelled, "C-MOVE")

@@ -6,26 +6,43 @@ gets what the research pipeline makes of it. The backends the pipeline would cho
 not apply: the destination is the C-MOVE destination or the C-GET requester. An instance
 a stage drops, rejects or holds for review is not sent and counts as a failed
 sub-operation. Files are removed once sent.
+
+Each instance goes as its file when the destination accepted the file's transfer syntax for
+its SOP class; otherwise it is written in one the destination accepted, chosen when the
+sub-operation is sent (:meth:`Relay.file_dataset`): uncompressed first, then JPEG 2000,
+JPEG-LS or RLE Lossless, never a lossy one. One that cannot be written in any of them
+counts as failed, with the reason logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
 from pydicom import Dataset
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
+from router.engine.file_datasets import FileBackedDataset
 from router.envelope import AssociationInfo, Command, RequestEnvelope, SpooledInstance
 from router.pipeline import Pipeline
 from router.qr.retrieve import Fetched, Retrieval
 from router.spool.store import Spool
+from router.transcode.syntaxes import CannotTranscode, describe
+from router.transcode.variants import write_in_syntax
 
 log = structlog.get_logger("router.qr.relay")
 
 CANCEL, PENDING = 0xFE00, 0xFF00
 WARNING_SUBOPS_FAILED, FAILURE_SUBOPS = 0xB000, 0xA702
+LOSSLESS_PREFERENCE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless)
 
 
 class Relay:
@@ -41,23 +58,54 @@ class Relay:
         self.refused: list[str] = []
         self._files: list[Path] = []
 
-    def responses(self, payload_for: Callable[[Fetched, Path], Dataset | None], is_cancelled, what: str) -> Iterator:
-        """A retrieve SCP handler's ``(status, dataset)`` yields after the count: ``(0xFF00, payload)`` per
-        instance (``payload_for`` returns None for one the requester cannot take), then the end:
-        0xFE00 when the client cancelled (the upstream is cancelled too), else the failed list, if any."""
+    def responses(self, is_cancelled, what: str) -> Iterator:
+        """A retrieve SCP handler's ``(status, dataset)`` yields after the count: ``(0xFF00, file dataset)``
+        per instance, then the end: 0xFE00 when the client cancelled (the upstream is cancelled
+        too), else the failed list, if any."""
         for fetched, path in self.instances():
             if is_cancelled():
                 self.retrieval.cancel()
                 log.info(f"{what} cancelled by the client; cancelled upstream", **self.ctx)
                 yield CANCEL, None
                 return
-            payload = payload_for(fetched, path)
-            if payload is None:
-                self.refused.append(fetched.sop_instance_uid)
-                continue
             self.sent.add(fetched.sop_instance_uid)
-            yield PENDING, payload
+            yield PENDING, self.file_dataset(fetched, path)
         yield from self._final_status(what)
+
+    def file_dataset(self, fetched: Fetched, path: Path) -> FileBackedDataset:
+        """The instance in ``path`` as the sub-operation's dataset, written in another syntax
+        when it is sent if the destination did not accept its own."""
+        instance_uid, syntax = fetched.sop_instance_uid, fetched.transfer_syntax
+        if path != fetched.path:
+            meta = read_file_meta_info(path)
+            instance_uid, syntax = str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID)
+
+        def convert(accepted: set[str]) -> Path | None:
+            return self._converted(fetched, path, syntax, accepted)
+
+        return FileBackedDataset(path, fetched.sop_class_uid, instance_uid, syntax, convert)
+
+    def _converted(self, fetched: Fetched, path: Path, syntax: str, accepted: set[str]) -> Path | None:
+        """``path`` written in the first syntax of :data:`LOSSLESS_PREFERENCE` that ``accepted`` holds
+        and the instance fits (removed with the instance's other files), else None: the instance
+        then counts as failed, with the reason logged."""
+        ctx = {**self.ctx, "sop_instance_uid": fetched.sop_instance_uid, "transfer_syntax": syntax}
+        converted = path.with_name(path.name + ".converted")
+        self._files.append(converted)
+        reasons = []
+        for target in (s for s in LOSSLESS_PREFERENCE if s in accepted):
+            try:
+                write_in_syntax(path, syntax, target, converted)
+            except (CannotTranscode, OSError) as exc:
+                reasons.append(f"{describe(target)}: {exc}")
+                continue
+            log.info("retrieved instance written in a syntax the destination accepted", target=target, **ctx)
+            return converted
+        self.sent.discard(fetched.sop_instance_uid)
+        self.refused.append(fetched.sop_instance_uid)
+        why = "; ".join(reasons) or "it accepted only " + ", ".join(sorted(map(describe, accepted)))
+        log.warning("retrieved instance not sent: not writable in a syntax the destination accepted", reason=why, **ctx)
+        return None
 
     def instances(self) -> Iterator[tuple[Fetched, Path]]:
         """(fetched, file to send) for each instance the stages let through; cleans up after each."""
@@ -115,19 +163,7 @@ class Relay:
         self._files.append(path)
         return path
 
-    def remove_after_sending(self, path: Path) -> None:
-        """Remove ``path`` (a converted copy of the current instance) with the instance's own files."""
-        self._files.append(path)
-
     def _clean(self) -> None:
         for path in self._files:
             path.unlink(missing_ok=True)
         self._files = []
-
-
-def file_instance_uid(path: Path, fetched: Fetched) -> str:
-    """The SOP Instance UID a file carries (a stage may have changed it), from its file meta."""
-    try:
-        return str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
-    except Exception:
-        return fetched.sop_instance_uid

@@ -154,13 +154,12 @@ class QueryRetrieveService:
         message_id: int,
         identifier: Dataset,
         endpoint_ae: str,
-        accepted_contexts,
         is_cancelled,
     ) -> Iterator:
         envelope = _envelope(info, "get", model, message_id, identifier)
         ctx = envelope.log_context()
         relay = self._relay(envelope, endpoint_ae, ctx)
-        yield from get_responses(relay, accepted_contexts, is_cancelled, ctx)
+        yield from get_responses(relay, is_cancelled, ctx)
 
     def retrieve_files(
         self, info: AssociationInfo, identifier: Dataset, endpoint_ae: str, is_cancelled

@@ -8,8 +8,9 @@ from pydicom import Dataset, dcmread
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.deid import key_file, raw_pixel_bytes
 from tests.support.dicomfiles import digests_by_uid
+from tests.support.logs import events
 from tests.support.pacs import load, start_dcmqrscp, start_orthanc
-from tests.support.peers import free_port, start_storescp, stop_process
+from tests.support.peers import free_port, start_restricted_storescp, start_storescp, stop_process
 from tests.support.qrclients import answers_by, final_counts, findscu, getscu, movescu
 from tests.support.richgen import write_rich_study
 from tests.support.spool import partial_files
@@ -203,6 +204,58 @@ def test_get_converts_for_a_requester_that_takes_only_one_other_syntax(
         assert syntax == wanted and dataset.PatientID == originals[uid].PatientID
         assert (dataset.pixel_array == originals[uid].pixel_array).all()
     assert not list((tmp_path / "data").rglob("*.converted"))
+
+
+@pytest.fixture
+def one_syntax_viewer(tmp_path, ports, studies, request):
+    """A move destination (DCMTK storescp) that accepts the studies' SOP classes in one transfer syntax only."""
+    sop_classes = sorted({str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in studies["P002"]})
+    process = start_restricted_storescp(tmp_path / "viewer", ports["viewer"], sop_classes, [request.param], "VIEWER")
+    yield request.param, tmp_path / "viewer"
+    stop_process(process)
+
+
+@pytest.mark.parametrize(
+    "one_syntax_viewer", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.4.90"], ids=["implicit", "j2k"], indirect=True
+)
+def test_move_converts_for_a_destination_that_takes_only_one_other_syntax(
+    tmp_path, write_config, start_router, ports, orthanc, studies, one_syntax_viewer
+):
+    """The PACS holds Explicit VR files; a move destination that accepts only Implicit VR (or only
+    JPEG 2000 Lossless) gets each instance in it, same data set and pixels, nothing left behind."""
+    wanted, viewer = one_syntax_viewer
+    start_router(write_config(router_config(tmp_path, ports, orthanc, "get")))
+    originals = {dcmread(p).SOPInstanceUID: dcmread(p) for p in studies["P002"]}
+    study = str(next(iter(originals.values())).StudyInstanceUID)
+    result = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"])
+    assert result.returncode == 0, result.stderr
+    assert final_counts(result.stderr + result.stdout).get("Completed") == len(originals)
+    received = {ds.SOPInstanceUID: ds for ds in map(dcmread, viewer.iterdir())}
+    assert set(received) == set(originals)
+    for uid, dataset in received.items():
+        assert dataset.file_meta.TransferSyntaxUID == wanted and dataset.PatientID == originals[uid].PatientID
+        assert (dataset.pixel_array == originals[uid].pixel_array).all()
+    assert not list((tmp_path / "data").rglob("*.converted"))
+
+
+@pytest.mark.parametrize("one_syntax_viewer", ["1.2.840.10008.1.2.4.50"], ids=["jpeg-baseline"], indirect=True)
+def test_move_to_a_destination_that_takes_only_a_lossy_syntax_fails_each_instance_with_the_list(
+    tmp_path, write_config, start_router, ports, orthanc, studies, one_syntax_viewer, caplog
+):
+    """The router never makes a lossy copy for a retrieval: every sub-operation fails, and the
+    final response is Failure (0xA702) with every instance in the Failed SOP Instance UID List."""
+    _, viewer = one_syntax_viewer
+    start_router(write_config(router_config(tmp_path, ports, orthanc, "get")))
+    uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in studies["P002"]}
+    study = str(dcmread(studies["P002"][0], stop_before_pixels=True).StudyInstanceUID)
+    result = movescu(ports["router"], ROUTER_AE, "VIEWER", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"])
+    output = result.stderr + result.stdout
+    assert final_counts(output).get("Failed") == len(uids) and final_counts(output).get("Completed", 0) == 0
+    assert "a702" in output.lower() and all(uid in output for uid in uids)
+    assert not list(viewer.iterdir())
+    refused = events(caplog, "retrieved instance not sent: not writable in a syntax the destination accepted")
+    assert {event["sop_instance_uid"] for event in refused} == uids
+    assert all("JPEGBaseline8Bit" in event["reason"] for event in refused)
 
 
 def test_move_to_an_unknown_destination_is_refused(tmp_path, write_config, start_router, ports, orthanc, studies):

@@ -122,6 +122,22 @@ def dcmtk_env() -> dict:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+def start_restricted_storescp(
+    directory: Path, port: int, sop_classes, syntaxes, ae_title: str = "STORESCP"
+) -> subprocess.Popen:
+    """DCMTK storescp accepting ``sop_classes`` in ``syntaxes`` only (UIDs), through an
+    association configuration file (``-xf``): nothing else is accepted."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["[[TransferSyntaxes]]", "[Only]"]
+    lines += [f"TransferSyntax{i} = {uid}" for i, uid in enumerate(syntaxes, 1)]
+    lines += ["", "[[PresentationContexts]]", "[Only]"]
+    lines += [f"PresentationContext{i} = {uid}\\Only" for i, uid in enumerate(sop_classes, 1)]
+    lines += ["", "[[Profiles]]", "[Only]", "PresentationContexts = Only", ""]
+    config = directory.parent / f"{directory.name}-storescp.cfg"
+    config.write_text("\n".join(lines))
+    return start_storescp(directory, port, ae_title, ["-xf", str(config), "Only"])
+
+
 def start_storescp(
     directory: Path, port: int, ae_title: str = "STORESCP", extra: list[str] | None = None
 ) -> subprocess.Popen:
