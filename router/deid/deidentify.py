@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
@@ -99,6 +99,7 @@ DUMMIES = {
     "UN": b"\0\0",
 }
 FILE_META_AE_TAGS = (0x00020016, 0x00020017, 0x00020018)
+IMPLEMENTATION_CLASS, IMPLEMENTATION_VERSION = 0x00020012, 0x00020013
 # The Implementation Class UID of files the router de-identified (a UUID-derived 2.25 UID, fixed).
 IMPLEMENTATION_UID = "2.25.331114056858831486114601867974090797565"
 
@@ -237,10 +238,10 @@ class Deidentifier:
             for tag in FILE_META_AE_TAGS:
                 if tag in meta:
                     del meta[tag]
-        for tag in [t for t in meta.keys() if Tag(t).is_private or t >= 0x00020100]:
+        for tag in [t for t in map(int, meta.keys()) if t >> 16 & 1 or t >= 0x00020100]:
             del meta[tag]
-        meta.ImplementationClassUID = self.settings.implementation_uid
-        meta.ImplementationVersionName = self.settings.implementation_version
+        meta[IMPLEMENTATION_CLASS] = DataElement(IMPLEMENTATION_CLASS, "UI", self.settings.implementation_uid)
+        meta[IMPLEMENTATION_VERSION] = DataElement(IMPLEMENTATION_VERSION, "SH", self.settings.implementation_version)
         ds.preamble = b"\0" * 128
 
 
@@ -273,7 +274,7 @@ class _Run:
         """
         creators = _private_creators(ds)
         removed_groups = set()
-        for tag in list(ds.keys()):
+        for tag in list(map(int, ds.keys())):
             vr = _vr(ds, tag)
             if tag >> 16 & 1:
                 self._private(ds, tag, vr, creators)
@@ -297,7 +298,7 @@ class _Run:
                 removed_groups.add(tag >> 16)
             self._act(ds, tag, vr, action)
         for group in removed_groups:
-            for tag in [t for t in ds.keys() if t >> 16 == group]:
+            for tag in [t for t in map(int, ds.keys()) if t >> 16 == group]:
                 del ds[tag]
                 self.report.actions["removed"] += 1
 
@@ -426,7 +427,7 @@ def _vr(ds: Dataset, tag: int) -> str:
 
 
 def _private_creators(ds: Dataset) -> dict[int, str]:
-    return {t: _text(ds[t]) for t in ds.keys() if t >> 16 & 1 and 0x0010 <= t & 0xFFFF <= 0x00FF}
+    return {t: _text(ds[t]) for t in map(int, ds.keys()) if t >> 16 & 1 and 0x0010 <= t & 0xFFFF <= 0x00FF}
 
 
 def _text(element) -> str:
@@ -438,31 +439,46 @@ def _text(element) -> str:
     return str(value)
 
 
-def _element(ds: Dataset, keyword: str) -> DataElement | None:
-    tag = tag_for_keyword(keyword)
-    return ds[tag] if tag is not None and tag in ds else None
+def _tags(*keywords: str) -> tuple[int, ...]:
+    return tuple(int(Tag(keyword)) for keyword in keywords)
+
+
+IDENTIFIER_TAGS = _tags("PatientID", "OtherPatientIDs", "AccessionNumber", "IssuerOfPatientID", "MedicalRecordLocator")
+NAME_TAGS = _tags(
+    "PatientName",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+)
+BIRTH_DATE = 0x00100030
 
 
 def _identifying_pattern(ds: Dataset) -> re.Pattern | None:
     """The patient's own identifiers as one case-insensitive pattern, for cleaning free text."""
+    present = set(map(int, ds.keys()))
+
+    def text(tag: int) -> str:
+        return _text(ds[tag]) if tag in present else ""
+
+    return _pattern_for(tuple(map(text, IDENTIFIER_TAGS)), tuple(map(text, NAME_TAGS)), text(BIRTH_DATE))
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern_for(identifiers: tuple[str, ...], names: tuple[str, ...], birth: str) -> re.Pattern | None:
+    """The pattern for these identifier, name and birth date values (the same for every
+    instance of a study, so made once)."""
     tokens = set()
-    for keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "IssuerOfPatientID", "MedicalRecordLocator"):
-        for value in _text(_element(ds, keyword)).split("\\"):
+    for text in identifiers:
+        for value in text.split("\\"):
             if len(value.strip()) >= 3:
                 tokens.add(value.strip())
-    for keyword in (
-        "PatientName",
-        "OtherPatientNames",
-        "PatientBirthName",
-        "PatientMotherBirthName",
-        "ReferringPhysicianName",
-        "PerformingPhysicianName",
-        "OperatorsName",
-    ):
-        for part in re.split(r"[\^=\\ ,]+", _text(_element(ds, keyword))):
+    for text in names:
+        for part in re.split(r"[\^=\\ ,]+", text):
             if len(part) >= 3:
                 tokens.add(part)
-    birth = _text(_element(ds, "PatientBirthDate"))
     if re.fullmatch(r"\d{8}", birth):
         tokens.update(
             {

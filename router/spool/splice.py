@@ -47,6 +47,8 @@ from router.spool.raw_elements import element_bytes, file_meta_bytes
 from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
 
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
+MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE = 0x00020002, 0x00020003
 COPY_CHUNK = 1024 * 1024
 DEFER_SIZE = 256 * 1024
 
@@ -252,13 +254,14 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out, pixe
     """
     if any(tag in header for tag in PIXEL_TAGS):
         raise SpliceError("the edited header holds a pixel data element; the pixel data comes from the source")
-    header.file_meta.MediaStorageSOPClassUID = header.SOPClassUID
-    header.file_meta.MediaStorageSOPInstanceUID = header.SOPInstanceUID
+    for meta_tag, tag in ((MEDIA_SOP_CLASS, SOP_CLASS), (MEDIA_SOP_INSTANCE, SOP_INSTANCE)):
+        header.file_meta[meta_tag] = DataElement(meta_tag, "UI", header[tag].value)
     if layout.deflated:
         _write_whole(source, header, out)
         return
     cut = layout.pixel_tag if layout.pixel_tag is not None else 0xFFFFFFFF
-    before, after = _split(header, cut)
+    tags = sorted(map(int, header.keys()))
+    before, after = [t for t in tags if t < cut], [t for t in tags if t >= cut]
     ts = UID(header.file_meta.TransferSyntaxUID)
     fp = DicomFileLike(out)
     fp.is_little_endian = ts.is_little_endian
@@ -272,7 +275,7 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out, pixe
     fp.write(meta)
     charset = header.get("SpecificCharacterSet", "iso8859")
     with open(source, "rb") as src:
-        _write_elements(fp, before, src, charset)
+        _write_elements(fp, header, before, src, charset)
         if layout.pixel_start is None:
             return
         if pixel_data is not None:
@@ -280,30 +283,31 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out, pixe
         else:
             src.seek(layout.pixel_start)
             _copy_range(src, out, layout.pixel_end - layout.pixel_start)
-        if len(after):
-            _write_elements(fp, after, src, charset)
+        if after:
+            _write_elements(fp, header, after, src, charset)
 
 
-def _write_elements(fp, part: Dataset, src, charset) -> None:
-    """Write ``part``'s elements in tag order: those still raw (never changed) as they were
-    read, from memory or, when their value was left in the file, copied byte for byte from
-    ``src``; simple decoded ones encoded by :func:`~router.spool.raw_elements.element_bytes`;
-    the rest (sequences, non-ASCII text) by pydicom."""
+def _write_elements(fp, header: Dataset, tags: list[int], src, charset) -> None:
+    """Write ``header``'s elements ``tags`` (in tag order): those still raw (never changed) as
+    they were read, from memory or, when their value was left in the file, copied byte for
+    byte from ``src``; simple decoded ones encoded by
+    :func:`~router.spool.raw_elements.element_bytes`; the rest (sequences, non-ASCII text) by
+    pydicom."""
     implicit = fp.is_implicit_VR
     run: list[int] = []
-    for tag in sorted(part.keys()):
-        element = part.get_item(tag, keep_deferred=True)
+    for tag in tags:
+        element = header.get_item(tag, keep_deferred=True)
         raw = element_bytes(element, implicit=implicit) if fp.is_little_endian else None
         if raw is None and not _is_deferred_as_written(element, fp):
             run.append(tag)
             continue
-        _write_encoded(fp, part, run, charset)
+        _write_encoded(fp, header, run, charset)
         run = []
         if raw is not None:
             fp.write(raw)
         else:
             _copy_element(src, element, fp)
-    _write_encoded(fp, part, run, charset)
+    _write_encoded(fp, header, run, charset)
 
 
 def _write_encoded(fp, part: Dataset, tags: list[int], charset) -> None:
@@ -369,17 +373,6 @@ def _copy_element(src, element: RawDataElement, fp) -> None:
     _copy_range(src, fp, end - start)
 
 
-def _split(header: Dataset, cut: int) -> tuple[Dataset, Dataset]:
-    """The elements before and after ``cut``; unconverted (raw) elements stay raw, to be written as read."""
-    before, after = Dataset(), Dataset()
-    before.file_meta = header.file_meta
-    for part in (before, after):
-        _copy_encoding(header, part)
-    for tag in header.keys():
-        (before if tag < cut else after)[tag] = header.get_item(tag, keep_deferred=True)
-    return before, after
-
-
 def _copy_encoding(source: Dataset, target: Dataset) -> None:
     """Carry the encoding a dataset was read with, so pydicom writes its raw elements as they are."""
     implicit, little = source.original_encoding
@@ -408,16 +401,20 @@ def clone_header(header: Dataset) -> EditableHeader:
 
 
 def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
-    for tag in sorted(source.keys()):
-        element = source.get_item(tag, keep_deferred=True)
-        if is_long_sequence(element):
-            target.holds_long_sequences = True
+    """Fill ``target`` with ``source``'s elements. Those that need nothing of what
+    ``Dataset.__setitem__`` does (checks, and the private creator of a private element, already
+    done for ``source``) go straight into the dataset's element dict: raw ones shared, decoded
+    ones copied. Sequences go through ``__setitem__``, which ties their items to ``target``."""
+    elements = target._dict
+    for tag, element in source._dict.items():
         if isinstance(element, RawDataElement):
-            target[element.tag] = element
+            if is_long_sequence(element):
+                target.holds_long_sequences = True
+            elements[tag] = element
         elif element.VR == "SQ":
-            target[element.tag] = DataElement(element.tag, "SQ", Sequence([clone_header(i) for i in element.value]))
+            target[tag] = DataElement(element.tag, "SQ", Sequence([clone_header(i) for i in element.value]))
         else:
-            target[element.tag] = copy.copy(element)
+            elements[tag] = copy.copy(element)
     return target
 
 
