@@ -14,6 +14,7 @@ from typing import Any
 
 from pydicom import Dataset
 
+from router.spool.encoded_versions import EncodedHeader
 from router.spool.splice import (
     Layout,
     clone_header,
@@ -70,20 +71,27 @@ class SpooledInstance:
         header: Dataset | None = None,
         layout: Layout | None = None,
         edited: bool = False,
+        encoded: EncodedHeader | None = None,
     ):
         self.path = Path(path)
         self.transfer_syntax = transfer_syntax
         self.size = size
-        self.edited = edited
+        self.edited = edited or encoded is not None
+        self.encoded = encoded
         self._header = header
-        self._layout = layout
+        self._layout = layout if encoded is None else encoded.layout
         self._pixel_start: int | None = None
 
     @property
     def header(self) -> Dataset:
         """The elements before the pixel data; once :attr:`layout` is known, also those after it."""
         if self._header is None:
-            self._header, self._pixel_start = read_header_before_pixels(self.path, transfer_syntax=self.transfer_syntax)
+            if self.encoded is not None:
+                self._header = self.encoded.dataset()
+            else:
+                self._header, self._pixel_start = read_header_before_pixels(
+                    self.path, transfer_syntax=self.transfer_syntax
+                )
         return self._header
 
     @property
@@ -111,6 +119,10 @@ class SpooledInstance:
         return SpooledInstance(
             self.path, self.transfer_syntax, self.size, header=header, layout=self.layout, edited=True
         )
+
+    def with_encoded(self, encoded: EncodedHeader) -> SpooledInstance:
+        """A new instance whose edited header is already encoded (read back only if a later stage asks)."""
+        return SpooledInstance(self.path, self.transfer_syntax, self.size, encoded=encoded)
 
     def __repr__(self) -> str:
         flag = ", edited" if self.edited else ""
@@ -146,6 +158,11 @@ class RequestEnvelope:
         if self.instance is not None:
             return replace(self, instance=self.instance.with_header(dataset))
         return replace(self, identifier=dataset)
+
+    def with_encoded(self, encoded: EncodedHeader) -> RequestEnvelope:
+        """The envelope carrying an instance whose edited header is already encoded."""
+        assert self.instance is not None
+        return replace(self, instance=self.instance.with_encoded(encoded))
 
     def editable_dataset(self) -> Dataset:
         if self.instance is not None:

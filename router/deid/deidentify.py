@@ -44,6 +44,7 @@ from router.deid.profile import Profile
 from router.tables import LookupTable
 
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
+IDENTITY_REMOVED, METHOD = 0x00120062, 0x00120063
 METHOD_CODES = 0x00120064  # De-identification Method Code Sequence
 LONGITUDINAL_MODIFIED = 0x00280303
 MODIFIED_DATES = "retain_longitudinal_modified_dates"
@@ -166,21 +167,49 @@ class Deidentifier:
 
     def apply(self, ds: Dataset) -> Report:
         """De-identify ``ds`` (a header with file meta) in place; raises :class:`UnmappedPatient`."""
-        report = Report()
         original_id = _text(ds.get(PATIENT_ID))
         original_name = _text(ds.get(PATIENT_NAME))
+        run = self.begin(original_id, original_name, _identifying_pattern(ds))
+        run.dataset(ds)
+        self.conclude(run, original_id, original_name, PATIENT_ID in ds, PATIENT_NAME in ds)
+        implicit, little = _encoding(ds)
+        for tag, vr, value in self.marks(run.report, implicit, little):
+            ds[tag] = value if isinstance(value, RawDataElement) else DataElement(tag, vr, value)
+        self._replace_file_meta(ds)
+        return run.report
+
+    def begin(self, original_id: str, original_name: str, identifying: re.Pattern | None) -> Run:
+        """The walk over one instance whose Patient ID and Name are these; raises :class:`UnmappedPatient`."""
         new_id, new_name = self._pseudonyms(original_id, original_name)
         shift = self.settings.keys.date_shift(original_id or original_name) if MODIFIED_DATES in self.options else None
-        run = _Run(self, report, shift, _identifying_pattern(ds), new_id, new_name)
-        run.dataset(ds)
-        if original_id or PATIENT_ID in ds:
-            report.patient_id = (original_id, new_id)
-        if original_name or PATIENT_NAME in ds:
-            report.patient_name = (original_name, new_name)
-        report.date_shift_days = shift.days if shift is not None else None
-        self._mark(ds, dates_touched=shift is not None or report.actions.get("dates removed", 0) > 0)
-        self._replace_file_meta(ds)
-        return report
+        return Run(self, Report(), shift, identifying, new_id, new_name)
+
+    def conclude(self, run: Run, original_id: str, original_name: str, had_id: bool, had_name: bool) -> None:
+        """Fill in the report of a finished walk."""
+        if original_id or had_id:
+            run.report.patient_id = (original_id, run.new_id)
+        if original_name or had_name:
+            run.report.patient_name = (original_name, run.new_name)
+        run.report.date_shift_days = run.shift.days if run.shift is not None else None
+
+    def marks(self, report: Report, implicit: bool, little: bool) -> list[tuple[int, str, object]]:
+        """The elements that say what was done, as ``(tag, VR, value)``: Patient Identity Removed,
+        the method and its codes (a raw element, the same bytes every time) and, when dates
+        were shifted, kept or removed, Longitudinal Temporal Information Modified."""
+        dates_touched = report.date_shift_days is not None or report.actions.get("dates removed", 0) > 0
+        chosen = [o for o in CID_7050 if o is not None and o in self.options]
+        marks: list[tuple[int, str, object]] = [
+            (IDENTITY_REMOVED, "CS", "YES"),
+            (METHOD, "LO", ["DICOM PS3.15 E.1 Basic Profile"] + [CID_7050[o][1][:64] for o in chosen]),
+            (METHOD_CODES, "SQ", self._method_codes(implicit, little)),
+        ]
+        if MODIFIED_DATES in self.options:
+            marks.append((LONGITUDINAL_MODIFIED, "CS", "MODIFIED"))
+        elif FULL_DATES in self.options:
+            marks.append((LONGITUDINAL_MODIFIED, "CS", "UNMODIFIED"))
+        elif dates_touched:
+            marks.append((LONGITUDINAL_MODIFIED, "CS", "REMOVED"))
+        return marks
 
     def _pseudonyms(self, patient_id: str, patient_name: str) -> tuple[str, str]:
         table = self.settings.patient_table
@@ -195,18 +224,6 @@ class Deidentifier:
         token = self.settings.keys.pseudonym("patient", patient_id or patient_name)
         pid = f"{self.settings.pseudonym_prefix}{token}"[:64]
         return pid, pid
-
-    def _mark(self, ds: Dataset, dates_touched: bool) -> None:
-        ds.PatientIdentityRemoved = "YES"
-        chosen = [None] + [o for o in CID_7050 if o in self.options]
-        ds.DeidentificationMethod = ["DICOM PS3.15 E.1 Basic Profile"] + [CID_7050[o][1][:64] for o in chosen[1:]]
-        ds[METHOD_CODES] = self._method_codes(*_encoding(ds))
-        if MODIFIED_DATES in self.options:
-            ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "MODIFIED")
-        elif FULL_DATES in self.options:
-            ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "UNMODIFIED")
-        elif dates_touched:
-            ds[LONGITUDINAL_MODIFIED] = DataElement(LONGITUDINAL_MODIFIED, "CS", "REMOVED")
 
     @functools.cache  # noqa: B019 - one per encoding, for the life of the de-identifier
     def _method_codes(self, implicit: bool, little: bool) -> RawDataElement:
@@ -245,8 +262,12 @@ class Deidentifier:
         ds.preamble = b"\0" * 128
 
 
-class _Run:
-    """One walk over one dataset, carrying what the walk needs at every level."""
+WALK, CLEAN = "walk", "clean"
+
+
+class Run:
+    """One walk over one dataset, carrying what the walk needs at every level (also what the
+    anonymize stage's element-stream walk uses: :meth:`decide` and the report)."""
 
     def __init__(
         self,
@@ -282,30 +303,56 @@ class _Run:
             if tag in (PATIENT_ID, PATIENT_NAME):
                 self._pseudonym(ds, tag)
                 continue
-            hit = self.profile.decide(tag)
-            action = hit[1].action if hit else None
-            if action in ("Z", "D") and vr == "SQ" and hit is not None and hit[1].removable:
-                action = "X"
-            if action is None and vr in ("DA", "DT") and self.shift is not None:
-                action = "C"
-            if action is None:
-                if vr == "SQ":
-                    self._sequence(ds, tag, cleaning)
-                elif cleaning and vr in TEXT_VRS and vr != "CS":
-                    self._clean(ds[tag])
-                continue
-            if action == "X" and tag >> 16 & 0xFF00 in (0x6000, 0x5000) and tag & 0xFFFF in (0x3000, 0x0000):
-                removed_groups.add(tag >> 16)
-            self._act(ds, tag, vr, action)
+            action = self.decide(tag, vr, cleaning)
+            if action == WALK:
+                self._sequence(ds, tag, cleaning)
+            elif action == CLEAN:
+                self._clean(ds[tag])
+            elif action is not None:
+                if removes_group(tag, action):
+                    removed_groups.add(tag >> 16)
+                self._act(ds, tag, vr, action)
         for group in removed_groups:
             for tag in [t for t in map(int, ds.keys()) if t >> 16 == group]:
                 del ds[tag]
                 self.report.actions["removed"] += 1
 
+    def decide(self, tag: int, vr: str, cleaning: bool) -> str | None:
+        """What the walk does with a public element other than Patient's Name and ID: a profile
+        action (X, K, Z, D, U, U*, C), :data:`WALK` (an unlisted sequence: its items walked),
+        :data:`CLEAN` (unlisted text in a sequence being cleaned), or None (kept as it is)."""
+        hit = self.profile.decide(tag)
+        action = hit[1].action if hit else None
+        if action in ("Z", "D") and vr == "SQ" and hit is not None and hit[1].removable:
+            return "X"
+        if action is None and vr in ("DA", "DT") and self.shift is not None:
+            return "C"
+        if action is None:
+            if vr == "SQ":
+                return WALK
+            if cleaning and vr in TEXT_VRS and vr != "CS":
+                return CLEAN
+        return action
+
+    def keeps_private(self, tag: int, vr: str, creators: dict[int, str]) -> bool:
+        """Whether Retain Safe Private keeps the private element ``tag`` (``creators``: the data
+        set's private creator elements and their values)."""
+        if "retain_safe_private" not in self.deid.options:
+            return False
+        safe = self.deid.settings.safe_private
+        if tag & 0xFF00 == 0:  # a private creator element itself
+            return any(s.group == tag >> 16 and s.creator == creators.get(tag, "").strip() for s in safe)
+        return any(s.keeps(tag, creators.get((tag & 0xFFFF0000) | (tag >> 8 & 0xFF))) for s in safe)
+
+    def count(self, what: str, vr: str | None = None) -> None:
+        self.report.actions[what] += 1
+        if vr in ("DA", "DT", "TM"):
+            self.report.actions["dates removed"] += 1
+
     def _act(self, ds: Dataset, tag: int, vr: str, action: str) -> None:
         if action == "X":
             del ds[tag]
-            self._count("removed", vr)
+            self.count("removed", vr)
         elif action == "K":
             if vr == "SQ":
                 self._sequence(ds, tag)
@@ -315,7 +362,7 @@ class _Run:
             self.report.actions["emptied"] += 1
         elif action == "Z":
             _overwritable(ds, tag, vr).value = None if vr not in ("OB", "OW", "UN") else b""
-            self._count("emptied", vr)
+            self.count("emptied", vr)
         elif action == "D" or action == "U" and vr != "SQ":
             self._dummy(ds[tag] if vr == "UI" else _overwritable(ds, tag, vr))
         elif action in ("U", "U*") and vr == "SQ":
@@ -323,11 +370,6 @@ class _Run:
             self.report.actions["kept"] += 1
         else:
             self._clean(ds[tag])
-
-    def _count(self, what: str, vr: str) -> None:
-        self.report.actions[what] += 1
-        if vr in ("DA", "DT", "TM"):
-            self.report.actions["dates removed"] += 1
 
     def _sequence(self, ds: Dataset, tag: int, cleaning: bool = False) -> None:
         """De-identify each item of the sequence ``tag``, through the de-identifier's
@@ -342,58 +384,80 @@ class _Run:
 
     def _pseudonym(self, ds: Dataset, tag: int) -> None:
         element = ds[tag]
-        if _text(element):
-            element.value = self.new_id if tag == PATIENT_ID else self.new_name
-            self.report.actions["pseudonymized"] += 1
+        new = self.pseudonym_value(tag, element.value)
+        if new is not element.value:
+            element.value = new
 
     def _dummy(self, element: DataElement) -> None:
-        if element.VR == "UI":
-            self._remap_uids(element)
-            return
-        element.value = DUMMIES.get(element.VR, None)
-        self.report.actions["replaced"] += 1
+        new = self.dummy_value(element.VR, element.value)
+        if new is not element.value:
+            element.value = new
 
-    def _remap_uids(self, element: DataElement) -> None:
-        values = element.value
-        if not values:
+    def _clean(self, element: DataElement) -> None:
+        if element.VR == "SQ":
+            self._items(element, cleaning=True)
+            self.report.actions["cleaned"] += 1
             return
+        new = self.cleaned_value(element.VR, element.value)
+        if new is not element.value:
+            element.value = new
+
+    def pseudonym_value(self, tag: int, value):
+        """Patient ID's or Name's new value (``value`` itself when it is empty)."""
+        if not value_text(value):
+            return value
+        self.report.actions["pseudonymized"] += 1
+        return self.new_id if tag == PATIENT_ID else self.new_name
+
+    def dummy_value(self, vr: str, value):
+        """What D (and U, for a UID) writes in place of ``value``: every UID its keyed one, or a
+        dummy of the VR."""
+        if vr == "UI":
+            return self._remapped_uids(value)
+        self.report.actions["replaced"] += 1
+        return DUMMIES.get(vr, None)
+
+    def _remapped_uids(self, values):
+        if not values:
+            return values
         many = not isinstance(values, str)
         mapped = []
         for uid in values if many else [values]:
             new = self.keys.uid(str(uid))
             self.report.uids[str(uid)] = new
             mapped.append(new)
-        element.value = mapped if many else mapped[0]
         self.report.actions["uids remapped"] += 1
+        return mapped if many else mapped[0]
 
-    def _clean(self, element: DataElement) -> None:
-        vr = element.VR
-        if vr == "SQ":
-            self._items(element, cleaning=True)
-        elif vr in ("DA", "DT"):
-            if self.shift is not None:
-                element.value = _shift_dates(element.value, vr, self.shift)
-                self.report.actions["dates shifted"] += 1
-            return
-        elif vr == "AE":
-            if _text(element):
-                element.value = "AE" + self.keys.pseudonym("ae", _text(element), 14)
-        elif vr in TEXT_VRS and self.identifying is not None and element.value:
-            element.value = _scrub(element.value, self.identifying)
+    def cleaned_value(self, vr: str, value):
+        """What C writes in place of ``value`` (not a sequence): a date shifted, an AE title's
+        keyed pseudonym, text without the patient's identifiers; anything else as it was."""
+        if vr in ("DA", "DT"):
+            if self.shift is None:
+                return value
+            self.report.actions["dates shifted"] += 1
+            return _shift_dates(value, vr, self.shift)
+        new = value
+        if vr == "AE":
+            if value_text(value):
+                new = "AE" + self.keys.pseudonym("ae", value_text(value), 14)
+        elif vr in TEXT_VRS and self.identifying is not None and value:
+            new = _scrub(value, self.identifying)
         self.report.actions["cleaned"] += 1
+        return new
 
     def _private(self, ds: Dataset, tag: int, vr: str, creators: dict[int, str]) -> None:
-        if "retain_safe_private" in self.deid.options:
-            safe = self.deid.settings.safe_private
-            if tag & 0xFF00 == 0:  # a private creator element itself
-                if any(s.group == tag >> 16 and s.creator == creators.get(tag, "").strip() for s in safe):
-                    return
-            elif any(s.keeps(tag, creators.get((tag & 0xFFFF0000) | (tag >> 8 & 0xFF))) for s in safe):
-                if vr == "SQ":
-                    self._sequence(ds, tag)
-                return
+        if self.keeps_private(tag, vr, creators):
+            if vr == "SQ" and tag & 0xFF00:
+                self._sequence(ds, tag)
+            return
         del ds[tag]
         self.report.actions["private removed"] += 1
+
+
+def removes_group(tag: int, action: str) -> bool:
+    """Whether removing ``tag`` removes its whole group: an overlay's or curve's data (PS3.15 E.1.1)."""
+    return action == "X" and tag >> 16 & 0xFF00 in (0x6000, 0x5000) and tag & 0xFFFF in (0x3000, 0x0000)
 
 
 def _encoding(ds: Dataset) -> tuple[bool, bool]:
@@ -431,9 +495,13 @@ def _private_creators(ds: Dataset) -> dict[int, str]:
 
 
 def _text(element) -> str:
-    if element is None or element.value is None:
+    return "" if element is None else value_text(element.value)
+
+
+def value_text(value) -> str:
+    """A decoded value as one string (values of a multi-valued one joined by backslashes)."""
+    if value is None:
         return ""
-    value = element.value
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return "\\".join(str(v) for v in value)
     return str(value)
@@ -463,11 +531,11 @@ def _identifying_pattern(ds: Dataset) -> re.Pattern | None:
     def text(tag: int) -> str:
         return _text(ds[tag]) if tag in present else ""
 
-    return _pattern_for(tuple(map(text, IDENTIFIER_TAGS)), tuple(map(text, NAME_TAGS)), text(BIRTH_DATE))
+    return pattern_for(tuple(map(text, IDENTIFIER_TAGS)), tuple(map(text, NAME_TAGS)), text(BIRTH_DATE))
 
 
 @functools.lru_cache(maxsize=256)
-def _pattern_for(identifiers: tuple[str, ...], names: tuple[str, ...], birth: str) -> re.Pattern | None:
+def pattern_for(identifiers: tuple[str, ...], names: tuple[str, ...], birth: str) -> re.Pattern | None:
     """The pattern for these identifier, name and birth date values (the same for every
     instance of a study, so made once)."""
     tokens = set()

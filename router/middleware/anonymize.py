@@ -47,6 +47,8 @@ from router.deid.deidentify import (
 from router.deid.keys import KeyFileError, Keyring, read_key
 from router.deid.profile import OPTIONS, resolve
 from router.envelope import Reject, RequestEnvelope
+from router.middleware.anonymize_stream import StreamedFile, open_stream
+from router.spool.element_stream import NotStreamable
 from router.spool.long_sequences import rewrite_sequence_items
 from router.tables import LookupError_, LookupTable
 
@@ -182,8 +184,16 @@ class AnonymizeStage:
         return quiet
 
     def __call__(self, envelope: RequestEnvelope) -> RequestEnvelope | Reject:
+        """De-identify the instance: as received, over its raw element stream
+        (:mod:`router.middleware.anonymize_stream`) when that covers it, else (or after an earlier
+        stage's edit) on its pydicom data set; both give the same bytes."""
         if envelope.instance is None:
             return envelope  # a query identifier: de-identification applies to instances
+        if not envelope.instance.edited:
+            try:
+                return self._streamed(envelope, open_stream(envelope.instance.path))
+            except NotStreamable:
+                pass
         ds = envelope.editable_dataset()
         burned_in = burned_in_reason(ds, envelope.command.sop_class_uid)
         if burned_in and self.config.burned_in_annotation == "reject":
@@ -194,9 +204,27 @@ class AnonymizeStage:
             if self.fallback is None:
                 return Reject(self.name, self.config.reject_status, str(exc))
             report = self.fallback.apply(ds)
+        return self._done(envelope, envelope.with_dataset(ds), report, burned_in)
+
+    def _streamed(self, envelope: RequestEnvelope, file: StreamedFile) -> RequestEnvelope | Reject:
+        sop_class = file.sop_class_uid if file.sop_class_uid is not None else envelope.command.sop_class_uid
+        burned_in = burned_in_reason_for(file.burned_in_annotation, sop_class)
+        if burned_in and self.config.burned_in_annotation == "reject":
+            return Reject(self.name, self.config.reject_status, burned_in)
+        try:
+            encoded, report = file.deidentify(self.deidentifier)
+        except UnmappedPatient as exc:
+            if self.fallback is None:
+                return Reject(self.name, self.config.reject_status, str(exc))
+            encoded, report = file.deidentify(self.fallback)
+        return self._done(envelope, envelope.with_encoded(encoded), report, burned_in)
+
+    def _done(
+        self, envelope: RequestEnvelope, out: RequestEnvelope, report: Report, burned_in: str | None
+    ) -> RequestEnvelope:
         if self.mapping is not None:
             self.mapping.record(report, envelope)
-        out = envelope.with_dataset(ds).with_audit(self.name, "anonymize", report.summary())
+        out = out.with_audit(self.name, "anonymize", report.summary())
         if burned_in and self.config.burned_in_annotation == "quarantine":
             out = out.held(f"{self.name}: {burned_in}")
         return out
@@ -204,10 +232,17 @@ class AnonymizeStage:
 
 def burned_in_reason(ds, sop_class_uid: str | None) -> str | None:
     """Why the pixel data may carry burned-in identifying text, or None."""
-    value = str(ds.get(BURNED_IN_ANNOTATION).value or "").strip().upper() if BURNED_IN_ANNOTATION in ds else None
+    value = str(ds.get(BURNED_IN_ANNOTATION).value or "") if BURNED_IN_ANNOTATION in ds else None
+    return burned_in_reason_for(value, str(ds.get("SOPClassUID", sop_class_uid) or ""))
+
+
+def burned_in_reason_for(burned_in_annotation: str | None, sop_class_uid: str | None) -> str | None:
+    """Why the pixel data may carry burned-in identifying text, or None: from the Burned In
+    Annotation value (None when the element is absent) and the SOP class."""
+    value = None if burned_in_annotation is None else burned_in_annotation.strip().upper()
     if value == "YES":
         return "BurnedInAnnotation is YES"
-    sop = str(ds.get("SOPClassUID", sop_class_uid) or "")
+    sop = str(sop_class_uid or "")
     if value is None and sop.startswith(BURNED_IN_PRONE_PREFIXES):
         return f"BurnedInAnnotation is absent on SOP class {sop}, which usually carries burned-in text"
     return None

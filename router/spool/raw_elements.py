@@ -36,11 +36,11 @@ def element_bytes(element, *, implicit: bool) -> bytes | None:
         return raw_element_bytes(element, implicit=implicit)
     if not isinstance(element, DataElement) or element.is_undefined_length:
         return None
-    value = _value_bytes(element.VR, element.value)
-    return None if value is None else _element(element.tag, element.VR, value, implicit)
+    value = encode_value(element.VR, element.value)
+    return None if value is None else encode_element(element.tag, element.VR, value, implicit)
 
 
-def _value_bytes(vr: str, value) -> bytes | None:
+def encode_value(vr: str, value) -> bytes | None:
     values = list(value) if isinstance(value, (MultiValue, list, tuple)) else [] if value is None else [value]
     if vr in TEXT_VRS:
         if not all(isinstance(v, (str, PersonName)) for v in values):
@@ -72,7 +72,7 @@ def raw_element_bytes(element, *, implicit: bool) -> bytes | None:
         if element.length:
             return None  # deferred: the value is still in the file
         value = b""
-    return _element(element.tag, element.VR, value, implicit)
+    return encode_element(element.tag, element.VR, value, implicit)
 
 
 def file_meta_bytes(meta: Dataset) -> bytes | None:
@@ -97,11 +97,11 @@ def _meta_element(element) -> bytes | None:
     """A file meta element: as :func:`element_bytes` encodes it, OB values included."""
     if isinstance(element, DataElement) and element.VR == "OB" and isinstance(element.value, bytes):
         raw = element.value + b"\0" * (len(element.value) % 2)
-        return _element(element.tag, "OB", raw, False)
+        return encode_element(element.tag, "OB", raw, False)
     return element_bytes(element, implicit=False)
 
 
-def _element(tag: int, vr: str | None, value: bytes, implicit: bool) -> bytes | None:
+def encode_element(tag: int, vr: str | None, value: bytes, implicit: bool) -> bytes | None:
     group, number = tag >> 16, tag & 0xFFFF
     if implicit:
         return struct.pack("<HHI", group, number, len(value)) + value

@@ -181,7 +181,7 @@ def locate_pixel_data(path: Path | str, header: Dataset, start: int) -> Layout:
     if start >= size:
         return Layout(None, None, None, size)
     with open(path, "rb") as f:
-        tag, end = _pixel_element_end(f, start, size, ts)
+        tag, end = pixel_element_end(f, start, size, ts)
         if end < size:
             f.seek(end)
             stop = _StopBeforeLongOrPixels(f, ts)
@@ -200,7 +200,7 @@ def locate_pixel_data(path: Path | str, header: Dataset, start: int) -> Layout:
     return Layout(tag, start, end, size)
 
 
-def _pixel_element_end(f, start: int, size: int, ts: UID) -> tuple[int, int]:
+def pixel_element_end(f, start: int, size: int, ts: UID) -> tuple[int, int]:
     endian = "<" if ts.is_little_endian else ">"
     f.seek(start)
     head = f.read(8)
@@ -282,7 +282,7 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out, pixe
             pixel_data(out)
         else:
             src.seek(layout.pixel_start)
-            _copy_range(src, out, layout.pixel_end - layout.pixel_start)
+            copy_range(src, out, layout.pixel_end - layout.pixel_start)
         if after:
             _write_elements(fp, header, after, src, charset)
 
@@ -370,7 +370,7 @@ def _copy_element(src, element: RawDataElement, fp) -> None:
     if group << 16 | elem != element.tag:
         raise SpliceError(f"the source no longer holds {element.tag} at byte {start}")
     src.seek(start)
-    _copy_range(src, fp, end - start)
+    copy_range(src, fp, end - start)
 
 
 def _copy_encoding(source: Dataset, target: Dataset) -> None:
@@ -430,7 +430,7 @@ def _write_whole(source, header: Dataset, out) -> None:
     out.write(buffer.getvalue())
 
 
-def _copy_range(src, dst, length: int) -> None:
+def copy_range(src, dst, length: int) -> None:
     while length > 0:
         chunk = src.read(min(COPY_CHUNK, length))
         if not chunk:

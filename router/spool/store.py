@@ -24,7 +24,7 @@ import structlog
 
 from router.engine.spare_files import SpareFiles, close_and_remove, create_empty
 from router.spool.checksum import ChecksummingWriter
-from router.spool.splice import write_spliced
+from router.spool.encoded_versions import write_edited
 from router.spool.variants import remove_variants, variant_base
 
 log = structlog.get_logger("router.spool")
@@ -99,7 +99,7 @@ class Spool:
         try:
             with open(tmp, "wb") as out:
                 writer = ChecksummingWriter(out)
-                write_spliced(instance.path, instance.header, instance.layout, writer)
+                write_edited(instance, writer)
             os.replace(tmp, target)
         except BaseException:
             self.discard(tmp)

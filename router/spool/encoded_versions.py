@@ -1,0 +1,50 @@
+"""Edited versions whose header is already encoded: written as bytes, pixel data copied after.
+
+A stage that edits a header without pydicom's data set model (the anonymize stage's
+element-stream path) hands over an :class:`EncodedHeader`: the file meta group and the
+data set's elements before the pixel data, as bytes. :func:`write_edited` writes any edited
+instance: such bytes followed by the source file's pixel data copied byte for byte, or a
+pydicom header through :func:`~router.spool.splice.write_spliced`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+
+from router.spool.splice import Layout, copy_range, write_spliced
+
+PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+@dataclass(frozen=True)
+class EncodedHeader:
+    """``meta``: group 0002 with its group length; ``body``: the elements before the pixel data,
+    which runs from ``layout.pixel_start`` to the end of the source file (nothing follows it)."""
+
+    meta: bytes
+    body: bytes
+    layout: Layout
+
+    def dataset(self) -> Dataset:
+        """The header as pydicom reads it (for a stage that reads or edits it after this one)."""
+        return dcmread(io.BytesIO(PREAMBLE + self.meta + self.body), force=True)
+
+
+def write_edited(instance, out) -> None:
+    """Write the edited ``instance`` (a :class:`~router.envelope.SpooledInstance`) to ``out``."""
+    encoded = getattr(instance, "encoded", None)
+    if encoded is None:
+        write_spliced(instance.path, instance.header, instance.layout, out)
+        return
+    out.write(PREAMBLE)
+    out.write(encoded.meta)
+    out.write(encoded.body)
+    layout = encoded.layout
+    if layout.pixel_start is not None:
+        with open(Path(instance.path), "rb") as src:
+            src.seek(layout.pixel_start)
+            copy_range(src, out, layout.size - layout.pixel_start)

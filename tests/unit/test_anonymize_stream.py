@@ -1,0 +1,145 @@
+"""The anonymize stage's element-stream way gives the bytes and the report of the data set way."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_charset_files, get_testdata_file
+
+from router.envelope import RequestEnvelope
+from router.middleware.anonymize_stream import open_stream
+from router.spool.element_stream import NotStreamable
+from router.spool.encoded_versions import write_edited
+from router.spool.splice import write_spliced
+from tests.support.deid import envelope_for, key_file, stage
+from tests.support.richgen import rich_ct, write_rich_study
+
+PYDICOM_FILES = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "rtplan.dcm",
+    "rtdose_rle.dcm",
+    "693_J2KI.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle.dcm",
+    "MR_small_bigendian.dcm",
+    "SC_rgb_jpeg_gdcm.dcm",
+    "SC_rgb_small_odd.dcm",
+    "MR_small_implicit.dcm",
+    "waveform_ecg.dcm",
+    "MR_small_padded.dcm",
+    "UN_sequence.dcm",
+    "nested_priv_SQ.dcm",
+    "priv_SQ.dcm",
+    "reportsi.dcm",
+    "rtstruct.dcm",
+    "test-SR.dcm",
+    "image_dfl.dcm",
+    "empty_charset_LEI.dcm",
+    "examples_overlay.dcm",
+    "liver_1frame.dcm",
+]
+OPTION_SETS = [
+    [],
+    ["retain_longitudinal_modified_dates"],
+    ["clean_descriptors", "clean_structured_content", "clean_graphics"],
+    ["retain_safe_private", "retain_uids", "retain_device_identity"],
+    ["retain_patient_characteristics", "retain_institution_identity", "retain_longitudinal_full_dates"],
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("stream")
+    rich = write_rich_study(root / "rich", "P001", series=1, per_series=2)
+    rich += write_rich_study(root / "implicit", "P002", series=1, per_series=2, implicit=True)
+    trailing = root / "trailing.dcm"
+    ds = dcmread(rich[0])
+    ds.add_new(0xFFFAFFFA, "SQ", [])
+    ds.save_as(trailing, enforce_file_format=True)
+    charsets = [Path(p) for p in get_charset_files("chr*.dcm") if "SOPInstanceUID" in dcmread(p)]
+    others = [Path(get_testdata_file(name)) for name in PYDICOM_FILES] + charsets + [trailing]
+    return {"rich": rich, "others": others}
+
+
+def _stage(directory: Path, options: list[str]):
+    config = {"key_file": key_file(directory), "options": options}
+    if "retain_safe_private" in options:
+        config["safe_private"] = [{"group": 0x0011, "creator": "SAFE VENDOR"}]
+    return stage(**config)
+
+
+def _data_set_way(anonymizer, path: Path) -> tuple[bytes, object]:
+    envelope = envelope_for(path)
+    ds = envelope.instance.editable_header()
+    report = anonymizer.deidentifier.apply(ds)
+    out = io.BytesIO()
+    write_spliced(path, ds, envelope.instance.layout, out)
+    return out.getvalue(), report
+
+
+def _stream_way(anonymizer, path: Path) -> tuple[bytes, object]:
+    encoded, report = open_stream(path).deidentify(anonymizer.deidentifier)
+    out = io.BytesIO()
+    write_edited(envelope_for(path).instance.with_encoded(encoded), out)
+    return out.getvalue(), report
+
+
+def _same_report(a, b) -> bool:
+    fields = ("patient_id", "patient_name", "uids", "date_shift_days", "actions")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: "+".join(o) or "basic")
+def test_the_stream_way_writes_what_the_data_set_way_writes(tmp_path, corpus, options):
+    anonymizer = _stage(tmp_path, options)
+    streamed = []
+    for path in corpus["rich"] + corpus["others"]:
+        try:
+            fast, fast_report = _stream_way(anonymizer, path)
+        except NotStreamable:
+            continue
+        reference, report = _data_set_way(anonymizer, path)
+        assert fast == reference, path
+        assert _same_report(fast_report, report), path
+        streamed.append(path)
+    assert set(corpus["rich"]) <= set(streamed)  # the common case takes the stream way
+    assert len(streamed) >= len(corpus["rich"]) + 6
+
+
+def test_what_the_stream_way_leaves_to_the_data_set_way(corpus):
+    for name in ("MR_small_bigendian.dcm",):
+        with pytest.raises(NotStreamable):
+            open_stream(get_testdata_file(name))
+    with pytest.raises(NotStreamable, match="follow the pixel data"):
+        open_stream(corpus["others"][-1])
+
+
+def test_the_stage_takes_the_stream_way_and_a_later_stage_reads_the_result(tmp_path, corpus):
+    anonymizer = _stage(tmp_path, ["retain_longitudinal_modified_dates"])
+    result = anonymizer(envelope_for(corpus["rich"][0]))
+    assert isinstance(result, RequestEnvelope)
+    assert result.instance.encoded is not None and result.instance.edited
+    header = result.instance.header  # read back from the encoded bytes, for a later stage
+    assert header.PatientIdentityRemoved == "YES" and header.PatientID.startswith("ANON")
+    assert "PixelData" not in header
+    fast, _ = _stream_way(anonymizer, corpus["rich"][0])
+    out = io.BytesIO()
+    write_spliced(corpus["rich"][0], result.instance.editable_header(), result.instance.layout, out)
+    assert out.getvalue() == fast
+
+
+def test_a_non_ascii_name_takes_the_data_set_way_with_the_same_result(tmp_path):
+    path = tmp_path / "latin1.dcm"
+    ds = rich_ct("P003", "1.2.3.4", "1.2.3.4.5", "1.2.3.4.6", 0, "20240101")
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jürgen"
+    ds.save_as(path, enforce_file_format=True)
+    anonymizer = _stage(tmp_path, [])
+    with pytest.raises(NotStreamable):
+        open_stream(path).deidentify(anonymizer.deidentifier)
+    result = anonymizer(envelope_for(path))
+    assert result.instance.encoded is None and str(result.instance.header.PatientName).startswith("ANON")
