@@ -115,6 +115,13 @@ class SpooledInstance:
         """A copy of the whole header (trailing elements included) to change; the original stays as it was."""
         return clone_header(self.full_header())
 
+    def sop_instance_uid(self, default: str | None = None) -> str | None:
+        """The SOP Instance UID the header carries (an edit may have changed it), else ``default``."""
+        if self.encoded is not None:
+            return self.encoded.sop_instance_uid
+        value = self.header.get("SOPInstanceUID", default)
+        return None if value is None else str(value)
+
     def with_header(self, header: Dataset) -> SpooledInstance:
         return SpooledInstance(
             self.path, self.transfer_syntax, self.size, header=header, layout=self.layout, edited=True

@@ -31,7 +31,7 @@ from router.spool.checksum import file_checksum
 from router.spool.identity import Identity, UnreadableIdentity, identifying_uids
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.splice import SpliceError
-from router.spool.store import Spool
+from router.spool.store import Spool, WrittenVersion
 
 log = structlog.get_logger("router.intake")
 
@@ -164,27 +164,30 @@ class Intake:
             log.info("instance dropped", reasons=drops or ["no pipeline"], **ctx)
             return IntakeResult(SUCCESS, False, "dropped")
 
-        written: list[Path] = []
+        written: list[WrittenVersion] = []
         try:
             batches = self._versions(envelope, instance, targets, written, checksum or file_checksum(path))
-            self._make_durable_and_enqueue(batches, str(path), received_durable)
+            self._make_durable_and_enqueue(batches, str(path), received_durable, written)
         except SpliceError as exc:
-            for p in written + [path]:
+            for p in [w.path for w in written] + [path]:
                 self.spool.discard(p)
             log.error("cannot rewrite the instance header", error=str(exc), **ctx)
             return IntakeResult(CANNOT_UNDERSTAND, False, f"cannot rewrite the header: {exc}")
         except (OSError, sqlite3.Error) as exc:
-            for p in written + [path]:
+            for p in [w.path for w in written] + [path]:
                 self.spool.discard(p)
             log.error("cannot make the instance durable", error=repr(exc), **ctx)
             return IntakeResult(OUT_OF_RESOURCES, False, f"durable write failed: {exc}")
         except Exception as exc:  # the edited data set cannot be encoded: retrying would not help
-            for p in written + [path]:
+            for p in [w.path for w in written] + [path]:
                 self.spool.discard(p)
             log.error("cannot write the edited instance", error=repr(exc), **ctx)
             return IntakeResult(CANNOT_UNDERSTAND, False, f"cannot write the edited instance: {exc}")
+        finally:
+            for version in written:
+                _close(version.file)
         if not any(record.path == str(path) for record, _, _ in batches):
-            self.spool.discard(path)
+            self._fsyncers.submit(self.spool.discard, path)  # only edited versions are kept: not on the answer's path
         for _, pairs, hold in batches:
             if hold:
                 log.warning(
@@ -206,7 +209,7 @@ class Intake:
         envelope: RequestEnvelope,
         received: SpooledInstance,
         targets: list[Target],
-        written: list[Path],
+        written: list[WrittenVersion],
         checksum: str,
     ) -> list[Batch]:
         """One queue batch per (version of the instance, hold reason); edited versions written to the
@@ -219,24 +222,26 @@ class Intake:
                 if version is received or not version.edited:
                     record = _record(envelope, received, checksum=checksum)
                 else:
-                    new_path, new_checksum = self.spool.write_version(version)
-                    written.append(new_path)
-                    record = _record(envelope, version, new_path, new_checksum)
+                    new = self.spool.write_version(version)
+                    written.append(new)
+                    record = _record(envelope, version, new.path, new.checksum)
                 batches[key] = (record, [], target.envelope.hold_reason)
             batches[key][1].append((target.pipeline, target.backend))
         return list(batches.values())
 
-    def _make_durable_and_enqueue(self, batches: list[Batch], received: str, received_durable: _Fsync) -> None:
+    def _make_durable_and_enqueue(
+        self, batches: list[Batch], received: str, received_durable: _Fsync, written: list[WrittenVersion]
+    ) -> None:
         """Commit the rows while other threads fsync their files; return when all are done.
 
         ``received_durable`` makes the received file at ``received`` durable, if a row names
-        it; the files of edited versions are fsynced here. The commit runs on the calling
+        it; the files of edited versions (``written``) are fsynced here. The commit runs on the calling
         thread, with no hand-off to another thread in front of it. Rows whose files could not
         be made durable are removed again before the error is raised.
         """
         paths = list(dict.fromkeys(record.path for record, _, _ in batches))
         fsyncs = [received_durable.start()] if received in paths else []
-        versions = [p for p in paths if p != received]
+        versions = [w for w in written if str(w.path) in paths]
         if versions:
             fsyncs.append(self._fsyncers.submit(self._make_files_durable, versions))
         try:
@@ -253,9 +258,10 @@ class Intake:
                 self.queue.forget_instance(instance_id)
             raise
 
-    def _make_files_durable(self, paths: list[str]) -> None:
-        for path in paths:
-            self.spool.make_durable(path)
+    def _make_files_durable(self, versions: list[WrittenVersion]) -> None:
+        for version in versions:
+            fd = version.file.fileno() if version.file is not None else None
+            self.spool.make_durable(version.path, fd, version.entry_durable)
 
 
 def _identify(path: str, transfer_syntax: str) -> tuple[Identity | None, str | None]:
@@ -348,7 +354,7 @@ def _record(
     a = envelope.association
     uid = envelope.command.affected_sop_instance_uid
     if written is not None:
-        uid = str(instance.header.get("SOPInstanceUID", uid))
+        uid = instance.sop_instance_uid(uid)
     return InstanceRecord(
         path=str(written or instance.path),
         sop_instance_uid=uid,

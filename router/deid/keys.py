@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -49,7 +50,9 @@ class Keyring:
     date_shift_max_days: int = 3650
 
     def _digest(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self.key, f"{purpose}\0{value}".encode(), hashlib.sha256).digest()
+        """The HMAC of ``value`` for ``purpose``; the last few thousand are remembered, as the
+        same study, series and patient values come with every instance of a study."""
+        return _digest(self.key, purpose, value)
 
     def uid(self, original: str) -> str:
         """``2.25.<128-bit integer>``: a valid UID (at most 44 characters) derived from ``original``."""
@@ -65,3 +68,8 @@ class Keyring:
         span = self.date_shift_max_days - self.date_shift_min_days + 1
         n = int.from_bytes(self._digest("date-shift", patient)[:8], "big")
         return dt.timedelta(days=-(self.date_shift_min_days + n % span))
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(key: bytes, purpose: str, value: str) -> bytes:
+    return hmac.new(key, f"{purpose}\0{value}".encode(), hashlib.sha256).digest()

@@ -181,7 +181,8 @@ class _Walk:
         body = _merged(body, [(tag, self.mark(tag, vr, value)) for tag, vr, value in marks])
         uids = {tag: value for tag, value in self.decoded.items() if tag in (SOP_CLASS, SOP_INSTANCE)}
         meta = self.meta(uids)
-        return EncodedHeader(meta, b"".join(part for _, part in body), self.layout), run.report
+        body_bytes = b"".join(part for _, part in body)
+        return EncodedHeader(meta, body_bytes, self.layout, str(uids[SOP_INSTANCE])), run.report
 
     def top_value(self, tag: int):
         """The decoded value of the top-level element ``tag`` (None when absent), decoded once."""

@@ -159,7 +159,7 @@ class Relay:
         instance = result.envelope.instance
         if not instance.edited:
             return fetched.path
-        path, _ = self.spool.write_version(instance, self.spool.incoming)
+        path = self.spool.write_version(instance, self.spool.incoming).path
         self._files.append(path)
         return path
 

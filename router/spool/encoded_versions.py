@@ -23,11 +23,13 @@ PREAMBLE = b"\0" * 128 + b"DICM"
 @dataclass(frozen=True)
 class EncodedHeader:
     """``meta``: group 0002 with its group length; ``body``: the elements before the pixel data,
-    which runs from ``layout.pixel_start`` to the end of the source file (nothing follows it)."""
+    which runs from ``layout.pixel_start`` to the end of the source file (nothing follows it);
+    ``sop_instance_uid``: the one the header carries."""
 
     meta: bytes
     body: bytes
     layout: Layout
+    sop_instance_uid: str
 
     def dataset(self) -> Dataset:
         """The header as pydicom reads it (for a stage that reads or edits it after this one)."""
@@ -40,9 +42,7 @@ def write_edited(instance, out) -> None:
     if encoded is None:
         write_spliced(instance.path, instance.header, instance.layout, out)
         return
-    out.write(PREAMBLE)
-    out.write(encoded.meta)
-    out.write(encoded.body)
+    out.write(PREAMBLE + encoded.meta + encoded.body)
     layout = encoded.layout
     if layout.pixel_start is not None:
         with open(Path(instance.path), "rb") as src:

@@ -19,6 +19,7 @@ import time
 import uuid
 from io import FileIO
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import structlog
 
@@ -30,6 +31,14 @@ from router.spool.variants import remove_variants, variant_base
 log = structlog.get_logger("router.spool")
 
 SHARDS = 256
+
+
+class WrittenVersion(NamedTuple):
+    path: Path
+    checksum: str
+    entry_durable: bool  # its directory entry is durable already: make_durable need not fsync the directory
+    file: BinaryIO | None  # still open, for make_durable to fsync through (the file may be delivered and
+    # removed before that); the caller closes it
 
 
 class Spool:
@@ -87,24 +96,42 @@ class Spool:
         os.replace(received, target)
         return target, False
 
-    def write_version(self, instance, directory: Path | None = None) -> tuple[Path, str]:
+    def write_version(self, instance, directory: Path | None = None) -> WrittenVersion:
         """Write an edited version of a spooled instance (header edited, pixel data spliced); not yet
-        durable. Returns its path and checksum.
+        durable. Returns its path, checksum, whether its directory entry is durable already and,
+        unless ``directory`` was given, the file still open (to fsync through).
 
-        It goes into ``objects/`` unless ``directory`` says otherwise.
+        It goes into ``objects/`` unless ``directory`` says otherwise: into a ready spare of
+        :meth:`make_spares` when there is one (no file to create, no directory to fsync, as for
+        a received instance), else to a temporary name renamed into a shard. A crash mid-write
+        leaves a file no queue row names, removed at the next start.
         """
+        spare = self.spares.take_ready() if directory is None else None
+        if spare is not None:
+            path, file = spare
+            writer = ChecksummingWriter(file)
+            try:
+                write_edited(instance, writer)
+            except BaseException:
+                close_and_remove(path, file)
+                raise
+            return WrittenVersion(Path(path), writer.checksum, True, file)
         name = uuid.uuid4().hex
         target = (directory or self.objects / name[:2]) / f"{name}.dcm"
         tmp = self.incoming / f"{name}.part"
+        out = open(tmp, "wb")
         try:
-            with open(tmp, "wb") as out:
-                writer = ChecksummingWriter(out)
-                write_edited(instance, writer)
+            writer = ChecksummingWriter(out)
+            write_edited(instance, writer)
+            out.flush()
             os.replace(tmp, target)
         except BaseException:
-            self.discard(tmp)
+            close_and_remove(tmp, out)
             raise
-        return target, writer.checksum
+        if directory is not None:
+            out.close()
+            return WrittenVersion(target, writer.checksum, False, None)
+        return WrittenVersion(target, writer.checksum, False, out)
 
     def make_durable(self, path: Path | str, fd: int | None = None, entry_durable: bool = False) -> None:
         """fsync the file (through ``fd`` if it is open there) and, unless ``entry_durable``, the

@@ -107,10 +107,18 @@ def test_what_it_leaves_to_pydicom(inputs):
 def test_an_edited_version_is_checksummed_as_it_is_written(tmp_path, inputs, anonymizer):
     from router.spool.checksum import file_checksum
     from router.spool.store import Spool
+    from tests.support.peers import wait_for
 
     spool = Spool(tmp_path / "spool")
     spool.prepare()
     for path in inputs[:3] + inputs[-3:]:
-        written, checksum = spool.write_version(anonymizer(envelope_for(path)).instance)
-        assert checksum == file_checksum(written), path
+        version = spool.write_version(anonymizer(envelope_for(path)).instance)
+        version.file.close()
+        assert version.checksum == file_checksum(version.path), path
+    spool.spares.refill()
+    wait_for(lambda: len(spool.spares.ready_paths) >= 2, 10, message="spares made")
+    version = spool.write_version(anonymizer(envelope_for(inputs[0])).instance)  # into a spare: no rename
+    version.file.close()
+    assert version.checksum == file_checksum(version.path)
+    assert version.entry_durable and version.path.parent.parent == spool.objects
     spool.close()
