@@ -88,16 +88,40 @@ class Selector:
     def delete_from(self, ds: Dataset) -> list[int]:
         """Remove what this selector names from the top level of ``ds`` (private: at every level)."""
         if self.private:
-            removed = [e.tag for e in ds if e.tag.is_private]
-            ds.remove_private_tags()
-            return removed
+            return remove_private(ds)
         if self.group is not None:
-            removed = [e.tag for e in ds if e.tag.group == self.group]
+            removed = [tag for tag in ds.keys() if tag >> 16 == self.group]
         else:
             removed = [self.tag] if self.tag in ds else []
         for tag in removed:
             del ds[tag]
         return removed
+
+
+def remove_private(ds: Dataset) -> list[int]:
+    """Remove every private element of ``ds``, at every level; returns the top-level tags removed.
+
+    Only sequences are decoded (to reach their items): every other element stays as it was
+    read, to be written back byte for byte."""
+    removed = []
+    for tag in list(ds.keys()):
+        if tag >> 16 & 1:
+            del ds[tag]
+            removed.append(tag)
+        elif _is_sequence(ds, tag):
+            for item in ds[tag].value or ():
+                remove_private(item)
+    return removed
+
+
+def _is_sequence(ds: Dataset, tag: int) -> bool:
+    vr = ds.get_item(tag, keep_deferred=True).VR
+    if vr is None:  # implicit VR, still raw
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return False
+    return vr == "SQ"
 
 
 def check_template(template: str) -> None:

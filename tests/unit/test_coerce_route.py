@@ -198,3 +198,24 @@ def test_route_references_every_backend():
     refs = dict(config.backend_references())
     assert refs["rules[1].backends[0]"] == "ct_ai"
     assert refs["default[0]"] == "archive"
+
+
+def test_delete_private_reaches_into_sequences_and_leaves_other_elements_as_read(tmp_path):
+    from pydicom import Dataset, dcmread
+    from pydicom.dataelem import RawDataElement
+    from pydicom.sequence import Sequence
+
+    path = write_rich_study(tmp_path, series=1, per_series=1)[0]
+    ds = dcmread(path)
+    item = Dataset()
+    item.CodeValue = "1"
+    item.add_new(0x00190010, "LO", "ACME 1.0")
+    item.add_new(0x00191001, "LO", "inside an item")
+    ds.ProcedureCodeSequence = Sequence([item])
+    ds.save_as(path, enforce_file_format=True)
+    out = coerce(path, [{"delete": ["private"]}])
+    header = out.instance.header
+    assert not [t for t in header.keys() if t >> 16 & 1]
+    (kept,) = header.ProcedureCodeSequence
+    assert kept.CodeValue == "1" and not [t for t in kept.keys() if t >> 16 & 1]
+    assert isinstance(header.get_item(0x00081030, keep_deferred=True), RawDataElement)  # StudyDescription, untouched
