@@ -184,7 +184,7 @@ def cmd_check(args) -> int:
     for issue in issues:
         print(issue, file=sys.stderr)
     errors = [i for i in issues if i.severity == "error"]
-    if errors:
+    if errors or config is None:
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return EX_CONFIG
     print(

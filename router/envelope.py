@@ -107,9 +107,10 @@ class SpooledInstance:
 
     def full_header(self) -> Dataset:
         """The header with the elements after the pixel data too: what an edit must carry over."""
+        header = self.header
         if self._layout is None:
-            self._layout = locate_pixel_data(self.path, self.header, self._pixel_start)
-        return self._header
+            self._layout = locate_pixel_data(self.path, header, self._pixel_start or 0)
+        return header
 
     def editable_header(self) -> Dataset:
         """A copy of the whole header (trailing elements included) to change; the original stays as it was."""

@@ -219,7 +219,7 @@ class Intake:
             version = target.envelope.instance
             key = (id(version), target.envelope.hold_reason)
             if key not in batches:
-                if version is received or not version.edited:
+                if version is None or version is received or not version.edited:
                     record = _record(envelope, received, checksum=checksum)
                 else:
                     new = self.spool.write_version(version)

@@ -15,6 +15,8 @@ import os
 import signal
 import threading
 import time
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
@@ -32,6 +34,9 @@ from router.receive_workers import ReceiveWorkers, enable_shared_metrics
 from router.reload import compare, refusal
 from router.spool.queue import DeliveryQueue
 from router.spool.store import Spool
+
+if TYPE_CHECKING:
+    from router.observe.admin import AdminServer
 
 log = structlog.get_logger("router.service")
 
@@ -56,11 +61,11 @@ class RouterService:
         self.queue: DeliveryQueue | None = None
         self.intake: Intake | None = None
         self.endpoints: dict = {}
-        self.delivery: multiprocessing.Process | None = None
+        self.delivery: BaseProcess | None = None
         self._stop = threading.Event()
-        self._lock_file = None
+        self._lock_file: TextIO | None = None
         self._last_sweep = 0.0
-        self.admin = None
+        self.admin: AdminServer | None = None
         self.qr: QueryRetrieveService | None = None
         if role == "main" and config.router.receive_processes > 1:
             enable_shared_metrics(config)
@@ -114,8 +119,9 @@ class RouterService:
         if self.config.admin is not None:
             from router.observe.admin import AdminServer
 
-            self.admin = AdminServer(self.config.admin, self)
-            self.admin.start()
+            admin = AdminServer(self.config.admin, self)
+            admin.start()
+            self.admin = admin
 
     # -- reload ------------------------------------------------------------------
 
@@ -156,6 +162,7 @@ class RouterService:
             )
             return False
         old_config, old_qr = self.config, self.qr
+        assert self.intake is not None and self.queue is not None
         self.intake.pipelines = pipelines
         self.qr = qr
         self.config = new
@@ -177,19 +184,21 @@ class RouterService:
         )
         return True
 
-    def _switch_endpoints(self, old_config: RouterConfig, old_qr: QueryRetrieveService, changes) -> None:
+    def _switch_endpoints(self, old_config: RouterConfig, old_qr: QueryRetrieveService | None, changes) -> None:
+        qr = self.qr
+        assert qr is not None
         for name in list(self.endpoints):
             if name in changes.endpoints_removed:
                 self._retire(self.endpoints.pop(name))
         for name in self.config.endpoints:
             current = self.endpoints.get(name)
-            same_services = old_qr is not None and old_qr.offered(name) == self.qr.offered(name)
+            same_services = old_qr is not None and old_qr.offered(name) == qr.offered(name)
             rereads_files = getattr(self.config.endpoints[name], "tls", None) is not None  # rotated certificates
             if current is not None and name not in changes.endpoints_changed and same_services and not rereads_files:
-                current.qr = self.qr
+                current.qr = qr
                 continue
             try:
-                replacement = self._build_endpoint(self.config, name, self.qr)
+                replacement = self._build_endpoint(self.config, name, qr)
                 replacement.start(exclusive=current is None)  # next to the old listener (SO_REUSEPORT) until it closes
             except Exception as exc:
                 log.error(
@@ -326,7 +335,7 @@ class RouterService:
     def _stop_delivery(self) -> None:
         """SIGTERM: workers put unsent batches back untried and exit; killed after a minute."""
         if self.delivery is not None:
-            if self.delivery.is_alive():
+            if self.delivery.is_alive() and self.delivery.pid is not None:
                 os.kill(self.delivery.pid, signal.SIGTERM)
                 self.delivery.join(timeout=60)
                 if self.delivery.is_alive():
@@ -336,24 +345,25 @@ class RouterService:
 
     def _start_delivery(self) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.delivery = ctx.Process(
+        delivery = ctx.Process(
             target=run_delivery, args=(self.config, os.getpid()), name="dicom-router-delivery", daemon=False
         )
-        self.delivery.start()
+        delivery.start()
+        self.delivery = delivery
 
     def _lock_data_dir(self) -> None:
         """Hold ``router.lock`` (one router per data directory); it holds our PID for ``dicom-router reload``."""
-        self._lock_file = open(self.spool.data_dir / "router.lock", "a+")
+        lock_file = open(self.spool.data_dir / "router.lock", "a+")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
+            lock_file.close()
             raise DataDirInUse(f"another router is using {self.spool.data_dir}") from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(f"{os.getpid()}\n")
-        self._lock_file.flush()
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        self._lock_file = lock_file
 
 
 def run_receive_worker(config: RouterConfig, parent_pid: int, index: int) -> None:

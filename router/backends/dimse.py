@@ -33,7 +33,8 @@ import structlog
 from pydantic import Field
 from pydicom.uid import UID
 from pynetdicom import AE, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from router import engine
 from router.backends.status import DeliveryResult, Outcome, classify_store_status
@@ -136,7 +137,7 @@ class StoreSCU:
     def __init__(self, backend: DimseBackend):
         self.backend = backend
         self.ae = backend.new_ae()
-        self.assoc = None
+        self.assoc: Association | None = None
         self.last_used = 0.0
         self.wanted: dict[str, list[str]] = {}  # SOP class -> transfer syntaxes, insertion ordered
         self.policy = backend.config
@@ -220,6 +221,7 @@ class StoreSCU:
         return DeliveryResult(Outcome.UNREACHABLE, None, engine.why_not_associated(assoc, self.backend.describe()))
 
     def _accepted(self, sop: str) -> list:
+        assert self.assoc is not None  # sending on an established association
         return [cx for cx in self.assoc.accepted_contexts if cx.abstract_syntax == sop]
 
     def _send(self, delivery: Delivery, sop: str, ts: str) -> DeliveryResult:
@@ -231,6 +233,7 @@ class StoreSCU:
         path = self._in_accepted_syntax(delivery, ts, {cx.transfer_syntax[0] for cx in accepted})
         if isinstance(path, DeliveryResult):
             return path
+        assert self.assoc is not None
         try:
             rsp = send_c_store_file(self.assoc, path)
         except FileNotFoundError:

@@ -27,8 +27,8 @@ def check_references(config: RouterConfig, defined: dict[str, set[str]] | None =
     then left for when the schema errors are fixed.
     """
     complete = defined is None
-    endpoints = set(config.endpoints) if complete else defined["endpoints"]
-    backends = set(config.backends) if complete else defined["backends"]
+    endpoints = set(config.endpoints) if defined is None else defined["endpoints"]
+    backends = set(config.backends) if defined is None else defined["backends"]
     issues: list[ConfigIssue] = []
     used_backends: set[str] = set()
     bound_endpoints: set[str] = set()
@@ -57,8 +57,8 @@ def check_references(config: RouterConfig, defined: dict[str, set[str]] | None =
                 )
             )
     retrieving = any(getattr(b, "retrieve", None) for b in config.backends.values())
-    for name, backend in config.backends.items():
-        if retrieving and backend.type == "dimse":
+    for name, backend_config in config.backends.items():
+        if retrieving and backend_config.type == "dimse":
             continue  # a C-MOVE destination, named by its AE title in requests
         if name not in used_backends:
             issues.append(
@@ -70,8 +70,8 @@ def check_references(config: RouterConfig, defined: dict[str, set[str]] | None =
                 )
             )
     if config.router.receive_processes > 1:
-        for name, backend in config.backends.items():
-            if getattr(backend, "retrieve", None) == "move":
+        for name, backend_config in config.backends.items():
+            if getattr(backend_config, "retrieve", None) == "move":
                 issues.append(
                     ConfigIssue(
                         config.origin(f"backends.{name}"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -50,12 +50,19 @@ def next_idle_poll(seconds: float) -> float:
 
 
 class Deliverer(Protocol):
-    """Sends deliveries one at a time. One that can send several in a request (STOW-RS) also has
-    ``group(deliveries) -> list[list[Delivery]]`` and ``deliver_many(group) -> list[DeliveryResult]``."""
+    """Sends deliveries one at a time."""
 
     def deliver(self, delivery: Delivery) -> DeliveryResult: ...
     def idle(self) -> None: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class GroupingDeliverer(Deliverer, Protocol):
+    """A deliverer that can send several deliveries in one request (STOW-RS)."""
+
+    def group(self, deliveries: list[Delivery]) -> list[list[Delivery]]: ...
+    def deliver_many(self, deliveries: list[Delivery]) -> list[DeliveryResult]: ...
 
 
 class SuccessRecorder:
@@ -170,7 +177,8 @@ class BackendWorker(threading.Thread):
     def deliver_batch(self, deliverer: Deliverer, batch: list[Delivery]) -> None:
         """Send a claimed batch, in the requests the deliverer groups it into (one instance each
         unless it has ``group`` and ``deliver_many``, as STOW-RS does)."""
-        groups = deliverer.group(batch) if hasattr(deliverer, "group") else [[d] for d in batch]
+        grouping = deliverer if isinstance(deliverer, GroupingDeliverer) else None
+        groups = grouping.group(batch) if grouping is not None else [[d] for d in batch]
         for index, group in enumerate(groups):
             later = [d for g in groups[index + 1 :] for d in g]
             if self.stop_event.is_set():
@@ -180,8 +188,8 @@ class BackendWorker(threading.Thread):
             if not sendable:
                 continue
             try:
-                if len(sendable) > 1:
-                    results = deliverer.deliver_many(sendable)
+                if grouping is not None and len(sendable) > 1:
+                    results = grouping.deliver_many(sendable)
                 else:
                     results = [deliverer.deliver(sendable[0])]
             except Exception as exc:  # a bug must not stop the queue, nor lose the delivery for good

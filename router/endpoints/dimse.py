@@ -24,12 +24,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import structlog
 from pydantic import Field
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from router import engine
 from router.config.checks import bind_problem
@@ -147,11 +147,14 @@ class DimseEndpoint:
         request yet (:class:`~router.engine.admission.AdmittingServer`)."""
         address = (self.config.bind, self.config.port)
         tls = self.config.tls
-        server = ae.make_server(
-            address,
-            evt_handlers=handlers,
-            server_class=AdmittingServer,
-            ssl_context=server_context(tls) if tls is not None else None,
+        server = cast(
+            AdmittingServer,
+            ae.make_server(
+                address,
+                evt_handlers=handlers,
+                server_class=AdmittingServer,
+                ssl_context=server_context(tls) if tls is not None else None,
+            ),
         )
         server.endpoint = self.name
         server.request_timeout = self.config.acse_timeout

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import struct
 import time
+from pathlib import Path
+from typing import cast
 
 import structlog
 from pynetdicom import evt
@@ -102,7 +104,7 @@ def store_rq_pdata(primitive: C_STORE, context_id: int, max_pdu: int):
     pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
     yield pdata
     if primitive._dataset_path is not None:
-        path, offset = primitive._dataset_path
+        path, offset = cast(tuple[Path, int], primitive._dataset_path)  # (file, data set offset): see send_c_store_file
         yield from file_fragments(path, offset, context_id, max_pdu, getattr(primitive, "_dataset_source", None))
         return
     data = primitive.DataSet.getvalue()
@@ -210,7 +212,7 @@ def _send_on_loan(assoc: Association, raw, request: C_STORE, context_id: int) ->
     (:mod:`router.engine.socket_loans`); None when the socket could not be lent."""
     max_pdu = assoc.dimse.maximum_pdu_size
     command = encode_p_data_tf([(context_id, b"\x03" + encode_store_rq(request))])
-    path, offset = request._dataset_path
+    path, offset = cast(tuple[Path, int], request._dataset_path)
     data_set = file_fragments(path, offset, context_id, max_pdu, request._dataset_source)
     try:
         answer = socket_loans.exchange_on_loan(assoc, raw, command, data_set, assoc.dimse_timeout)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import xxhash
+from pydicom import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import association, dimse_messages
@@ -101,6 +102,10 @@ _KEYWORDS = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstance
 class FileMetaSummary:
     """The file meta values ``send_c_store`` reads, answering ``keyword in meta`` like a Dataset."""
 
+    TransferSyntaxUID: UID
+    MediaStorageSOPClassUID: UID
+    MediaStorageSOPInstanceUID: UID
+
     def __init__(self, values: dict[str, UID]):
         self.__dict__.update(values)
 
@@ -142,7 +147,7 @@ def read_file_meta(head: bytes) -> tuple[FileMetaSummary, int]:
         position += length
 
 
-def split_part10(path) -> tuple[FileMetaSummary, int]:
+def split_part10(path) -> tuple[FileMetaSummary | Dataset, int]:
     """``pynetdicom.dsutils.split_dataset`` for plain Part-10 files, falling back to it for the rest."""
     with open(path, "rb") as f:
         head = f.read(META_READ)

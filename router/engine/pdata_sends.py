@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from typing import Any
 
 from pynetdicom import evt, fsm
 from pynetdicom.pdu import P_DATA_TF
@@ -38,7 +39,7 @@ ITEM_HEADER = struct.Struct(">LB")
 GROUP_BYTES = 4 * 1024 * 1024
 _NEED_PDU_OBJECTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
 
-_stock_actions = {name: fsm.ACTIONS[name] for name in ("DT-1", "AR-7")}
+_stock_actions: dict[str, Any] = {name: fsm.ACTIONS[name] for name in ("DT-1", "AR-7")}
 
 
 class SourceFile:
@@ -129,6 +130,7 @@ def _send_p_data(dul, action: str) -> str:
         for p_data in primitive.as_p_data():
             dul._send(P_DATA_TF(p_data))
         return _stock_actions[action][2]
+    assert raw is not None  # direct: the socket is plain
     try:
         send_fragments(raw, primitive)
     except (OSError, ValueError):

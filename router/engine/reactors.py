@@ -50,6 +50,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 import structlog
 from pynetdicom import evt
@@ -75,7 +76,7 @@ def _bounded_by(timer, wait: float) -> float:
     return min(wait, max(timer.remaining, 0.001))
 
 
-_stock = {
+_stock: dict[str, Any] = {
     "dul_init": DULServiceProvider.__init__,
     "assoc_init": Association.__init__,
     "do_action": StateMachine.do_action,

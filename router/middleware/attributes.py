@@ -37,9 +37,10 @@ def parse_attribute(key: str) -> int:
     if m:
         tag = int(m.group(1) + m.group(2), 16)
     else:
-        tag = tag_for_keyword(key)
-        if tag is None:
+        found = tag_for_keyword(key)
+        if found is None:
             raise AttributeSpecError(f"{key!r} is not a DICOM keyword or a (gggg,eeee) tag")
+        tag = found
     if tag >> 16 == 0x0002 or tag >= 0x7FE00000 and tag >> 16 == 0x7FE0:
         raise AttributeSpecError(f"{key!r}: {' and '.join(PROTECTED)} cannot be edited")
     return tag
@@ -89,10 +90,11 @@ class Selector:
         """Remove what this selector names from the top level of ``ds`` (private: at every level)."""
         if self.private:
             return remove_private(ds)
+        removed: list[int]
         if self.group is not None:
-            removed = [tag for tag in ds.keys() if tag >> 16 == self.group]
+            removed = [int(tag) for tag in ds.keys() if tag >> 16 == self.group]
         else:
-            removed = [self.tag] if self.tag in ds else []
+            removed = [self.tag] if self.tag is not None and self.tag in ds else []
         for tag in removed:
             del ds[tag]
         return removed
@@ -103,11 +105,11 @@ def remove_private(ds: Dataset) -> list[int]:
 
     Only sequences are decoded (to reach their items): every other element stays as it was
     read, to be written back byte for byte."""
-    removed = []
+    removed: list[int] = []
     for tag in list(ds.keys()):
         if tag >> 16 & 1:
             del ds[tag]
-            removed.append(tag)
+            removed.append(int(tag))
         elif _is_sequence(ds, tag):
             for item in ds[tag].value or ():
                 remove_private(item)
@@ -135,7 +137,8 @@ def render_template(template: str, envelope: RequestEnvelope, ds: Dataset) -> st
         name = m.group(1)
         if name in ENVELOPE_FIELDS:
             return str(ENVELOPE_FIELDS[name](envelope) or "")
-        element = ds.get(tag_for_keyword(name))
+        tag = tag_for_keyword(name)
+        element = ds.get(tag) if tag is not None else None
         if element is None or element.value is None:
             return ""
         v = element.value

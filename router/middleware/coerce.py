@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -48,6 +48,7 @@ from router.middleware.match import Matcher, validate_match
 from router.tables import LookupError_, LookupTable
 
 VERBS = ("set", "delete", "copy", "replace", "map")
+T = TypeVar("T")
 _FIELDS = {"copy": "copy_"}
 
 
@@ -90,7 +91,7 @@ class CoerceOperation(StrictModel):
         if verb == "set":
             if self.value is None:
                 raise AttributeSpecError("set needs a value")
-            parse_attribute(self.set)
+            parse_attribute(_given(self.set))
             for text in self.value if isinstance(self.value, list) else [self.value]:
                 if isinstance(text, str):
                     check_template(text)
@@ -102,21 +103,21 @@ class CoerceOperation(StrictModel):
         elif verb == "copy":
             if self.to is None:
                 raise AttributeSpecError("copy needs to = the target attribute")
-            parse_attribute(self.copy_)
+            parse_attribute(_given(self.copy_))
             parse_attribute(self.to)
         elif verb == "replace":
             if self.pattern is None:
                 raise AttributeSpecError("replace needs a pattern (a regular expression)")
-            parse_attribute(self.replace)
+            parse_attribute(_given(self.replace))
             re.compile(self.pattern)
         elif verb == "map":
             if self.table is None:
                 raise AttributeSpecError("map needs table = a CSV file")
-            parse_attribute(self.map)
+            parse_attribute(_given(self.map))
 
     def lookup(self) -> LookupTable:
         needs = (self.to_column,) if self.to_column else ()
-        table = LookupTable.load(Path(self.table), self.from_column, needs)
+        table = LookupTable.load(Path(_given(self.table)), self.from_column, needs)
         if not self.to_column and len(table.columns) < 2:
             raise LookupError_(f"{self.table}: a map table needs at least two columns")
         return table
@@ -187,7 +188,7 @@ def _build_operation(op: CoerceOperation):
             removed = [t for s in selectors for t in s.delete_from(ds)]
             return f"deleted {len(removed)} attribute(s)" if removed else ""
     elif op.copy_ is not None:
-        source, target = parse_attribute(op.copy_), parse_attribute(op.to)
+        source, target = parse_attribute(op.copy_), parse_attribute(_given(op.to))
 
         def apply(envelope, ds):
             if source not in ds:
@@ -195,7 +196,7 @@ def _build_operation(op: CoerceOperation):
             set_attribute(ds, target, text_value(ds, source))
             return f"copied {op.copy_} to {op.to}"
     elif op.replace is not None:
-        tag, pattern = parse_attribute(op.replace), re.compile(op.pattern)
+        tag, pattern = parse_attribute(op.replace), re.compile(_given(op.pattern))
 
         def apply(envelope, ds):
             old = text_value(ds, tag)
@@ -207,7 +208,7 @@ def _build_operation(op: CoerceOperation):
             set_attribute(ds, tag, new, ds[tag].VR)
             return f"replaced in {op.replace}"
     else:
-        tag, table = parse_attribute(op.map), op.lookup()
+        tag, table = parse_attribute(_given(op.map)), op.lookup()
         to_column = op.to_column or table.columns[1]
 
         def apply(envelope, ds):
@@ -234,3 +235,10 @@ def _build_operation(op: CoerceOperation):
 @register("middleware", "coerce", CoerceConfig)
 def build_coerce(name: str, config: CoerceConfig) -> CoerceStage:
     return CoerceStage(name, config)
+
+
+def _given(value: T | None) -> T:
+    """An option the operation's verb requires (its validator has made sure it is there)."""
+    if value is None:
+        raise AttributeSpecError("a required option of the operation is missing")
+    return value

@@ -75,14 +75,14 @@ def compile_condition(condition: Any, *, is_address: bool = False) -> Predicate:
         raise MatchError("true/false is not a condition; use a string, number, array or an operator table")
     if isinstance(condition, (str, int, float)):
         test = _value_test(condition, is_address)
-        return lambda values: bool(values) and any(test(v) for v in values)
+        return lambda values: any(test(v) for v in values or ())
     if isinstance(condition, list):
         if not condition:
             raise MatchError("an empty array matches nothing")
         if any(isinstance(member, (list, dict, bool)) for member in condition):
             raise MatchError("array members must be strings or numbers")
         tests = [_value_test(member, is_address) for member in condition]
-        return lambda values: bool(values) and any(t(v) for v in values for t in tests)
+        return lambda values: any(t(v) for v in values or () for t in tests)
     if isinstance(condition, dict):
         return _compile_operators(condition, is_address)
     raise MatchError(f"unsupported condition {condition!r}")
@@ -107,9 +107,12 @@ def _compile_operators(table: dict[str, Any], is_address: bool) -> Predicate:
             flag = table[name]
             if not isinstance(flag, bool):
                 raise MatchError(f"{name} takes true or false, not {flag!r}")
-            present = flag if wanted else not flag
-            predicates.append(lambda values, present=present: (values is not None) is present)
+            predicates.append(_presence(flag if wanted else not flag))
     return lambda values: all(p(values) for p in predicates)
+
+
+def _presence(present: bool) -> Predicate:
+    return lambda values: (values is not None) is present
 
 
 def _regex_predicate(pattern: Any) -> Predicate:
@@ -119,7 +122,7 @@ def _regex_predicate(pattern: Any) -> Predicate:
         compiled = re.compile(pattern)
     except re.error as exc:
         raise MatchError(f"invalid regex {pattern!r}: {exc}") from None
-    return lambda values: bool(values) and any(compiled.search(_text(v)) for v in values)
+    return lambda values: any(compiled.search(_text(v)) for v in values or ())
 
 
 def _range_predicate(low: Any, high: Any) -> Predicate:
@@ -127,13 +130,13 @@ def _range_predicate(low: Any, high: Any) -> Predicate:
     if all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
         lo = float("-inf") if low is None else float(low)
         hi = float("inf") if high is None else float(high)
-        return lambda values: bool(values) and any(lo <= n <= hi for n in map(_number, values) if n is not None)
+        return lambda values: any(lo <= n <= hi for n in map(_number, values or ()) if n is not None)
     if all(isinstance(b, (str, dt.date)) for b in bounds):
         lo_d = _date(low) if low is not None else dt.date.min
         hi_d = _date(high) if high is not None else dt.date.max
         if lo_d is None or hi_d is None:
             raise MatchError(f"date range bounds must be YYYYMMDD or YYYY-MM-DD, not {low!r} / {high!r}")
-        return lambda values: bool(values) and any(lo_d <= d <= hi_d for d in map(_date, values) if d is not None)
+        return lambda values: any(lo_d <= d <= hi_d for d in map(_date, values or ()) if d is not None)
     raise MatchError(f"min/max must both be numbers or both be dates, not {low!r} / {high!r}")
 
 

@@ -133,7 +133,7 @@ class GuardedHTTPServer:
                 if key.fileobj is self.listener:
                     self._accept()
                 else:
-                    self._read(self._reading.get(key.fileobj))
+                    self._read(self._reading.get(key.fileobj))  # type: ignore[call-overload]  # keyed by socket
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
@@ -209,6 +209,7 @@ class GuardedHTTPServer:
 
     def _dispatch(self, conn: _Connection) -> None:
         event = conn.request
+        assert event is not None  # dispatched once the request line and headers are in
         self._detach(conn)
         with self._served_lock:
             self._served += 1

@@ -14,13 +14,16 @@ import logging
 import sys
 import threading
 from collections import deque
+from typing import Any
 
 import structlog
 
 from router.observe.printable import escape_event
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-RECENT_PROBLEMS = deque(maxlen=50)  # the latest warnings and errors of this process, for `dicom-router status`
+RECENT_PROBLEMS: deque[dict] = deque(
+    maxlen=50
+)  # the latest warnings and errors of this process, for `dicom-router status`
 _recent_lock = threading.Lock()
 KEPT_FIELDS = (
     "timestamp",
@@ -61,7 +64,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
     current thread works on; they are added to every line from a standard-library logger.
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -82,7 +85,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", process: str | None = 
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _identity,
-            _identity if use_json else escape_event,
+            _identity if use_json else escape_event,  # type: ignore[list-item]  # a plain function, as processors are
             renderer,
         ],
     )

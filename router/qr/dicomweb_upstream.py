@@ -90,6 +90,7 @@ def qido_request(level: str, identifier: Dataset) -> tuple[str, list[tuple[str, 
     """(resource path, query parameters) asking QIDO-RS what ``identifier`` asks C-FIND."""
     study = _single(identifier, "StudyInstanceUID")
     series = _single(identifier, "SeriesInstanceUID")
+    in_path: set[str]
     if level == "STUDY":
         resource, in_path = "/studies", set()
     elif level == "SERIES":

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from pydicom import Dataset
 
 from router.qr.models import result_key
 from router.qr.upstream import FindCall, Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from router.qr.dicomweb_upstream import DicomwebUpstream
 
 log = structlog.get_logger("router.qr.find")
 
@@ -37,7 +41,7 @@ class _Done:
 class FindProxy:
     def __init__(
         self,
-        upstreams: list[Upstream],
+        upstreams: Sequence[Upstream | DicomwebUpstream],
         model: str,
         identifier: Dataset,
         *,
@@ -56,7 +60,7 @@ class FindProxy:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def responses(self) -> Iterator[tuple[int, Dataset | None]]:
+    def responses(self) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """(status, identifier) pairs for the client, ending with a final status."""
         threads = [
             threading.Thread(target=self._ask, args=(u,), daemon=True, name=f"find-{u.name}") for u in self.upstreams
@@ -94,8 +98,8 @@ class FindProxy:
         if failures and len(failures) == len(finished):
             reasons = "; ".join(d.error or f"{d.upstream.name}: status 0x{d.status:04X}" for d in failures)
             log.error("C-FIND failed on every upstream", reasons=reasons, **self.ctx)
-            status = failures[0].status if len(failures) == 1 and failures[0].error is None else UNABLE_TO_PROCESS
-            yield failure_status(status, reasons), None
+            only = failures[0].status if len(failures) == 1 and failures[0].error is None else None
+            yield failure_status(only if only is not None else UNABLE_TO_PROCESS, reasons), None
             return
         for d in failures:
             log.warning(

@@ -157,7 +157,7 @@ class Relay:
             log.warning("retrieved instance not sent: held for review", reason=result.envelope.hold_reason, **ctx)
             return None
         instance = result.envelope.instance
-        if not instance.edited:
+        if instance is None or not instance.edited:
             return fetched.path
         path = self.spool.write_version(instance, self.spool.incoming).path
         self._files.append(path)

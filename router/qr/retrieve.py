@@ -21,10 +21,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from pydicom import Dataset
 from pynetdicom import build_context
+from pynetdicom.association import Association
 
 from router.engine.spare_files import FolderFiles
 from router.qr.models import (
@@ -35,6 +37,9 @@ from router.qr.models import (
     PATIENT_FIND,
 )
 from router.qr.upstream import Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from router.qr.dicomweb_upstream import DicomwebUpstream
 
 log = structlog.get_logger("router.qr.retrieve")
 
@@ -96,7 +101,7 @@ class Collector:
 class Retrieval:
     def __init__(
         self,
-        upstream: Upstream,
+        upstream: Upstream | DicomwebUpstream,
         retrieve_model: str,
         identifier: Dataset,
         incoming: Path,
@@ -116,7 +121,7 @@ class Retrieval:
         self.planned: list[Planned] = []
         self._arrivals: queue.Queue = queue.Queue(maxsize=16)
         self._stop = threading.Event()
-        self._assoc = None
+        self._assoc: Association | None = None
         self._thread: threading.Thread | None = None
 
     # -- planning -------------------------------------------------------------
@@ -190,7 +195,7 @@ class Retrieval:
         how = self.upstream.backend.config.retrieve
         if how == "move":
             self.collector.expect(self, [p.sop_instance_uid for p in self.planned])
-        target = {"get": self._get, "move": self._move, "wado": self._wado}[how]
+        target = {"get": self._get, "move": self._move, "wado": self._wado}[str(how)]
         self._thread = threading.Thread(target=self._run, args=(target,), daemon=True, name="retrieve")
         self._thread.start()
         try:
@@ -238,19 +243,24 @@ class Retrieval:
 
     def _get(self) -> None:
         sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
-        self._assoc = self.upstream.retrieve_association(
+        assert isinstance(self.upstream, Upstream)
+        assoc = self.upstream.retrieve_association(
             self.upstream_model, sop_classes, self._on_get_store, FolderFiles(self.incoming)
         )
-        self._final(self._assoc.send_c_get(self.identifier, self.upstream_model, msg_id=1), "C-GET")
+        self._assoc = assoc
+        self._final(assoc.send_c_get(self.identifier, self.upstream_model, msg_id=1), "C-GET")
 
     def _move(self) -> None:
-        self._assoc = self.upstream.associate([build_context(self.upstream_model)])
-        responses = self._assoc.send_c_move(self.identifier, self.move_ae_title, self.upstream_model, msg_id=1)
+        assert isinstance(self.upstream, Upstream)
+        assoc = self.upstream.associate([build_context(self.upstream_model)])
+        self._assoc = assoc
+        responses = assoc.send_c_move(self.identifier, self.move_ae_title, self.upstream_model, msg_id=1)
         self._final(responses, "C-MOVE")
 
     def _wado(self) -> None:
-        from router.qr.dicomweb_upstream import wado_fetch
+        from router.qr.dicomweb_upstream import DicomwebUpstream, wado_fetch
 
+        assert isinstance(self.upstream, DicomwebUpstream)
         wado_fetch(self.upstream, self.identifier, self.incoming, self.accept, self._stop.is_set)
 
     def _final(self, responses, what: str) -> None:

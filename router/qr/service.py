@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from pydicom import Dataset
 
+from router.backends.dicomweb.config import DicomwebBackendConfig
+from router.backends.dimse import DimseBackendConfig
 from router.config import registry
 from router.config.models import RouterConfig
 from router.envelope import AssociationInfo, Command, Drop, RequestEnvelope
@@ -29,6 +32,9 @@ from router.qr.relay import Relay
 from router.qr.retrieve import Collector, Fetched, Retrieval
 from router.qr.upstream import Upstream, UpstreamError
 from router.spool.store import Spool
+
+if TYPE_CHECKING:
+    from router.qr.dicomweb_upstream import DicomwebUpstream
 
 log = structlog.get_logger("router.qr")
 
@@ -43,7 +49,7 @@ class RetrievalRefused(RuntimeError):
 class Choice:
     pipeline: Pipeline
     envelope: RequestEnvelope
-    upstreams: list[Upstream]
+    upstreams: list[Upstream | DicomwebUpstream]
 
 
 class QueryRetrieveService:
@@ -52,12 +58,12 @@ class QueryRetrieveService:
         self.pipelines = pipelines
         self.spool = spool
         self.collector = collector or Collector()  # kept across reloads: retrievals in progress still claim
-        self.upstreams: dict[str, Upstream] = {}
+        self.upstreams: dict[str, Upstream | DicomwebUpstream] = {}
         for name, backend in config.backends.items():
-            if backend.type == "dimse" and (backend.query or backend.worklist or backend.retrieve):
+            if isinstance(backend, DimseBackendConfig) and (backend.query or backend.worklist or backend.retrieve):
                 built = registry.get("backend", "dimse").build(name, backend, config.router.ae_title)
                 self.upstreams[name] = Upstream(name, built)
-            elif backend.type == "dicomweb" and (backend.query or backend.retrieve):
+            elif isinstance(backend, DicomwebBackendConfig) and (backend.query or backend.retrieve):
                 from router.qr.dicomweb_upstream import DicomwebUpstream
 
                 built = registry.get("backend", "dicomweb").build(name, backend, config.router.ae_title)
@@ -77,7 +83,7 @@ class QueryRetrieveService:
 
     def sop_classes(self, endpoint: str) -> list[str]:
         offered = self.offered(endpoint)
-        classes = []
+        classes: list[str] = []
         if "find" in offered:
             classes += QR_FIND
         if "worklist" in offered:
@@ -102,6 +108,7 @@ class QueryRetrieveService:
             yield 0x0000, None
             return
         query = choices[0].envelope.identifier
+        assert query is not None  # a C-FIND request always carries its identifier
         log.info(
             "C-FIND forwarded",
             upstreams=[u.name for u in upstreams],
@@ -113,7 +120,7 @@ class QueryRetrieveService:
         def transform(answer: Dataset) -> Dataset | None:
             for pipeline in respond:
                 out = pipeline.respond(replace(envelope, identifier=answer))
-                if out is None:
+                if out is None or out.identifier is None:
                     return None
                 answer = out.identifier
             return answer
@@ -188,7 +195,7 @@ class QueryRetrieveService:
         (with its TLS settings), or an entry of the endpoint's ``move_destinations``."""
         ae_title = ae_title.strip()
         for name, backend in self.config.backends.items():
-            if backend.type == "dimse" and backend.ae_title == ae_title:
+            if isinstance(backend, DimseBackendConfig) and backend.ae_title == ae_title:
                 built = registry.get("backend", "dimse").build(name, backend, self.config.router.ae_title)
                 return backend.host, backend.port, {"tls_args": built.tls_args()}
         known = getattr(self.config.endpoints.get(endpoint), "move_destinations", {}) or {}
@@ -205,10 +212,12 @@ class QueryRetrieveService:
         errors = []
         for choice in choices:
             for upstream in choice.upstreams:
+                identifier = choice.envelope.identifier
+                assert identifier is not None  # a retrieve request always carries its identifier
                 retrieval = Retrieval(
                     upstream,
                     envelope.command.sop_class_uid,
-                    choice.envelope.identifier,
+                    identifier,
                     self.spool.incoming,
                     self.collector,
                     getattr(upstream.backend.config, "retrieve_ae_title", None) or endpoint_ae,

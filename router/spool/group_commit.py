@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class _Write(Generic[T]):
     def outcome(self) -> T:
         if self.error is not None:
             raise self.error
-        return self.result
+        return cast(T, self.result)
 
 
 class GroupCommit:
@@ -52,9 +52,9 @@ class GroupCommit:
         self.commits = 0
         self.writes = 0
 
-    def run(self, apply: Apply) -> T:
+    def run(self, apply: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``apply`` in a committed transaction, alone or with other callers'; return its result."""
-        write = _Write(apply)
+        write: _Write[T] = _Write(apply)
         with self._changed:
             self._waiting.append(write)
             while self._committing and not write.done:

@@ -20,6 +20,7 @@ import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any, TypeGuard
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings
@@ -37,8 +38,10 @@ class ElementElsewhere(RawDataElement):
     """An unread sequence whose bytes (element header included) are the whole of ``self.file``,
     a scratch file, not the spooled file."""
 
+    file: IO[bytes]
 
-def is_long_sequence(element) -> bool:
+
+def is_long_sequence(element) -> TypeGuard[RawDataElement]:
     """Whether a top-level element is a sequence of undefined length left unread in a file."""
     return isinstance(element, RawDataElement) and element.value is None and element.length == UNDEFINED
 
@@ -114,7 +117,7 @@ def rewrite_sequence_items(header: Dataset, tag: int, edit: Callable[[Dataset], 
         return False
     implicit, little = element.is_implicit_VR, element.is_little_endian
     encoding = convert_encodings(header.get("SpecificCharacterSet", "ISO_IR 6"))
-    source = element.file if isinstance(element, ElementElsewhere) else open(source_path, "rb")
+    source: Any = element.file if isinstance(element, ElementElsewhere) else open(str(source_path), "rb")
     try:
         if not implicit and _vr_in_file(source, element) != b"SQ":
             return False  # an undefined-length UN holds Implicit VR items: parsed whole instead

@@ -477,7 +477,7 @@ def _insert_instances(
     conn: sqlite3.Connection, batches: list[tuple[InstanceRecord, list[tuple[str, str]], str | None]], now: float
 ) -> list[int]:
     """Insert each batch's instance row and its delivery rows; return the instance ids."""
-    ids = []
+    ids: list[int] = []
     for instance, targets, hold_reason in batches:
         cur = conn.execute(
             "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
@@ -497,6 +497,7 @@ def _insert_instances(
             ),
         )
         instance_id = cur.lastrowid
+        assert instance_id is not None  # an INSERT gives its row's id
         state = "pending" if hold_reason is None else "quarantined"
         conn.executemany(
             "INSERT INTO deliveries (instance_id, backend, pipeline, state, queued_at, next_attempt_at,"

@@ -18,6 +18,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings
@@ -47,6 +48,7 @@ from router.spool.raw_elements import element_bytes, file_meta_bytes
 from router.spool.spans import LONG_VRS, UNDEFINED, element_end, element_header_length
 
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+D = TypeVar("D", bound=Dataset)
 SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
 MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE = 0x00020002, 0x00020003
 COPY_CHUNK = 1024 * 1024
@@ -119,10 +121,12 @@ class _StopBeforeLongOrPixels:
 
     @property
     def implicit(self) -> bool:
+        assert self.syntax is not None  # measured only with a syntax (see _walkable)
         return self.syntax.is_implicit_VR
 
     @property
     def little(self) -> bool:
+        assert self.syntax is not None
         return self.syntax.is_little_endian
 
     def __call__(self, tag, vr, length) -> bool:
@@ -281,6 +285,7 @@ def write_spliced(source: Path | str, header: Dataset, layout: Layout, out, pixe
         if pixel_data is not None:
             pixel_data(out)
         else:
+            assert layout.pixel_end is not None  # known with its start
             src.seek(layout.pixel_start)
             copy_range(src, out, layout.pixel_end - layout.pixel_start)
         if after:
@@ -306,6 +311,7 @@ def _write_elements(fp, header: Dataset, tags: list[int], src, charset) -> None:
         if raw is not None:
             fp.write(raw)
         else:
+            assert isinstance(element, RawDataElement)  # deferred
             _copy_element(src, element, fp)
     _write_encoded(fp, header, run, charset)
 
@@ -400,7 +406,7 @@ def clone_header(header: Dataset) -> EditableHeader:
     return clone
 
 
-def _clone_elements(source: Dataset, target: Dataset) -> Dataset:
+def _clone_elements(source: Dataset, target: D) -> D:
     """Fill ``target`` with ``source``'s elements. Those that need nothing of what
     ``Dataset.__setitem__`` does (checks, and the private creator of a private element, already
     done for ``source``) go straight into the dataset's element dict: raw ones shared, decoded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from router.config.models import RouterConfig
 from router.deid.profile import ACTIONS, OPTIONS, resolve
+from router.middleware.anonymize import AnonymizeConfig
 
 
 class ExplainError(ValueError):
@@ -13,7 +14,7 @@ class ExplainError(ValueError):
 def explain_profile(config: RouterConfig, pipeline: str) -> list[str]:
     if pipeline not in config.pipelines:
         raise ExplainError(f"no pipeline named {pipeline!r}; configured: {', '.join(config.pipelines) or 'none'}")
-    stages = [(i, s) for i, s in enumerate(config.pipelines[pipeline].middleware) if s.type == "anonymize"]
+    stages = [(i, s) for i, s in enumerate(config.pipelines[pipeline].middleware) if isinstance(s, AnonymizeConfig)]
     if not stages:
         raise ExplainError(f"pipeline {pipeline!r} has no anonymize stage")
     lines = []

@@ -114,14 +114,15 @@ def route_test(
     if not routing.deliveries:
         lines.append("  dropped: the sender would be told 0x0000 and nothing is forwarded")
         return lines
-    versions: dict[int, list[str]] = {}
+    versions: dict[int, tuple[str, SpooledInstance]] = {}
     for target in routing.deliveries:
         instance = target.envelope.instance
+        edited = instance is not None and instance.edited
         held = " [held for review]" if target.envelope.hold_reason else ""
-        kind = "edited by pipeline " + target.pipeline if instance.edited else "as received"
+        kind = "edited by pipeline " + target.pipeline if edited else "as received"
         lines.append(f"  -> {target.backend}: {kind}{held}")
-        if instance.edited:
-            versions.setdefault(id(instance), [target.pipeline, instance])
+        if instance is not None and edited:
+            versions.setdefault(id(instance), (target.pipeline, instance))
     for pipeline, instance in versions.values():
         changes = list(diff_datasets(header, instance.header))
         changes += [

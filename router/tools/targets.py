@@ -44,7 +44,9 @@ def resolve_target(target: str, config: RouterConfig, calling_aet: str | None = 
             ]
         )
     try:
-        backend_config = DimseBackendConfig(host=host, port=port, ae_title=aet, calling_ae_title=calling_aet)
+        backend_config = DimseBackendConfig.model_validate(
+            {"host": host, "port": port, "ae_title": aet, "calling_ae_title": calling_aet}
+        )
     except ValidationError as exc:
         raise ConfigError([ConfigIssue("<command line>", "target", str(exc.errors()[0]["msg"]))]) from None
     return DimseBackend(target, backend_config, config.router.ae_title)

@@ -63,12 +63,13 @@ class StowDeliverer:
         groups: list[list[Delivery]] = []
         size = 0
         for delivery in deliveries:
-            if groups and len(groups[-1]) < self.config.max_instances_per_request and size + delivery.size <= limit:
+            delivery_size = delivery.size or 0
+            if groups and len(groups[-1]) < self.config.max_instances_per_request and size + delivery_size <= limit:
                 groups[-1].append(delivery)
-                size += delivery.size
+                size += delivery_size
             else:
                 groups.append([delivery])
-                size = delivery.size
+                size = delivery_size
         return groups
 
     def deliver(self, delivery: Delivery) -> DeliveryResult:

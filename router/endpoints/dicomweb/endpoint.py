@@ -144,9 +144,22 @@ class DicomwebEndpoint:
         self._executor = self._proxies = None
         return cut
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads that run the intake, queries and retrievals (there while the endpoint is started)."""
+        assert self._executor is not None
+        return self._executor
+
+    @property
+    def proxies(self) -> ThreadPoolExecutor:
+        """The threads that wait on upstreams for queries and retrievals (there while started)."""
+        assert self._proxies is not None
+        return self._proxies
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = uuid.uuid4().hex[:16]
-        route_name, response = "other", None
+        route_name = "other"
+        response: web.StreamResponse | None = None
         origin = self._origin(request, request_id)
         try:
             refusal = self.access.refusal("", origin.peer_host)
@@ -178,6 +191,7 @@ class DicomwebEndpoint:
                 return response
             route_name, handler, params = self._route(request)
             if handler is None:
+                assert isinstance(params, web.StreamResponse)  # the answer to a request no route takes
                 response = params
                 return response
             try:
@@ -193,6 +207,7 @@ class DicomwebEndpoint:
                 )
                 response = problem(408, "the request did not complete within the endpoint's request_timeout")
                 response.force_close()
+            assert response is not None
             return response
         except ConnectionError as exc:
             log.warning(
@@ -250,7 +265,7 @@ class DicomwebEndpoint:
             self.name,
             self.intake,
             self.intake.spool,
-            self._executor,
+            self.executor,
             self.metrics,
             self.config.max_request_mb * 1024 * 1024,
             self.config.parallel_instances,
@@ -262,7 +277,7 @@ class DicomwebEndpoint:
             request: web.BaseRequest, origin: AssociationInfo, study: str | None = None, series: str | None = None
         ):
             uids = {k: v for k, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)) if v}
-            return await search(request, self.name, self.qr, self._proxies, origin, level, uids)
+            return await search(request, self.name, self.qr, self.proxies, origin, level, uids)
 
         return search_level
 
@@ -280,7 +295,7 @@ class DicomwebEndpoint:
                 if v
             }
             return await retrieve(
-                request, self.name, self.qr, self._proxies, origin, self.router_ae_title, uids, metadata
+                request, self.name, self.qr, self.proxies, origin, self.router_ae_title, uids, metadata
             )
 
         return retrieve_level

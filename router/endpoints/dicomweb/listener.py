@@ -61,26 +61,26 @@ class HttpListener:
         """Bind and listen; returns once the port accepts connections (or raises why it cannot)."""
         sock = _listening_socket(self.bind, self.port)
         self.address = sock.getsockname()[:2]
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_exception_handler(self._on_loop_exception)
+        loop = self.loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._on_loop_exception)
         opened = threading.Event()
         failure: list[BaseException] = []
 
         def run() -> None:
-            asyncio.set_event_loop(self.loop)
+            asyncio.set_event_loop(loop)
             try:
-                self.loop.run_until_complete(self._open(sock))
+                loop.run_until_complete(self._open(sock))
             except BaseException as exc:
                 failure.append(exc)
                 opened.set()
                 return
             opened.set()
             try:
-                self.loop.run_forever()
+                loop.run_forever()
             except BaseException:
                 log.exception("HTTP event loop failed", endpoint=self.endpoint)
             finally:
-                self.loop.close()
+                loop.close()
 
         self._thread = threading.Thread(target=run, name=f"http-{self.endpoint}", daemon=True)
         self._thread.start()
@@ -98,7 +98,7 @@ class HttpListener:
             access_log=None,
             logger=MalformedRequestLog(self.endpoint),
         )
-        self._listener = await self.loop.create_server(
+        self._listener = await asyncio.get_running_loop().create_server(
             lambda: GuardedConnection(self._server(), self.pool, self.guards),
             sock=sock,
             ssl=self.ssl_context,
@@ -146,8 +146,9 @@ class HttpListener:
         server = self._server
         if server is None:
             return 0
-        end = self.loop.time() + timeout
-        while self.loop.time() < end and self.in_progress:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end and self.in_progress:
             await asyncio.sleep(0.05)
         cut = self.in_progress
         await server.shutdown(0.1)

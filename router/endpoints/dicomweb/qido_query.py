@@ -132,7 +132,10 @@ def _keyword(field: str, parameter: str) -> str:
 
 
 def _set(identifier: Dataset, keyword: str, value: str) -> None:
-    vr = dictionary_VR(tag_for_keyword(keyword))
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise BadQuery(f"{keyword!r} is not a DICOM attribute keyword")
+    vr = dictionary_VR(tag)
     if vr == "SQ":
         if value:
             raise BadQuery(f"{keyword}: a sequence cannot be matched by value")

@@ -15,6 +15,7 @@ import json
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -163,7 +164,7 @@ async def store_instances(
 @dataclass
 class SpooledPart:
     path: Path
-    file: object
+    file: BinaryIO
     size: int
     checksum: str
     head: bytes
@@ -213,12 +214,11 @@ def _take_part(
             sop_class, sop_instance, CANNOT_UNDERSTAND, f"part {index} has no Transfer Syntax UID in its file meta"
         )
     if study_uid is not None:
+        problem_text: str | None = None
         try:
             identity = identifying_uids(str(part.path), syntax)
         except (UnreadableIdentity, OSError, ValueError) as exc:
             identity, problem_text = None, str(exc)
-        else:
-            problem_text = None
         found = identity.study_instance_uid if identity is not None else None
         if found != study_uid:
             _discard(target, part)

@@ -124,7 +124,7 @@ async def retrieve(
         await response.write(b"]")
     else:
         closing = MultipartWriter("related", boundary=boundary)
-        await closing.write(response)
+        await closing.write(response)  # type: ignore[arg-type]  # a StreamResponse has the writer's write()
     await response.write_eof()
     return response
 
@@ -140,7 +140,7 @@ async def _write_part(response: web.StreamResponse, boundary: str, file, transfe
     part = MultipartWriter("related", boundary=boundary)
     try:
         part.append(file, {hdrs.CONTENT_TYPE: f"application/dicom; transfer-syntax={transfer_syntax}"})
-        await part.write(response, close_boundary=False)
+        await part.write(response, close_boundary=False)  # type: ignore[arg-type]  # as above
     finally:
         file.close()
 
