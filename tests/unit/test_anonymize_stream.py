@@ -7,41 +7,17 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.data import get_testdata_file
 
 from router.envelope import RequestEnvelope
 from router.middleware.anonymize_stream import open_stream
 from router.spool.element_stream import NotStreamable
 from router.spool.encoded_versions import write_edited
 from router.spool.splice import write_spliced
+from tests.support.corpus import MORE_PYDICOM_FILES, PYDICOM_FILES, charset_files, pydicom_files
 from tests.support.deid import envelope_for, key_file, stage
 from tests.support.richgen import rich_ct, write_rich_study
 
-PYDICOM_FILES = [
-    "CT_small.dcm",
-    "MR_small.dcm",
-    "rtplan.dcm",
-    "rtdose_rle.dcm",
-    "693_J2KI.dcm",
-    "JPEG2000.dcm",
-    "SC_rgb_rle.dcm",
-    "MR_small_bigendian.dcm",
-    "SC_rgb_jpeg_gdcm.dcm",
-    "SC_rgb_small_odd.dcm",
-    "MR_small_implicit.dcm",
-    "waveform_ecg.dcm",
-    "MR_small_padded.dcm",
-    "UN_sequence.dcm",
-    "nested_priv_SQ.dcm",
-    "priv_SQ.dcm",
-    "reportsi.dcm",
-    "rtstruct.dcm",
-    "test-SR.dcm",
-    "image_dfl.dcm",
-    "empty_charset_LEI.dcm",
-    "examples_overlay.dcm",
-    "liver_1frame.dcm",
-]
 OPTION_SETS = [
     [],
     ["retain_longitudinal_modified_dates"],
@@ -60,8 +36,7 @@ def corpus(tmp_path_factory) -> dict[str, list[Path]]:
     ds = dcmread(rich[0])
     ds.add_new(0xFFFAFFFA, "SQ", [])
     ds.save_as(trailing, enforce_file_format=True)
-    charsets = [Path(p) for p in get_charset_files("chr*.dcm") if "SOPInstanceUID" in dcmread(p)]
-    others = [Path(get_testdata_file(name)) for name in PYDICOM_FILES] + charsets + [trailing]
+    others = pydicom_files(PYDICOM_FILES + MORE_PYDICOM_FILES) + charset_files() + [trailing]
     return {"rich": rich, "others": others}
 
 

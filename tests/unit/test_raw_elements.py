@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pydicom.data import get_charset_files, get_testdata_file
 
 import router.spool.splice as splice
 from router.middleware.coerce import CoerceConfig, CoerceStage
 from router.spool.raw_elements import element_bytes, file_meta_bytes
+from tests.support.corpus import PYDICOM_FILES, charset_files, pydicom_files
 from tests.support.deid import envelope_for, key_file, stage
 from tests.support.richgen import write_rich_study
-
-PYDICOM_FILES = [
-    "CT_small.dcm",
-    "MR_small.dcm",
-    "rtplan.dcm",
-    "rtdose_rle.dcm",
-    "693_J2KI.dcm",
-    "JPEG2000.dcm",
-    "SC_rgb_rle.dcm",
-    "MR_small_bigendian.dcm",
-    "SC_rgb_jpeg_gdcm.dcm",
-    "SC_rgb_small_odd.dcm",
-    "MR_small_implicit.dcm",
-]
 
 
 def _both_ways(instance) -> tuple[bytes, bytes]:
@@ -52,8 +36,7 @@ def _through_pydicom(instance) -> bytes:
 def inputs(tmp_path_factory):
     study = write_rich_study(tmp_path_factory.mktemp("rich"), "P001", series=1, per_series=2)
     implicit = write_rich_study(tmp_path_factory.mktemp("rich-implicit"), "P002", series=1, per_series=1, implicit=True)
-    charsets = [Path(p) for p in get_charset_files("chr*.dcm") if "SOPInstanceUID" in dcmread(p)]
-    return study + implicit + [Path(get_testdata_file(name)) for name in PYDICOM_FILES] + charsets
+    return study + implicit + pydicom_files(PYDICOM_FILES) + charset_files()
 
 
 @pytest.fixture(scope="module")
