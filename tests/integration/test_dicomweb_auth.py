@@ -14,13 +14,15 @@ from router.endpoints.dicomweb.auth import read_entries, verify_password
 from tests.conftest import router_section
 from tests.support.cli import run_cli
 from tests.support.dicomweb import (
+    closed_by_peer,
     dicomweb_endpoint_toml,
     multipart_related,
     post,
+    raw_connection,
     stow_content_type,
 )
 from tests.support.logs import events
-from tests.support.peers import free_port
+from tests.support.peers import free_port, wait_for
 from tests.support.tls import CertificateAuthority
 
 
@@ -132,3 +134,48 @@ def test_stow_over_tls_with_a_client_certificate(tmp_path, write_config, start_r
     context.load_cert_chain(str(client.certificate), str(client.private_key))
     with urllib.request.urlopen(request, context=context, timeout=30) as answer:
         assert answer.status == 200
+
+
+def test_sockets_that_never_finish_a_tls_handshake_fill_only_their_address_share_of_the_pending_pool(
+    tmp_path, write_config, start_router, small_files, caplog
+):
+    """The handshake runs inside the pending pool: silent sockets from one address take only
+    that address's places, the next one is refused at once, other clients still get in, and
+    the silent ones are closed at the handshake timeout with a log line naming each."""
+    ca = CertificateAuthority(tmp_path / "pki", "Test CA")
+    server = ca.issue("localhost", server=True)
+    port = start(
+        tmp_path,
+        write_config,
+        start_router,
+        "max_pending = 8\nmax_pending_per_address = 4\n"
+        f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
+        "handshake_timeout = 3 }",
+    )
+    silent = [raw_connection(port, source="127.0.0.2") for _ in range(4)]
+    try:
+        over = raw_connection(port, source="127.0.0.2")
+        assert closed_by_peer(over, timeout=10)
+        over.close()
+        (refused,) = wait_for(lambda: events(caplog, "connection refused"), 10, message="the refusal logged")
+        assert refused["peer"].startswith("127.0.0.2:") and "from this address" in refused["reason"]
+        context = ssl.create_default_context(cafile=str(ca.bundle))
+        context.check_hostname = False
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/dicom-web/studies",
+            method="POST",
+            data=multipart_related(small_files[:1]),
+            headers={"Content-Type": stow_content_type()},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+            assert answer.status == 200
+        assert all(closed_by_peer(sock, timeout=30) for sock in silent)
+        failed = wait_for(
+            lambda: (lambda found: found if len(found) == 4 else None)(events(caplog, "TLS handshake failed")),
+            10,
+            message="each silent socket's handshake failure logged",
+        )
+        assert all(line["peer"].startswith("127.0.0.2:") for line in failed)
+    finally:
+        for sock in silent:
+            sock.close()

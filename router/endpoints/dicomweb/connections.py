@@ -11,6 +11,7 @@ loop's thread.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import Counter
 
 import structlog
@@ -59,16 +60,34 @@ class ConnectionPool:
 class GuardedConnection(asyncio.Protocol):
     """The HTTP server's protocol for one connection, behind the pool: a refused connection is
     closed before the server sees it. ``guards`` maps each open transport to its guard, so a
-    request handler can let its connection in."""
+    request handler can let its connection in.
 
-    def __init__(self, inner: asyncio.Protocol, pool: ConnectionPool, guards: dict):
+    With ``ssl_context``, the TLS handshake runs here, after the connection was counted as
+    pending (``asyncio``'s own handshake, given to ``create_server``, would run before this
+    protocol is called, so sockets that never finish a handshake were outside the pool): it
+    must end within ``handshake_timeout``, and a failure is logged with the peer and releases
+    the place.
+    """
+
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        pool: ConnectionPool,
+        guards: dict,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 5.0,
+    ):
         self.inner = inner
         self.pool = pool
         self.guards = guards
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
         self.host = ""
         self.peer = ""
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
         self.was_let_in = False
+        self._handshake: asyncio.Task | None = None
+        self._early: list[bytes] = []  # decrypted before the secured transport was handed over
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -78,9 +97,46 @@ class GuardedConnection(asyncio.Protocol):
             log.warning("connection refused", endpoint=self.pool.endpoint, peer=self.peer, reason=refusal)
             transport.abort()
             return
+        if self.ssl_context is None:
+            self._open(transport)
+            return
+        self.guards[transport] = self
+        transport.pause_reading()  # until the handshake takes the socket over
+        self._handshake = asyncio.get_running_loop().create_task(self._secure(transport, self.ssl_context))
+
+    async def _secure(self, raw: asyncio.BaseTransport, context: ssl.SSLContext) -> None:
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                raw,  # type: ignore[arg-type]  # a socket transport, as start_tls needs
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        except Exception as exc:
+            log.warning(
+                "TLS handshake failed",
+                endpoint=self.pool.endpoint,
+                peer=self.peer,
+                error=str(exc) or type(exc).__name__,
+            )
+            self.guards.pop(raw, None)
+            raw.abort()  # type: ignore[attr-defined]
+            self.pool.release(self.host, False)
+            return
+        self.guards.pop(raw, None)
+        if secured is None:  # the connection went away as the handshake ended
+            self.pool.release(self.host, False)
+            return
+        self._open(secured)
+
+    def _open(self, transport) -> None:
         self.transport = transport
         self.guards[transport] = self
         self.inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.inner.data_received(data)
 
     def let_in(self) -> bool:
         if not self.was_let_in:
@@ -90,6 +146,8 @@ class GuardedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is not None:
             self.inner.data_received(data)
+        elif self._handshake is not None:
+            self._early.append(data)  # the client's first bytes, arrived with its last handshake message
 
     def eof_received(self):
         if self.transport is not None:
@@ -106,7 +164,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         if self.transport is None:
-            return
+            return  # refused, or its handshake failed (released there)
         self.guards.pop(self.transport, None)
         self.pool.release(self.host, self.was_let_in)
         self.transport = None

@@ -89,7 +89,7 @@ class HttpListener:
             raise failure[0]
 
     async def _open(self, sock: socket.socket) -> None:
-        self._server = web.Server(
+        server = self._server = web.Server(
             self._counted,
             keepalive_timeout=self.header_timeout,
             max_line_size=MAX_HEADER_LINE,
@@ -99,10 +99,8 @@ class HttpListener:
             logger=MalformedRequestLog(self.endpoint),
         )
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: GuardedConnection(self._server(), self.pool, self.guards),
+            lambda: GuardedConnection(server(), self.pool, self.guards, self.ssl_context, self.handshake_timeout),
             sock=sock,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
             backlog=512,
         )
 
