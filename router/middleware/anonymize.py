@@ -194,6 +194,13 @@ class AnonymizeStage:
                 return self._streamed(envelope, open_stream(envelope.instance.path))
             except NotStreamable:
                 pass
+            except Exception as exc:  # a defect of the stream way: the data set way still de-identifies
+                log.warning(
+                    "de-identification over the element stream failed; the data set walk takes the instance",
+                    stage=self.name,
+                    error=repr(exc),
+                    **envelope.log_context(),
+                )
         ds = envelope.editable_dataset()
         burned_in = burned_in_reason(ds, envelope.command.sop_class_uid)
         if burned_in and self.config.burned_in_annotation == "reject":

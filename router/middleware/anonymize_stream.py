@@ -51,7 +51,7 @@ from router.spool.element_stream import Element, NotStreamable, parse_elements, 
 from router.spool.encoded_versions import EncodedHeader
 from router.spool.raw_elements import encode_element, encode_value
 from router.spool.spans import ITEM_DELIMITER, SEQUENCE_DELIMITER, UNDEFINED
-from router.spool.splice import DEFER_SIZE, Layout, pixel_element_end
+from router.spool.splice import DEFER_SIZE, Layout, SpliceError, pixel_element_end
 
 MAX_HEADER = 1024 * 1024
 FIRST_READ = 64 * 1024
@@ -81,7 +81,10 @@ def open_stream(path: os.PathLike | str) -> StreamedFile:
             raise NotStreamable("the header is longer than the stream walk takes")
         layout = Layout(None, None, None, size)
         if header.pixel_start is not None:
-            tag, end = pixel_element_end(f, header.pixel_start, size, UID(header.syntax))
+            try:
+                tag, end = pixel_element_end(f, header.pixel_start, size, UID(header.syntax))
+            except SpliceError as exc:
+                raise NotStreamable(str(exc)) from None
             if end != size or any(e.tag >= tag for e in header.elements):
                 raise NotStreamable("elements follow the pixel data")
             layout = Layout(tag, header.pixel_start, end, size)
@@ -131,15 +134,17 @@ class _Header:
     def parse(cls, buf: bytes, size: int) -> _Header | None:
         """The file meta and the data set's elements up to the pixel data; None when ``buf``
         ends before them (and the file does not)."""
-        if buf[128:132] != b"DICM" or buf[132:136] != b"\x02\x00\x00\x00":
+        if len(buf) < 144 or buf[128:132] != b"DICM" or buf[132:136] != b"\x02\x00\x00\x00":
             raise NotStreamable("no plain file meta")
         (group_length,) = struct.unpack_from("<I", buf, 140)
         meta_end = 144 + group_length
         if meta_end > len(buf):
             return None
         meta, _ = parse_elements(buf, 144, meta_end, False)
+        if any(e.tag >> 16 != 0x0002 for e in meta):
+            raise NotStreamable("the file meta group length does not match its elements")
         syntax = next((_text_of(buf, e) for e in meta if e.tag == TRANSFER_SYNTAX), "")
-        if syntax in (BIG_ENDIAN, DEFLATED) or not syntax.startswith("1.2.840.10008.1.2"):
+        if syntax in (BIG_ENDIAN, DEFLATED) or not UID(syntax).is_transfer_syntax:
             raise NotStreamable(f"transfer syntax {syntax!r}")
         try:
             elements, stop = parse_elements(buf, meta_end, len(buf), syntax == IMPLICIT_LITTLE)
@@ -147,6 +152,8 @@ class _Header:
             if len(buf) < size:
                 return None
             raise
+        if elements and elements[0].tag >> 16 <= 0x0002:
+            raise NotStreamable("file meta elements after the file meta group")
         if stop < len(buf):
             return cls(meta, elements, syntax, stop)
         if len(buf) < size:
@@ -315,13 +322,15 @@ class _Walk:
     def value(self, e: Element):
         return _value(self.buf, e, self.implicit)
 
-    def original(self, e: Element) -> bytes:
-        """The element's bytes as they were: what pydicom writes for a raw element."""
-        if e.vr == "UN" and not self.implicit:
+    def original(self, e: Element, implicit: bool | None = None) -> bytes:
+        """The element's bytes as they were: what pydicom writes for a raw element (``implicit``:
+        the encoding it is in, the data set's unless given)."""
+        implicit = self.implicit if implicit is None else implicit
+        if e.vr == "UN" and not implicit:
             raise NotStreamable("a kept element of VR UN (pydicom may give it another VR)")
         if (e.value_end - e.value_start) % 2 or e.undefined_length:
             raise NotStreamable("an odd length")
-        if not self.implicit and e.value_start - e.start == 12 and self.buf[e.start + 6 : e.start + 8] != b"\0\0":
+        if not implicit and e.value_start - e.start == 12 and self.buf[e.start + 6 : e.start + 8] != b"\0\0":
             raise NotStreamable("reserved bytes set")
         return self.buf[e.start : e.end]
 
@@ -369,7 +378,7 @@ class _Walk:
             if e.tag == TRANSFER_SYNTAX:
                 parts[e.tag] = self.meta_text(e.tag, "UI", self.value(e))
             else:
-                parts[e.tag] = self.original(e)
+                parts[e.tag] = self.original(e, implicit=False)
         settings = self.deid.settings
         parts[IMPLEMENTATION_CLASS] = self.meta_text(IMPLEMENTATION_CLASS, "UI", settings.implementation_uid)
         parts[IMPLEMENTATION_VERSION] = self.meta_text(IMPLEMENTATION_VERSION, "SH", settings.implementation_version)
@@ -409,7 +418,10 @@ def _value(buf: bytes, e: Element, implicit: bool):
     if vr in ("UN", "SQ"):
         raise NotStreamable(f"a value of VR {vr} to decode")
     element = RawDataElement(BaseTag(e.tag), vr, len(raw), raw, e.value_start, implicit, True)
-    return convert_value(vr, element, None)
+    try:
+        return convert_value(vr, element, None)
+    except Exception as exc:  # a value pydicom cannot read either: its way decides what to do
+        raise NotStreamable(f"a {vr} value pydicom cannot decode: {exc}") from None
 
 
 def _text_of(buf: bytes, e: Element) -> str:

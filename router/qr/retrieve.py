@@ -69,7 +69,7 @@ class _End:
 class Collector:
     """Where C-STOREs sent by an upstream for a C-MOVE retrieval are claimed (one per receiving process)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._expected: dict[str, Retrieval] = {}
         self._lock = threading.Lock()
 

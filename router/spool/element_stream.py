@@ -18,6 +18,10 @@ from pydicom.datadict import dictionary_VR
 from router.spool.spans import ITEM, ITEM_DELIMITER, LONG_VRS, SEQUENCE_DELIMITER, UNDEFINED
 
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+VRS = frozenset(
+    code.encode("ascii")
+    for code in "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 MAX_DEPTH = 32
 _TAG_LENGTH = struct.Struct("<HHI")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
@@ -93,7 +97,7 @@ def parse_elements(
                 value_start = pos + 12
             else:
                 length, value_start = short, pos + 8
-            if not code.isalpha() or not code.isupper():
+            if code not in VRS:
                 raise NotStreamable(f"no VR at {pos}")
             vr = code.decode("ascii")
         if length == UNDEFINED:

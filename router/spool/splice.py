@@ -218,7 +218,10 @@ def pixel_element_end(f, start: int, size: int, ts: UID) -> tuple[int, int]:
         (length,) = struct.unpack(endian + "L", head[4:8])
         value_start = start + 8
     elif head[4:6] in LONG_VRS:
-        (length,) = struct.unpack(endian + "L", f.read(4))
+        long_length = f.read(4)
+        if len(long_length) < 4:
+            raise SpliceError(f"file ends inside the element header at byte {start}")
+        (length,) = struct.unpack(endian + "L", long_length)
         value_start = start + 12
     else:
         (length,) = struct.unpack(endian + "H", head[6:8])
