@@ -45,6 +45,20 @@ backends = ["archive"]
     return port
 
 
+def https_stow(port: int, ca: CertificateAuthority, files) -> tuple[ssl.SSLContext, urllib.request.Request]:
+    """A client TLS context trusting ``ca`` (add a certificate to it for client authentication)
+    and a STOW-RS request of ``files`` to the endpoint on ``port``."""
+    context = ssl.create_default_context(cafile=str(ca.bundle))
+    context.check_hostname = False
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/dicom-web/studies",
+        method="POST",
+        data=multipart_related(files),
+        headers={"Content-Type": stow_content_type()},
+    )
+    return context, request
+
+
 def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
@@ -121,14 +135,7 @@ def test_stow_over_tls_with_a_client_certificate(tmp_path, write_config, start_r
         f'tls = {{ certificate = "{server.certificate}", private_key = "{server.private_key}", '
         f'ca_bundle = "{ca.bundle}", require_client_certificate = true }}',
     )
-    context = ssl.create_default_context(cafile=str(ca.bundle))
-    context.check_hostname = False
-    request = urllib.request.Request(
-        f"https://127.0.0.1:{port}/dicom-web/studies",
-        method="POST",
-        data=multipart_related(small_files[:1]),
-        headers={"Content-Type": stow_content_type()},
-    )
+    context, request = https_stow(port, ca, small_files[:1])
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionResetError)):
         urllib.request.urlopen(request, context=context, timeout=10)  # no client certificate
     context.load_cert_chain(str(client.certificate), str(client.private_key))
@@ -159,14 +166,7 @@ def test_sockets_that_never_finish_a_tls_handshake_fill_only_their_address_share
         over.close()
         (refused,) = wait_for(lambda: events(caplog, "connection refused"), 10, message="the refusal logged")
         assert refused["peer"].startswith("127.0.0.2:") and "from this address" in refused["reason"]
-        context = ssl.create_default_context(cafile=str(ca.bundle))
-        context.check_hostname = False
-        request = urllib.request.Request(
-            f"https://127.0.0.1:{port}/dicom-web/studies",
-            method="POST",
-            data=multipart_related(small_files[:1]),
-            headers={"Content-Type": stow_content_type()},
-        )
+        context, request = https_stow(port, ca, small_files[:1])
         with urllib.request.urlopen(request, context=context, timeout=30) as answer:
             assert answer.status == 200
         assert all(closed_by_peer(sock, timeout=30) for sock in silent)
