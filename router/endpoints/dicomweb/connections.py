@@ -104,10 +104,10 @@ class GuardedConnection(asyncio.Protocol):
         transport.pause_reading()  # until the handshake takes the socket over
         self._handshake = asyncio.get_running_loop().create_task(self._secure(transport, self.ssl_context))
 
-    async def _secure(self, raw: asyncio.BaseTransport, context: ssl.SSLContext) -> None:
+    async def _secure(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
             secured = await asyncio.get_running_loop().start_tls(
-                raw,  # type: ignore[arg-type]  # a socket transport, as start_tls needs
+                raw,
                 self,
                 context,
                 server_side=True,
@@ -121,7 +121,7 @@ class GuardedConnection(asyncio.Protocol):
                 error=str(exc) or type(exc).__name__,
             )
             self.guards.pop(raw, None)
-            raw.abort()  # type: ignore[attr-defined]
+            raw.abort()
             self.pool.release(self.host, False)
             return
         self.guards.pop(raw, None)
