@@ -3,6 +3,8 @@ preferring one: what arrives, in which syntax, with which pixels; what is quaran
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from pydicom import dcmread
@@ -41,24 +43,38 @@ def _arrived(directory, count=1):
     return wait_for(files, 30, message=f"{count} file(s) in {directory}")
 
 
+@contextmanager
+def _one_instance_through(tmp_path, write_config, start_router, port, source, syntax, option, policy=""):
+    """Send ``source`` (in ``syntax``) through a router whose one backend is DCMTK storescp
+    started with ``option`` and configured with ``policy``; yield the router, the file that
+    arrived and its data set (read once storescp finished writing it)."""
+    dest_port = free_port()
+    scp = start_storescp(tmp_path / "dest", dest_port, extra=[option])
+    try:
+        service = start_router(
+            write_config(
+                router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
+            )
+        )
+        assert c_store(port, source, syntax) == 0
+        (arrived,) = _arrived(tmp_path / "dest")
+        yield service, arrived, wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+    finally:
+        stop_process(scp)
+
+
 def test_a_compressed_instance_goes_uncompressed_to_a_peer_that_takes_only_that(
     tmp_path, write_config, start_router, port, j2k_image
 ):
     source, pixels = j2k_image
-    dest_port = free_port()
-    scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xi"])
-    try:
-        start_router(
-            write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP"), ["pacs"]))
-        )
-        assert c_store(port, source, JPEG2000Lossless) == 0
-        (arrived,) = _arrived(tmp_path / "dest")
-        ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+    with _one_instance_through(tmp_path, write_config, start_router, port, source, JPEG2000Lossless, "+xi") as (
+        _,
+        _,
+        ds,
+    ):
         assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         np.testing.assert_array_equal(ds.pixel_array, pixels)
         assert ds.SOPInstanceUID == dcmread(source).SOPInstanceUID
-    finally:
-        stop_process(scp)
 
 
 @pytest.mark.parametrize(
@@ -71,18 +87,10 @@ def test_always_sends_the_syntax_named_first_that_the_peer_accepts(
 ):
     plain = tmp_path / "plain.dcm"
     pixels = write_image(plain, rows=48, columns=40, bits_stored=12, signed=True, frames=2)
-    dest_port = free_port()
-    scp = start_storescp(tmp_path / "dest", dest_port, extra=[option])
     policy = f'transfer_syntaxes = ["{syntax.keyword}", "ExplicitVRLittleEndian"]\ntranscode = "always"'
-    try:
-        service = start_router(
-            write_config(
-                router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
-            )
-        )
-        assert c_store(port, plain, ExplicitVRLittleEndian) == 0
-        (arrived,) = _arrived(tmp_path / "dest")
-        ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+    with _one_instance_through(
+        tmp_path, write_config, start_router, port, plain, ExplicitVRLittleEndian, option, policy
+    ) as (service, arrived, ds):
         assert ds.file_meta.TransferSyntaxUID == syntax
         dcmtk_convert(decoder, arrived, tmp_path / "decoded.dcm")
         np.testing.assert_array_equal(dcmread(tmp_path / "decoded.dcm").pixel_array, pixels)
@@ -92,8 +100,6 @@ def test_always_sends_the_syntax_named_first_that_the_peer_accepts(
             message="the spool file and its version removed",
         )
         assert service.queue.counts()["pacs"]["delivered"] == 1
-    finally:
-        stop_process(scp)
 
 
 def test_two_backends_share_one_transcoded_version_removed_with_the_instance(
@@ -206,19 +212,9 @@ def test_an_instance_the_first_syntax_cannot_hold_goes_in_the_next(tmp_path, wri
     Explicit VR second, the peer (which takes both) gets Explicit VR, not a quarantine."""
     small = tmp_path / "small.dcm"
     pixels = write_image(small, rows=16, columns=16, bits_stored=12)
-    dest_port = free_port()
-    scp = start_storescp(tmp_path / "dest", dest_port, extra=["+xv"])
     policy = 'transfer_syntaxes = ["JPEG2000Lossless", "ExplicitVRLittleEndian"]\ntranscode = "always"'
-    try:
-        start_router(
-            write_config(
-                router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORESCP", extra=policy), ["pacs"])
-            )
-        )
-        assert c_store(port, small, ExplicitVRLittleEndian) == 0
-        (arrived,) = _arrived(tmp_path / "dest")
-        ds = wait_for(lambda: _readable(arrived), 10, message="storescp to finish writing")
+    with _one_instance_through(
+        tmp_path, write_config, start_router, port, small, ExplicitVRLittleEndian, "+xv", policy
+    ) as (_, _, ds):
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         np.testing.assert_array_equal(ds.pixel_array, pixels)
-    finally:
-        stop_process(scp)
