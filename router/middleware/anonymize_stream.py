@@ -105,17 +105,26 @@ class StreamedFile:
         if any(e.undefined_length and e.end - e.value_start > DEFER_SIZE for e in header.elements):
             raise NotStreamable("a long sequence (the data set way rewrites it item by item)")
         self.implicit = header.syntax == IMPLICIT_LITTLE
+        self.decoded: dict[int, object] = {}
 
     @property
     def burned_in_annotation(self) -> str | None:
         """The original's Burned In Annotation (0028,0301), None when it has none."""
-        element = self.top.get(BURNED_IN_ANNOTATION)
-        return None if element is None else value_text(_value(self.buf, element, self.implicit))
+        return self._text(BURNED_IN_ANNOTATION)
 
     @property
     def sop_class_uid(self) -> str | None:
-        element = self.top.get(SOP_CLASS)
-        return None if element is None else value_text(_value(self.buf, element, self.implicit))
+        return self._text(SOP_CLASS)
+
+    def top_value(self, tag: int):
+        """The decoded value of the original's top-level element ``tag`` (None when absent), decoded once."""
+        if tag not in self.decoded:
+            element = self.top.get(tag)
+            self.decoded[tag] = None if element is None else _value(self.buf, element, self.implicit)
+        return self.decoded[tag]
+
+    def _text(self, tag: int) -> str | None:
+        return None if tag not in self.top else value_text(self.top_value(tag))
 
     def deidentify(self, deidentifier: Deidentifier) -> tuple[EncodedHeader, Report]:
         """The de-identified header, encoded, and the report; raises :class:`NotStreamable` or
@@ -169,7 +178,8 @@ class _Walk:
         self.layout = file.layout
         self.implicit = file.implicit
         self.top = file.top
-        self.decoded: dict[int, object] = {}
+        self.file = file
+        self.decoded = dict(file.decoded)  # this walk's values: an edit replaces some
 
     def run(self) -> tuple[EncodedHeader, Report]:
         original_id = value_text(self.top_value(PATIENT_ID))
@@ -192,10 +202,9 @@ class _Walk:
         return EncodedHeader(meta, body_bytes, self.layout, str(uids[SOP_INSTANCE])), run.report
 
     def top_value(self, tag: int):
-        """The decoded value of the top-level element ``tag`` (None when absent), decoded once."""
+        """The value of the top-level element ``tag`` as this walk left it (decoded once)."""
         if tag not in self.decoded:
-            element = self.top.get(tag)
-            self.decoded[tag] = None if element is None else self.value(element)
+            self.decoded[tag] = self.file.top_value(tag)
         return self.decoded[tag]
 
     def dataset(
