@@ -98,6 +98,9 @@ def test_dicomweb_client_stores_a_series_and_each_instance_is_acknowledged_once_
     stored = [str(item.ReferencedSOPInstanceUID) for item in answer.ReferencedSOPSequence]
     assert sorted(stored) == sorted(digests_by_uid(ct_files))
     assert "FailedSOPSequence" not in answer
+    # Retrieve URL is Type 2 (PS3.18 Table I.1-1): present, empty while the router holds the instance
+    assert "RetrieveURL" in answer and not answer.RetrieveURL
+    assert all("RetrieveURL" in item and not item.RetrieveURL for item in answer.ReferencedSOPSequence)
     queue_uids = {uid for _, _, _, uid in service.queue.instance_files()}
     assert set(stored) <= queue_uids  # in the queue before the answer came back
     assert digests_by_uid(archived(tmp_path, len(ct_files))) == digests_by_uid(ct_files)

@@ -6,6 +6,10 @@ worker thread, while the next part is read. The response is sent once every part
 decided: an instance is listed in ReferencedSOPSequence only when its file is fsynced and its
 queue rows are committed, in FailedSOPSequence with the C-STORE status as FailureReason
 otherwise. 200: all stored; 202: some failed; 409: none stored.
+
+Retrieve URL (0008,1190), Type 2 at the top and in each ReferencedSOPSequence item, is sent
+empty: a router keeps an instance only until its backends have it, so it has no URL where the
+study stays retrievable (its WADO-RS fetches from the backends, which may not have it yet).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ log = structlog.get_logger("router.dicomweb")
 CHUNK = 256 * 1024
 PROCESSING_FAILURE = 0x0110
 STUDY_MISMATCH = 0xA900  # PS3.18 10.5.3: "the Study Instance UID does not match"
-REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE = "00081199", "00081198"
+REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE, RETRIEVE_URL = "00081199", "00081198", "00081190"
 
 
 class RequestTooLarge(Exception):
@@ -256,7 +260,7 @@ def _response(outcomes: list[PartOutcome]) -> web.Response:
     """The PS3.18 answer in DICOM JSON (built as plain JSON: these few UIDs need no data set)."""
     stored = [o for o in outcomes if o.status == 0]
     failed = [o for o in outcomes if o.status != 0]
-    body = {}
+    body: dict[str, dict] = {RETRIEVE_URL: {"vr": "UR"}}
     if failed:
         body[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": [_item(o, failure=True) for o in failed]}
     if stored:
@@ -269,6 +273,8 @@ def _item(outcome: PartOutcome, failure: bool = False) -> dict:
     item = {"00081150": _uid(outcome.sop_class_uid), "00081155": _uid(outcome.sop_instance_uid)}
     if failure:
         item["00081197"] = {"vr": "US", "Value": [outcome.status]}
+    else:
+        item[RETRIEVE_URL] = {"vr": "UR"}
     return item
 
 
