@@ -69,15 +69,16 @@ def configure(mode: str | None = None) -> SeamReport:
         _config.LOG_HANDLER_LEVEL = "none"
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.STORE_SEND_CHUNKED_DATASET = True
-        _config.UNRESTRICTED_STORAGE_SERVICE = True
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
         _quiet_pynetdicom_tracebacks()
         raise_descriptor_limit()
-        from router.engine.changes import CHANGES
+        from router.engine.changes import CHANGES, OWN_CLASSES
 
         _report = apply_changes(CHANGES, wanted)
+        if OWN_CLASSES not in _report.applied:
+            _config.UNRESTRICTED_STORAGE_SERVICE = True  # pynetdicom's own classes: the router's AEs need it
         log_unhandled_thread_errors()
         notable = _report.mode != "owned" or _report.left_out
         (log.info if notable else log.debug)(

@@ -16,6 +16,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from router.engine import classes
+from router.engine.classes import RouterRequestHandler, router_classes_in_use
 from router.engine.spare_files import ReceivedFiles, received_files_in_temporary_directory
 
 
@@ -23,6 +25,18 @@ class RouterAE(AE):
     def __init__(self, ae_title: str = "DICOM_ROUTER", received_files: ReceivedFiles | None = None):
         super().__init__(ae_title)
         self.received_files = received_files
+
+    def associate(self, addr, port, *args, **kwargs):
+        """pynetdicom's ``associate``, making the router's own association classes
+        (:mod:`router.engine.classes`) when they are in use."""
+        if not router_classes_in_use():
+            return super().associate(addr, port, *args, **kwargs)
+        return classes.associate(self, addr, port, *args, **kwargs)
+
+    def make_server(self, address, *args, **kwargs):
+        """pynetdicom's ``make_server``, accepting associations of the router's own classes."""
+        kwargs.setdefault("request_handler", RouterRequestHandler)
+        return super().make_server(address, *args, **kwargs)
 
 
 def received_files_of(assoc) -> ReceivedFiles:

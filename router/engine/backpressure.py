@@ -16,6 +16,8 @@ import time
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.classes import RouterDUL
+
 DEFAULT_LIMIT = 64
 _original_send_pdu = DULServiceProvider.send_pdu
 
@@ -27,7 +29,7 @@ def install_backpressure(limit: int = DEFAULT_LIMIT) -> None:
         _original_send_pdu(self, primitive)
 
     send_pdu.__wrapped__ = _original_send_pdu
-    DULServiceProvider.send_pdu = send_pdu
+    RouterDUL.send_pdu = send_pdu
 
 
 def _wait_for_room(dul, limit: int) -> None:

@@ -13,6 +13,7 @@ from router.engine import (
     acceptor,
     application_entity,
     backpressure,
+    classes,
     connect_errors,
     failsafe,
     fast_store,
@@ -34,8 +35,25 @@ DUL = "pynetdicom.dul.DULServiceProvider"
 ASSOCIATION = "pynetdicom.association.Association"
 SOCKET = "pynetdicom.transport.AssociationSocket"
 DIMSE = "pynetdicom.dimse.DIMSEServiceProvider"
+OWN_CLASSES = "the router's own classes"
 
 CHANGES: tuple[Change, ...] = (
+    # -- first: the classes every other change is installed on ---------------------------
+    Change(
+        OWN_CLASSES,
+        "fix",
+        "the router's AEs, listeners and associations are made of its own subclasses, so its changes "
+        "(and accepting every storage class) reach only them, not every pynetdicom AE in the process",
+        (
+            "pynetdicom.ae.ApplicationEntity.associate",
+            "pynetdicom.transport.RequestHandler._create_association",
+            "pynetdicom.fsm.StateMachine.do_action",
+            f"{ASSOCIATION}.__init__",
+            f"{DUL}.__init__",
+        ),
+        "c45fcb7af445cf7a",
+        classes.use_router_classes,
+    ),
     # -- speed: the owned engine only ---------------------------------------------------
     Change(
         "event-driven reactors",
@@ -52,6 +70,7 @@ CHANGES: tuple[Change, ...] = (
         ),
         "7c34f6380c2db53e",
         reactors.install_reactors,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "no Nagle",
@@ -60,6 +79,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{SOCKET}.__init__", f"{SOCKET}._create_socket"),
         "a18fbd2e4ab1517e",
         socket_options.install_socket_options,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "direct store decoding",
@@ -68,7 +88,10 @@ CHANGES: tuple[Change, ...] = (
         (f"{DIMSE}.receive_primitive",),
         "b902ef354f4948fd",
         store_decode.install_fast_store_decode,
-        requires=("event-driven reactors",),
+        requires=(
+            OWN_CLASSES,
+            "event-driven reactors",
+        ),
     ),
     Change(
         "P-DATA read PDV by PDV",
@@ -77,7 +100,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{DUL}._read_pdu_data",),
         "f726a45ce334f525",
         pdata_reads.install_pdata_reads,
-        requires=("event-driven reactors", "direct store decoding"),
+        requires=(OWN_CLASSES, "event-driven reactors", "direct store decoding"),
     ),
     Change(
         "P-DATA sent with sendfile()",
@@ -86,7 +109,10 @@ CHANGES: tuple[Change, ...] = (
         ("pynetdicom.fsm.DT_1", "pynetdicom.fsm.AR_7"),
         "7545332f2c48f2a1",
         pdata_sends.install_pdata_sends,
-        requires=("event-driven reactors",),
+        requires=(
+            OWN_CLASSES,
+            "event-driven reactors",
+        ),
     ),
     Change(
         "direct store sends",
@@ -95,7 +121,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{DIMSE}.send_msg",),
         "0a84102e66ac20c7",
         fast_store.install_fast_store_rsp,
-        requires=("event-driven reactors", "P-DATA sent with sendfile()"),
+        requires=(OWN_CLASSES, "event-driven reactors", "P-DATA sent with sendfile()"),
     ),
     Change(
         "file meta written directly",
@@ -124,6 +150,7 @@ CHANGES: tuple[Change, ...] = (
         ("pynetdicom.transport.RequestHandler._create_association",),
         "c8217033dc806d4e",
         acceptor.install_shared_contexts,
+        requires=(OWN_CLASSES,),
     ),
     # -- fixes: every engine mode -------------------------------------------------------------
     Change(
@@ -133,6 +160,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{SOCKET}.ready",),
         "fc1876ad66f81541",
         readiness.install_poll_readiness,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "bounded socket reads",
@@ -142,6 +170,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{SOCKET}.recv",),
         "58e43dd0f220a1ba",
         socket_reads.install_fast_recv,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "bounded PDU reads",
@@ -151,6 +180,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{DUL}._read_pdu_data",),
         "f726a45ce334f525",
         pdu_limits.install_pdu_limits,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "events before reads",
@@ -159,6 +189,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{DUL}._is_transport_event", f"{DUL}.run_reactor"),
         "f6cd1486aea05115",
         pdu_limits.install_events_before_reads,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "bounded outgoing PDU queue",
@@ -167,6 +198,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{DUL}.send_pdu",),
         "998e70725b3218c7",
         backpressure.install_backpressure,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "no unhandled association thread",
@@ -176,6 +208,7 @@ CHANGES: tuple[Change, ...] = (
         ("pynetdicom.acse.ACSE._negotiate_as_acceptor", f"{ASSOCIATION}.run_reactor"),
         "8687d766eb462dcc",
         failsafe.install_failsafes,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "reactor keeps off responses",
@@ -184,6 +217,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{ASSOCIATION}._run_reactor", f"{DIMSE}.get_msg"),
         "3f10e5c44b0ae563",
         reactors.install_reactor_keeps_off_responses,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "no wait after close",
@@ -192,6 +226,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{DUL}.receive_pdu",),
         "c8c25e4ae7d6cb8e",
         reactors.install_receive_until_closed,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "no unhandled socket thread",
@@ -201,6 +236,7 @@ CHANGES: tuple[Change, ...] = (
         ("pynetdicom.fsm.StateMachine.do_action",),
         "c92a09edce5d5930",
         reactors.install_state_machine_guard,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "rejection is not abort",
@@ -209,6 +245,7 @@ CHANGES: tuple[Change, ...] = (
         ("pynetdicom.acse.ACSE.socket", "pynetdicom.acse.ACSE._negotiate_as_requestor"),
         "a53865f697e3ba68",
         reactors.install_answered_socket,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "connection errors kept",
@@ -217,6 +254,7 @@ CHANGES: tuple[Change, ...] = (
         (f"{SOCKET}.connect",),
         "16106e4eddcc108f",
         connect_errors.install_connect_errors,
+        requires=(OWN_CLASSES,),
     ),
     Change(
         "received data sets in the router's folder",
@@ -234,5 +272,6 @@ CHANGES: tuple[Change, ...] = (
         (f"{ASSOCIATION}.send_c_store",),
         "49e17520ddd6fefa",
         file_datasets.install_send_from_file,
+        requires=(OWN_CLASSES,),
     ),
 )

@@ -22,6 +22,8 @@ from pynetdicom.transport import (
     AssociationSocket,
 )
 
+from router.engine.classes import RouterSocket
+
 
 def _connect(self: AssociationSocket, primitive: T_CONNECT) -> None:
     """pynetdicom 3.0.4 ``AssociationSocket.connect``, keeping a failure's error on the association."""
@@ -56,7 +58,7 @@ def _connect(self: AssociationSocket, primitive: T_CONNECT) -> None:
 
 
 def install_connect_errors() -> None:
-    AssociationSocket.connect = _connect
+    RouterSocket.connect = _connect
 
 
 def why_not_associated(assoc, peer: str) -> str:

@@ -26,6 +26,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from router.engine.classes import RouterACSE, RouterAssociation
 from router.engine.reactors import abort_after_error, log_association_error
 
 log = structlog.get_logger("router.engine")
@@ -97,6 +98,6 @@ def log_unhandled_thread_errors() -> None:
 
 
 def install_failsafes() -> None:
-    ACSE._negotiate_as_acceptor = _negotiate_as_acceptor
-    Association.run_reactor = _run_reactor
+    RouterACSE._negotiate_as_acceptor = _negotiate_as_acceptor
+    RouterAssociation.run_reactor = _run_reactor
     log_unhandled_thread_errors()

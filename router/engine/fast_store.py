@@ -36,6 +36,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import socket_loans
+from router.engine.classes import RouterDIMSE
 from router.engine.part10 import META_READ, NotPlainPart10, read_file_meta
 from router.engine.pdata_sends import (
     SourceFile,
@@ -282,5 +283,5 @@ def store_response_from(status) -> StoreResponse:
 
 def install_fast_store_rsp() -> None:
     global _owned_sends
-    DIMSEServiceProvider.send_msg = _send_msg
+    RouterDIMSE.send_msg = _send_msg
     _owned_sends = True

@@ -19,6 +19,8 @@ from pathlib import Path
 from pydicom import Dataset
 from pynetdicom.association import Association
 
+from router.engine.classes import RouterAssociation
+
 
 class FileBackedDataset(Dataset):
     """An instance to send, by path; carries SOP Class and Instance UIDs for pynetdicom's bookkeeping.
@@ -60,7 +62,7 @@ def accepted_syntaxes(association: Association, sop_class_uid: str) -> set[str]:
 
 
 def install_send_from_file() -> None:
-    original = Association.send_c_store
+    original = RouterAssociation.send_c_store
     if getattr(original, "_sends_from_file", False):
         return
 
@@ -72,7 +74,7 @@ def install_send_from_file() -> None:
         return original(self, dataset, *args, **kwargs)
 
     send_c_store._sends_from_file = True
-    Association.send_c_store = send_c_store
+    RouterAssociation.send_c_store = send_c_store
 
 
 def _not_sent() -> Dataset:

@@ -35,9 +35,9 @@ import socket
 import struct
 
 from pynetdicom import evt
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.classes import RouterDUL
 from router.engine.pdu_limits import largest_acceptable, read_pdu_checked, refuse_length
 from router.engine.progress import TooSlow, note_received
 from router.engine.reactors import log_association_error
@@ -217,4 +217,4 @@ def _can_read_directly(dul) -> bool:
 
 def install_pdata_reads() -> None:
     _read_pdu_data._reads_pdv_by_pdv = True
-    DULServiceProvider._read_pdu_data = _read_pdu_data
+    RouterDUL._read_pdu_data = _read_pdu_data

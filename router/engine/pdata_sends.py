@@ -28,6 +28,7 @@ from pynetdicom import evt, fsm
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.classes import RouterStateMachine
 from router.engine.readiness import wait_writable
 from router.engine.socket_reads import plain_socket
 
@@ -193,4 +194,4 @@ def _ar_7(dul) -> str:
 def install_pdata_sends() -> None:
     for name, function in (("DT-1", _dt_1), ("AR-7", _ar_7)):
         description, _, next_state = _stock_actions[name]
-        fsm.ACTIONS[name] = (description, function, next_state)
+        RouterStateMachine.actions[name] = (description, function, next_state)

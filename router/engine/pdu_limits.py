@@ -21,6 +21,7 @@ import struct
 import structlog
 from pynetdicom.dul import DULServiceProvider
 
+from router.engine.classes import RouterDUL
 from router.engine.progress import TooSlow, restart_between_messages
 from router.engine.reactors import association_fields, log_association_error
 from router.engine.socket_reads import MAX_BUFFER
@@ -122,17 +123,17 @@ _stock_is_transport_event = DULServiceProvider._is_transport_event
 
 
 def install_events_before_reads() -> None:
-    DULServiceProvider._is_transport_event = _is_transport_event
+    RouterDUL._is_transport_event = _is_transport_event
 
 
 def install_pdu_limits() -> None:
     """Check every PDU's length before reading it and restart the read deadline between messages,
     around the owned PDV-by-PDV read when that is installed, else instead of pynetdicom's read."""
-    owned = DULServiceProvider._read_pdu_data
+    owned = RouterDUL._read_pdu_data
     inner = owned if getattr(owned, "_reads_pdv_by_pdv", False) else read_pdu_checked
 
     def _read_pdu_data(self) -> None:
         restart_between_messages(self)
         inner(self)
 
-    DULServiceProvider._read_pdu_data = _read_pdu_data
+    RouterDUL._read_pdu_data = _read_pdu_data

@@ -54,14 +54,15 @@ from typing import Any
 
 import structlog
 from pynetdicom import evt
-from pynetdicom.acse import ACSE
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
+from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
+
+from router.engine.classes import RouterACSE, RouterAssociation, RouterDIMSE, RouterDUL, RouterStateMachine
 
 ROUTER_LOG = structlog.get_logger("router.engine")
 
@@ -77,9 +78,7 @@ def _bounded_by(timer, wait: float) -> float:
 
 
 _stock: dict[str, Any] = {
-    "dul_init": DULServiceProvider.__init__,
-    "assoc_init": Association.__init__,
-    "do_action": StateMachine.do_action,
+    "do_action": RouterStateMachine.do_action,
     "get_msg": DIMSEServiceProvider.get_msg,
 }
 
@@ -99,8 +98,7 @@ class NotifyingQueue(queue.Queue):
 # -- DUL --------------------------------------------------------------------------------
 
 
-def _dul_init(self, assoc) -> None:
-    _stock["dul_init"](self, assoc)
+def _dul_setup(self) -> None:
     self._wakeup = Wakeup()
     self._poller = None
     self._polled = None
@@ -381,7 +379,7 @@ def _do_action(self, event: str) -> None:
 
 
 def install_state_machine_guard() -> None:
-    StateMachine.do_action = _do_action
+    RouterStateMachine.do_action = _do_action
 
 
 _exit_hooks: list = []
@@ -433,9 +431,8 @@ def _wake_unless_a_send_waits(assoc) -> None:
         assoc._reactor_wake.set()
 
 
-def _assoc_init(self, *args, **kwargs) -> None:
+def _assoc_setup(self) -> None:
     self._reactor_wake = threading.Event()
-    _stock["assoc_init"](self, *args, **kwargs)
     self._reactor_checkpoint = Checkpoint(self)
     self._reactor_checkpoint.set()
     self.dimse.msg_queue = NotifyingQueue(lambda: _wake_unless_a_send_waits(self))
@@ -586,15 +583,15 @@ def _acse_socket(self):
 
 def install_reactors() -> None:
     """Install the event-driven reactors (applied by :mod:`router.engine.seam` when pynetdicom's code matches)."""
-    DULServiceProvider.__init__ = _dul_init
-    DULServiceProvider.wake = _dul_wake
-    DULServiceProvider.run_reactor = _dul_run_reactor
-    DULServiceProvider.kill_dul = _dul_kill
-    DULServiceProvider.stop_dul = _dul_stop
-    Association.__init__ = _assoc_init
-    Association.wake_reactor = _assoc_wake
-    Association._run_reactor = _assoc_run_reactor
-    Association.kill = _assoc_kill
+    RouterDUL.setup = _dul_setup
+    RouterDUL.wake = _dul_wake
+    RouterDUL.run_reactor = _dul_run_reactor
+    RouterDUL.kill_dul = _dul_kill
+    RouterDUL.stop_dul = _dul_stop
+    RouterAssociation.setup = _assoc_setup
+    RouterAssociation.wake_reactor = _assoc_wake
+    RouterAssociation._run_reactor = _assoc_run_reactor
+    RouterAssociation.kill = _assoc_kill
 
 
 def _get_msg(self, block: bool = False):
@@ -615,15 +612,15 @@ def _get_msg(self, block: bool = False):
 
 
 def install_reactor_keeps_off_responses() -> None:
-    DIMSEServiceProvider.get_msg = _get_msg
+    RouterDIMSE.get_msg = _get_msg
 
 
 def install_receive_until_closed() -> None:
     """Waiting for the peer's A-ASSOCIATE-RQ ends when the connection does (:func:`_dul_receive_pdu`)."""
-    DULServiceProvider.receive_pdu = _dul_receive_pdu
+    RouterDUL.receive_pdu = _dul_receive_pdu
 
 
 def install_answered_socket() -> None:
     """A rejection the peer answered before the association thread looked is reported as one
     (:class:`_AnsweredSocket`), in every engine mode."""
-    ACSE.socket = property(_acse_socket)
+    RouterACSE.socket = property(_acse_socket)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import select
 
-from pynetdicom.transport import AssociationSocket
+from router.engine.classes import RouterSocket
 
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _WRITABLE = select.POLLOUT | select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -51,4 +51,4 @@ def _ready(self) -> bool:
 
 
 def install_poll_readiness() -> None:
-    AssociationSocket.ready = property(_ready)
+    RouterSocket.ready = property(_ready)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from pynetdicom.transport import AssociationSocket
+from router.engine.classes import RouterSocket
 
 
 def set_nodelay(sock) -> None:
@@ -21,18 +21,18 @@ def set_nodelay(sock) -> None:
 
 def install_socket_options() -> None:
     """Disable Nagle on every association socket, inbound and outbound."""
-    original_init = AssociationSocket.__init__
+    original_init = RouterSocket.__init__
 
     def init(self, assoc, client_socket=None, address=None):
         original_init(self, assoc, client_socket, address)
         set_nodelay(self.socket)
 
-    original_create = AssociationSocket._create_socket
+    original_create = RouterSocket._create_socket
 
     def create(self, address):
         sock = original_create(self, address)
         set_nodelay(sock)
         return sock
 
-    AssociationSocket.__init__ = init
-    AssociationSocket._create_socket = create
+    RouterSocket.__init__ = init
+    RouterSocket._create_socket = create

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import socket
 
-from pynetdicom.transport import AssociationSocket
-
+from router.engine.classes import RouterSocket
 from router.engine.progress import note_received
 
 MAX_BUFFER = 4 * 1024 * 1024
@@ -48,4 +47,4 @@ def plain_socket(dul) -> socket.socket | None:
 
 
 def install_fast_recv() -> None:
-    AssociationSocket.recv = _recv
+    RouterSocket.recv = _recv

@@ -39,6 +39,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_scp
 from router.engine.application_entity import received_files_of
+from router.engine.classes import RouterDIMSE
 from router.engine.part10 import FileMetaValues, encode_file_meta, new_checksum
 from router.engine.reactors import association_fields, on_reactor_exit
 from router.engine.spare_files import ReceivedFiles, close_and_remove
@@ -319,5 +320,5 @@ def release_files(dul) -> None:
 
 
 def install_fast_store_decode() -> None:
-    DIMSEServiceProvider.receive_primitive = _receive_primitive
+    RouterDIMSE.receive_primitive = _receive_primitive
     on_reactor_exit(release_files)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from router.backends.dimse import DimseBackend, DimseBackendConfig
+from router.engine.application_entity import RouterAE
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.integration.test_forwarding import send_with_pynetdicom
 from tests.support import pdus
@@ -29,7 +29,7 @@ def test_a_closed_port_is_a_refused_connection():
 
 
 def test_a_peer_that_rejects_is_named_with_its_reason():
-    ae = AE("PACS")
+    ae = RouterAE("PACS")
     ae.add_supported_context(Verification)
     ae.require_called_aet = True
     server = ae.start_server(("127.0.0.1", 0), block=False)

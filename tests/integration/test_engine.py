@@ -10,12 +10,13 @@ import time
 
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 from router import engine
 from router.engine import reactors
+from router.engine.application_entity import RouterAE
 from tests.support.dicomgen import write_large
 from tests.support.peers import (
     StorageSCP,
@@ -30,17 +31,22 @@ from tests.support.peers import (
 pytestmark = pytest.mark.owned_engine
 
 
-def test_reactors_are_installed():
+def test_reactors_are_installed_on_the_routers_classes_only():
     from pynetdicom.association import Association
     from pynetdicom.dul import DULServiceProvider
 
-    assert DULServiceProvider.run_reactor is reactors._dul_run_reactor
-    assert Association._run_reactor is reactors._assoc_run_reactor
+    from router.engine.classes import RouterAssociation, RouterDUL
+
+    engine.configure()
+    assert RouterDUL.run_reactor is reactors._dul_run_reactor
+    assert RouterAssociation._run_reactor is reactors._assoc_run_reactor
+    assert DULServiceProvider.run_reactor is not reactors._dul_run_reactor
+    assert Association._run_reactor is not reactors._assoc_run_reactor
 
 
 def requestor(ae_title="SOAK", dimse_timeout=20):
     engine.configure()
-    ae = AE(ae_title)
+    ae = RouterAE(ae_title)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     ae.add_requested_context(Verification)
     ae.dimse_timeout = dimse_timeout
@@ -53,7 +59,7 @@ def test_soak_no_send_waits_for_a_lost_response(tmp_path, small_files):
     and 1 in 2,900 with a faster DUL alone; a lost one shows as an empty status after
     ``dimse_timeout``). The SCP answers without filing, so the disk stays out of it."""
     answered = []
-    scp_ae = AE("STORE_SCP")
+    scp_ae = RouterAE("STORE_SCP")
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     scp_ae.dimse_timeout = 20
     server = scp_ae.start_server(
@@ -102,7 +108,7 @@ def test_no_fd_or_thread_leak_across_100_associations(tmp_path):
 def test_idle_association_is_closed_by_network_timeout(tmp_path):
     engine.configure()
     ended = threading.Event()
-    ae = AE("IDLE_SCP")
+    ae = RouterAE("IDLE_SCP")
     ae.add_supported_context(Verification)
     ae.network_timeout = 1
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_CONN_CLOSE, lambda e: ended.set())])
@@ -118,7 +124,7 @@ def test_idle_association_is_closed_by_network_timeout(tmp_path):
 
 def test_abort_from_the_requestor_is_seen_by_the_acceptor(tmp_path):
     aborted = threading.Event()
-    ae = AE("ABORT_SCP")
+    ae = RouterAE("ABORT_SCP")
     ae.add_supported_context(Verification)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_ABORTED, lambda e: aborted.set())])
     try:
@@ -174,7 +180,7 @@ def test_a_connection_closed_before_its_request_leaves_no_thread_behind(tmp_path
 def test_accepted_associations_share_the_supported_contexts_instead_of_copying_them():
     engine.configure()
     seen = []
-    scp_ae = AE("ECHO_SCP")
+    scp_ae = RouterAE("ECHO_SCP")
     scp_ae.add_supported_context(Verification)
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = scp_ae.start_server(
@@ -197,7 +203,7 @@ def test_accepted_associations_share_the_supported_contexts_instead_of_copying_t
 
 def test_a_p_data_queued_after_the_release_began_is_dropped_not_fatal(caplog):
     """Stock pynetdicom ends the socket thread with InvalidEventError (Evt9 in Sta7)."""
-    ae = AE("LATE_SCP")
+    ae = RouterAE("LATE_SCP")
     ae.add_supported_context(Verification)
     server = ae.start_server(("127.0.0.1", 0), block=False)
     try:
@@ -229,7 +235,7 @@ def test_a_store_arriving_before_the_acceptor_counts_itself_established_is_answe
     from pynetdicom.dul import DULServiceProvider
 
     served_by = []
-    scp_ae = AE("SLOW_ACCEPT")
+    scp_ae = RouterAE("SLOW_ACCEPT")
     scp_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = scp_ae.start_server(
         ("127.0.0.1", 0),
@@ -256,7 +262,7 @@ def test_a_store_arriving_before_the_acceptor_counts_itself_established_is_answe
 
 def store_scp(handler, extra_handlers=()):
     engine.configure()
-    ae = AE("STORE_SCP")
+    ae = RouterAE("STORE_SCP")
     ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handler), *extra_handlers])
 
@@ -382,7 +388,7 @@ def test_a_rejection_that_arrives_before_the_requestor_looks_is_reported_as_a_re
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()
 
-    scp_ae = AE("REJECTING")
+    scp_ae = RouterAE("REJECTING")
     scp_ae.add_supported_context(Verification)
     server = scp_ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_REQUESTED, reject)])
     try:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, evt
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -30,6 +29,8 @@ from pynetdicom.presentation import build_context
 
 from router import engine
 from router.engine import pdata_reads, pdu_limits
+from router.engine.application_entity import RouterAE
+from router.engine.classes import RouterDUL
 from router.engine.store_decode import parse_command_set
 from tests.support.peers import wait_for
 from tests.support.spool import partial_files
@@ -45,7 +46,7 @@ def scp(request, tmp_path, monkeypatch):
     engine.configure()
     direct = []
     if request.param == "pynetdicom":
-        monkeypatch.setattr(DULServiceProvider, "_read_pdu_data", pdu_limits.STOCK_READ_PDU_DATA)
+        monkeypatch.setattr(RouterDUL, "_read_pdu_data", pdu_limits.STOCK_READ_PDU_DATA)
     else:
         read_items = pdata_reads._read_items
         monkeypatch.setattr(pdata_reads, "_read_items", lambda *a: direct.append(1) or read_items(*a))
@@ -56,7 +57,7 @@ def scp(request, tmp_path, monkeypatch):
         received.append(Path(event.dataset_path).read_bytes())
         return 0x0000
 
-    ae = AE("STORE_SCP")
+    ae = RouterAE("STORE_SCP")
     ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     ae.maximum_pdu_size = 0
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])

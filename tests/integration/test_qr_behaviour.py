@@ -16,6 +16,7 @@ from pynetdicom.sop_class import (
 )
 
 from router import engine
+from router.engine.application_entity import RouterAE
 from tests.conftest import dimse_backend_toml, endpoint_section, router_section
 from tests.support.dicomgen import write_series
 from tests.support.peers import StorageSCP, free_port, wait_for
@@ -55,7 +56,7 @@ class ScriptedUpstream:
 
     def __enter__(self):
         engine.configure()
-        ae = AE(self.ae_title)
+        ae = RouterAE(self.ae_title)
         ae.add_supported_context(self.model)
         self.server = ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_FIND, self._on_find)]

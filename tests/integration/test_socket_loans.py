@@ -13,12 +13,13 @@ import time
 import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
 from router import engine
 from router.backends.dimse import DimseBackend, DimseBackendConfig
 from router.backends.status import Outcome
 from router.engine import socket_loans
+from router.engine.application_entity import RouterAE
 from router.engine.fast_store import encode_store_rsp, send_c_store_file
 from router.engine.pdata_sends import encode_p_data_tf
 from router.spool.queue import Delivery
@@ -270,7 +271,7 @@ def test_a_peer_that_stops_reading_fails_the_send_at_the_socket_timeout_and_abor
     try:
         wait_for_port(port)
         engine.configure()
-        ae = AE("SENDER")
+        ae = RouterAE("SENDER")
         ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
         assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
         assert assoc.is_established

@@ -18,6 +18,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
+from router.engine.application_entity import RouterAE
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.dicomfiles import dataset_digest
 from tests.support.dicomgen import make_dataset
@@ -329,7 +330,7 @@ def test_a_corrected_version_is_never_overtaken_by_the_older_one(tmp_path, write
         return 0xA700 if first else 0x0000
 
     dest_port = free_port()
-    ae = AE("STORE_SCP")
+    ae = RouterAE("STORE_SCP")
     ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = ae.start_server(("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 
 from router import engine
+from router.engine.application_entity import RouterAE
 from router.engine.fast_store import send_c_store_file, store_response_from
 
 pytestmark = pytest.mark.owned_engine
@@ -20,14 +21,14 @@ pytestmark = pytest.mark.owned_engine
 
 def store_scp(handler):
     engine.configure()
-    ae = AE("STORE_SCP")
+    ae = RouterAE("STORE_SCP")
     ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
 
 
 def associate(server, dimse_timeout=10):
     engine.configure()
-    ae = AE("SENDER")
+    ae = RouterAE("SENDER")
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     ae.dimse_timeout = dimse_timeout
     assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="STORE_SCP")

@@ -11,6 +11,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from router import engine
+from router.engine.application_entity import RouterAE
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for
 from tests.support.tls import CertificateAuthority
@@ -166,7 +167,7 @@ class TLSStoreSCP:
 
     def __enter__(self):
         engine.configure()
-        ae = AE("TLS_PACS")
+        ae = RouterAE("TLS_PACS")
         ae.add_supported_context(Verification)
         self.server = ae.start_server(
             ("127.0.0.1", self.port),

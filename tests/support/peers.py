@@ -14,6 +14,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from router import engine
+from router.engine.application_entity import RouterAE
 
 
 def free_port() -> int:
@@ -43,7 +44,8 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 
 class StorageSCP:
-    """A pynetdicom storage SCP that files each instance as ``<SOPInstanceUID>.dcm``.
+    """A storage SCP that files each instance as ``<SOPInstanceUID>.dcm``: an AE of the router's
+    engine, which accepts any storage class.
 
     ``status`` is what it answers; ``transfer_syntaxes`` limits what it accepts
     (default: anything, as sent).
@@ -70,7 +72,7 @@ class StorageSCP:
 
     def start(self) -> StorageSCP:
         engine.configure()
-        ae = AE(self.ae_title)
+        ae = RouterAE(self.ae_title)
         ae.maximum_pdu_size = 1048576
         if self.transfer_syntaxes:
             for cx in AllStoragePresentationContexts:

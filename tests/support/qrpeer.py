@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
 
 from router import engine
+from router.engine.application_entity import RouterAE
 from router.engine.file_datasets import FileBackedDataset
 from tests.support.peers import free_port
 
@@ -48,7 +49,7 @@ class ScriptedPACS:
 
     def __enter__(self):
         engine.configure()
-        ae = AE(self.ae_title)
+        ae = RouterAE(self.ae_title)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
         self.server = ae.start_server(

@@ -13,9 +13,19 @@ import textwrap
 
 import pytest
 
-from router.engine.changes import CHANGES
+from router.engine.changes import CHANGES, OWN_CLASSES
 
 FIXES = [c.name for c in CHANGES if c.kind == "fix"]
+ROUTER_SUBCLASSED = {
+    "DULServiceProvider",
+    "Association",
+    "AssociationSocket",
+    "DIMSEServiceProvider",
+    "ACSE",
+    "fsm",
+    "RequestHandler",
+    "StateMachine",
+}
 
 
 def run_fresh(code: str, env_mode: str | None = None) -> tuple[dict, list[dict]]:
@@ -44,7 +54,7 @@ def run_fresh(code: str, env_mode: str | None = None) -> tuple[dict, list[dict]]
 def test_every_declared_fingerprint_matches_the_installed_pynetdicom():
     result, _ = run_fresh("""
         import pynetdicom
-        from router.engine.changes import CHANGES
+        from router.engine.changes import CHANGES, OWN_CLASSES
         from router.engine.seam import fingerprint
         result = {"version": pynetdicom.__version__,
                   "drifted": {c.name: fingerprint(c.replaces) for c in CHANGES if fingerprint(c.replaces) != c.fingerprint}}
@@ -61,7 +71,8 @@ def test_every_change_is_declared_once_with_its_reason_and_known_prerequisites()
     for position, change in enumerate(CHANGES):
         assert change.why and change.replaces and change.kind in ("fix", "speed")
         assert all(r in names[:position] for r in change.requires), change.name
-        assert all(CHANGES[names.index(r)].kind == "speed" or change.kind == "fix" for r in change.requires)
+        on_classes = any(t.split(".")[-2] in ROUTER_SUBCLASSED for t in change.replaces)
+        assert change.name == OWN_CLASSES or on_classes == (OWN_CLASSES in change.requires), change.name
     assert not any(CHANGES[names.index(r)].kind == "speed" for c in CHANGES if c.kind == "fix" for r in c.requires), (
         "a fix must not need a speed change: fixes apply in every mode"
     )
@@ -102,10 +113,10 @@ def test_a_change_whose_pynetdicom_code_differs_is_left_out_with_one_line_and_th
         changes.CHANGES = tuple(dataclasses.replace(c, fingerprint="0" * 16) if c.name == "bounded outgoing PDU queue"
                                 else c for c in changes.CHANGES)
         from pynetdicom.dul import DULServiceProvider
-        stock_send_pdu = DULServiceProvider.send_pdu
+        from router.engine.classes import RouterDUL
         report = engine.configure({mode!r})
         result = {{"applied": report.applied, "left_out": report.left_out,
-                  "send_pdu_untouched": DULServiceProvider.send_pdu is stock_send_pdu}}
+                  "send_pdu_untouched": RouterDUL.send_pdu is DULServiceProvider.send_pdu}}
     """)
     assert "bounded outgoing PDU queue" in result["left_out"] and result["send_pdu_untouched"]
     expected = [
@@ -132,6 +143,28 @@ def test_a_left_out_speed_change_leaves_out_the_ones_built_on_it():
     assert dependants and dependants <= set(result["left_out"])
     assert all("needs event-driven reactors" in result["left_out"][name] for name in dependants)
     assert set(FIXES) <= set(result["applied"])
+
+
+def test_without_the_routers_own_classes_every_change_to_a_class_is_left_out_and_storage_stays_open():
+    result, lines = run_fresh("""
+        import dataclasses
+        from router import engine
+        from router.engine import changes
+        from pynetdicom import _config
+        changes.CHANGES = tuple(dataclasses.replace(c, fingerprint="0" * 16) if c.name == changes.OWN_CLASSES
+                                else c for c in changes.CHANGES)
+        report = engine.configure("owned")
+        result = {"applied": report.applied, "left_out": report.left_out,
+                  "unrestricted": _config.UNRESTRICTED_STORAGE_SERVICE}
+    """)
+    dependants = {c.name for c in CHANGES if OWN_CLASSES in c.requires}
+    assert set(result["left_out"]) == dependants | {OWN_CLASSES}
+    assert all(f"needs {OWN_CLASSES}" in result["left_out"][name] for name in dependants)
+    assert result["applied"] == [c.name for c in CHANGES if c.name not in result["left_out"]]
+    assert (
+        result["unrestricted"] is True
+    )  # the router's AEs, now pynetdicom's own classes, still take any storage class
+    assert [line["change"] for line in lines if line["event"] == "pynetdicom change not applied"][0] == OWN_CLASSES
 
 
 def test_a_target_missing_from_pynetdicom_leaves_the_change_out_instead_of_failing():
