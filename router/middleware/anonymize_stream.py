@@ -129,7 +129,7 @@ class StreamedFile:
     def deidentify(self, deidentifier: Deidentifier) -> tuple[EncodedHeader, Report]:
         """The de-identified header, encoded, and the report; raises :class:`NotStreamable` or
         :class:`~router.deid.deidentify.UnmappedPatient`."""
-        return _Walk(deidentifier, self).run()
+        return DeidentifyingWalk(deidentifier, self).run()
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class _Header:
         return cls(meta, elements, syntax, None)
 
 
-class _Walk:
+class DeidentifyingWalk:
     def __init__(self, deidentifier: Deidentifier, file: StreamedFile):
         self.deid = deidentifier
         self.buf = file.buf

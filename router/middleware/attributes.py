@@ -104,7 +104,10 @@ def remove_private(ds: Dataset) -> list[int]:
     """Remove every private element of ``ds``, at every level; returns the top-level tags removed.
 
     Only sequences are decoded (to reach their items): every other element stays as it was
-    read, to be written back byte for byte."""
+    read, to be written back byte for byte. A streamed header
+    (:class:`~router.middleware.coerce_stream.StreamedHeader`) removes them itself."""
+    if not isinstance(ds, Dataset):
+        return ds.remove_private()
     removed: list[int] = []
     for tag in list(ds.keys()):
         if tag >> 16 & 1:

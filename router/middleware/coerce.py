@@ -29,12 +29,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import structlog
 from pydantic import Field, field_validator, model_validator
 
 from router.config.models import MiddlewareConfig
 from router.config.registry import register
 from router.config.types import ConfigPath, StrictModel
 from router.envelope import Reject, RequestEnvelope
+from router.middleware.anonymize_stream import open_stream
 from router.middleware.attributes import (
     AttributeSpecError,
     Selector,
@@ -44,8 +46,12 @@ from router.middleware.attributes import (
     set_attribute,
     text_value,
 )
+from router.middleware.coerce_stream import StreamedHeader
 from router.middleware.match import Matcher, validate_match
+from router.spool.element_stream import NotStreamable
 from router.tables import LookupError_, LookupTable
+
+log = structlog.get_logger("router.middleware")
 
 VERBS = ("set", "delete", "copy", "replace", "map")
 T = TypeVar("T")
@@ -149,23 +155,52 @@ class CoerceStage:
         self.name = name
         self.matcher = Matcher.compile(config.match) if config.match else None
         self.operations = [_build_operation(op) for op in config.operations]
+        self.streamable = all(matcher is None for matcher, _ in self.operations)  # matching reads a data set
 
     def __call__(self, envelope: RequestEnvelope) -> RequestEnvelope | Reject:
+        """Run the operations: on an instance as received, over its raw element stream
+        (:mod:`router.middleware.coerce_stream`) when that covers it, else on its pydicom data
+        set (a query identifier, an earlier stage's edit); both give the same bytes."""
         if self.matcher is not None and not self.matcher(envelope):
             return envelope
+        if self.streamable and envelope.instance is not None and not envelope.instance.edited:
+            try:
+                return self._streamed(envelope)
+            except NotStreamable:
+                pass
+            except Exception as exc:  # a defect of the stream way: the data set way still coerces
+                log.warning(
+                    "coerce over the element stream failed; the data set way takes the instance",
+                    stage=self.name,
+                    error=repr(exc),
+                    **envelope.log_context(),
+                )
         ds = envelope.editable_dataset()
+        outcome = self._apply(envelope, ds, lambda: envelope.with_dataset(ds))
+        if isinstance(outcome, Reject):
+            return outcome
+        return envelope.with_dataset(ds).with_audit(self.name, "coerce", outcome) if outcome else envelope
+
+    def _streamed(self, envelope: RequestEnvelope) -> RequestEnvelope | Reject:
+        assert envelope.instance is not None
+        header = StreamedHeader(open_stream(envelope.instance.path))
+        outcome = self._apply(envelope, header, lambda: envelope)  # streamable: no operation matches
+        if isinstance(outcome, Reject):
+            return outcome
+        return envelope.with_encoded(header.encoded()).with_audit(self.name, "coerce", outcome) if outcome else envelope
+
+    def _apply(self, envelope: RequestEnvelope, ds, matched_envelope) -> str | Reject:
+        """Run the operations on ``ds``; what they changed, or the rejection."""
         changed: list[str] = []
         for index, (matcher, apply) in enumerate(self.operations):
-            if matcher is not None and not matcher(envelope.with_dataset(ds)):
+            if matcher is not None and not matcher(matched_envelope()):
                 continue
             outcome = apply(envelope, ds)
             if isinstance(outcome, Reject):
                 return Reject(self.name, outcome.status, f"operations[{index}]: {outcome.reason}")
             if outcome:
                 changed.append(f"operations[{index}]: {outcome}")
-        if not changed:
-            return envelope
-        return envelope.with_dataset(ds).with_audit(self.name, "coerce", "; ".join(changed))
+        return "; ".join(changed)
 
 
 def _build_operation(op: CoerceOperation):

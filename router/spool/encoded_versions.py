@@ -17,23 +17,22 @@ from pydicom import Dataset, dcmread
 
 from router.spool.splice import Layout, copy_range, write_spliced
 
-PREAMBLE = b"\0" * 128 + b"DICM"
-
 
 @dataclass(frozen=True)
 class EncodedHeader:
     """``meta``: group 0002 with its group length; ``body``: the elements before the pixel data,
     which runs from ``layout.pixel_start`` to the end of the source file (nothing follows it);
-    ``sop_instance_uid``: the one the header carries."""
+    ``sop_instance_uid``: the one the header carries; ``preamble``: the file's first 128 bytes."""
 
     meta: bytes
     body: bytes
     layout: Layout
     sop_instance_uid: str
+    preamble: bytes = bytes(128)
 
     def dataset(self) -> Dataset:
         """The header as pydicom reads it (for a stage that reads or edits it after this one)."""
-        return dcmread(io.BytesIO(PREAMBLE + self.meta + self.body), force=True)
+        return dcmread(io.BytesIO(self.preamble + b"DICM" + self.meta + self.body), force=True)
 
 
 def write_edited(instance, out) -> None:
@@ -42,7 +41,7 @@ def write_edited(instance, out) -> None:
     if encoded is None:
         write_spliced(instance.path, instance.header, instance.layout, out)
         return
-    out.write(PREAMBLE + encoded.meta + encoded.body)
+    out.write(encoded.preamble + b"DICM" + encoded.meta + encoded.body)
     layout = encoded.layout
     if layout.pixel_start is not None:
         with open(Path(instance.path), "rb") as src:
