@@ -4,7 +4,8 @@ Every AE the router makes (its endpoints', its backends', the upstream associati
 query/retrieve) is a :class:`RouterAE`, which carries the :class:`ReceivedFiles` its
 associations write received data sets into: the spool's spares for an endpoint, the
 spool's ``incoming/`` folder for a retrieval. The engine finds them from the association
-(:func:`received_files_of`), so nothing about the spool is set process-wide.
+(:func:`received_files_of`), so nothing about the spool is set process-wide. Its associations,
+requested or accepted, are made of the router's own classes (:mod:`router.engine.classes`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
 from router.engine import classes
-from router.engine.classes import RouterRequestHandler, router_classes_in_use
 from router.engine.spare_files import ReceivedFiles, received_files_in_temporary_directory
 
 
@@ -29,13 +29,13 @@ class RouterAE(AE):
     def associate(self, addr, port, *args, **kwargs):
         """pynetdicom's ``associate``, making the router's own association classes
         (:mod:`router.engine.classes`) when they are in use."""
-        if not router_classes_in_use():
+        if not classes.router_classes_in_use():
             return super().associate(addr, port, *args, **kwargs)
         return classes.associate(self, addr, port, *args, **kwargs)
 
     def make_server(self, address, *args, **kwargs):
         """pynetdicom's ``make_server``, accepting associations of the router's own classes."""
-        kwargs.setdefault("request_handler", RouterRequestHandler)
+        kwargs.setdefault("request_handler", classes.RouterRequestHandler)
         return super().make_server(address, *args, **kwargs)
 
 
