@@ -58,7 +58,7 @@ from tests.conftest import dimse_backend_toml, endpoint_section, router_section 
 from tests.support.cli import router_command  # noqa: E402
 from tests.support.dicomweb import dicomweb_endpoint_toml  # noqa: E402
 from tests.support.pacs import load, start_orthanc  # noqa: E402
-from tests.support.peers import free_port, wait_for, wait_for_port  # noqa: E402
+from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for, wait_for_port  # noqa: E402
 
 STOW_SHAPES = {"": (10, 4), "-1": (1, 1)}  # set suffix -> (instances per request, requests at a time)
 
@@ -222,7 +222,7 @@ def getscu_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
     t0 = time.monotonic()
     subprocess.run(
         [
-            "getscu",
+            dcmtk("getscu"),  # DCMTK's, not pynetdicom's app of the same name that may come first on PATH
             "-q",
             "--ignore",
             "-aec",
@@ -236,6 +236,7 @@ def getscu_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
         ],
         check=True,
         timeout=600,
+        env=dcmtk_env(),
     )
     return {"seconds": time.monotonic() - t0, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
 

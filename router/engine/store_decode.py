@@ -12,8 +12,9 @@ a shorter way:
   ``incoming/``) with the same Part-10 header pynetdicom writes (a test holds the files
   byte-identical), usually one of the empty files :mod:`router.engine.spare_files` keeps
   ready, its checksum (:func:`router.engine.part10.new_checksum`) computed as it is written;
-  after each fragment but the last the kernel is asked to start writing the file out
-  (``sync_file_range``), so the fsync before the response mostly finds it written; the
+  after a fragment (but the last) that ends a mebibyte or more since the last time, the kernel
+  is asked to start writing the file out (``sync_file_range``), so the fsync before the
+  response mostly finds it written; the
   request is then served on the same thread (:mod:`router.engine.store_scp`) when it can be;
 - a C-STORE-RSP carrying only the usual elements becomes its primitive directly.
 
@@ -142,6 +143,7 @@ class IncomingDataSet:
         self.file = None
         self.path = None
         self.size = 0
+        self.submitted = 0  # the size when writeback was last started
         self.checksum = new_checksum()
         self.files = files
         try:
@@ -171,8 +173,11 @@ class IncomingDataSet:
                 self._fail(exc)
 
     def end_fragment(self, last: bool) -> None:
-        """A fragment is complete: unless it was the last, start writing the file out."""
-        if self.error is None and not last:
+        """A fragment is complete: unless it was the last, start writing the file out, once
+        :data:`WRITEBACK_STEP` bytes have come since the last time (a peer sending small PDUs
+        would otherwise cost a system call, over the whole file, per 16 KB fragment)."""
+        if self.error is None and not last and self.size - self.submitted >= WRITEBACK_STEP:
+            self.submitted = self.size
             try:
                 start_writeback(self.file.fileno())
             except OSError as exc:
@@ -231,6 +236,7 @@ def _sync_file_range():
 
 _SYNC_FILE_RANGE = _sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_STEP = 1024 * 1024
 
 
 def start_writeback(fd: int) -> None:

@@ -307,3 +307,13 @@ def test_spares_come_from_the_maker_in_batches_once_half_are_used(tmp_path):
     assert not any(path.exists() for path in ready)
     spares.refill()
     assert not spares._ready, "a closed pool makes no more"
+
+
+def test_writeback_is_started_once_a_mebibyte_not_once_a_fragment(monkeypatch, tmp_path, stock_file_meta):
+    started = []
+    monkeypatch.setattr(store_decode, "start_writeback", started.append)
+    size = 3 * store_decode.WRITEBACK_STEP + 1000
+    messages, _, _ = feed(store_decode._receive_primitive, pdata_of(C_STORE_RQ(), store_rq(size=size), 16384))
+    ((_, request),) = messages
+    assert request._received_size > size
+    assert 0 < len(started) <= size // store_decode.WRITEBACK_STEP  # not one per 16 KB fragment (about 190)
