@@ -46,6 +46,7 @@ log = structlog.get_logger("router.dicomweb")
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_BYTES = 1024
 IN_FLIGHT = 4
+READ_WHOLE = 1024 * 1024  # an instance up to this size is read into memory for its part (IN_FLIGHT at most)
 
 
 async def retrieve(
@@ -76,7 +77,7 @@ async def retrieve(
             if metadata:
                 yield fetched.sop_instance_uid, _metadata_json(path)
             elif syntax in (AS_STORED, fetched.transfer_syntax):
-                yield fetched.sop_instance_uid, (open(path, "rb"), fetched.transfer_syntax)
+                yield fetched.sop_instance_uid, (_readable(path), fetched.transfer_syntax)
             else:
                 transcoded = _transcoded(path, syntax, fetched.sop_instance_uid, origin)
                 if transcoded is not None:
@@ -116,7 +117,7 @@ async def retrieve(
     finally:
         await stream.stop()
         for _, payload in stream.leftovers():
-            if isinstance(payload, tuple):
+            if isinstance(payload, tuple) and not isinstance(payload[0], bytes):
                 payload[0].close()
     if response is None:
         return problem(404, "no instance matches")
@@ -136,13 +137,25 @@ async def _start(request: web.BaseRequest, metadata: bool, boundary: str) -> web
     return response
 
 
+def _readable(path):
+    """The instance's bytes, read on the worker thread, when it is at most :data:`READ_WHOLE`;
+    else its file, open, which the answer reads chunk by chunk (so memory stays flat for a
+    large instance and a small one costs one write instead of a read per chunk)."""
+    f = open(path, "rb")
+    if os.fstat(f.fileno()).st_size > READ_WHOLE:
+        return f
+    with f:
+        return f.read()
+
+
 async def _write_part(response: web.StreamResponse, boundary: str, file, transfer_syntax: str) -> None:
     part = MultipartWriter("related", boundary=boundary)
     try:
         part.append(file, {hdrs.CONTENT_TYPE: f"application/dicom; transfer-syntax={transfer_syntax}"})
         await part.write(response, close_boundary=False)  # type: ignore[arg-type]  # as above
     finally:
-        file.close()
+        if not isinstance(file, bytes):
+            file.close()
 
 
 def _transcoded(path, syntax: str, sop_instance_uid: str, origin: AssociationInfo):
