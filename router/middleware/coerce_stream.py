@@ -86,6 +86,7 @@ class StreamedHeader:
 
     def encoded(self) -> EncodedHeader:
         """The header as the data set way writes it."""
+        uids = {tag: self._uid(tag) for tag in (SOP_CLASS, SOP_INSTANCE)}  # read first: written from their value
         walk = _KeepingWalk(self.file, self.drop_private)
         body: list[tuple[int, bytes]] = []
         for tag in self.tags:
@@ -95,7 +96,6 @@ class StreamedHeader:
             else:
                 body.append((tag, walk.kept(self.file.top[tag])))
         body.sort(key=itemgetter(0))
-        uids = {tag: self._uid(tag) for tag in (SOP_CLASS, SOP_INSTANCE)}
         meta = walk.meta_of(uids)
         body_bytes = b"".join(part for _, part in body)
         return EncodedHeader(meta, body_bytes, self.file.layout, uids[SOP_INSTANCE], self.file.buf[:128])

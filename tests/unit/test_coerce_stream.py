@@ -40,8 +40,20 @@ def corpus(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("coerce-stream")
     rich = write_rich_study(root / "rich", "P001", series=1, per_series=2)
     rich += write_rich_study(root / "implicit", "P002", series=1, per_series=2, implicit=True)
-    files = rich + pydicom_files(PYDICOM_FILES + MORE_PYDICOM_FILES) + charset_files()
+    files = rich + [_space_padded_uid(rich[0], root / "space-padded.dcm")]
+    files += pydicom_files(PYDICOM_FILES + MORE_PYDICOM_FILES) + charset_files()
     return [p for p in files if _part10_instance(p)]
+
+
+def _space_padded_uid(source: Path, target: Path) -> Path:
+    """``source`` with an odd-length SOP Instance UID padded with a space, not the NUL pydicom
+    writes: the data set way reads that UID (for the file meta) and writes it back NUL-padded."""
+    ds = dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.456"
+    ds.save_as(target, enforce_file_format=True)
+    data = target.read_bytes()
+    target.write_bytes(data.replace(b"1.2.3.456\0", b"1.2.3.456 "))
+    return target
 
 
 def _part10_instance(path: Path) -> bool:
