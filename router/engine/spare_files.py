@@ -38,7 +38,7 @@ class ReceivedFiles(Protocol):
     directory: str
     """The folder of the files :meth:`take` makes when no spare is ready."""
 
-    def take(self) -> tuple[str, FileIO]:
+    def take(self) -> tuple[str, FileIO | SpillingFile]:
         """A new empty file, open for writing: its path and the file."""
 
     def refill(self) -> None:
@@ -63,6 +63,67 @@ class FolderFiles:
 
     def take(self) -> tuple[str, FileIO]:
         return create_empty(self.directory)
+
+    def refill(self) -> None:
+        pass
+
+
+class SpillingFile:
+    """A received data set kept in memory up to ``limit`` bytes; past that, written on to a new
+    file at ``path`` (made then), so a large one never sits in memory. :attr:`data` is what
+    was kept while it did not spill. ``fileno()`` spills it (a file descriptor means a file)."""
+
+    def __init__(self, path: str, limit: int):
+        self.path = path
+        self.limit = limit
+        self.buffer = bytearray()
+        self.file: FileIO | None = None
+
+    @property
+    def spilled(self) -> bool:
+        return self.file is not None
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self.buffer)
+
+    def write(self, data) -> int:
+        if self.file is None and len(self.buffer) + len(data) <= self.limit:
+            self.buffer += data
+            return len(data)
+        return self._spill().write(data) or 0
+
+    def fileno(self) -> int:
+        return self._spill().fileno()
+
+    def close(self) -> None:
+        """Close the file it spilled to (which stays); what was in memory goes."""
+        self.buffer = bytearray()
+        if self.file is not None:
+            self.file.close()
+
+    def _spill(self) -> FileIO:
+        if self.file is None:
+            self.file = open(self.path, "xb", buffering=0, opener=_private)
+            view = memoryview(self.buffer)
+            while view:
+                view = view[self.file.write(view) or 0 :]
+            self.buffer = bytearray()
+        return self.file
+
+
+class MemoryFirstFiles:
+    """Received data sets kept in memory up to ``limit`` bytes each (:class:`SpillingFile`),
+    larger ones in new files in ``directory``: for instances passed on at once and never
+    spooled (a WADO-RS answer fetched by C-GET)."""
+
+    def __init__(self, directory: str | os.PathLike, limit: int):
+        self.directory = os.fspath(directory)
+        self.limit = limit
+
+    def take(self) -> tuple[str, FileIO | SpillingFile]:
+        path = os.path.join(self.directory, uuid.uuid4().hex + ".dcm")
+        return path, SpillingFile(path, self.limit)
 
     def refill(self) -> None:
         pass

@@ -16,7 +16,9 @@ counts as failed, with the reason logged.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -68,6 +70,7 @@ class Relay:
                 log.info(f"{what} cancelled by the client; cancelled upstream", **self.ctx)
                 yield CANCEL, None
                 return
+            assert isinstance(path, Path)  # a DIMSE retrieval is never made in memory
             self.sent.add(fetched.sop_instance_uid)
             yield PENDING, self.file_dataset(fetched, path)
         yield from self._final_status(what)
@@ -107,11 +110,19 @@ class Relay:
         log.warning("retrieved instance not sent: not writable in a syntax the destination accepted", reason=why, **ctx)
         return None
 
-    def instances(self) -> Iterator[tuple[Fetched, Path]]:
-        """(fetched, file to send) for each instance the stages let through; cleans up after each."""
+    def instances(self) -> Iterator[tuple[Fetched, Path | bytes]]:
+        """(fetched, file to send) for each instance the stages let through; cleans up after each.
+        An instance fetched into memory comes as its bytes when the pipeline has no stage to
+        run on it, else it is written to a file first."""
         try:
             for fetched in self.retrieval.fetch():
                 self._clean()
+                if fetched.data is not None:
+                    if not self.pipeline.stages:
+                        yield fetched, fetched.data
+                        continue
+                    fetched = self._written(fetched)
+                assert fetched.path is not None
                 self._files.append(fetched.path)
                 path = self._through_pipeline(fetched)
                 if path is None:
@@ -137,7 +148,15 @@ class Relay:
         """Planned instances that were not sent: never arrived, or refused by a stage."""
         return [p.sop_instance_uid for p in self.retrieval.planned if p.sop_instance_uid not in self.sent]
 
+    def _written(self, fetched: Fetched) -> Fetched:
+        """``fetched``, its bytes written to a file in the spool's ``incoming/`` folder."""
+        path = self.spool.incoming / f"retrieved-{uuid.uuid4().hex}.dcm"
+        self._files.append(path)
+        path.write_bytes(fetched.data or b"")
+        return replace(fetched, path=path, data=None)
+
     def _through_pipeline(self, fetched: Fetched) -> Path | None:
+        assert fetched.path is not None
         envelope = RequestEnvelope(
             association=self.association,
             command=Command("store", fetched.sop_class_uid, 1, affected_sop_instance_uid=fetched.sop_instance_uid),

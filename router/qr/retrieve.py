@@ -8,8 +8,11 @@ IMAGE level, so strict hierarchical upstreams answer too), then fetches it:
   C-STOREs on a router endpoint, where :class:`Collector` hands them to the retrieval that
   expects them instead of to the store pipelines.
 
-Either way every instance streams into a file in the spool's ``incoming/`` folder, never
-into memory, and :meth:`Retrieval.fetch` yields those files as they arrive.
+Either way every instance streams into a file in the spool's ``incoming/`` folder, and
+:meth:`Retrieval.fetch` yields those files as they arrive. A retrieval made ``in_memory``
+(for a WADO-RS answer, which passes each instance on at once) keeps a C-GET's instances of
+up to :data:`IN_MEMORY_LIMIT` bytes in memory instead (:class:`Fetched.data`); larger ones
+still go to a file as they arrive.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pydicom import Dataset
 from pynetdicom import build_context
 from pynetdicom.association import Association
 
-from router.engine.spare_files import FolderFiles
+from router.engine.spare_files import FolderFiles, MemoryFirstFiles, SpillingFile
 from router.qr.models import (
     FIND_FOR_RETRIEVE,
     GET_FOR_FIND,
@@ -45,6 +48,8 @@ log = structlog.get_logger("router.qr.retrieve")
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 POLL_SECONDS = 0.05
+IN_MEMORY_LIMIT = 1024 * 1024
+IN_MEMORY_WAITING = 8  # instances arrived and not yet taken, for an in-memory retrieval
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,13 @@ class Planned:
 
 @dataclass(frozen=True)
 class Fetched:
-    path: Path
+    """An instance that arrived: in the file ``path``, or (an in-memory retrieval) in ``data``."""
+
+    path: Path | None
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
+    data: bytes | None = None
 
 
 class _End:
@@ -108,6 +116,7 @@ class Retrieval:
         collector: Collector,
         move_ae_title: str,
         log_context: dict | None = None,
+        in_memory: bool = False,
     ):
         self.upstream = upstream
         self.find_model = FIND_FOR_RETRIEVE[retrieve_model]
@@ -119,7 +128,8 @@ class Retrieval:
         self.move_ae_title = move_ae_title
         self.ctx = log_context or {}
         self.planned: list[Planned] = []
-        self._arrivals: queue.Queue = queue.Queue(maxsize=16)
+        self.in_memory = in_memory
+        self._arrivals: queue.Queue = queue.Queue(maxsize=IN_MEMORY_WAITING if in_memory else 16)
         self._stop = threading.Event()
         self._assoc: Association | None = None
         self._thread: threading.Thread | None = None
@@ -244,9 +254,8 @@ class Retrieval:
     def _get(self) -> None:
         sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
         assert isinstance(self.upstream, Upstream)
-        assoc = self.upstream.retrieve_association(
-            self.upstream_model, sop_classes, self._on_get_store, FolderFiles(self.incoming)
-        )
+        files = MemoryFirstFiles(self.incoming, IN_MEMORY_LIMIT) if self.in_memory else FolderFiles(self.incoming)
+        assoc = self.upstream.retrieve_association(self.upstream_model, sop_classes, self._on_get_store, files)
         self._assoc = assoc
         self._final(assoc.send_c_get(self.identifier, self.upstream_model, msg_id=1), "C-GET")
 
@@ -276,10 +285,15 @@ class Retrieval:
 
     def _on_get_store(self, event) -> int:
         rq = event.request
-        path = self._adopt(Path(event.dataset_path))
-        self.accept(
-            str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax), path
-        )
+        uids = str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax)
+        received = rq._dataset_file
+        if isinstance(received, SpillingFile) and not received.spilled:
+            rq._dataset_file = None
+            if not self._stop.is_set():
+                self._put(Fetched(None, *uids, data=received.data))
+            received.close()
+            return 0x0000
+        self.accept(*uids, self._adopt(Path(event.dataset_path)))
         return 0x0000
 
     def _adopt(self, received: Path) -> Path:
@@ -303,5 +317,6 @@ class Retrieval:
                 return
             except queue.Full:
                 if self._stop.is_set() and isinstance(item, Fetched):
-                    item.path.unlink(missing_ok=True)
+                    if item.path is not None:
+                        item.path.unlink(missing_ok=True)
                     return

@@ -169,13 +169,15 @@ class QueryRetrieveService:
         yield from get_responses(relay, is_cancelled, ctx)
 
     def retrieve_files(
-        self, info: AssociationInfo, identifier: Dataset, endpoint_ae: str, is_cancelled
-    ) -> Iterator[tuple[Fetched, Path]]:
+        self, info: AssociationInfo, identifier: Dataset, endpoint_ae: str, is_cancelled, in_memory: bool = False
+    ) -> Iterator[tuple[Fetched, Path | bytes]]:
         """For WADO-RS: (fetched, file) per instance the request covers, through the pipeline's
-        stages, as they arrive; each file is removed when the next is asked for. Nothing when
-        no upstream has a match; raises :class:`RetrievalRefused` or :class:`UpstreamError`."""
+        stages, as they arrive; each file is removed when the next is asked for. ``in_memory``:
+        an instance fetched by C-GET comes as its bytes instead when it is small and no stage
+        runs on it (:class:`~router.qr.retrieve.Retrieval`). Nothing when no upstream has a
+        match; raises :class:`RetrievalRefused` or :class:`UpstreamError`."""
         envelope = _envelope(info, "get", STUDY_GET, 1, identifier)
-        relay = self._relay(envelope, endpoint_ae, envelope.log_context())
+        relay = self._relay(envelope, endpoint_ae, envelope.log_context(), in_memory)
         if relay is None:
             return
         for fetched, path in relay.instances():
@@ -204,7 +206,7 @@ class QueryRetrieveService:
             return host, int(port), {}
         return None
 
-    def _relay(self, envelope: RequestEnvelope, endpoint_ae: str, ctx: dict) -> Relay | None:
+    def _relay(self, envelope: RequestEnvelope, endpoint_ae: str, ctx: dict, in_memory: bool = False) -> Relay | None:
         """Plan the retrieval on the first capable upstream that has matches; raises when none answers."""
         choices, refusal = self._choose(envelope, "retrieve")
         if refusal is not None:  # pynetdicom's retrieve SCPs answer a handler error with a Cxxx failure
@@ -222,6 +224,7 @@ class QueryRetrieveService:
                     self.collector,
                     getattr(upstream.backend.config, "retrieve_ae_title", None) or endpoint_ae,
                     ctx,
+                    in_memory,
                 )
                 try:
                     planned = retrieval.plan()

@@ -17,7 +17,7 @@ from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
 from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
 from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
-from tests.support.peers import StorageSCP, free_port
+from tests.support.peers import StorageSCP, free_port, wait_for
 from tests.support.qrclients import getscu, movescu
 
 QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
@@ -72,7 +72,14 @@ def uid_of(path, keyword="StudyInstanceUID") -> str:
     return str(getattr(dcmread(path, stop_before_pixels=True), keyword))
 
 
-def test_a_study_arrives_as_parts_byte_identical_to_orthanc_s_own_wado(router, archive, tmp_path):
+@pytest.mark.parametrize("memory_limit", [None, 20_000], ids=["in-memory", "spilled"])
+def test_a_study_arrives_as_parts_byte_identical_to_orthanc_s_own_wado(
+    router, archive, tmp_path, monkeypatch, memory_limit
+):
+    """Instances of up to a mebibyte go from the C-GET to the answer in memory; with a lower
+    limit every one spills to a file midway, and the answer is the same, with no file left."""
+    if memory_limit is not None:
+        monkeypatch.setattr("router.qr.retrieve.IN_MEMORY_LIMIT", memory_limit)
     web, _ = router
     orthanc, files = archive
     study = uid_of(files[0])
@@ -94,6 +101,7 @@ def test_a_study_arrives_as_parts_byte_identical_to_orthanc_s_own_wado(router, a
         (tmp_path / f"theirs{index}.dcm").write_bytes(content)
     ours_digests = digests_by_uid(sorted(tmp_path.glob("ours*.dcm")))
     assert ours_digests == digests_by_uid(sorted(tmp_path.glob("theirs*.dcm"))) == digests_by_uid(files)
+    wait_for(lambda: not list((tmp_path / "data").rglob("retrieved-*")), 10, message="the fetched files to be removed")
 
 
 def test_series_instance_and_metadata(router, archive):

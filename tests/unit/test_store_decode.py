@@ -19,7 +19,7 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_decode
-from router.engine.spare_files import SpareFiles, create_empty
+from router.engine.spare_files import MemoryFirstFiles, SpareFiles, SpillingFile, create_empty
 from tests.support.peers import wait_for
 from tests.support.primitives import EVEN_UID, LONG_UID, ODD_UID
 from tests.support.primitives import store_response as store_rsp
@@ -317,3 +317,46 @@ def test_writeback_is_started_once_a_mebibyte_not_once_a_fragment(monkeypatch, t
     ((_, request),) = messages
     assert request._received_size > size
     assert 0 < len(started) <= size // store_decode.WRITEBACK_STEP  # not one per 16 KB fragment (about 190)
+
+
+@pytest.mark.parametrize("size", [3000, 100_000])
+def test_a_data_set_under_the_limit_is_kept_in_memory_and_a_larger_one_spills_to_its_file(
+    stock_file_meta, tmp_path, size
+):
+    def pdatas():
+        return pdata_of(C_STORE_RQ(), store_rq(size=size), 16384)
+
+    (stock,), _, _ = feed(store_decode._stock_receive_primitive, pdatas())
+    folder = tmp_path / "retrieved"
+    folder.mkdir()
+    (fast,), _, _ = feed(store_decode._receive_primitive, pdatas(), files=MemoryFirstFiles(folder, 50_000))
+    received = fast[1]._dataset_file
+    assert isinstance(received, SpillingFile)
+    if size < 50_000:
+        assert not received.spilled and received.data == received_bytes(stock)
+        assert not list(folder.iterdir())
+    else:
+        assert received.spilled and received.data == b""
+        received.close()
+        assert Path(fast[1]._dataset_path).read_bytes() == received_bytes(stock)
+    assert fast[1]._received_size == len(received_bytes(stock))
+
+
+def test_a_spilled_data_set_that_fails_midway_leaves_no_file(monkeypatch, stock_file_meta, tmp_path):
+    writes = []
+
+    def failing_write(self, data):
+        writes.append(len(data))
+        if len(writes) > 3:
+            raise OSError(28, "No space left on device")
+        return original(self, data)
+
+    original = SpillingFile.write
+    monkeypatch.setattr(SpillingFile, "write", failing_write)
+    (message,), _, _ = feed(
+        store_decode._receive_primitive,
+        pdata_of(C_STORE_RQ(), store_rq(size=100_000), 16384),
+        files=MemoryFirstFiles(tmp_path, 20_000),
+    )
+    assert "No space left" in message[1]._receive_error
+    assert not list(tmp_path.glob("*.dcm"))

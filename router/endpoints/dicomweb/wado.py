@@ -5,8 +5,10 @@ The request becomes a retrieval like a C-GET's (:meth:`router.qr.service.QueryRe
 the upstream lists the instances with C-FIND and sends them by C-GET or C-MOVE, each goes
 through the pipeline's stages (an ``anonymize`` stage de-identifies what a research viewer
 gets), and each is written to the client as it arrives, one part of a
-``multipart/related; type="application/dicom"`` answer, read from its file in chunks (aiohttp's
-multipart writer, one part at a time). ``/metadata`` answers the same instances' headers as a
+``multipart/related; type="application/dicom"`` answer (aiohttp's multipart writer, one part
+at a time). An instance of up to a mebibyte fetched by C-GET for an answer as stored, with no
+stage to run on it, goes from the C-GET to the answer in memory; any other is read from its
+file, a large one in chunks. ``/metadata`` answers the same instances' headers as a
 DICOM JSON array, bulk data (pixel data, long binary values) left out. The instances are sent
 as they are stored, unless the Accept header names a ``transfer-syntax``
 (:mod:`.accept`): then each is transcoded frame by frame (:mod:`router.transcode.files`)
@@ -73,8 +75,11 @@ async def retrieve(
         setattr(identifier, keyword, value)
 
     def produce(cancelled):
-        for fetched, path in qr.retrieve_files(origin, identifier, endpoint_ae, cancelled):
-            if metadata:
+        in_memory = not metadata and syntax == AS_STORED
+        for fetched, path in qr.retrieve_files(origin, identifier, endpoint_ae, cancelled, in_memory):
+            if isinstance(path, bytes):
+                yield fetched.sop_instance_uid, (path, fetched.transfer_syntax)
+            elif metadata:
                 yield fetched.sop_instance_uid, _metadata_json(path)
             elif syntax in (AS_STORED, fetched.transfer_syntax):
                 yield fetched.sop_instance_uid, (_readable(path), fetched.transfer_syntax)
