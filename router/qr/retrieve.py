@@ -128,6 +128,8 @@ class Retrieval:
         self.move_ae_title = move_ae_title
         self.ctx = log_context or {}
         self.planned: list[Planned] = []
+        self.sop_classes: list[str] = []
+        self.expected = 0
         self.in_memory = in_memory
         self._arrivals: queue.Queue = queue.Queue(maxsize=IN_MEMORY_WAITING if in_memory else 16)
         self._stop = threading.Event()
@@ -136,17 +138,52 @@ class Retrieval:
 
     # -- planning -------------------------------------------------------------
 
-    def plan(self) -> list[Planned]:
-        """Every instance the request covers, from the upstream's own C-FIND answers."""
+    def plan(self, count_only: bool = False) -> int:
+        """How many instances the request covers, each listed in :attr:`planned` from the
+        upstream's own C-FIND answers, with their :attr:`sop_classes`.
+
+        ``count_only`` (a retrieval whose instances need not be named one by one, for WADO-RS):
+        a study fetched by C-GET is counted instead, from one STUDY-level C-FIND answer with
+        its SOP Classes in Study and Number of Study Related Instances; an upstream that leaves
+        them empty has its instances listed as usual."""
         level = str(self.identifier.get("QueryRetrieveLevel", "")).upper()
         if level not in LEVELS:
             raise UpstreamError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
         keys = {k: self.identifier.get(k) for k in HIERARCHY if self.identifier.get(k)}
+        if count_only and level == "STUDY" and self.upstream.backend.config.retrieve == "get" and self._counted(keys):
+            return self.expected
         planned = self._relational(keys) if level != "IMAGE" else None
         if not planned:
             planned = {p.sop_instance_uid: p for p in self._descend(level, keys)}
         self.planned = list(planned.values())
-        return self.planned
+        self.sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
+        self.expected = len(self.planned)
+        return self.expected
+
+    def _counted(self, keys: dict) -> bool:
+        """Whether one STUDY-level C-FIND gave the study's SOP classes and instance count (or
+        found no such study); False when the upstream refused it or left either empty."""
+        wanted = ("SOPClassesInStudy", "NumberOfStudyRelatedInstances")
+        try:
+            answers = self._find("STUDY", keys, wanted)
+        except UpstreamError as exc:
+            log.info("the upstream did not count the study; listing its instances", reason=str(exc), **self.ctx)
+            return False
+        if not answers:
+            return True
+        classes: set[str] = set()
+        count = 0
+        for answer in answers:
+            value = answer.get("SOPClassesInStudy") or []
+            classes.update(str(uid) for uid in ([value] if isinstance(value, str) else value))
+            try:
+                count += int(answer.get("NumberOfStudyRelatedInstances") or 0)
+            except (TypeError, ValueError):
+                return False
+        if not classes or not count:
+            return False
+        self.sop_classes, self.expected = sorted(classes), count
+        return True
 
     def _relational(self, keys: dict) -> dict[str, Planned] | None:
         """Every instance under ``keys`` from one IMAGE-level C-FIND (a relational query, which
@@ -200,7 +237,7 @@ class Retrieval:
     def fetch(self) -> Iterator[Fetched]:
         """Start fetching and yield each instance's file as it arrives; raises UpstreamError at the end
         if the upstream failed before sending everything (what did arrive was yielded first)."""
-        if not self.planned:
+        if not self.expected:
             return
         how = self.upstream.backend.config.retrieve
         if how == "move":
@@ -252,8 +289,8 @@ class Retrieval:
         self._put(_End(error))
 
     def _get(self) -> None:
-        sop_classes = sorted({p.sop_class_uid for p in self.planned if p.sop_class_uid})
         assert isinstance(self.upstream, Upstream)
+        sop_classes = self.sop_classes
         files = MemoryFirstFiles(self.incoming, IN_MEMORY_LIMIT) if self.in_memory else FolderFiles(self.incoming)
         assoc = self.upstream.retrieve_association(self.upstream_model, sop_classes, self._on_get_store, files)
         self._assoc = assoc

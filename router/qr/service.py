@@ -177,7 +177,7 @@ class QueryRetrieveService:
         runs on it (:class:`~router.qr.retrieve.Retrieval`). Nothing when no upstream has a
         match; raises :class:`RetrievalRefused` or :class:`UpstreamError`."""
         envelope = _envelope(info, "get", STUDY_GET, 1, identifier)
-        relay = self._relay(envelope, endpoint_ae, envelope.log_context(), in_memory)
+        relay = self._relay(envelope, endpoint_ae, envelope.log_context(), in_memory=in_memory, count_only=True)
         if relay is None:
             return
         for fetched, path in relay.instances():
@@ -186,11 +186,9 @@ class QueryRetrieveService:
                 return
             relay.sent.add(fetched.sop_instance_uid)
             yield fetched, path
-        missing = relay.missing()
+        missing = max(relay.retrieval.expected - len(relay.sent), len(relay.missing()))
         if missing:
-            log.warning(
-                "WADO-RS retrieval incomplete", sent=len(relay.sent), failed=len(missing), **envelope.log_context()
-            )
+            log.warning("WADO-RS retrieval incomplete", sent=len(relay.sent), failed=missing, **envelope.log_context())
 
     def resolve_destination(self, endpoint: str, ae_title: str) -> tuple[str, int, dict] | None:
         """A C-MOVE destination (host, port, association options): a ``dimse`` backend with that AE title
@@ -206,8 +204,17 @@ class QueryRetrieveService:
             return host, int(port), {}
         return None
 
-    def _relay(self, envelope: RequestEnvelope, endpoint_ae: str, ctx: dict, in_memory: bool = False) -> Relay | None:
-        """Plan the retrieval on the first capable upstream that has matches; raises when none answers."""
+    def _relay(
+        self,
+        envelope: RequestEnvelope,
+        endpoint_ae: str,
+        ctx: dict,
+        *,
+        in_memory: bool = False,
+        count_only: bool = False,
+    ) -> Relay | None:
+        """Plan the retrieval on the first capable upstream that has matches; raises when none answers.
+        ``in_memory`` and ``count_only``: see :class:`~router.qr.retrieve.Retrieval` and its ``plan``."""
         choices, refusal = self._choose(envelope, "retrieve")
         if refusal is not None:  # pynetdicom's retrieve SCPs answer a handler error with a Cxxx failure
             raise RetrievalRefused(str(refusal[0].ErrorComment))
@@ -227,13 +234,13 @@ class QueryRetrieveService:
                     in_memory,
                 )
                 try:
-                    planned = retrieval.plan()
+                    planned = retrieval.plan(count_only)
                 except UpstreamError as exc:
                     errors.append(str(exc))
                     log.warning("an upstream could not list the instances to retrieve", error=str(exc), **ctx)
                     continue
                 if planned:
-                    log.info("retrieval planned", upstream=upstream.name, instances=len(planned), **ctx)
+                    log.info("retrieval planned", upstream=upstream.name, instances=planned, **ctx)
                     return Relay(retrieval, choice.pipeline, self.spool, envelope.association, ctx)
         if errors and len(errors) == sum(len(c.upstreams) for c in choices):
             raise UpstreamError("; ".join(errors))

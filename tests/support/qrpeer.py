@@ -2,7 +2,9 @@
 
 It answers hierarchical C-FINDs from the files' headers and C-GETs by sending the matching
 files (streamed, never loaded whole), sleeping ``delay`` seconds before each, and records
-whether a C-CANCEL reached it.
+the level of each C-FIND and whether a C-CANCEL reached it. With ``study_counts`` a
+STUDY-level answer fills SOP Classes in Study and Number of Study Related Instances when
+they are asked for.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ ORDER = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 class ScriptedPACS:
-    def __init__(self, files: list[Path], ae_title: str = "SCRIPTED", delay: float = 0.0):
+    def __init__(self, files: list[Path], ae_title: str = "SCRIPTED", delay: float = 0.0, study_counts: bool = False):
         self.ae_title = ae_title
         self.delay = delay
+        self.study_counts = study_counts
+        self.find_levels: list[str] = []
         self.port = free_port()
         self.cancelled = threading.Event()
         self.sent = 0
@@ -74,8 +78,10 @@ class ScriptedPACS:
     def _on_find(self, event):
         identifier = event.identifier
         level = str(identifier.QueryRetrieveLevel)
+        self.find_levels.append(level)
         seen = set()
-        for row in self._matching(identifier):
+        matching = self._matching(identifier)
+        for row in matching:
             key = row[LEVEL_KEYS[level]]
             if key in seen:
                 continue
@@ -85,6 +91,12 @@ class ScriptedPACS:
             for keyword in list(ORDER) + ["SOPClassUID"]:
                 if keyword in identifier:
                     setattr(answer, keyword, row[keyword])
+            if level == "STUDY":
+                in_study = [r for r in matching if r["StudyInstanceUID"] == key]
+                if "SOPClassesInStudy" in identifier:
+                    answer.SOPClassesInStudy = sorted({r["SOPClassUID"] for r in in_study}) if self.study_counts else ""
+                if "NumberOfStudyRelatedInstances" in identifier:
+                    answer.NumberOfStudyRelatedInstances = len(in_study) if self.study_counts else ""
             yield 0xFF00, answer
         yield 0x0000, None
 

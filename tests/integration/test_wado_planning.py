@@ -1,0 +1,77 @@
+"""How a WADO-RS request fetched by C-GET is planned: a study the upstream counts (SOP Classes
+in Study, Number of Study Related Instances) costs one STUDY-level C-FIND; one it does not
+count, a series or an instance has its instances listed as a C-GET proxy lists them."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom import dcmread
+
+from tests.conftest import dimse_backend_toml, router_section
+from tests.support.dicomfiles import digests_by_uid
+from tests.support.dicomgen import write_series
+from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
+from tests.support.peers import free_port
+from tests.support.qrpeer import ScriptedPACS
+
+QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    return write_series(tmp_path_factory.mktemp("ct"), 3, patient="PLAN1")
+
+
+def gateway(tmp_path, write_config, start_router, pacs: ScriptedPACS) -> int:
+    web = free_port()
+    text = (
+        router_section(tmp_path / "data")
+        + dicomweb_endpoint_toml("web", web)
+        + dimse_backend_toml(pacs.port, pacs.ae_title, "pacs", QUERY_AND_GET)
+        + '\n[pipelines.web]\nendpoints = ["web"]\nbackends = ["pacs"]\n'
+    )
+    start_router(write_config(text))
+    return web
+
+
+def instances_of(body: bytes, content_type: str) -> dict:
+    parts = multipart_parts(body, content_type)
+    return {str(dcmread(io.BytesIO(content)).SOPInstanceUID): content for _, content in parts}
+
+
+@pytest.mark.parametrize("study_counts", [True, False], ids=["counted", "listed"])
+def test_a_study_is_counted_when_the_upstream_can_and_listed_otherwise(
+    tmp_path, write_config, start_router, series, study_counts
+):
+    with ScriptedPACS(series, study_counts=study_counts) as pacs:
+        web = gateway(tmp_path, write_config, start_router, pacs)
+        study = str(dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
+        status, headers, body = get(web, f"/dicom-web/studies/{study}")
+        assert status == 200
+        received = instances_of(body, headers["Content-Type"])
+        assert pacs.find_levels == (["STUDY"] if study_counts else ["STUDY", "IMAGE"])
+        assert pacs.sent == len(series)
+    for uid, content in received.items():
+        (tmp_path / f"{uid}.dcm").write_bytes(content)
+    assert digests_by_uid(sorted(tmp_path.glob("*.dcm"))) == digests_by_uid(series)
+
+
+def test_an_unknown_study_is_404_after_one_study_query(tmp_path, write_config, start_router, series):
+    with ScriptedPACS(series, study_counts=True) as pacs:
+        web = gateway(tmp_path, write_config, start_router, pacs)
+        status, _, _ = get(web, "/dicom-web/studies/1.2.3.4.5.6.7.8.9")
+        assert status == 404
+        assert pacs.find_levels == ["STUDY"] and pacs.sent == 0
+
+
+def test_a_series_is_listed_even_when_the_upstream_counts_studies(tmp_path, write_config, start_router, series):
+    with ScriptedPACS(series, study_counts=True) as pacs:
+        web = gateway(tmp_path, write_config, start_router, pacs)
+        header = dcmread(series[0], stop_before_pixels=True)
+        status, headers, body = get(
+            web, f"/dicom-web/studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}"
+        )
+        assert status == 200 and len(instances_of(body, headers["Content-Type"])) == len(series)
+        assert pacs.find_levels == ["IMAGE"]
