@@ -7,6 +7,11 @@ code for the uncompressed syntaxes. Encoding uses pydicom's encoders (RLE, JPEG-
 JPEG 2000 through the same plugins) and Pillow for JPEG Baseline, which pydicom cannot
 encode. Colour frames are decoded to RGB (a JPEG's YCbCr converted, as DCMTK's
 ``dcmdjpeg`` does by default) and kept interleaved (Planar Configuration 0).
+
+Whatever a codec raises on damaged data becomes :class:`CannotTranscode` with its reason,
+including a ``BaseException``: pylibjpeg-rle is Rust, and its panic on a frame that decodes to
+more than the header says reaches Python as pyo3's ``PanicException``, which derives from
+``BaseException`` and would otherwise end the worker thread that transcodes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from router.transcode.syntaxes import NATIVE, CannotTranscode, describe
 JPEG_QUALITY = 90  # Pillow's scale; about 10:1 on CT
 J2K_LOSSY_RATIO = 10.0
 JPEG_LS_NEAR_ERROR = 2
+NOT_CODEC_ERRORS = (GeneratorExit, KeyboardInterrupt, SystemExit)  # the BaseExceptions passed on
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,9 @@ def decoded_frames(f, source_syntax: str, fmt: PixelFormat) -> Iterator[tuple[np
                 bits_allocated=int(properties.get("bits_allocated", fmt.bits_allocated)),
             )
             yield array, decoded
-    except CannotTranscode:
+    except (CannotTranscode, *NOT_CODEC_ERRORS):
         raise
-    except Exception as exc:  # a codec's error on damaged data: its reason, whatever its type
+    except BaseException as exc:  # a codec's error on damaged data: its reason, whatever its type
         raise CannotTranscode(f"cannot decode {describe(source_syntax)}: {exc}") from None
 
 
@@ -129,7 +135,9 @@ def encode_frame(array: np.ndarray, decoded: PixelFormat, target: str) -> bytes:
         options["jls_error"] = JPEG_LS_NEAR_ERROR
     try:
         return bytes(encoder.encode(array, **options))
-    except Exception as exc:
+    except NOT_CODEC_ERRORS:
+        raise
+    except BaseException as exc:  # as for decoding
         raise CannotTranscode(f"cannot encode {describe(uid)}: {_first_line(exc)}") from None
 
 
@@ -148,6 +156,6 @@ def _jpeg_baseline(array: np.ndarray, decoded: PixelFormat) -> bytes:
     return out.getvalue()
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__

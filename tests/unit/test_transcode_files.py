@@ -148,6 +148,24 @@ def test_a_corrupt_frame_is_refused_with_the_codecs_reason(tmp_path):
     assert not (tmp_path / "out.dcm").exists()
 
 
+def test_an_rle_frame_larger_than_its_header_says_is_refused_not_a_codec_panic(tmp_path):
+    """pylibjpeg-rle (Rust) panics on a frame that decodes to more than Rows x Columns: pyo3's
+    PanicException is a BaseException, which would end a delivery worker's thread."""
+    source = tmp_path / "in.dcm"
+    write_image(source, rows=16, columns=16, bits_stored=16)
+    ds = dcmread(source)
+    ds.PixelData = bytes(len(ds.PixelData))  # one replicate run per segment, which the panic needs
+    ds.save_as(source)
+    compressed = tmp_path / "rle.dcm"
+    transcode_file(source, compressed, RLELossless)
+    ds = dcmread(compressed)
+    ds.Rows = 8
+    ds.save_as(compressed)
+    with pytest.raises(CannotTranscode, match="cannot decode RLELossless: .*index out of bounds"):
+        transcode_file(compressed, tmp_path / "out.dcm", ExplicitVRLittleEndian)
+    assert not (tmp_path / "out.dcm").exists()
+
+
 def test_what_cannot_be_encoded_is_refused_not_crashed(tmp_path):
     source = tmp_path / "in.dcm"
     write_image(source, rows=16, columns=16, bits_stored=16)
