@@ -71,7 +71,7 @@ def transcode_file(
     fmt = PixelFormat.of(header)
     with open(source, "rb") as f:
         f.seek(_value_start(f, layout.pixel_start, source_syntax))
-        frames = decoded_frames(f, source_syntax, fmt)
+        frames = decoded_frames(f, source_syntax, fmt, native=UID(syntax) in NATIVE)
         first = next(frames, None)
         if first is None:
             raise CannotTranscode("the pixel data holds no frame")
@@ -128,7 +128,7 @@ class _PixelWriter:
 
     def __init__(
         self,
-        frames: Iterator[tuple[np.ndarray, PixelFormat]],
+        frames: Iterator[tuple[np.ndarray | bytearray, PixelFormat]],
         decoded: PixelFormat,
         fmt: PixelFormat,
         syntax: str,
@@ -153,7 +153,7 @@ class _PixelWriter:
             out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, padded))
         written = 0
         for array, _ in self.frames:
-            data = self.encode(array, self.decoded, self.syntax)
+            data = array if isinstance(array, bytearray) else self.encode(array, self.decoded, self.syntax)
             if len(data) != self.decoded.frame_bytes:
                 raise CannotTranscode(f"a decoded frame is {len(data)} bytes, {self.decoded.frame_bytes} expected")
             out.write(data)
@@ -170,6 +170,7 @@ class _PixelWriter:
         out.write(ITEM + struct.pack("<I", 0))
         raw = encoded = count = 0
         for array, _ in self.frames:
+            assert not isinstance(array, bytearray)  # frames as bytes only for a native syntax
             data = self.encode(array, self.decoded, self.syntax)
             if len(data) % 2:
                 data += b"\0"

@@ -166,6 +166,38 @@ def test_an_rle_frame_larger_than_its_header_says_is_refused_not_a_codec_panic(t
     assert not (tmp_path / "out.dcm").exists()
 
 
+@pytest.mark.parametrize(
+    "bits_stored,signed,frames", [(12, False, 1), (12, True, 2), (16, True, 1), (7, False, 1), (7, True, 3)]
+)
+def test_rle_frames_decoded_without_pydicom_s_decoder_give_the_same_bytes(
+    tmp_path, monkeypatch, bits_stored, signed, frames
+):
+    """RLE Lossless monochrome frames go from the codec to a native file as bytes; bits above
+    Bits Stored (junk here, as another encoder may leave them) are set as pydicom's decoder sets them."""
+    import os
+
+    from pydicom.encaps import encapsulate
+    from rle.rle import encode_frame
+
+    from router.transcode import frames as frame_module
+
+    source = tmp_path / "in.dcm"
+    write_image(source, rows=9, columns=11, bits_stored=bits_stored, signed=signed, frames=frames)
+    ds = dcmread(source)
+    size = ds.BitsAllocated // 8 * 9 * 11
+    ds.PixelData = encapsulate(
+        [encode_frame(os.urandom(size), 9, 11, 1, ds.BitsAllocated, "<") for _ in range(frames)]
+    )
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.save_as(source, enforce_file_format=True)
+    transcode_file(source, tmp_path / "fast.dcm", ExplicitVRLittleEndian)
+    direct = frame_module.decoded_frames
+    monkeypatch.setattr(frame_module, "decoded_frames", lambda f, syntax, fmt, native: direct(f, syntax, fmt))
+    transcode_file(source, tmp_path / "pydicom.dcm", ExplicitVRLittleEndian)
+    assert (tmp_path / "fast.dcm").read_bytes() == (tmp_path / "pydicom.dcm").read_bytes()
+
+
 def test_what_cannot_be_encoded_is_refused_not_crashed(tmp_path):
     source = tmp_path / "in.dcm"
     write_image(source, rows=16, columns=16, bits_stored=16)
