@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.pixels import get_decoder, get_encoder
 from pydicom.encaps import generate_frames
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import JPEG2000, UID, JPEGBaseline8Bit, JPEGLSNearLossless, RLELossless
 
 from router.transcode.syntaxes import NATIVE, CannotTranscode, describe

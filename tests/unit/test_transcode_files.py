@@ -185,9 +185,7 @@ def test_rle_frames_decoded_without_pydicom_s_decoder_give_the_same_bytes(
     write_image(source, rows=9, columns=11, bits_stored=bits_stored, signed=signed, frames=frames)
     ds = dcmread(source)
     size = ds.BitsAllocated // 8 * 9 * 11
-    ds.PixelData = encapsulate(
-        [encode_frame(os.urandom(size), 9, 11, 1, ds.BitsAllocated, "<") for _ in range(frames)]
-    )
+    ds.PixelData = encapsulate([encode_frame(os.urandom(size), 9, 11, 1, ds.BitsAllocated, "<") for _ in range(frames)])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = RLELossless
     ds.save_as(source, enforce_file_format=True)
