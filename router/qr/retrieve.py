@@ -12,7 +12,9 @@ Either way every instance streams into a file in the spool's ``incoming/`` folde
 :meth:`Retrieval.fetch` yields those files as they arrive. A retrieval made ``in_memory``
 (for a WADO-RS answer, which passes each instance on at once) keeps a C-GET's instances of
 up to :data:`IN_MEMORY_LIMIT` bytes in memory instead (:class:`Fetched.data`); larger ones
-still go to a file as they arrive.
+still go to a file as they arrive. At most :data:`IN_MEMORY_RETRIEVALS` retrievals of a
+process do so at once (the others use files), each with at most :data:`IN_MEMORY_WAITING`
+instances arrived and not yet taken, so what they hold stays bounded however many run.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ log = structlog.get_logger("router.qr.retrieve")
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 POLL_SECONDS = 0.05
 IN_MEMORY_LIMIT = 1024 * 1024
-IN_MEMORY_WAITING = 8  # instances arrived and not yet taken, for an in-memory retrieval
+IN_MEMORY_WAITING = 4
+IN_MEMORY_RETRIEVALS = 4
+memory_slots = threading.BoundedSemaphore(IN_MEMORY_RETRIEVALS)
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Retrieval:
         self.sop_classes: list[str] = []
         self.expected = 0
         self.in_memory = in_memory
-        self._arrivals: queue.Queue = queue.Queue(maxsize=IN_MEMORY_WAITING if in_memory else 16)
+        self._arrivals: queue.Queue = queue.Queue(maxsize=16)
         self._stop = threading.Event()
         self._assoc: Association | None = None
         self._thread: threading.Thread | None = None
@@ -242,6 +246,9 @@ class Retrieval:
         how = self.upstream.backend.config.retrieve
         if how == "move":
             self.collector.expect(self, [p.sop_instance_uid for p in self.planned])
+        holds_slot = self.in_memory = self.in_memory and how == "get" and memory_slots.acquire(blocking=False)
+        if holds_slot:
+            self._arrivals.maxsize = IN_MEMORY_WAITING
         target = {"get": self._get, "move": self._move, "wado": self._wado}[str(how)]
         self._thread = threading.Thread(target=self._run, args=(target,), daemon=True, name="retrieve")
         self._thread.start()
@@ -259,6 +266,8 @@ class Retrieval:
                     return
                 yield item
         finally:
+            if holds_slot:
+                memory_slots.release()
             if self._thread.is_alive():  # the requester went away or cancelled: stop the upstream too
                 self.cancel()
             self.collector.forget(self)

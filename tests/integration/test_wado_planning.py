@@ -1,6 +1,7 @@
-"""How a WADO-RS request fetched by C-GET is planned: a study the upstream counts (SOP Classes
-in Study, Number of Study Related Instances) costs one STUDY-level C-FIND; one it does not
-count, a series or an instance has its instances listed as a C-GET proxy lists them."""
+"""How a WADO-RS request fetched by C-GET is planned and held: a study the upstream counts
+(SOP Classes in Study, Number of Study Related Instances) costs one STUDY-level C-FIND; one it
+does not count, a series or an instance has its instances listed as a C-GET proxy lists them.
+Instances are held in memory by a few retrievals at a time, by files beyond that."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import pytest
 from pydicom import dcmread
 
+from router.qr.retrieve import IN_MEMORY_RETRIEVALS, memory_slots
 from tests.conftest import dimse_backend_toml, router_section
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
@@ -53,6 +55,10 @@ def test_a_study_is_counted_when_the_upstream_can_and_listed_otherwise(
         received = instances_of(body, headers["Content-Type"])
         assert pacs.find_levels == (["STUDY"] if study_counts else ["STUDY", "IMAGE"])
         assert pacs.sent == len(series)
+    free = [memory_slots.acquire(blocking=False) for _ in range(IN_MEMORY_RETRIEVALS)]
+    for _ in filter(None, free):
+        memory_slots.release()
+    assert all(free), "the retrieval kept its memory slot"
     for uid, content in received.items():
         (tmp_path / f"{uid}.dcm").write_bytes(content)
     assert digests_by_uid(sorted(tmp_path.glob("*.dcm"))) == digests_by_uid(series)
@@ -75,3 +81,25 @@ def test_a_series_is_listed_even_when_the_upstream_counts_studies(tmp_path, writ
         )
         assert status == 200 and len(instances_of(body, headers["Content-Type"])) == len(series)
         assert pacs.find_levels == ["IMAGE"]
+
+
+def test_with_every_memory_slot_taken_a_retrieval_goes_through_files(
+    tmp_path, write_config, start_router, series, monkeypatch
+):
+    from router.qr import retrieve
+
+    def no_memory(*args):
+        raise AssertionError("a retrieval held instances in memory without a slot")
+
+    monkeypatch.setattr(retrieve, "MemoryFirstFiles", no_memory)
+    taken = [retrieve.memory_slots.acquire(blocking=False) for _ in range(retrieve.IN_MEMORY_RETRIEVALS)]
+    assert all(taken)
+    try:
+        with ScriptedPACS(series, study_counts=True) as pacs:
+            web = gateway(tmp_path, write_config, start_router, pacs)
+            study = str(dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
+            status, headers, body = get(web, f"/dicom-web/studies/{study}")
+            assert status == 200 and len(instances_of(body, headers["Content-Type"])) == len(series)
+    finally:
+        for _ in taken:
+            retrieve.memory_slots.release()
