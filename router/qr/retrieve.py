@@ -333,12 +333,14 @@ class Retrieval:
         rq = event.request
         uids = str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID), str(event.context.transfer_syntax)
         received = rq._dataset_file
-        if isinstance(received, SpillingFile) and not received.spilled:
+        if isinstance(received, SpillingFile):
             rq._dataset_file = None
-            if not self._stop.is_set():
-                self._put(Fetched(None, *uids, data=received.data))
-            received.close()
-            return 0x0000
+            if not received.spilled:
+                if not self._stop.is_set():
+                    self._put(Fetched(None, *uids, data=received.data))
+                received.close()
+                return 0x0000
+            received.close()  # its file stays, to be adopted
         self.accept(*uids, self._adopt(Path(event.dataset_path)))
         return 0x0000
 
