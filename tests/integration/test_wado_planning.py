@@ -15,7 +15,7 @@ from tests.conftest import dimse_backend_toml, router_section
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
 from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
-from tests.support.peers import free_port
+from tests.support.peers import free_port, wait_for
 from tests.support.qrpeer import ScriptedPACS
 
 QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
@@ -38,6 +38,14 @@ def gateway(tmp_path, write_config, start_router, pacs: ScriptedPACS) -> int:
     return web
 
 
+def memory_slots_free() -> bool:
+    """Whether no retrieval holds one of the process's in-memory slots."""
+    free = [memory_slots.acquire(blocking=False) for _ in range(IN_MEMORY_RETRIEVALS)]
+    for _ in filter(None, free):
+        memory_slots.release()
+    return all(free)
+
+
 def instances_of(body: bytes, content_type: str) -> dict:
     parts = multipart_parts(body, content_type)
     return {str(dcmread(io.BytesIO(content)).SOPInstanceUID): content for _, content in parts}
@@ -55,10 +63,7 @@ def test_a_study_is_counted_when_the_upstream_can_and_listed_otherwise(
         received = instances_of(body, headers["Content-Type"])
         assert pacs.find_levels == (["STUDY"] if study_counts else ["STUDY", "IMAGE"])
         assert pacs.sent == len(series)
-    free = [memory_slots.acquire(blocking=False) for _ in range(IN_MEMORY_RETRIEVALS)]
-    for _ in filter(None, free):
-        memory_slots.release()
-    assert all(free), "the retrieval kept its memory slot"
+    assert memory_slots_free(), "the retrieval kept its memory slot"
     for uid, content in received.items():
         (tmp_path / f"{uid}.dcm").write_bytes(content)
     assert digests_by_uid(sorted(tmp_path.glob("*.dcm"))) == digests_by_uid(series)
@@ -103,3 +108,24 @@ def test_with_every_memory_slot_taken_a_retrieval_goes_through_files(
     finally:
         for _ in taken:
             retrieve.memory_slots.release()
+
+
+def test_a_viewer_that_leaves_mid_answer_cancels_the_c_get_and_frees_its_memory_slot(
+    tmp_path, write_config, start_router
+):
+    import http.client
+
+    files = write_series(tmp_path / "study", 20, "small", patient="LEAVES")
+    with ScriptedPACS(files, delay=0.1, study_counts=True) as pacs:
+        web = gateway(tmp_path, write_config, start_router, pacs)
+        study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        conn = http.client.HTTPConnection("127.0.0.1", web, timeout=30)
+        conn.request("GET", f"/dicom-web/studies/{study}")
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read(1000)  # the first part has begun: the viewer goes
+        conn.close()
+        wait_for(pacs.cancelled.is_set, 30, message="the upstream C-GET to be cancelled")
+        assert pacs.sent < len(files)
+    wait_for(memory_slots_free, 10, message="the retrieval's memory slot to be given back")
+    assert not list((tmp_path / "data").rglob("retrieved-*"))
