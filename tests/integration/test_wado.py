@@ -118,6 +118,22 @@ def test_series_instance_and_metadata(router, archive):
     assert all("7FE00010" not in m for m in metadata)  # no pixel data in metadata
 
 
+def test_metadata_read_from_memory_is_the_metadata_read_from_files(router, archive, monkeypatch):
+    web, _ = router
+    _, files = archive
+    path = f"/dicom-web/studies/{uid_of(files[0])}/metadata"
+    status, _, in_memory = get(web, path)
+    monkeypatch.setattr("router.qr.retrieve.IN_MEMORY_LIMIT", 20_000)  # every instance spills to its file
+    spilled_status, _, from_files = get(web, path)
+    assert status == spilled_status == 200
+    assert metadata_by_uid(in_memory) == metadata_by_uid(from_files)
+    assert len(metadata_by_uid(in_memory)) == len(files)
+
+
+def metadata_by_uid(body: bytes) -> dict:
+    return {m["00080018"]["Value"][0]: m for m in json.loads(body)}
+
+
 def test_a_transfer_syntax_asked_for_is_sent_frame_by_frame_transcoded_and_406_for_one_it_cannot(router, archive):
     import numpy as np
 

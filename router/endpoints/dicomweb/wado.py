@@ -9,7 +9,8 @@ gets), and each is written to the client as it arrives, one part of a
 at a time). An instance of up to a mebibyte fetched by C-GET for an answer as stored, with no
 stage to run on it, goes from the C-GET to the answer in memory; any other is read from its
 file, a large one in chunks. ``/metadata`` answers the same instances' headers as a
-DICOM JSON array, bulk data (pixel data, long binary values) left out. The instances are sent
+DICOM JSON array, bulk data (pixel data, long binary values) left out, read from memory or
+the file the same way. The instances are sent
 as they are stored, unless the Accept header names a ``transfer-syntax``
 (:mod:`.accept`): then each is transcoded frame by frame (:mod:`router.transcode.files`)
 into a scratch file beside it, and each part says which syntax it is in. An instance that
@@ -24,14 +25,16 @@ ends the answer early: its status cannot change any more, and the log says what 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import uuid
 from concurrent.futures import Executor
+from pathlib import Path
 
 import structlog
 from aiohttp import MultipartWriter, hdrs, web
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 
 from router.endpoints.dicomweb.accept import AS_STORED, NotAcceptable, requested_syntax
 from router.endpoints.dicomweb.bridge import END, ThreadedStream
@@ -75,10 +78,9 @@ async def retrieve(
         setattr(identifier, keyword, value)
 
     def produce(cancelled):
-        in_memory = not metadata and syntax == AS_STORED
-        for fetched, path in qr.retrieve_files(origin, identifier, endpoint_ae, cancelled, in_memory):
+        for fetched, path in qr.retrieve_files(origin, identifier, endpoint_ae, cancelled, syntax == AS_STORED):
             if isinstance(path, bytes):
-                yield fetched.sop_instance_uid, (path, fetched.transfer_syntax)
+                yield fetched.sop_instance_uid, _metadata_json(path) if metadata else (path, fetched.transfer_syntax)
             elif metadata:
                 yield fetched.sop_instance_uid, _metadata_json(path)
             elif syntax in (AS_STORED, fetched.transfer_syntax):
@@ -187,8 +189,13 @@ def _transcoded(path, syntax: str, sop_instance_uid: str, origin: AssociationInf
     return file
 
 
-def _metadata_json(path) -> bytes:
-    header, _ = read_header_before_pixels(path)
+def _metadata_json(instance: Path | bytes) -> bytes:
+    """An instance's header in DICOM JSON, bulk data left out; ``instance``: its file or its bytes."""
+    header: Dataset
+    if isinstance(instance, bytes):
+        header = dcmread(io.BytesIO(instance), stop_before_pixels=True, force=True)
+    else:
+        header, _ = read_header_before_pixels(instance)
     for element in list(header):
         if element.VR in BULK_VRS and element.value is not None and len(element.value) > BULK_BYTES:
             del header[element.tag]
