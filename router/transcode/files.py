@@ -70,7 +70,7 @@ def transcode_file(
 
     fmt = PixelFormat.of(header)
     with open(source, "rb") as f:
-        f.seek(_value_start(f, layout.pixel_start, source_syntax))
+        f.seek(value_start(f, layout.pixel_start, source_syntax))
         frames = decoded_frames(f, source_syntax, fmt, native=UID(syntax) in NATIVE)
         first = next(frames, None)
         if first is None:
@@ -210,7 +210,8 @@ def _values(value) -> list:
     return list(value)
 
 
-def _value_start(f, element_start: int, syntax: UID) -> int:
+def value_start(f, element_start: int, syntax: UID) -> int:
+    """Where the value of the element whose header starts at ``element_start`` begins."""
     f.seek(element_start)
     head = f.read(8)
     if syntax.is_implicit_VR or head[4:6] not in LONG_VRS:

@@ -18,16 +18,22 @@ class NotAcceptable(ValueError):
     """No media range of the Accept header names something the router can send."""
 
 
+def media_ranges(accept: str | None) -> list[tuple[str, dict[str, str], float]]:
+    """The Accept header's media ranges (media type, parameters, quality), best first, those of
+    quality 0 left out; an empty list for no header."""
+    if not accept or not accept.strip():
+        return []
+    ranges = [_media_range(text) for text in accept.split(",") if text.strip()]
+    ranges.sort(key=lambda r: -r[2])
+    return [r for r in ranges if r[2] > 0]
+
+
 def requested_syntax(accept: str | None) -> str:
     """The transfer syntax UID to send instances in, or :data:`AS_STORED`."""
     if not accept or not accept.strip():
         return AS_STORED
-    ranges = [_media_range(text) for text in accept.split(",") if text.strip()]
-    ranges.sort(key=lambda r: -r[2])
     named = []
-    for media, params, quality in ranges:
-        if quality <= 0:
-            continue
+    for media, params, _ in media_ranges(accept):
         if media in ("*/*", "multipart/*", "application/*") and "transfer-syntax" not in params:
             return AS_STORED
         if media not in ("multipart/related", "application/dicom"):

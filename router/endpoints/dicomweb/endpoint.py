@@ -27,6 +27,7 @@ from router.endpoints.access import AccessPolicy
 from router.endpoints.dicomweb.auth import Authenticator, Refused
 from router.endpoints.dicomweb.config import DicomwebEndpointConfig
 from router.endpoints.dicomweb.connections import ConnectionPool
+from router.endpoints.dicomweb.frames import retrieve_frames
 from router.endpoints.dicomweb.listener import HttpListener
 from router.endpoints.dicomweb.qido import search
 from router.endpoints.dicomweb.responses import problem
@@ -84,6 +85,7 @@ class DicomwebEndpoint:
             ("GET", re.compile(rf"^{base}{study}/metadata$"), "wado", self._retrieve(True)),
             ("GET", re.compile(rf"^{base}{study}{series}/metadata$"), "wado", self._retrieve(True)),
             ("GET", re.compile(rf"^{base}{study}{series}{instance}/metadata$"), "wado", self._retrieve(True)),
+            ("GET", re.compile(rf"^{base}{study}{series}{instance}/frames/(?P<frames>[^/]+)$"), "wado", self._frames),
         ]
 
     @property
@@ -299,6 +301,14 @@ class DicomwebEndpoint:
             )
 
         return retrieve_level
+
+    async def _frames(
+        self, request: web.BaseRequest, origin: AssociationInfo, study: str, series: str, instance: str, frames: str
+    ):
+        uids = {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": instance}
+        return await retrieve_frames(
+            request, self.qr, self.proxies, origin, self.name, self.router_ae_title, uids, frames
+        )
 
     def _origin(self, request: web.BaseRequest, request_id: str) -> AssociationInfo:
         peer = request.transport.get_extra_info("peername") if request.transport else None
