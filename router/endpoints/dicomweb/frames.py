@@ -30,7 +30,7 @@ import structlog
 from aiohttp import MultipartWriter, hdrs, web
 from pydicom import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from router.endpoints.dicomweb.accept import media_ranges
 from router.endpoints.dicomweb.bridge import END, ThreadedStream
@@ -40,7 +40,7 @@ from router.qr.service import QueryRetrieveService, RetrievalRefused
 from router.qr.upstream import UpstreamError
 from router.spool.splice import SpliceError, read_header
 from router.transcode.files import value_start
-from router.transcode.syntaxes import CannotTranscode, describe
+from router.transcode.syntaxes import NATIVE, CannotTranscode, describe
 
 log = structlog.get_logger("router.dicomweb")
 
@@ -57,7 +57,6 @@ IMAGE_MEDIA = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 MEDIA_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
-NATIVE_LITTLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 IN_FLIGHT = 2
 MAX_FRAMES_LISTED = 10_000
 
@@ -141,9 +140,9 @@ def frame_parts(path: Path, numbers: list[int], wanted: Wanted) -> Iterator[tupl
     if beyond:
         raise FrameRequestError(404, f"frame {beyond[0]} asked for; the instance has {fmt.number_of_frames}")
     syntax = UID(header.file_meta.TransferSyntaxUID)
-    if syntax in NATIVE_LITTLE:
-        yield from _native_frames(path, header, layout.pixel_start, syntax, fmt, numbers)
-    elif wanted.uncompressed:
+    if syntax in NATIVE:
+        yield from _native_frames(path, layout.pixel_start, syntax, fmt, numbers)
+    elif wanted.uncompressed or not syntax.is_compressed:  # big endian: frames go little endian
         yield from _decoded_frames(path, layout.pixel_start, syntax, fmt, numbers)
     else:
         media = IMAGE_MEDIA.get(str(syntax), OCTET_STREAM)
@@ -153,9 +152,7 @@ def frame_parts(path: Path, numbers: list[int], wanted: Wanted) -> Iterator[tupl
             yield f"{media}; transfer-syntax={syntax}", frame
 
 
-def _native_frames(path: Path, header: Dataset, pixel_start: int, syntax: UID, fmt, numbers: list[int]):
-    if fmt.bits_allocated % 8:
-        raise FrameRequestError(406, f"frames of Bits Allocated {fmt.bits_allocated} are not served")
+def _native_frames(path: Path, pixel_start: int, syntax: UID, fmt, numbers: list[int]):
     size = fmt.frame_bytes
     with open(path, "rb") as f:
         start = value_start(f, pixel_start, syntax)
