@@ -103,6 +103,17 @@ ae_title = "{ae_title}"
 '''
 
 
+def web_gateway_toml(data_dir: Path, web_port: int, upstream_port: int, upstream_ae: str) -> str:
+    """A router with a ``dicomweb`` endpoint ``web`` whose pipeline finds and fetches (C-FIND,
+    C-GET) from a DIMSE upstream ``pacs``, and stores nothing there."""
+    return (
+        router_section(data_dir)
+        + f'\n[endpoints.web]\ntype = "dicomweb"\nbind = "127.0.0.1"\nport = {web_port}\n'
+        + dimse_backend_toml(upstream_port, upstream_ae, "pacs", 'store = false\nquery = true\nretrieve = "get"')
+        + '\n[pipelines.web]\nendpoints = ["web"]\nbackends = ["pacs"]\n'
+    )
+
+
 def router_section(data_dir: Path, extra: str = "") -> str:
     """The ``[router]`` table every test configuration starts with (JSON logs, no free-space floor)."""
     return f'\n[router]\ndata_dir = "{data_dir}"\nmin_free_space_mb = 0\nlog_format = "json"\n{extra}\n'

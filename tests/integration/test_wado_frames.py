@@ -11,13 +11,12 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import RLELossless, generate_uid
 
 from router.transcode.files import transcode_file
-from tests.conftest import dimse_backend_toml, router_section
-from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
+from tests.conftest import web_gateway_toml
+from tests.support.dicomweb import get, multipart_parts
 from tests.support.images import write_image
 from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
 from tests.support.peers import free_port, storescu
 
-QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
 OCTET = 'multipart/related; type="application/octet-stream"'
 
 pytestmark = [
@@ -51,13 +50,7 @@ def archive(tmp_path_factory):
 def router(tmp_path, write_config, start_router, archive):
     orthanc, _, _ = archive
     web = free_port()
-    text = (
-        router_section(tmp_path / "data")
-        + dicomweb_endpoint_toml("web", web)
-        + dimse_backend_toml(orthanc.port, orthanc.ae_title, "pacs", QUERY_AND_GET)
-        + '\n[pipelines.web]\nendpoints = ["web"]\nbackends = ["pacs"]\n'
-    )
-    start_router(write_config(text))
+    start_router(write_config(web_gateway_toml(tmp_path / "data", web, orthanc.port, orthanc.ae_title)))
     return web
 
 

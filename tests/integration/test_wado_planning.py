@@ -11,14 +11,12 @@ import pytest
 from pydicom import dcmread
 
 from router.qr.retrieve import IN_MEMORY_RETRIEVALS, memory_slots
-from tests.conftest import dimse_backend_toml, router_section
+from tests.conftest import web_gateway_toml
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
-from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
+from tests.support.dicomweb import get, multipart_parts
 from tests.support.peers import free_port, wait_for
 from tests.support.qrpeer import ScriptedPACS
-
-QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +26,7 @@ def series(tmp_path_factory):
 
 def gateway(tmp_path, write_config, start_router, pacs: ScriptedPACS) -> int:
     web = free_port()
-    text = (
-        router_section(tmp_path / "data")
-        + dicomweb_endpoint_toml("web", web)
-        + dimse_backend_toml(pacs.port, pacs.ae_title, "pacs", QUERY_AND_GET)
-        + '\n[pipelines.web]\nendpoints = ["web"]\nbackends = ["pacs"]\n'
-    )
-    start_router(write_config(text))
+    start_router(write_config(web_gateway_toml(tmp_path / "data", web, pacs.port, pacs.ae_title)))
     return web
 
 

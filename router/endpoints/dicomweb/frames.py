@@ -26,23 +26,21 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-from aiohttp import MultipartWriter, hdrs, web
+from aiohttp import hdrs, web
 from pydicom import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from router.endpoints.dicomweb.accept import media_ranges
-from router.endpoints.dicomweb.bridge import END, ThreadedStream
+from router.endpoints.dicomweb.bridge import ThreadedStream
 from router.endpoints.dicomweb.responses import problem
+from router.endpoints.dicomweb.streamed_answer import close_multipart, streamed_answer, write_part
 from router.envelope import AssociationInfo
 from router.qr.service import QueryRetrieveService, RetrievalRefused
 from router.qr.upstream import UpstreamError
 from router.spool.splice import SpliceError, read_header
 from router.transcode.files import value_start
 from router.transcode.syntaxes import NATIVE, CannotTranscode, describe
-
-log = structlog.get_logger("router.dicomweb")
 
 OCTET_STREAM = "application/octet-stream"
 IMAGE_MEDIA = {
@@ -239,46 +237,42 @@ async def retrieve_frames(
 
     stream = ThreadedStream(asyncio.get_running_loop(), executor, capacity=IN_FLIGHT)
     stream.start(produce)
-    response: web.StreamResponse | None = None
-    boundary = uuid.uuid4().hex
-    try:
-        while True:
-            try:
-                item = await stream.next()
-            except RetrievalRefused as exc:
-                return problem(403, f"the retrieval was {exc}")
-            except FrameRequestError as exc:
-                return problem(exc.status, str(exc))
-            except (UpstreamError, CannotTranscode) as exc:
-                if response is None:
-                    status = 502 if isinstance(exc, UpstreamError) else 406
-                    return problem(status, f"cannot send the frames: {exc}")
-                log.warning(
-                    "WADO-RS frames cut short",
-                    reason=str(exc),
-                    request_id=origin.association_id,
-                    peer=f"{origin.peer_host}:{origin.peer_port}",
-                )
-                break
-            if item is END:
-                break
-            content_type, frame = item
-            if response is None:
-                response = web.StreamResponse(
-                    status=200,
-                    headers={
-                        hdrs.CONTENT_TYPE: f'multipart/related; type="{content_type.split(";")[0]}"; boundary={boundary}'
-                    },
-                )
-                await response.prepare(request)
-            part = MultipartWriter("related", boundary=boundary)
-            part.append(frame, {hdrs.CONTENT_TYPE: content_type})
-            await part.write(response, close_boundary=False)  # type: ignore[arg-type]  # a StreamResponse has the writer's write()
-    finally:
-        await stream.stop()
-    if response is None:
-        return problem(404, "no instance matches")
-    closing = MultipartWriter("related", boundary=boundary)
-    await closing.write(response)  # type: ignore[arg-type]
-    await response.write_eof()
-    return response
+    return await streamed_answer(
+        request, stream, _FrameParts(uuid.uuid4().hex), _failure_answer, origin, "WADO-RS frames"
+    )
+
+
+def _failure_answer(exc: Exception) -> web.Response | None:
+    if isinstance(exc, RetrievalRefused):
+        return problem(403, f"the retrieval was {exc}")
+    if isinstance(exc, FrameRequestError):
+        return problem(exc.status, str(exc))
+    if isinstance(exc, UpstreamError):
+        return problem(502, f"no upstream could retrieve the instance: {exc}")
+    if isinstance(exc, CannotTranscode):
+        return problem(406, f"cannot send the frames: {exc}")
+    return None
+
+
+class _FrameParts:
+    """Each frame a ``multipart/related`` part, the answer typed by the first part's media type."""
+
+    def __init__(self, boundary: str):
+        self.boundary = boundary
+
+    async def start(self, request: web.BaseRequest, first: tuple[str, bytes]) -> web.StreamResponse:
+        media = first[0].split(";")[0]
+        content_type = f'multipart/related; type="{media}"; boundary={self.boundary}'
+        response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: content_type})
+        await response.prepare(request)
+        return response
+
+    async def write(self, response: web.StreamResponse, item: tuple[str, bytes]) -> None:
+        content_type, frame = item
+        await write_part(response, self.boundary, frame, content_type)
+
+    async def finish(self, response: web.StreamResponse) -> None:
+        await close_multipart(response, self.boundary)
+
+    def release(self, item) -> None:
+        pass

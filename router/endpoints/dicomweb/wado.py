@@ -33,12 +33,13 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 import structlog
-from aiohttp import MultipartWriter, hdrs, web
+from aiohttp import hdrs, web
 from pydicom import Dataset, dcmread
 
 from router.endpoints.dicomweb.accept import AS_STORED, NotAcceptable, requested_syntax
-from router.endpoints.dicomweb.bridge import END, ThreadedStream
+from router.endpoints.dicomweb.bridge import ThreadedStream
 from router.endpoints.dicomweb.responses import DICOM_JSON, problem
+from router.endpoints.dicomweb.streamed_answer import close_multipart, streamed_answer, write_part
 from router.envelope import AssociationInfo
 from router.qr.service import QueryRetrieveService, RetrievalRefused
 from router.qr.upstream import UpstreamError
@@ -92,56 +93,66 @@ async def retrieve(
 
     stream = ThreadedStream(asyncio.get_running_loop(), executor, capacity=IN_FLIGHT)
     stream.start(produce)
-    response: web.StreamResponse | None = None
-    boundary = uuid.uuid4().hex
-    sent = 0
-    try:
-        while True:
-            try:
-                item = await stream.next()
-            except RetrievalRefused as exc:
-                return problem(403, f"the retrieval was {exc}")
-            except UpstreamError as exc:
-                if response is None:
-                    return problem(502, f"no upstream could retrieve the instances: {exc}")
-                log.warning(
-                    "WADO-RS answer cut short: the upstream failed",
-                    reason=str(exc),
-                    request_id=origin.association_id,
-                    peer=f"{origin.peer_host}:{origin.peer_port}",
-                )
-                break
-            if item is END:
-                break
-            uid, payload = item
-            if response is None:
-                response = await _start(request, metadata, boundary)
-            if metadata:
-                await response.write((b"[" if sent == 0 else b",") + payload)
-            else:
-                await _write_part(response, boundary, *payload)
-            sent += 1
-    finally:
-        await stream.stop()
-        for _, payload in stream.leftovers():
-            if isinstance(payload, tuple) and not isinstance(payload[0], bytes):
-                payload[0].close()
-    if response is None:
-        return problem(404, "no instance matches")
-    if metadata:
+    writer = _MetadataArray() if metadata else _InstanceParts(uuid.uuid4().hex)
+    return await streamed_answer(request, stream, writer, _failure_answer, origin, "WADO-RS answer")
+
+
+def _failure_answer(exc: Exception) -> web.Response | None:
+    if isinstance(exc, RetrievalRefused):
+        return problem(403, f"the retrieval was {exc}")
+    if isinstance(exc, UpstreamError):
+        return problem(502, f"no upstream could retrieve the instances: {exc}")
+    return None
+
+
+class _InstanceParts:
+    """Each instance a ``multipart/related; type="application/dicom"`` part, naming its syntax."""
+
+    def __init__(self, boundary: str):
+        self.boundary = boundary
+
+    async def start(self, request: web.BaseRequest, first) -> web.StreamResponse:
+        content_type = f'multipart/related; type="application/dicom"; boundary={self.boundary}'
+        response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: content_type})
+        await response.prepare(request)
+        return response
+
+    async def write(self, response: web.StreamResponse, item) -> None:
+        _, (payload, transfer_syntax) = item
+        try:
+            await write_part(response, self.boundary, payload, f"application/dicom; transfer-syntax={transfer_syntax}")
+        finally:
+            self.release(item)
+
+    async def finish(self, response: web.StreamResponse) -> None:
+        await close_multipart(response, self.boundary)
+
+    def release(self, item) -> None:
+        _, (payload, _) = item
+        if not isinstance(payload, bytes):
+            payload.close()
+
+
+class _MetadataArray:
+    """The instances' DICOM JSON objects, one JSON array."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def start(self, request: web.BaseRequest, first) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: DICOM_JSON})
+        await response.prepare(request)
+        return response
+
+    async def write(self, response: web.StreamResponse, item) -> None:
+        await response.write((b"[" if self.sent == 0 else b",") + item[1])
+        self.sent += 1
+
+    async def finish(self, response: web.StreamResponse) -> None:
         await response.write(b"]")
-    else:
-        closing = MultipartWriter("related", boundary=boundary)
-        await closing.write(response)  # type: ignore[arg-type]  # a StreamResponse has the writer's write()
-    await response.write_eof()
-    return response
 
-
-async def _start(request: web.BaseRequest, metadata: bool, boundary: str) -> web.StreamResponse:
-    content_type = DICOM_JSON if metadata else f'multipart/related; type="application/dicom"; boundary={boundary}'
-    response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: content_type})
-    await response.prepare(request)
-    return response
+    def release(self, item) -> None:
+        pass
 
 
 def _readable(path):
@@ -153,16 +164,6 @@ def _readable(path):
         return f
     with f:
         return f.read()
-
-
-async def _write_part(response: web.StreamResponse, boundary: str, file, transfer_syntax: str) -> None:
-    part = MultipartWriter("related", boundary=boundary)
-    try:
-        part.append(file, {hdrs.CONTENT_TYPE: f"application/dicom; transfer-syntax={transfer_syntax}"})
-        await part.write(response, close_boundary=False)  # type: ignore[arg-type]  # as above
-    finally:
-        if not isinstance(file, bytes):
-            file.close()
 
 
 def _transcoded(path, syntax: str, sop_instance_uid: str, origin: AssociationInfo):
