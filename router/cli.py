@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 import tomli_w
 
-from router import __version__
+from router import __version__, become_router_process
 from router.config import TIERS, ConfigError, load_config, validate
 from router.config.checks import check_stage_files, running_router_pid
 from router.observe.printable import EscapingWriter
@@ -26,6 +26,7 @@ EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; everything it prints has control characters escaped (peers supply UIDs and reasons)."""
+    become_router_process()
     if not isinstance(sys.stdout, EscapingWriter):
         sys.stdout, sys.stderr = EscapingWriter(sys.stdout), EscapingWriter(sys.stderr)
     parser = build_parser()

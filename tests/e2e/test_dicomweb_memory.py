@@ -1,5 +1,6 @@
 """A 600 MB instance through DICOMweb with flat memory: STOW-RS in, STOW-RS out, and WADO-RS
-out, each with every router process under 100 MiB (issue 19's bound)."""
+out (the instance, and two of its frames), each with every router process under 100 MiB
+(issue 19's bound)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,24 @@ def peaks_of(serve: ServeProcess) -> dict[int, float]:
     peaks = {p.pid: peak_rss_mib(p.pid) for p in processes}
     print(f"router peak RSS per process (MiB): {peaks}")
     return peaks
+
+
+def header_of(path) -> tuple[str, str, int]:
+    """(Series Instance UID, SOP Instance UID, Number of Frames), read in a child process so the
+    test's own memory stays small."""
+    out = subprocess.run(
+        [
+            "python3",
+            "-c",
+            "import sys; from pydicom import dcmread; d = dcmread(sys.argv[1], stop_before_pixels=True); "
+            "print(d.SeriesInstanceUID, d.SOPInstanceUID, d.NumberOfFrames)",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return out[0], out[1], int(out[2])
 
 
 def multipart_file(instance, body) -> None:
@@ -126,6 +145,29 @@ backends = ["cloud", "archive"]
             )
             assert got.stdout == "200", got.stderr
             assert 0 < fetched.stat().st_size - big.stat().st_size < 4096  # one part: headers and boundaries
+            frame_bytes = 512 * 512 * 2
+            series, instance, count = header_of(big)
+            frames = tmp_path / "frames.bin"
+            got = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "-o",
+                    str(frames),
+                    "-w",
+                    "%{http_code}",
+                    f"http://127.0.0.1:{web}/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{count},1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert got.stdout == "200", got.stderr
+            answer = frames.read_bytes()
+            with open(big, "rb") as f:
+                f.seek(-frame_bytes, 2)  # write_large: the pixel data ends the file
+                last = f.read()
+            assert last in answer and 2 * frame_bytes < len(answer) < 2 * frame_bytes + 4096
             peaks = peaks_of(serve)
             assert len(peaks) >= 2 and max(peaks.values()) < LIMIT_MIB, peaks
         finally:
