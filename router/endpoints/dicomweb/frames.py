@@ -60,6 +60,8 @@ MAX_FRAMES_LISTED = 10_000
 
 
 class FrameRequestError(Exception):
+    """A frames request answered with ``status`` and this text instead of frames."""
+
     def __init__(self, status: int, text: str):
         super().__init__(text)
         self.status = status
