@@ -4,11 +4,13 @@ subprocess.
 Each case opens a connection and sends a request, mutated (bytes flipped, inserted, cut or
 repeated, Content-Length rewritten, a chunked body with wrong sizes, the boundary or content
 type changed, header lines repeated, random bytes): a STOW-RS request of a small instance, a
-QIDO-RS search, or a WADO-RS retrieval. Every ``canary_every`` cases a real instance is
+QIDO-RS search, a WADO-RS retrieval of metadata, or of frames. Every ``canary_every`` cases a real instance is
 stored by STOW-RS (it must get 200 and reach the archive) and a C-ECHO goes to the DIMSE
 endpoint beside it. The run fails on any 500 answer (an error no handler expected), a dead
 router, threads or descriptors that do not come back, a traceback or a non-JSON stderr line,
-or a canary that did not arrive.
+or a canary that did not arrive. The baseline is taken after a first round of cases: the
+endpoint's query/retrieve pool keeps the threads that round made (up to its bound, 32), which
+is not a leak; a leak keeps growing with the second round.
 
 CI runs a bounded number of cases (``tests/e2e/test_fuzz.py``); by hand::
 
@@ -17,6 +19,8 @@ CI runs a bounded number of cases (``tests/e2e/test_fuzz.py``); by hand::
 
 from __future__ import annotations
 
+import functools
+import io
 import random
 import socket
 import sys
@@ -32,7 +36,7 @@ STOW_PATH = "/dicom-web/studies"
 
 def requests(instance: bytes, rng: random.Random) -> bytes:
     """One unmutated request of a random kind."""
-    kind = rng.randrange(4)
+    kind = rng.randrange(5)
     if kind == 0:
         body = multipart_related([instance])
         return (
@@ -66,7 +70,30 @@ def requests(instance: bytes, rng: random.Random) -> bytes:
             ]
         )
         return f"GET /dicom-web/studies?{params} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-    return f"GET /dicom-web/studies/1.2.{rng.randrange(10**6)}/metadata HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    study, series, sop = _uids(instance) if rng.random() < 0.5 else ("1.2.3", "1.2.4", f"1.2.{rng.randrange(10**6)}")
+    if kind == 3:
+        return f"GET /dicom-web/studies/{study}/metadata HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    frames = rng.choice(["1", "1,1", "3,1,2", "0", "x", "1,,2", "9" * 30, ",".join(["1"] * 500)])
+    accept = rng.choice(
+        [
+            'multipart/related; type="application/octet-stream"',
+            'multipart/related; type="image/jls"; transfer-syntax=*',
+            'multipart/related; type="*/*"',
+            "image/png",
+            "*/*;q=0",
+        ]
+    )
+    path = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/{frames}"
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n".encode()
+
+
+@functools.cache
+def _uids(instance: bytes) -> tuple[str, str, str]:
+    """The instance's Study, Series and SOP Instance UIDs (the archive behind the router holds it)."""
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(instance), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -178,30 +205,43 @@ def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = No
     from tests.support.dicomgen import write_series
     from tests.support.dicomweb import dicomweb_endpoint_toml, post
     from tests.support.peers import free_port
+    from tests.support.qrpeer import ScriptedPACS
 
     engine.configure()
     canaries = write_series(work / "canaries", cases // 200 + 2, "small", patient="CANARY")
     web, dimse = free_port(), free_port()
     config = work / "router.toml"
+    pacs = ScriptedPACS(canaries[:1], "FUZZ_QR").__enter__()  # WADO-RS metadata and frames of canaries[0]
     config.write_text(
         router_section(work / "data")
         + dicomweb_endpoint_toml("web", web, "header_timeout = 2\nrequest_timeout = 5\nmax_pending = 256")
         + endpoint_section("ingest", dimse)
-        + """
+        + f"""
 [backends.archive]
 type = "filesystem"
 path = "archive"
 
+[backends.qr]
+type = "dimse"
+host = "127.0.0.1"
+port = {pacs.port}
+ae_title = "FUZZ_QR"
+store = false
+query = true
+retrieve = "get"
+
 [pipelines.default]
 endpoints = ["web", "ingest"]
-backends = ["archive"]
+backends = ["archive", "qr"]
 """
     )
     serve = ServeProcess(config, work / "serve.log").start(web)
     try:
         assert post(web, STOW_PATH, multipart_related(canaries[-1:]), stow_content_type())[0] == 200
         time.sleep(0.5)
-        baseline = resources(serve.pid)
+        started = resources(serve.pid)
+        fuzz(web, dimse, min(cases // 3, 500), seed + 1, canaries[0].read_bytes(), [], deadline=deadline)
+        baseline = settle(serve.pid, started, 30)  # the bounded worker pools as the cases grow them
         report = fuzz(web, dimse, cases, seed, canaries[0].read_bytes(), canaries[1:-1], deadline=deadline)
         after = settle(serve.pid, baseline, 30)
         alive = serve.proc.poll() is None
@@ -212,6 +252,7 @@ backends = ["archive"]
         delivered = archived()
     finally:
         stop_code = serve.stop()
+        pacs.__exit__(None, None, None)
     return HttpRun(
         report, baseline, after, alive, delivered, serve.log_text(), stop_code, server_errors=report.server_errors
     )
