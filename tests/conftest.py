@@ -103,13 +103,17 @@ ae_title = "{ae_title}"
 '''
 
 
+QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
+"""A ``dimse`` backend's keys for an upstream that is only searched and fetched from (C-GET)."""
+
+
 def web_gateway_toml(data_dir: Path, web_port: int, upstream_port: int, upstream_ae: str) -> str:
     """A router with a ``dicomweb`` endpoint ``web`` whose pipeline finds and fetches (C-FIND,
     C-GET) from a DIMSE upstream ``pacs``, and stores nothing there."""
     return (
         router_section(data_dir)
         + f'\n[endpoints.web]\ntype = "dicomweb"\nbind = "127.0.0.1"\nport = {web_port}\n'
-        + dimse_backend_toml(upstream_port, upstream_ae, "pacs", 'store = false\nquery = true\nretrieve = "get"')
+        + dimse_backend_toml(upstream_port, upstream_ae, "pacs", QUERY_AND_GET)
         + '\n[pipelines.web]\nendpoints = ["web"]\nbackends = ["pacs"]\n'
     )
 

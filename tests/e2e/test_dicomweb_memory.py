@@ -10,7 +10,7 @@ import subprocess
 import psutil
 import pytest
 
-from tests.conftest import router_section
+from tests.conftest import QUERY_AND_GET, dimse_backend_toml, router_section
 from tests.e2e.test_memory_bound import peak_rss_mib, tail_digest
 from tests.support.cli import ServeProcess
 from tests.support.dicomgen import write_large
@@ -33,22 +33,30 @@ def peaks_of(serve: ServeProcess) -> dict[int, float]:
     return peaks
 
 
-def header_of(path) -> tuple[str, str, int]:
-    """(Series Instance UID, SOP Instance UID, Number of Frames), read in a child process so the
+def header_of(path) -> tuple[str, str, str, int]:
+    """(Study, Series and SOP Instance UIDs, Number of Frames), read in a child process so the
     test's own memory stays small."""
     out = subprocess.run(
         [
             "python3",
             "-c",
             "import sys; from pydicom import dcmread; d = dcmread(sys.argv[1], stop_before_pixels=True); "
-            "print(d.SeriesInstanceUID, d.SOPInstanceUID, d.NumberOfFrames)",
+            "print(d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID, d.NumberOfFrames)",
             str(path),
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    return out[0], out[1], int(out[2])
+    return out[0], out[1], out[2], int(out[3])
+
+
+def curl_get(url: str, out) -> str:
+    """GET ``url`` with curl into the file ``out``; the HTTP status."""
+    got = subprocess.run(
+        ["curl", "-sS", "-o", str(out), "-w", "%{http_code}", url], capture_output=True, text=True, timeout=600
+    )
+    return got.stdout or got.stderr
 
 
 def multipart_file(instance, body) -> None:
@@ -75,16 +83,7 @@ def test_a_600_mb_instance_by_stow_in_and_out_and_by_wado_out_with_flat_memory(t
 [backends.cloud]
 type = "dicomweb"
 url = "{cloud.url}"
-
-[backends.archive]
-type = "dimse"
-host = "127.0.0.1"
-port = {pacs.port}
-ae_title = "ARCHIVE"
-store = false
-query = true
-retrieve = "get"
-
+{dimse_backend_toml(pacs.port, "ARCHIVE", "archive", QUERY_AND_GET)}
 [pipelines.web]
 endpoints = ["web"]
 backends = ["cloud", "archive"]
@@ -116,53 +115,14 @@ backends = ["cloud", "archive"]
             wait_for(lambda: not spooled_files(tmp_path / "data"), 600, message="the STOW-RS delivery")
             (part,) = received.iterdir()
             assert part.stat().st_size == big.stat().st_size and tail_digest(part, 1 << 20) == tail_digest(big, 1 << 20)
-            study = subprocess.run(
-                [
-                    "python3",
-                    "-c",
-                    "import sys; from pydicom import dcmread; "
-                    "print(dcmread(sys.argv[1], stop_before_pixels=True).StudyInstanceUID)",
-                    str(big),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
+            study, series, instance, count = header_of(big)
             fetched = tmp_path / "fetched.bin"
-            got = subprocess.run(
-                [
-                    "curl",
-                    "-sS",
-                    "-o",
-                    str(fetched),
-                    "-w",
-                    "%{http_code}",
-                    f"http://127.0.0.1:{web}/dicom-web/studies/{study}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert got.stdout == "200", got.stderr
+            assert curl_get(f"http://127.0.0.1:{web}/dicom-web/studies/{study}", fetched) == "200"
             assert 0 < fetched.stat().st_size - big.stat().st_size < 4096  # one part: headers and boundaries
             frame_bytes = 512 * 512 * 2
-            series, instance, count = header_of(big)
             frames = tmp_path / "frames.bin"
-            got = subprocess.run(
-                [
-                    "curl",
-                    "-sS",
-                    "-o",
-                    str(frames),
-                    "-w",
-                    "%{http_code}",
-                    f"http://127.0.0.1:{web}/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{count},1",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert got.stdout == "200", got.stderr
+            path = f"/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{count},1"
+            assert curl_get(f"http://127.0.0.1:{web}{path}", frames) == "200"
             answer = frames.read_bytes()
             with open(big, "rb") as f:
                 f.seek(-frame_bytes, 2)  # write_large: the pixel data ends the file

@@ -200,7 +200,7 @@ class HttpRun(Run):
 
 def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = None) -> HttpRun:
     from router import engine
-    from tests.conftest import endpoint_section, router_section
+    from tests.conftest import QUERY_AND_GET, dimse_backend_toml, endpoint_section, router_section
     from tests.support.cli import ServeProcess
     from tests.support.dicomgen import write_series
     from tests.support.dicomweb import dicomweb_endpoint_toml, post
@@ -220,16 +220,7 @@ def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = No
 [backends.archive]
 type = "filesystem"
 path = "archive"
-
-[backends.qr]
-type = "dimse"
-host = "127.0.0.1"
-port = {pacs.port}
-ae_title = "FUZZ_QR"
-store = false
-query = true
-retrieve = "get"
-
+{dimse_backend_toml(pacs.port, "FUZZ_QR", "qr", QUERY_AND_GET)}
 [pipelines.default]
 endpoints = ["web", "ingest"]
 backends = ["archive", "qr"]

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import dimse_backend_toml, endpoint_section, router_section
+from tests.conftest import QUERY_AND_GET, dimse_backend_toml, endpoint_section, router_section
 from tests.support.deid import key_file
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
@@ -19,8 +19,6 @@ from tests.support.dicomweb import dicomweb_endpoint_toml, get, multipart_parts
 from tests.support.pacs import have_orthanc_dicomweb, load, start_orthanc
 from tests.support.peers import StorageSCP, free_port, wait_for
 from tests.support.qrclients import getscu, movescu
-
-QUERY_AND_GET = 'store = false\nquery = true\nretrieve = "get"'
 
 pytestmark = [
     pytest.mark.xdist_group("wado-orthanc"),
