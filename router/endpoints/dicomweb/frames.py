@@ -33,7 +33,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from router.endpoints.dicomweb.accept import media_ranges
 from router.endpoints.dicomweb.bridge import ThreadedStream
-from router.endpoints.dicomweb.responses import problem
+from router.endpoints.dicomweb.responses import problem, started
 from router.endpoints.dicomweb.streamed_answer import close_multipart, streamed_answer, write_part
 from router.envelope import AssociationInfo
 from router.qr.service import QueryRetrieveService, RetrievalRefused
@@ -264,10 +264,7 @@ class _FrameParts:
 
     async def start(self, request: web.BaseRequest, first: tuple[str, bytes]) -> web.StreamResponse:
         media = first[0].split(";")[0]
-        content_type = f'multipart/related; type="{media}"; boundary={self.boundary}'
-        response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: content_type})
-        await response.prepare(request)
-        return response
+        return await started(request, f'multipart/related; type="{media}"; boundary={self.boundary}')
 
     async def write(self, response: web.StreamResponse, item: tuple[str, bytes]) -> None:
         content_type, frame = item

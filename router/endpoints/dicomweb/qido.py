@@ -22,7 +22,7 @@ from pydicom import Dataset
 
 from router.endpoints.dicomweb.bridge import END, ThreadedStream
 from router.endpoints.dicomweb.qido_query import BadQuery, qido_query
-from router.endpoints.dicomweb.responses import DICOM_JSON, problem
+from router.endpoints.dicomweb.responses import DICOM_JSON, problem, started
 from router.envelope import AssociationInfo
 from router.qr.models import STUDY_FIND
 from router.qr.service import QueryRetrieveService
@@ -61,7 +61,7 @@ async def search(
                     skipped += 1
                     continue
                 if response is None:
-                    response = await _start(request)
+                    response = await started(request, DICOM_JSON)
                 await response.write((b"[" if written == 0 else b",") + _json(answer))
                 written += 1
                 if query.limit is not None and written >= query.limit:
@@ -82,12 +82,6 @@ async def search(
         return web.Response(status=200, body=b"[]", content_type=DICOM_JSON)
     await response.write(b"]")
     await response.write_eof()
-    return response
-
-
-async def _start(request: web.BaseRequest) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={"Content-Type": DICOM_JSON})
-    await response.prepare(request)
     return response
 
 

@@ -1,4 +1,4 @@
-"""HTTP answers of the DICOMweb endpoint that are not DICOM: plain-text problems."""
+"""HTTP answers of the DICOMweb endpoint: plain-text problems, and the start of a streamed 200."""
 
 from __future__ import annotations
 
@@ -15,3 +15,10 @@ def problem(status: int, text: str, headers: dict | None = None) -> web.Response
     return web.Response(
         status=status, text=printable(text).encode("ascii", "backslashreplace").decode() + "\n", headers=headers
     )
+
+
+async def started(request: web.BaseRequest, content_type: str) -> web.StreamResponse:
+    """A 200 answer of ``content_type`` whose body is written as it is produced, its headers sent."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    await response.prepare(request)
+    return response

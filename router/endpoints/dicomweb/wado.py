@@ -38,7 +38,7 @@ from pydicom import Dataset, dcmread
 
 from router.endpoints.dicomweb.accept import AS_STORED, NotAcceptable, requested_syntax
 from router.endpoints.dicomweb.bridge import ThreadedStream
-from router.endpoints.dicomweb.responses import DICOM_JSON, problem
+from router.endpoints.dicomweb.responses import DICOM_JSON, problem, started
 from router.endpoints.dicomweb.streamed_answer import close_multipart, streamed_answer, write_part
 from router.envelope import AssociationInfo
 from router.qr.service import QueryRetrieveService, RetrievalRefused
@@ -112,10 +112,7 @@ class _InstanceParts:
         self.boundary = boundary
 
     async def start(self, request: web.BaseRequest, first) -> web.StreamResponse:
-        content_type = f'multipart/related; type="application/dicom"; boundary={self.boundary}'
-        response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: content_type})
-        await response.prepare(request)
-        return response
+        return await started(request, f'multipart/related; type="application/dicom"; boundary={self.boundary}')
 
     async def write(self, response: web.StreamResponse, item) -> None:
         _, (payload, transfer_syntax) = item
@@ -140,9 +137,7 @@ class _MetadataArray:
         self.sent = 0
 
     async def start(self, request: web.BaseRequest, first) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={hdrs.CONTENT_TYPE: DICOM_JSON})
-        await response.prepare(request)
-        return response
+        return await started(request, DICOM_JSON)
 
     async def write(self, response: web.StreamResponse, item) -> None:
         await response.write((b"[" if self.sent == 0 else b",") + item[1])
