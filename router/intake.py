@@ -25,6 +25,7 @@ from pathlib import Path
 
 import structlog
 
+from router.engine.store_decode import WRITEBACK_STEP
 from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
 from router.spool.checksum import file_checksum
@@ -187,7 +188,7 @@ class Intake:
             for version in written:
                 _close(version.file)
         if not any(record.path == str(path) for record, _, _ in batches):
-            self._fsyncers.submit(self.spool.discard, path)  # only edited versions are kept: not on the answer's path
+            self._let_go_of_replaced(instance, received_durable)
         for _, pairs, hold in batches:
             if hold:
                 log.warning(
@@ -203,6 +204,15 @@ class Intake:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("instance routed", stages=_audit_trail(routing), **ctx)
         return IntakeResult(SUCCESS, True)
+
+    def _let_go_of_replaced(self, instance: SpooledInstance, received_durable: _Fsync) -> None:
+        """The received file that only its edited versions replace (never fsynced): emptied back
+        among the spool's spares when it is one (no unlink now, no file to make later) and no
+        writeback of it was started, else removed off the answer's path (by the fsync threads)."""
+        fd = received_durable.fd if received_durable.entry_durable else None
+        if fd is not None and instance.size < WRITEBACK_STEP and self.spool.spares.give_back(str(instance.path), fd):
+            return
+        self._fsyncers.submit(self.spool.discard, instance.path)
 
     def _versions(
         self,
@@ -300,6 +310,7 @@ class _Fsync:
     so a file that only edited versions replace is never fsynced."""
 
     def __init__(self, pool: ThreadPoolExecutor, spool: Spool, path: str, fd: int | None, entry_durable: bool):
+        self.fd, self.entry_durable = fd, entry_durable
         self._start = lambda: pool.submit(spool.make_durable, path, fd, entry_durable)
         self._future: Future | None = None
 

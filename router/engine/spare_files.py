@@ -167,6 +167,25 @@ class SpareFiles:
             if not self._ready:
                 self._want_more()
 
+    def give_back(self, path: str, fd: int) -> bool:
+        """Take back, emptied, a spare whose data set is no longer wanted (an instance replaced
+        by its edited version), open through a new descriptor of ``fd``'s open file; the caller
+        still closes its own. False (the caller removes the file) when ``depth`` are ready or the
+        spares are closed. Emptied in place, the file needs no unlink now and no new file, nor its
+        directory's fsync, later."""
+        if self._closed or len(self._ready) >= self.depth:
+            return False
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            file = open(os.dup(fd), "wb", buffering=0)
+        except OSError:
+            return False
+        self._ready.append((path, file))
+        if self._closed:
+            self.discard_all()
+        return True
+
     def refill(self) -> None:
         """Ask the thread for spares up to ``depth`` once half of them are used."""
         if len(self._ready) <= self.depth // 2:

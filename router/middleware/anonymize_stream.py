@@ -123,6 +123,14 @@ class StreamedFile:
             self.decoded[tag] = None if element is None else _value(self.buf, element, self.implicit)
         return self.decoded[tag]
 
+    @property
+    def pixel_data(self) -> bytes | None:
+        """The file's bytes from its pixel data element to its end, when they were read with the header."""
+        start = self.layout.pixel_start
+        if start is None or len(self.buf) < self.layout.size:
+            return None
+        return self.buf[start : self.layout.size]
+
     def _text(self, tag: int) -> str | None:
         return None if tag not in self.top else value_text(self.top_value(tag))
 
@@ -199,7 +207,8 @@ class DeidentifyingWalk:
         uids = {tag: value for tag, value in self.decoded.items() if tag in (SOP_CLASS, SOP_INSTANCE)}
         meta = self.meta(uids)
         body_bytes = b"".join(part for _, part in body)
-        return EncodedHeader(meta, body_bytes, self.layout, str(uids[SOP_INSTANCE])), run.report
+        encoded = EncodedHeader(meta, body_bytes, self.layout, str(uids[SOP_INSTANCE]), pixel_data=self.file.pixel_data)
+        return encoded, run.report
 
     def top_value(self, tag: int):
         """The value of the top-level element ``tag`` as this walk left it (decoded once)."""

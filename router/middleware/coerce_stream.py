@@ -98,7 +98,9 @@ class StreamedHeader:
         body.sort(key=itemgetter(0))
         meta = walk.meta_of(uids)
         body_bytes = b"".join(part for _, part in body)
-        return EncodedHeader(meta, body_bytes, self.file.layout, uids[SOP_INSTANCE], self.file.buf[:128])
+        return EncodedHeader(
+            meta, body_bytes, self.file.layout, uids[SOP_INSTANCE], self.file.buf[:128], self.file.pixel_data
+        )
 
     def _uid(self, tag: int) -> str:
         if tag not in self.tags:

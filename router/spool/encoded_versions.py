@@ -22,13 +22,16 @@ from router.spool.splice import Layout, copy_range, write_spliced
 class EncodedHeader:
     """``meta``: group 0002 with its group length; ``body``: the elements before the pixel data,
     which runs from ``layout.pixel_start`` to the end of the source file (nothing follows it);
-    ``sop_instance_uid``: the one the header carries; ``preamble``: the file's first 128 bytes."""
+    ``sop_instance_uid``: the one the header carries; ``preamble``: the file's first 128 bytes;
+    ``pixel_data``: the source's bytes from ``layout.pixel_start`` to its end when the stage
+    read them already (a small file read whole), so they are written without reading the file again."""
 
     meta: bytes
     body: bytes
     layout: Layout
     sop_instance_uid: str
     preamble: bytes = bytes(128)
+    pixel_data: bytes | None = None
 
     def dataset(self) -> Dataset:
         """The header as pydicom reads it (for a stage that reads or edits it after this one)."""
@@ -41,8 +44,11 @@ def write_edited(instance, out) -> None:
     if encoded is None:
         write_spliced(instance.path, instance.header, instance.layout, out)
         return
-    out.write(encoded.preamble + b"DICM" + encoded.meta + encoded.body)
     layout = encoded.layout
+    if encoded.pixel_data is not None:
+        out.write(encoded.preamble + b"DICM" + encoded.meta + encoded.body + encoded.pixel_data)
+        return
+    out.write(encoded.preamble + b"DICM" + encoded.meta + encoded.body)
     if layout.pixel_start is not None:
         with open(Path(instance.path), "rb") as src:
             src.seek(layout.pixel_start)

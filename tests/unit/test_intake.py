@@ -4,11 +4,14 @@ and it is closed or removed only once that is over."""
 from __future__ import annotations
 
 import io
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from router.config.loader import load_config
+from router.engine.spare_files import SpareFiles
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Intake
 from router.pipeline import PipelineSet
@@ -122,3 +125,48 @@ def test_a_received_file_that_cannot_be_made_durable_leaves_no_row_and_no_file(i
     assert events == ["fsync started", "fsync failed", "closed"]
     assert not (tmp_path / "data" / "objects" / "00" / "spare.dcm").exists()
     assert intake.queue.instance_files() == []
+
+
+@pytest.fixture
+def anonymizing_intake(tmp_path):
+    (tmp_path / "research.key").write_text("a-key-for-tests-only-0123456789abcdef\n")
+    config_path = tmp_path / "router.toml"
+    stage = '\n[[pipelines.default.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n'
+    config_path.write_text(router_toml(tmp_path / "data", 11112, dimse_backend_toml(11113), ["pacs"], extra=stage))
+    spool = Spool(tmp_path / "data")
+    spool.prepare()
+    queue = DeliveryQueue(spool.queue_path)
+    intake = Intake(spool, queue, PipelineSet(load_config(config_path)))
+    yield intake
+    intake.close()
+    queue.close()
+    spool.close()
+
+
+def test_a_received_file_its_edited_version_replaces_goes_back_among_the_spares_emptied(
+    anonymizing_intake, monkeypatch
+):
+    intake = anonymizing_intake
+    intake.spool.spares.close()
+    intake.spool.spares = SpareFiles(_no_files, intake.spool.incoming)  # none made: the one given back is seen
+    events: list = []
+    record_fsyncs(intake, monkeypatch, events)
+    path, file = received(intake, events)
+    result = intake.receive_store(envelope(), path, "1.2.840.10008.1.2.1", None, received_file=file)
+
+    assert result.status == SUCCESS and result.stored
+    ((_, version, _, _),) = intake.queue.instance_files()
+    assert version != path and os.path.getsize(version) > 0
+    assert events == ["fsync started", "fsync done", "closed"]  # the version's fsync only
+    assert path in intake.spool.spares.ready_paths and os.path.getsize(path) == 0
+    spare = None
+    while (taken := intake.spool.spares.take_ready()) is not None and spare is None:
+        spare = taken if taken[0] == path else None
+    assert spare is not None
+    spare[1].write(b"the next instance")
+    spare[1].close()
+    assert Path(path).read_bytes() == b"the next instance"
+
+
+def _no_files(count: int) -> list:
+    raise OSError(28, "No space left on device")

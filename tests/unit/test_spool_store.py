@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from router.engine.spare_files import SpareFiles, create_empty
 from router.spool.queue import DeliveryQueue, InstanceRecord
 from router.spool.store import Spool
 from tests.support.peers import wait_for
@@ -158,3 +159,23 @@ def test_transcoded_versions_stay_with_their_instance_and_go_without_it(tmp_path
         queue.close()
     finally:
         spool.close()
+
+
+def test_a_spare_given_back_is_emptied_handed_out_again_and_kept_only_up_to_the_depth(tmp_path):
+    spares = SpareFiles(lambda count: [create_empty(str(tmp_path)) for _ in range(count)], tmp_path, depth=1)
+    path, file = create_empty(str(tmp_path))
+    file.write(b"an instance an edited version replaced")
+    assert spares.give_back(path, file.fileno())
+    file.close()  # the caller's own descriptor: the spare stays open through another
+    assert os.path.getsize(path) == 0 and spares.ready_paths == {path}
+
+    extra, extra_file = create_empty(str(tmp_path))
+    assert not spares.give_back(extra, extra_file.fileno())  # depth 1 is ready: the caller removes it
+    extra_file.close()
+
+    taken, spare = spares.take_ready()
+    assert taken == path
+    spare.write(b"the next instance")
+    spare.close()
+    assert Path(path).read_bytes() == b"the next instance"
+    spares.close()
