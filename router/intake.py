@@ -208,11 +208,11 @@ class Intake:
     def _let_go_of_replaced(self, instance: SpooledInstance, received_durable: _Fsync) -> None:
         """The received file that only its edited versions replace (never fsynced): emptied back
         among the spool's spares when it is one (no unlink now, no file to make later) and no
-        writeback of it was started, else removed off the answer's path (by the fsync threads)."""
+        writeback of it was started, else recycled off the answer's path (by the fsync threads)."""
         fd = received_durable.fd if received_durable.entry_durable else None
         if fd is not None and instance.size < WRITEBACK_STEP and self.spool.spares.give_back(str(instance.path), fd):
             return
-        self._fsyncers.submit(self.spool.discard, instance.path)
+        self._fsyncers.submit(self.spool.recycle, instance.path)
 
     def _versions(
         self,

@@ -8,6 +8,7 @@ Layout under the data directory::
                        (:meth:`Spool.make_spares`) or instances being received
     orphans/*.dcm      non-empty spool files no queue row named at start-up (never deleted:
                        ``dicom-router queue adopt`` queues them again)
+    reuse/*.dcm        emptied files of delivered instances, made spares again (:meth:`Spool.recycle`)
     queue.db           the delivery queue (see :mod:`router.spool.queue`)
 """
 
@@ -31,6 +32,9 @@ from router.spool.variants import remove_variants, variant_base
 log = structlog.get_logger("router.spool")
 
 SHARDS = 256
+REUSE_LIMIT = 1024
+"""At most about this many emptied files wait in ``reuse/``; past it, delivered files are removed."""
+REUSE_CHECK_EVERY = 256
 
 
 class WrittenVersion(NamedTuple):
@@ -47,16 +51,19 @@ class Spool:
         self.incoming = self.data_dir / "incoming"
         self.objects = self.data_dir / "objects"
         self.orphans = self.data_dir / "orphans"
+        self.reuse = self.data_dir / "reuse"
         self.queue_path = self.data_dir / "queue.db"
         self.min_free_bytes = min_free_space_mb * 1024 * 1024
         self._directory_fds: dict[str, int] = {}
         self._spare_shard = 0
+        self._recycled = 0
+        self._reuse_full = False
         self.spares = SpareFiles(self.make_spares, self.incoming)
 
     def prepare(self) -> None:
         """Create the layout, receive into spares made by :meth:`make_spares`, and otherwise into
         ``incoming/`` (same filesystem as ``objects/``)."""
-        for d in (self.data_dir, self.incoming, self.objects):
+        for d in (self.data_dir, self.incoming, self.objects, self.reuse):
             d.mkdir(parents=True, exist_ok=True)
         for shard in range(SHARDS):
             (self.objects / f"{shard:02x}").mkdir(exist_ok=True)
@@ -67,12 +74,17 @@ class Spool:
         """``count`` empty files to receive instances into, in the next shard of ``objects/``,
         with the shard directory fsynced once they exist: an instance received into one is
         spooled where it is (see :meth:`adopt`). Left behind by a crash, they are removed at the
-        next start (no queue row names them)."""
+        next start (no queue row names them).
+
+        Files waiting in ``reuse/`` are moved in first (emptied again on opening), new ones
+        made only for the rest: on ext4, creating a file where many were deleted in the last
+        minutes costs several times more than renaming one (docs/performance.md)."""
         self._spare_shard = (self._spare_shard + 1) % SHARDS
         shard = os.path.join(self.objects, f"{self._spare_shard:02x}")
         made: list[tuple[str, FileIO]] = []
         try:
-            for _ in range(count):
+            made += self._reused(shard, count)
+            while len(made) < count:
                 made.append(create_empty(shard))
             fsync_dir(shard)
         except OSError:
@@ -80,6 +92,56 @@ class Spool:
                 close_and_remove(path, file)
             raise
         return made
+
+    def _reused(self, shard: str, count: int) -> list[tuple[str, FileIO]]:
+        """Up to ``count`` files of ``reuse/`` moved into ``shard``, open and empty. Another
+        process of the router may take the same file first: it is then skipped."""
+        taken: list[tuple[str, FileIO]] = []
+        try:
+            with os.scandir(self.reuse) as entries:
+                for entry in entries:
+                    if len(taken) >= count:
+                        break
+                    target = os.path.join(shard, entry.name)
+                    try:
+                        os.rename(entry.path, target)
+                    except FileNotFoundError:
+                        continue
+                    taken.append((target, open(target, "wb", buffering=0)))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            for path, file in taken:
+                close_and_remove(path, file)
+            raise
+        return taken
+
+    def recycle(self, path: Path | str) -> None:
+        """Empty a spool file no delivery needs any more and move it to ``reuse/``, where
+        :meth:`make_spares` takes it again (while fewer than about :data:`REUSE_LIMIT` wait
+        there; else it is removed). Its data must have no reader left: unlike a removed file,
+        an emptied one is empty for whoever still has it open."""
+        if self._reuse_is_full():
+            self.discard(path)
+            return
+        try:
+            os.truncate(path, 0)
+        except FileNotFoundError:
+            return
+        except OSError:
+            self.discard(path)
+            return
+        try:
+            os.rename(path, os.path.join(self.reuse, os.path.basename(path)))
+        except OSError:
+            self.discard(path)
+
+    def _reuse_is_full(self) -> bool:
+        """Whether ``reuse/`` holds :data:`REUSE_LIMIT` files, counted once every :data:`REUSE_CHECK_EVERY` calls."""
+        if self._recycled % REUSE_CHECK_EVERY == 0:
+            self._reuse_full = _count_up_to(self.reuse, REUSE_LIMIT) >= REUSE_LIMIT
+        self._recycled += 1
+        return self._reuse_full
 
     def adopt(self, received: Path | str) -> tuple[Path, bool]:
         """Take a fully received file into the spool; not yet durable.
@@ -172,8 +234,8 @@ class Spool:
             pass
 
     def discard_instance(self, path: Path | str) -> None:
-        """Remove a spool file no delivery needs any more, with its transcoded versions."""
-        self.discard(path)
+        """Let go of a spool file no delivery needs any more (:meth:`recycle`), and remove its transcoded versions."""
+        self.recycle(path)
         remove_variants(path)
 
     def free_bytes(self) -> int:
@@ -240,7 +302,18 @@ class Spool:
             )
         if removed:
             log.info("removed empty spool files no delivery needs", count=removed)
+        self._trim_reuse()
         return removed + len(orphaned)
+
+    def _trim_reuse(self) -> None:
+        """At start-up: no more than :data:`REUSE_LIMIT` files in ``reuse/``."""
+        try:
+            with os.scandir(self.reuse) as entries:
+                for index, entry in enumerate(entries):
+                    if index >= REUSE_LIMIT:
+                        os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
     def adopt_orphan(self, path: Path) -> Path:
         """Move a file from ``orphans/`` back into a shard of ``objects/``, durably."""
@@ -251,6 +324,20 @@ class Spool:
         self.make_durable(target)
         fsync_dir(self.orphans)
         return target
+
+
+def _count_up_to(directory: Path, limit: int) -> int:
+    """How many entries ``directory`` holds, counting no further than ``limit`` (0 if it is missing)."""
+    count = 0
+    try:
+        with os.scandir(directory) as entries:
+            for _ in entries:
+                count += 1
+                if count >= limit:
+                    break
+    except FileNotFoundError:
+        pass
+    return count
 
 
 def fsync_dir(directory: Path | str) -> None:

@@ -179,3 +179,50 @@ def test_a_spare_given_back_is_emptied_handed_out_again_and_kept_only_up_to_the_
     spare.close()
     assert Path(path).read_bytes() == b"the next instance"
     spares.close()
+
+
+def test_a_delivered_file_is_emptied_into_reuse_and_made_a_spare_again_before_any_new_file(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        ((path, file),) = spool.make_spares(1)
+        file.write(b"a delivered instance")
+        file.close()
+        inode = os.stat(path).st_ino
+        spool.discard_instance(path)
+        assert not os.path.exists(path)
+        (kept,) = list(spool.reuse.iterdir())
+        assert kept.stat().st_size == 0 and kept.stat().st_ino == inode
+
+        made = spool.make_spares(2)
+        inodes = [os.fstat(f.fileno()).st_ino for _, f in made]
+        assert inodes[0] == inode and inodes[1] != inode  # the rest made new
+        assert all(Path(p).parent.parent == spool.objects and os.path.getsize(p) == 0 for p, _ in made)
+        assert list(spool.reuse.iterdir()) == []
+        for _, f in made:
+            f.close()
+    finally:
+        spool.close()
+
+
+def test_reuse_holds_a_bounded_number_of_files(tmp_path, monkeypatch):
+    monkeypatch.setattr("router.spool.store.REUSE_LIMIT", 3)
+    monkeypatch.setattr("router.spool.store.REUSE_CHECK_EVERY", 1)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        delivered = []
+        for _, file in spool.make_spares(5):
+            file.write(b"data")
+            file.close()
+            delivered.append(file.name)
+        for path in delivered:
+            spool.discard_instance(path)
+        assert len(list(spool.reuse.iterdir())) == 3
+        assert not any(os.path.exists(p) for p in delivered)  # the others removed
+
+        monkeypatch.setattr("router.spool.store.REUSE_LIMIT", 1)
+        spool.sweep_unreferenced(set())  # at start-up: trimmed to the limit
+        assert len(list(spool.reuse.iterdir())) == 1
+    finally:
+        spool.close()
