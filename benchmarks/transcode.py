@@ -10,6 +10,7 @@ over a ramp; 8-bit for JPEG Baseline), compressed by DCMTK where it can (``dcmcj
 ``dcmcjpls``, ``dcmcrle``) and by the router for JPEG 2000 (Debian's DCMTK has no JPEG 2000
 codec). Decoding pairs go to Explicit VR Little Endian; encoding pairs from it. Prints a
 Markdown table of frames per second (median of ``--reps``); JSON goes to ``benchmarks/results/``.
+pydicom is set up as in the router's processes (:func:`router.engine.configure`), for all three.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
+from router import engine  # noqa: E402
 from router.transcode.files import transcode_file  # noqa: E402
 from router.transcode.frames import PixelFormat  # noqa: E402
 from tests.support.images import write_image  # noqa: E402
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dicom-router-bench"))
     args = parser.parse_args()
+    engine.configure()  # pydicom's settings as in the router's processes (values read unvalidated)
     made = sources(args.workdir, args.files, args.size)
     scratch = args.workdir / "transcode-out"
     scratch.mkdir(parents=True, exist_ok=True)

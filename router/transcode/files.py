@@ -58,10 +58,11 @@ def transcode_file(
     source_syntax = UID(header.file_meta.TransferSyntaxUID)
     if layout.deflated:
         return _from_deflated(source, target, syntax, keep_uid_on_lossy)
-    if UID(syntax) == source_syntax:
+    syntax = UID(syntax)
+    if syntax == source_syntax:
         raise CannotTranscode(f"the instance is already {describe(syntax)}")
     if layout.pixel_tag is None:
-        if UID(syntax) not in NATIVE:
+        if syntax not in NATIVE:
             raise CannotTranscode(f"the instance has no pixel data to encode as {describe(syntax)}")
         return _write(source, target, header, layout, syntax, None)
     if layout.pixel_tag != PIXEL_DATA or layout.pixel_start is None:
@@ -71,7 +72,7 @@ def transcode_file(
     fmt = PixelFormat.of(header)
     with open(source, "rb") as f:
         f.seek(value_start(f, layout.pixel_start, source_syntax))
-        frames = decoded_frames(f, source_syntax, fmt, native=UID(syntax) in NATIVE)
+        frames = decoded_frames(f, source_syntax, fmt, native=syntax in NATIVE)
         first = next(frames, None)
         if first is None:
             raise CannotTranscode("the pixel data holds no frame")
