@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from operator import itemgetter
 
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 from pydicom.values import convert_value
 
 from router.deid.deidentify import (
@@ -51,14 +49,11 @@ from router.spool.element_stream import Element, NotStreamable, parse_elements, 
 from router.spool.encoded_versions import EncodedHeader
 from router.spool.raw_elements import encode_element, encode_value
 from router.spool.spans import ITEM_DELIMITER, SEQUENCE_DELIMITER, UNDEFINED
-from router.spool.splice import DEFER_SIZE, Layout, SpliceError, pixel_element_end
+from router.spool.splice import DEFER_SIZE, Layout
+from router.spool.stream_header import TRANSFER_SYNTAX, StreamHeader, read_stream_header
 
-MAX_HEADER = 1024 * 1024
-FIRST_READ = 64 * 1024
-EXPLICIT_LITTLE, IMPLICIT_LITTLE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
-BIG_ENDIAN, DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 SOP_CLASS, SOP_INSTANCE = 0x00080016, 0x00080018
-MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE, TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
+MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE = 0x00020002, 0x00020003
 BURNED_IN_ANNOTATION = 0x00280301
 META_UIDS = {MEDIA_SOP_CLASS: SOP_CLASS, MEDIA_SOP_INSTANCE: SOP_INSTANCE}
 _NUMBERS = {"AT": "<HH", "SV": "<q", "UV": "<Q"}
@@ -70,32 +65,14 @@ _READ_AT_TOP = frozenset(IDENTIFIER_TAGS + NAME_TAGS + (BIRTH_DATE, BURNED_IN_AN
 def open_stream(path: os.PathLike | str) -> StreamedFile:
     """The header of the Part-10 file at ``path``, ready to de-identify without a pydicom data
     set; raises :class:`NotStreamable` (take the data set way)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = f.read(min(size, FIRST_READ))
-        header = _Header.parse(buf, size)
-        if header is None and size > len(buf):
-            buf += f.read(min(size, MAX_HEADER) - len(buf))
-            header = _Header.parse(buf, size)
-        if header is None:
-            raise NotStreamable("the header is longer than the stream walk takes")
-        layout = Layout(None, None, None, size)
-        if header.pixel_start is not None:
-            try:
-                tag, end = pixel_element_end(f, header.pixel_start, size, UID(header.syntax))
-            except SpliceError as exc:
-                raise NotStreamable(str(exc)) from None
-            if end != size or any(e.tag >= tag for e in header.elements):
-                raise NotStreamable("elements follow the pixel data")
-            layout = Layout(tag, header.pixel_start, end, size)
-    return StreamedFile(buf, header, layout)
+    return StreamedFile(*read_stream_header(path))
 
 
 class StreamedFile:
     """One file's header bytes and elements; :meth:`deidentify` may be called more than once
     (with another de-identifier after an :class:`~router.deid.deidentify.UnmappedPatient`)."""
 
-    def __init__(self, buf: bytes, header: _Header, layout: Layout):
+    def __init__(self, buf: bytes, header: StreamHeader, layout: Layout):
         self.buf = buf
         self.header = header
         self.layout = layout
@@ -104,7 +81,7 @@ class StreamedFile:
             raise NotStreamable("a tag appears twice")
         if any(e.undefined_length and e.end - e.value_start > DEFER_SIZE for e in header.elements):
             raise NotStreamable("a long sequence (the data set way rewrites it item by item)")
-        self.implicit = header.syntax == IMPLICIT_LITTLE
+        self.implicit = header.implicit
         self.decoded: dict[int, object] = {}
 
     @property
@@ -138,44 +115,6 @@ class StreamedFile:
         """The de-identified header, encoded, and the report; raises :class:`NotStreamable` or
         :class:`~router.deid.deidentify.UnmappedPatient`."""
         return DeidentifyingWalk(deidentifier, self).run()
-
-
-@dataclass(frozen=True)
-class _Header:
-    meta: list[Element]
-    elements: list[Element]
-    syntax: str
-    pixel_start: int | None
-
-    @classmethod
-    def parse(cls, buf: bytes, size: int) -> _Header | None:
-        """The file meta and the data set's elements up to the pixel data; None when ``buf``
-        ends before them (and the file does not)."""
-        if len(buf) < 144 or buf[128:132] != b"DICM" or buf[132:136] != b"\x02\x00\x00\x00":
-            raise NotStreamable("no plain file meta")
-        (group_length,) = struct.unpack_from("<I", buf, 140)
-        meta_end = 144 + group_length
-        if meta_end > len(buf):
-            return None
-        meta, _ = parse_elements(buf, 144, meta_end, False)
-        if any(e.tag >> 16 != 0x0002 for e in meta):
-            raise NotStreamable("the file meta group length does not match its elements")
-        syntax = next((_text_of(buf, e) for e in meta if e.tag == TRANSFER_SYNTAX), "")
-        if syntax in (BIG_ENDIAN, DEFLATED) or not UID(syntax).is_transfer_syntax:
-            raise NotStreamable(f"transfer syntax {syntax!r}")
-        try:
-            elements, stop = parse_elements(buf, meta_end, len(buf), syntax == IMPLICIT_LITTLE)
-        except NotStreamable:
-            if len(buf) < size:
-                return None
-            raise
-        if elements and elements[0].tag >> 16 <= 0x0002:
-            raise NotStreamable("file meta elements after the file meta group")
-        if stop < len(buf):
-            return cls(meta, elements, syntax, stop)
-        if len(buf) < size:
-            return None
-        return cls(meta, elements, syntax, None)
 
 
 class DeidentifyingWalk:
@@ -440,7 +379,3 @@ def _value(buf: bytes, e: Element, implicit: bool):
         return convert_value(vr, element, None)
     except Exception as exc:  # a value pydicom cannot read either: its way decides what to do
         raise NotStreamable(f"a {vr} value pydicom cannot decode: {exc}") from None
-
-
-def _text_of(buf: bytes, e: Element) -> str:
-    return buf[e.value_start : e.value_end].decode("ascii", "replace").rstrip("\0 ")

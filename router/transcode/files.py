@@ -25,8 +25,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, gen
 
 from router.spool.checksum import ChecksummingWriter, file_checksum
 from router.spool.deflated import read_deflated
+from router.spool.element_stream import NotStreamable
 from router.spool.spans import LONG_VRS
 from router.spool.splice import SpliceError, clone_header, read_header, write_spliced
+from router.spool.stream_header import read_stream_header, text_of
+from router.transcode.header_bytes import check_streamable, image_pixel_values, output_header
 from router.transcode.syntaxes import LOSSY, LOSSY_METHODS, NATIVE, CannotTranscode, describe
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from router.transcode.frames import PixelFormat
 
 PIXEL_DATA = 0x7FE00010
+SOP_INSTANCE = 0x00080018
 OFFSET_TABLES = (0x7FE00001, 0x7FE00002)  # the Extended Offset Table and its lengths: the old encoding's
 ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
@@ -50,7 +54,14 @@ class Transcoded:
 def transcode_file(
     source: Path | str, target: Path | str, syntax: str, *, keep_uid_on_lossy: bool = False
 ) -> Transcoded:
-    """Write the instance in ``source`` to ``target`` in ``syntax``; raises :class:`CannotTranscode`."""
+    """Write the instance in ``source`` to ``target`` in ``syntax``; raises :class:`CannotTranscode`.
+
+    The header is read and written from its element bytes (:mod:`router.transcode.header_bytes`)
+    where that covers it, else through pydicom's data set."""
+    try:
+        return _transcode_from_bytes(source, target, UID(syntax))
+    except NotStreamable:
+        pass
     try:
         header, layout = read_header(source)
     except (SpliceError, OSError, ValueError) as exc:
@@ -85,6 +96,44 @@ def transcode_file(
         _record_ratio(target, writer.lossy_ratio)
         return Transcoded(file_checksum(target), result.sop_instance_uid, True)
     return result
+
+
+def _transcode_from_bytes(source: Path | str, target: Path | str, syntax: UID) -> Transcoded:
+    """:func:`transcode_file` with the header as element bytes; raises :class:`NotStreamable`
+    (nothing written) where :mod:`router.transcode.header_bytes` does not cover it."""
+    try:
+        buf, header, layout = read_stream_header(source)
+    except OSError as exc:
+        raise NotStreamable(str(exc)) from None  # pydicom's way reports it
+    source_syntax = UID(header.syntax)
+    if syntax == source_syntax:
+        raise NotStreamable("the same syntax")
+    check_streamable(header, layout.pixel_tag, syntax)
+    sop_instance = next((e for e in header.elements if e.tag == SOP_INSTANCE), None)
+    if sop_instance is None or layout.pixel_start is None:
+        raise NotStreamable("no SOP Instance UID")
+    from router.transcode.frames import PixelFormat, decoded_frames, encode_frame, output_format  # numpy: when used
+
+    fmt = PixelFormat.of_values(image_pixel_values(buf, header).get)
+    with open(source, "rb") as f:
+        f.seek(value_start(f, layout.pixel_start, source_syntax))
+        frames = decoded_frames(f, source_syntax, fmt, native=syntax in NATIVE)
+        first = next(frames, None)
+        if first is None:
+            raise CannotTranscode("the pixel data holds no frame")
+        decoded = first[1]
+        out_format = output_format(decoded, syntax)
+        head = output_header(buf, header, syntax, out_format.photometric_interpretation, out_format.samples_per_pixel)
+        writer = _PixelWriter(chain([first], frames), decoded, fmt, syntax, encode_frame)
+        try:
+            with open(target, "wb") as out:
+                checksummed = ChecksummingWriter(out)
+                checksummed.write(head)
+                writer(checksummed)
+        except BaseException:
+            _remove(target)
+            raise
+    return Transcoded(checksummed.checksum, text_of(buf, sop_instance), False)
 
 
 def _write(source, target, header, layout, syntax, pixel_writer) -> Transcoded:

@@ -17,8 +17,9 @@ more than the header says reaches Python as pyo3's ``PanicException``, which der
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
@@ -50,17 +51,26 @@ class PixelFormat:
 
     @classmethod
     def of(cls, header: Dataset) -> PixelFormat:
+        return cls.of_values(header.get)
+
+    @classmethod
+    def of_values(cls, get: Callable[[str, Any], Any]) -> PixelFormat:
+        """From ``get(keyword, default)``, the value of the header's element of that keyword
+        (``default`` when it has none, None when it is empty), as ``Dataset.get`` gives it."""
         try:
+            photometric = get("PhotometricInterpretation", None)
+            if photometric is None:
+                raise ValueError("no Photometric Interpretation")
             fmt = cls(
-                rows=int(header.Rows),
-                columns=int(header.Columns),
-                samples_per_pixel=int(header.get("SamplesPerPixel", 1)),
-                bits_allocated=int(header.BitsAllocated),
-                bits_stored=int(header.get("BitsStored", header.BitsAllocated)),
-                pixel_representation=int(header.get("PixelRepresentation", 0)),
-                photometric_interpretation=str(header.PhotometricInterpretation).strip(),
-                planar_configuration=int(header.get("PlanarConfiguration", 0) or 0),
-                number_of_frames=int(header.get("NumberOfFrames", 1) or 1),
+                rows=int(get("Rows", None)),
+                columns=int(get("Columns", None)),
+                samples_per_pixel=int(get("SamplesPerPixel", 1)),
+                bits_allocated=int(get("BitsAllocated", None)),
+                bits_stored=int(get("BitsStored", get("BitsAllocated", None))),
+                pixel_representation=int(get("PixelRepresentation", 0)),
+                photometric_interpretation=str(photometric).strip(),
+                planar_configuration=int(get("PlanarConfiguration", 0) or 0),
+                number_of_frames=int(get("NumberOfFrames", 1) or 1),
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise CannotTranscode(f"the Image Pixel module is incomplete: {exc}") from None
