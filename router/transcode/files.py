@@ -78,19 +78,11 @@ def transcode_file(
         return _write(source, target, header, layout, syntax, None)
     if layout.pixel_tag != PIXEL_DATA or layout.pixel_start is None:
         raise CannotTranscode("float pixel data is not transcoded")
-    from router.transcode.frames import PixelFormat, decoded_frames, encode_frame, output_format  # numpy: when used
+    from router.transcode.frames import PixelFormat  # numpy: when used
 
-    fmt = PixelFormat.of(header)
     with open(source, "rb") as f:
-        f.seek(value_start(f, layout.pixel_start, source_syntax))
-        frames = decoded_frames(f, source_syntax, fmt, native=syntax in NATIVE)
-        first = next(frames, None)
-        if first is None:
-            raise CannotTranscode("the pixel data holds no frame")
-        decoded = first[1]
-        out_format = output_format(decoded, syntax)
+        writer, out_format = _pixel_writer(f, layout.pixel_start, source_syntax, PixelFormat.of(header), syntax)
         edited = _output_header(header, source_syntax, syntax, out_format, keep_uid_on_lossy)
-        writer = _PixelWriter(chain([first], frames), decoded, fmt, syntax, encode_frame)
         result = _write(source, target, edited, layout, syntax, writer)
     if writer.lossy_ratio is not None:
         _record_ratio(target, writer.lossy_ratio)
@@ -112,19 +104,12 @@ def _transcode_from_bytes(source: Path | str, target: Path | str, syntax: UID) -
     sop_instance = next((e for e in header.elements if e.tag == SOP_INSTANCE), None)
     if sop_instance is None or layout.pixel_start is None:
         raise NotStreamable("no SOP Instance UID")
-    from router.transcode.frames import PixelFormat, decoded_frames, encode_frame, output_format  # numpy: when used
+    from router.transcode.frames import PixelFormat  # numpy: when used
 
     fmt = PixelFormat.of_values(image_pixel_values(buf, header).get)
     with open(source, "rb") as f:
-        f.seek(value_start(f, layout.pixel_start, source_syntax))
-        frames = decoded_frames(f, source_syntax, fmt, native=syntax in NATIVE)
-        first = next(frames, None)
-        if first is None:
-            raise CannotTranscode("the pixel data holds no frame")
-        decoded = first[1]
-        out_format = output_format(decoded, syntax)
+        writer, out_format = _pixel_writer(f, layout.pixel_start, source_syntax, fmt, syntax)
         head = output_header(buf, header, syntax, out_format.photometric_interpretation, out_format.samples_per_pixel)
-        writer = _PixelWriter(chain([first], frames), decoded, fmt, syntax, encode_frame)
         try:
             with open(target, "wb") as out:
                 checksummed = ChecksummingWriter(out)
@@ -134,6 +119,23 @@ def _transcode_from_bytes(source: Path | str, target: Path | str, syntax: UID) -
             _remove(target)
             raise
     return Transcoded(checksummed.checksum, text_of(buf, sop_instance), False)
+
+
+def _pixel_writer(
+    f, pixel_start: int, source_syntax: UID, fmt: PixelFormat, syntax: UID
+) -> tuple[_PixelWriter, PixelFormat]:
+    """A writer of the pixel data whose element starts at ``pixel_start`` in ``f``, in ``syntax``,
+    with its first frame decoded already; and the format the output's frames have (known
+    only then, and named in the header written before them)."""
+    from router.transcode.frames import decoded_frames, encode_frame, output_format  # numpy: when used
+
+    f.seek(value_start(f, pixel_start, source_syntax))
+    frames = decoded_frames(f, source_syntax, fmt, native=syntax in NATIVE)
+    first = next(frames, None)
+    if first is None:
+        raise CannotTranscode("the pixel data holds no frame")
+    decoded = first[1]
+    return _PixelWriter(chain([first], frames), decoded, fmt, syntax, encode_frame), output_format(decoded, syntax)
 
 
 def _write(source, target, header, layout, syntax, pixel_writer) -> Transcoded:
