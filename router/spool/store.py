@@ -102,6 +102,8 @@ class Spool:
                 for entry in entries:
                     if len(taken) >= count:
                         break
+                    if not entry.is_file(follow_symlinks=False):
+                        continue  # not one the router put there
                     target = os.path.join(shard, entry.name)
                     try:
                         os.rename(entry.path, target)
@@ -309,11 +311,11 @@ class Spool:
         """At start-up: no more than :data:`REUSE_LIMIT` files in ``reuse/``."""
         try:
             with os.scandir(self.reuse) as entries:
-                for index, entry in enumerate(entries):
-                    if index >= REUSE_LIMIT:
-                        os.unlink(entry.path)
+                files = [entry.path for entry in entries if entry.is_file(follow_symlinks=False)]
         except FileNotFoundError:
-            pass
+            return
+        for path in files[REUSE_LIMIT:]:
+            self.discard(path)
 
     def adopt_orphan(self, path: Path) -> Path:
         """Move a file from ``orphans/`` back into a shard of ``objects/``, durably."""

@@ -194,11 +194,12 @@ def test_a_delivered_file_is_emptied_into_reuse_and_made_a_spare_again_before_an
         (kept,) = list(spool.reuse.iterdir())
         assert kept.stat().st_size == 0 and kept.stat().st_ino == inode
 
+        (spool.reuse / "not-a-file").mkdir()  # skipped: only files are taken
         made = spool.make_spares(2)
         inodes = [os.fstat(f.fileno()).st_ino for _, f in made]
         assert inodes[0] == inode and inodes[1] != inode  # the rest made new
         assert all(Path(p).parent.parent == spool.objects and os.path.getsize(p) == 0 for p, _ in made)
-        assert list(spool.reuse.iterdir()) == []
+        assert list(spool.reuse.iterdir()) == [spool.reuse / "not-a-file"]
         for _, f in made:
             f.close()
     finally:
@@ -222,7 +223,9 @@ def test_reuse_holds_a_bounded_number_of_files(tmp_path, monkeypatch):
         assert not any(os.path.exists(p) for p in delivered)  # the others removed
 
         monkeypatch.setattr("router.spool.store.REUSE_LIMIT", 1)
-        spool.sweep_unreferenced(set())  # at start-up: trimmed to the limit
-        assert len(list(spool.reuse.iterdir())) == 1
+        (spool.reuse / "not-a-file").mkdir()
+        spool.sweep_unreferenced(set())  # at start-up: trimmed to the limit, what is not a file left alone
+        assert len([p for p in spool.reuse.iterdir() if p.is_file()]) == 1
+        assert (spool.reuse / "not-a-file").is_dir()
     finally:
         spool.close()
