@@ -7,6 +7,7 @@ once at start-up, before any association. The changes themselves are declared in
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -50,8 +51,9 @@ def configure(mode: str | None = None) -> SeamReport:
     dumps, which it formats before the logger's level is checked: a third of the time a
     C-FIND response takes), leave values pydicom
     reads unvalidated (a router passes on what it was sent, and validating each value it decodes
-    is a measurable part of de-identifying an instance: docs/benchmarks.md), and apply the router's changes to pynetdicom for
-    ``mode`` (default :func:`default_mode`):
+    is a measurable part of de-identifying an instance: docs/benchmarks.md), raise the descriptor
+    limit, keep freed memory for the next instance (:func:`reuse_freed_memory`), and apply the
+    router's changes to pynetdicom for ``mode`` (default :func:`default_mode`):
 
     - ``owned``: every change of :mod:`router.engine.changes`, fixes and speed-ups;
     - ``stock``: pynetdicom as released plus the fixes.
@@ -78,6 +80,7 @@ def configure(mode: str | None = None) -> SeamReport:
         logging.getLogger("pynetdicom.fsm").setLevel(logging.CRITICAL)  # the router logs these errors itself
         _quiet_pynetdicom_tracebacks()
         raise_descriptor_limit()
+        reuse_freed_memory()
         from router.engine.changes import CHANGES, OWN_CLASSES
 
         _report = apply_changes(CHANGES, wanted)
@@ -134,6 +137,32 @@ def raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             pass
+
+
+MMAP_THRESHOLD = 4 * 2**20
+TRIM_THRESHOLD = 16 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def reuse_freed_memory() -> bool:
+    """Let the C allocator keep freed memory for the next instance instead of handing it back
+    to the kernel after each one; True when set (glibc), False elsewhere.
+
+    A transcoded frame, a decoded one and the file buffers around them (about 1.5 MB for a
+    512 x 512 CT frame) are allocated and freed for every instance. With glibc's defaults,
+    blocks of that size are mapped and unmapped, or the heap grown and trimmed, each time,
+    so every instance's buffers start as fresh pages that the kernel faults in and zeroes,
+    at a cost of the order of decoding an RLE frame. Here allocations under
+    :data:`MMAP_THRESHOLD` come from the heap, and its free top is trimmed only past
+    :data:`TRIM_THRESHOLD`: what a process keeps beyond what it uses stays under that bound,
+    so memory is still flat.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def freeze_startup_objects() -> None:
