@@ -10,7 +10,9 @@ over a ramp; 8-bit for JPEG Baseline), compressed by DCMTK where it can (``dcmcj
 ``dcmcjpls``, ``dcmcrle``) and by the router for JPEG 2000 (Debian's DCMTK has no JPEG 2000
 codec). Decoding pairs go to Explicit VR Little Endian; encoding pairs from it. Prints a
 Markdown table of frames per second (median of ``--reps``); JSON goes to ``benchmarks/results/``.
-pydicom is set up as in the router's processes (:func:`router.engine.configure`), for all three.
+pydicom is set up as in the router's processes (:func:`router.engine.configure`), for all three;
+the router and DCMTK write each output to a new file, as the router does in its spool. Run it with
+``--workdir`` on the file system the router's data directory would use (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -82,7 +84,16 @@ def sources(workdir: Path, files: int, size: int) -> dict[str, list[Path]]:
     return made
 
 
+def fresh_outputs(scratch: Path, prefix: str, count: int) -> None:
+    """Remove the last repetition's outputs before the clock starts: the router writes every
+    transcoded version to a new file, and overwriting one (a truncation, and ext4's writeback
+    of a file truncated and rewritten when it is closed) costs more than making it."""
+    for i in range(count):
+        (scratch / f"{prefix}{i}.dcm").unlink(missing_ok=True)
+
+
 def router_rate(paths: list[Path], syntax: str, scratch: Path) -> float:
+    fresh_outputs(scratch, "r", len(paths))
     start = time.perf_counter()
     for i, path in enumerate(paths):
         transcode_file(path, scratch / f"r{i}.dcm", syntax)
@@ -91,6 +102,7 @@ def router_rate(paths: list[Path], syntax: str, scratch: Path) -> float:
 
 def dcmtk_rate(paths: list[Path], tool: tuple[str, ...], scratch: Path) -> float:
     env = dcmtk_env()
+    fresh_outputs(scratch, "d", len(paths))
     start = time.perf_counter()
     for i, path in enumerate(paths):
         subprocess.run([dcmtk(tool[0]), *tool[1:], str(path), str(scratch / f"d{i}.dcm")], check=True, env=env)
