@@ -140,8 +140,9 @@ def raise_descriptor_limit() -> None:
 
 
 MMAP_THRESHOLD = 4 * 2**20
-TRIM_THRESHOLD = 16 * 2**20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+TRIM_THRESHOLD = 8 * 2**20
+ARENAS = 4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
 
 def reuse_freed_memory() -> bool:
@@ -153,16 +154,18 @@ def reuse_freed_memory() -> bool:
     blocks of that size are mapped and unmapped, or the heap grown and trimmed, each time,
     so every instance's buffers start as fresh pages that the kernel faults in and zeroes,
     at a cost of the order of decoding an RLE frame. Here allocations under
-    :data:`MMAP_THRESHOLD` come from the heap, and its free top is trimmed only past
-    :data:`TRIM_THRESHOLD`: what a process keeps beyond what it uses stays under that bound,
-    so memory is still flat.
+    :data:`MMAP_THRESHOLD` come from a heap, a heap's free top is trimmed only past
+    :data:`TRIM_THRESHOLD`, and the threads share at most :data:`ARENAS` heaps: what a
+    process keeps beyond what it uses stays under ``ARENAS * TRIM_THRESHOLD`` (32 MiB), so
+    memory is still flat.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, ARENAS))
+    return all([bool(mallopt(parameter, value)) for parameter, value in settings])
 
 
 def freeze_startup_objects() -> None:
