@@ -6,12 +6,13 @@ time so that the test runner's own allocator settings play no part.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
 
 CHURN = """
 import resource, sys
