@@ -103,7 +103,7 @@ def _transcode_from_bytes(source: Path | str, target: Path | str, syntax: UID) -
     check_streamable(header, layout.pixel_tag, syntax)
     sop_instance = next((e for e in header.elements if e.tag == SOP_INSTANCE), None)
     if sop_instance is None or layout.pixel_start is None:
-        raise NotStreamable("no SOP Instance UID")
+        raise NotStreamable("no SOP Instance UID or no pixel data")
     from router.transcode.frames import PixelFormat  # numpy: when used
 
     fmt = PixelFormat.of_values(image_pixel_values(buf, header).get)
