@@ -16,9 +16,13 @@ time:
 
 A PDU whose items do not add up to its length is an invalid PDU (Evt19) and a connection
 that ends inside one is a closed transport (Evt17), as in pynetdicom; the state stays
-Sta6, as after DT-2. While a data set is coming in, the next P-DATA-TF PDU already waiting
-on the socket is read in the same pass (a CT instance comes in about five PDUs); anything
-else, or nothing waiting, goes back to the reactor loop.
+Sta6, as after DT-2. While a data set is coming in, the P-DATA-TF PDUs already waiting on
+the socket are read in the same pass: those whole within one peek of up to the read
+buffer's size from that memory, their fragments written with one ``writev`` and their bytes
+then dropped from the socket (on Linux without a copy, ``MSG_TRUNC``), a longer one PDV by
+PDV as above. With the 16 KB PDUs many peers send (Orthanc's and DCMTK's default), that is
+a few system calls per 256 KiB instead of five per PDU. Anything else, or nothing waiting,
+goes back to the reactor loop.
 
 On an association that is over (Sta13) whatever the peer still sends is read as it comes
 and dropped, never waited for whole (stock pynetdicom blocked on the rest of a PDU the
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 
 from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
@@ -46,7 +51,9 @@ from router.engine.store_decode import complete_data_set
 
 P_DATA_TF = 0x04
 ITEM_HEADER = struct.Struct(">LBB")
+PDU_LENGTH = struct.Struct(">L")
 BUFFER_SIZE = 256 * 1024
+DROP_FLAGS = socket.MSG_TRUNC if sys.platform.startswith("linux") else 0  # TCP: drop, do not copy
 _NEED_PDU_OBJECTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 
@@ -62,7 +69,8 @@ def _read_pdu_data(self) -> None:
     """pynetdicom 3.0.4 ``_read_pdu_data``, with P-DATA-TF PDUs read PDV by PDV when that is safe.
 
     While a data set is being received, the P-DATA-TF PDUs already waiting on the socket are
-    read in the same pass, without going back to the reactor's ``select()``.
+    read in the same pass, without going back to the reactor's ``select()``: those whole in
+    one peek at the socket from memory (:func:`_read_waiting_pdus`), a longer one as it comes.
     """
     raw = plain_socket(self)
     if raw is not None and self.state_machine.current_state == "Sta13":
@@ -75,10 +83,76 @@ def _read_pdu_data(self) -> None:
     if len(header) < 6:
         read_pdu_checked(self)
         return
-    while _read_pdu(self, raw, header) and _data_set_continues(self):
-        header = _peek_header(raw, socket.MSG_DONTWAIT)
-        if len(header) < 6 or header[0] != P_DATA_TF:
+    if not _read_pdu(self, raw, header):
+        return
+    while _data_set_continues(self):
+        if not _read_waiting_pdus(self, raw) or not _data_set_continues(self):
             return
+        header = _peek_header(raw, socket.MSG_DONTWAIT)
+        if len(header) < 6 or header[0] != P_DATA_TF or not _read_pdu(self, raw, header):
+            return
+
+
+def _read_waiting_pdus(dul, raw: socket.socket) -> bool:
+    """While a data set comes in, the P-DATA-TF PDUs already waiting whole on the socket (see
+    the module's docstring): stops before one that is not whole in the peek, not P-DATA-TF or
+    too long, and after the data set's last fragment or a PDV that ends the association. False
+    when nothing was waiting, or on an error (already queued as an event)."""
+    window = _buffer(dul)
+    try:
+        size = raw.recv_into(window, len(window), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing waiting, or the connection failed: the usual path sees to it
+        return False
+    if not size:
+        return False
+    limit = largest_acceptable(dul, P_DATA_TF)
+    peeked = _Peeked(window)
+    taken = 0
+    try:
+        while size - taken >= 6 and window[taken] == P_DATA_TF:
+            length = PDU_LENGTH.unpack_from(window, taken + 2)[0]
+            if length > limit or taken + 6 + length > size or not _can_read_directly(dul):
+                break
+            peeked.position = taken + 6
+            _read_items(dul, peeked, length)
+            taken += 6 + length
+            if not _data_set_continues(dul):
+                break
+        peeked.write_fragments(last=False)
+    except InvalidPDU:
+        log_association_error(
+            dul.assoc, InvalidPDU("the items do not add up to the PDU length"), "receiving a P-DATA-TF PDU"
+        )
+        dul.event_queue.put("Evt19")
+        return False
+    finally:
+        if taken:
+            _drop(dul, raw, taken)
+    return dul.event_queue.empty()
+
+
+def _buffer(dul) -> memoryview:
+    """The association's read buffer (:data:`BUFFER_SIZE`), made at its first data set."""
+    buffer = getattr(dul, "_pdv_buffer", None)
+    if buffer is None:
+        buffer = dul._pdv_buffer = memoryview(bytearray(BUFFER_SIZE))
+    return buffer
+
+
+def _drop(dul, raw: socket.socket, size: int) -> None:
+    """Drop ``size`` bytes already peeked from the socket (on Linux without copying them:
+    ``MSG_TRUNC``); a connection that fails meanwhile is a closed transport (Evt17)."""
+    buffer = _buffer(dul)
+    try:
+        while size:
+            dropped = raw.recv_into(buffer, min(size, len(buffer)), DROP_FLAGS)
+            if not dropped:
+                raise TransportClosed("the connection ended inside peeked bytes")
+            size -= dropped
+            note_received(dul, dropped)
+    except (OSError, TransportClosed) as exc:
+        log_association_error(dul.assoc, exc, "receiving a P-DATA-TF PDU")
+        dul.event_queue.put("Evt17")
 
 
 def _discard_waiting(dul, raw: socket.socket) -> None:
@@ -141,7 +215,7 @@ def _data_set_continues(dul) -> bool:
     )
 
 
-def _read_items(dul, reader: _Reader, remaining: int) -> None:
+def _read_items(dul, reader: _Reader | _Peeked, remaining: int) -> None:
     dimse = dul.assoc.dimse
     while remaining:
         if remaining < 6:
@@ -153,7 +227,7 @@ def _read_items(dul, reader: _Reader, remaining: int) -> None:
         incoming = getattr(dimse, "_incoming_data_set", None)
         if incoming is not None and not control & 1:
             reader.into(incoming, item_length - 2)
-            incoming.end_fragment(last=bool(control & 2))
+            reader.end_fragment(incoming, last=bool(control & 2))
             if control & 2:
                 complete_data_set(dimse, incoming)
             continue
@@ -168,10 +242,7 @@ class _Reader:
     """Exact reads from the association's socket into one buffer kept per association."""
 
     def __init__(self, dul, raw: socket.socket):
-        buffer = getattr(dul, "_pdv_buffer", None)
-        if buffer is None:
-            buffer = dul._pdv_buffer = memoryview(bytearray(BUFFER_SIZE))
-        self.buffer = buffer
+        self.buffer = _buffer(dul)
         self.raw = raw
         self.dul = dul
 
@@ -196,6 +267,9 @@ class _Reader:
             incoming.write_part(part)
             size -= len(part)
 
+    def end_fragment(self, incoming, last: bool) -> None:
+        incoming.end_fragment(last)
+
     def _fill(self, view: memoryview) -> None:
         filled, size = 0, len(view)
         while filled < size:
@@ -204,6 +278,42 @@ class _Reader:
                 raise TransportClosed(f"{filled} of {size} bytes")
             filled += n
             note_received(self.dul, n)
+
+
+class _Peeked:
+    """Exact reads from a PDU peeked whole at the socket (:func:`_read_waiting_pdus`), from
+    :attr:`position`: a data set's fragments are kept as views of the peek and written
+    together, after its last fragment or by :meth:`write_fragments`."""
+
+    __slots__ = ("window", "position", "incoming", "parts")
+
+    def __init__(self, window: memoryview):
+        self.window = window
+        self.position = 0
+        self.incoming = None
+        self.parts: list[memoryview] = []
+
+    def exact(self, size: int) -> bytes:
+        start = self.position
+        self.position += size
+        return bytes(self.window[start : self.position])
+
+    def into(self, incoming, size: int) -> None:
+        start = self.position
+        self.position += size
+        self.incoming = incoming
+        self.parts.append(self.window[start : self.position])
+
+    def end_fragment(self, incoming, last: bool) -> None:
+        if last:
+            self.write_fragments(last=True)
+
+    def write_fragments(self, last: bool) -> None:
+        """Write the fragments kept (``last``: they end their data set)."""
+        if self.parts:
+            self.incoming.write_parts(self.parts)
+            self.incoming.end_fragment(last)
+            self.parts = []
 
 
 def _can_read_directly(dul) -> bool:

@@ -29,6 +29,7 @@ from pynetdicom.presentation import build_context
 
 from router import engine
 from router.engine import pdata_reads, pdu_limits
+from router.engine import store_decode as store_decode_module
 from router.engine.application_entity import RouterAE
 from router.engine.classes import RouterDUL
 from router.engine.store_decode import parse_command_set
@@ -168,6 +169,44 @@ def test_command_and_data_and_the_next_command_share_pdus(scp):
     assert [r[-len(p) :] for r, p in zip(received, (first, second), strict=True)] == [first, second]
 
 
+@pytest.mark.parametrize("max_pdu", [4096, 16384])
+def test_pdus_waiting_together_are_taken_from_one_read(scp, max_pdu, request, monkeypatch):
+    """Two instances' PDUs sent at once: most are whole in one peek at the socket (the first
+    data set is longer than the read buffer, so some PDU is also cut by its end)."""
+    taken = []
+    read_items = pdata_reads._read_items
+    monkeypatch.setattr(
+        pdata_reads, "_read_items", lambda dul, source, n: taken.append(type(source)) or read_items(dul, source, n)
+    )
+    port, received, _ = scp
+    payloads = [os.urandom(300_000), os.urandom(5000)]
+    sock = associate(port)
+    sock.sendall(b"".join(pdu(item) for n, p in enumerate(payloads, 1) for item in store_pdvs(p, n, max_pdu)))
+    statuses = [status_of(read_pdu(sock)[1]) for _ in payloads]
+    assert release(sock) == A_RELEASE_RP
+    assert statuses == [0, 0]
+    assert [r[-len(p) :] for r, p in zip(received, payloads, strict=True)] == payloads
+    if request.node.callspec.params["scp"] == "engine":
+        assert taken.count(pdata_reads._Peeked) > 300_000 // max_pdu // 2
+
+
+def test_a_write_failure_in_pdus_taken_together_refuses_the_instance_and_leaves_no_file(scp, request, monkeypatch):
+    if request.node.callspec.params["scp"] != "engine":
+        pytest.skip("the engine's own way of writing PDUs taken together")
+
+    def disk_full(fd, parts):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_decode_module.os, "writev", disk_full)
+    port, received, directory = scp
+    sock = associate(port)
+    sock.sendall(b"".join(pdu(item) for item in store_pdvs(os.urandom(100_000), 1, 4096)))
+    assert status_of(read_pdu(sock)[1]) != 0
+    assert release(sock) == A_RELEASE_RP
+    assert received == []
+    wait_for(lambda: not partial_files(directory), 10, message="the partial file to be removed")
+
+
 def item_longer_than_its_pdu(command, data) -> bytes:
     good = pdu(data[0])
     return pdu(command) + good[:6] + struct.pack(">L", len(good)) + good[10:]
@@ -181,12 +220,18 @@ def command_inside_a_data_set(command, data) -> bytes:
     return pdu(command) + pdu(data[0], command)
 
 
+def invalid_after_whole_pdus(command, data) -> bytes:
+    """Whole PDUs, then one whose item is longer than the PDU, all waiting at once."""
+    return pdu(command) + pdu(data[0]) + pdu(data[1]) + item_longer_than_its_pdu(command, data[2:])[len(pdu(command)) :]
+
+
 @pytest.mark.parametrize(
     "script,answer",
     [
         (item_longer_than_its_pdu, A_ABORT),
         (cut_inside_a_pdu, None),  # then the connection is closed
         (command_inside_a_data_set, A_ABORT),
+        (invalid_after_whole_pdus, A_ABORT),
     ],
 )
 def test_a_broken_transfer_stores_nothing_and_leaves_no_file(scp, script, answer):

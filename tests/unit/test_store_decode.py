@@ -360,3 +360,24 @@ def test_a_spilled_data_set_that_fails_midway_leaves_no_file(monkeypatch, stock_
     )
     assert "No space left" in message[1]._receive_error
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_parts_written_together_survive_short_writes(monkeypatch, tmp_path):
+    """``write_parts`` gives the file every byte, in order, and checksums them, however few bytes each ``writev`` takes."""
+    real_writev = os.writev
+
+    def three_bytes_at_most(fd, parts):
+        return real_writev(fd, [bytes(b"".join(bytes(p) for p in parts)[:3])])
+
+    monkeypatch.setattr(store_decode.os, "writev", three_bytes_at_most)
+    incoming = store_decode.IncomingDataSet(store_rq(), 1, SYNTAX, SpareFiles(maker_in(tmp_path), tmp_path))
+    header = incoming.size
+    parts = [memoryview(b"abcde"), memoryview(b"f"), memoryview(os.urandom(1000)), memoryview(b"gh")]
+    incoming.write_parts(parts)
+    incoming.file.close()
+    written = Path(incoming.path).read_bytes()[header:]
+    assert written == b"".join(bytes(p) for p in parts)
+    assert incoming.size == header + len(written)
+    expected = store_decode.new_checksum()
+    expected.update(Path(incoming.path).read_bytes())
+    assert incoming.checksum.hexdigest() == expected.hexdigest()
