@@ -23,6 +23,10 @@ Sets, each run interleaved ``--reps`` times on the same generated data:
   Explicit VR Little Endian, which Orthanc re-encodes each instance to). For scale, DCMTK
   ``getscu --ignore`` fetching the same study from Orthanc by C-GET (what bounds the router).
 
+Each run also records the CPU time it cost each process taking part (from ``/proc``: the
+router's processes, Orthanc; the client's from ``os.times()`` of this process and its finished
+children, such as ``storescu`` and ``getscu``), printed per instance beside the rate.
+
 Prints a Markdown table; JSON goes to ``benchmarks/results/``.
 """
 
@@ -61,6 +65,39 @@ from tests.support.pacs import load, start_orthanc  # noqa: E402
 from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for, wait_for_port  # noqa: E402
 
 STOW_SHAPES = {"": (10, 4), "-1": (1, 1)}  # set suffix -> (instances per request, requests at a time)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes ``pids`` have used so far (those gone count 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def client_cpu_seconds() -> float:
+    """CPU seconds of this process (the aiohttp client) and of its children waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMeter:
+    """The CPU seconds each group of processes (and the client) spends from now to :meth:`result`."""
+
+    def __init__(self, **groups: list[int]):
+        self.groups = groups
+        self.start = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        self.client = client_cpu_seconds()
+
+    def result(self) -> dict:
+        spent = {name: cpu_seconds(pids) - self.start[name] for name, pids in self.groups.items()}
+        return {"cpu_seconds": {**spent, "client": client_cpu_seconds() - self.client}}
 
 
 async def stow_all(url: str, files: list[Path], per_request: int = 10, concurrent: int = 4) -> None:
@@ -130,10 +167,12 @@ backends = ["later"]
     )
     router = start_router(scratch, text, web)
     try:
+        meter = CpuMeter(router=router_tree(router.pid))
         t0 = time.monotonic()
         asyncio.run(stow_all(f"http://127.0.0.1:{web}/dicom-web", files, *shape))
         seconds = time.monotonic() - t0
-        return {"seconds": seconds, "peak_rss_mib": max(peak_rss_mib(p) for p in router_tree(router.pid))}
+        peak = max(peak_rss_mib(p) for p in router_tree(router.pid))
+        return {"seconds": seconds, "peak_rss_mib": peak, **meter.result()}
     finally:
         stop(router)
 
@@ -141,9 +180,11 @@ backends = ["later"]
 def stow_into_orthanc(files: list[Path], scratch: Path, shape: tuple[int, int]) -> dict:
     orthanc = start_orthanc(scratch / "orthanc", {}, dicomweb=True)
     try:
+        meter = CpuMeter(orthanc=[orthanc.process.pid])
         t0 = time.monotonic()
         asyncio.run(stow_all(orthanc.dicomweb_url, files, *shape))
-        return {"seconds": time.monotonic() - t0, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
+        seconds = time.monotonic() - t0
+        return {"seconds": seconds, "peak_rss_mib": peak_rss_mib(orthanc.process.pid), **meter.result()}
     finally:
         orthanc.stop()
 
@@ -168,11 +209,13 @@ backends = ["cloud"]
     )
     router = start_router(scratch, text, port)
     try:
+        meter = CpuMeter(router=router_tree(router.pid), sink=[sink.pid])
         t0 = time.monotonic()
         sender = run_storescu(port, "DICOM_ROUTER", folder)
         sender.wait()
         t_end = wait_for_files(out, count)
-        return {"seconds": t_end - t0, "peak_rss_mib": max(peak_rss_mib(p) for p in router_tree(router.pid))}
+        peak = max(peak_rss_mib(p) for p in router_tree(router.pid))
+        return {"seconds": t_end - t0, "peak_rss_mib": peak, **meter.result()}
     finally:
         stop(router)
         stop(sink)
@@ -201,24 +244,29 @@ backends = ["pacs"]
     )
     router = start_router(scratch, text, web)
     try:
+        meter = CpuMeter(router=router_tree(router.pid), orthanc=[orthanc.process.pid])
         t0 = time.monotonic()
         size = asyncio.run(read_study(f"http://127.0.0.1:{web}/dicom-web/studies/{study}"))
         return {
             "seconds": time.monotonic() - t0,
             "bytes": size,
             "peak_rss_mib": max(peak_rss_mib(p) for p in router_tree(router.pid)),
+            **meter.result(),
         }
     finally:
         stop(router)
 
 
 def wado_from_orthanc(orthanc, study: str, scratch: Path, accept: str = AS_STORED) -> dict:
+    meter = CpuMeter(orthanc=[orthanc.process.pid])
     t0 = time.monotonic()
     size = asyncio.run(read_study(f"{orthanc.dicomweb_url}/studies/{study}", accept))
-    return {"seconds": time.monotonic() - t0, "bytes": size, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
+    seconds = time.monotonic() - t0
+    return {"seconds": seconds, "bytes": size, "peak_rss_mib": peak_rss_mib(orthanc.process.pid), **meter.result()}
 
 
 def getscu_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
+    meter = CpuMeter(orthanc=[orthanc.process.pid])
     t0 = time.monotonic()
     subprocess.run(
         [
@@ -238,7 +286,8 @@ def getscu_from_orthanc(orthanc, study: str, scratch: Path) -> dict:
         timeout=600,
         env=dcmtk_env(),
     )
-    return {"seconds": time.monotonic() - t0, "peak_rss_mib": peak_rss_mib(orthanc.process.pid)}
+    seconds = time.monotonic() - t0
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib(orthanc.process.pid), **meter.result()}
 
 
 def main() -> None:
@@ -292,7 +341,10 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    lines = ["| set | path | instances/s (median, min-max) | ratio | peak RSS |", "|---|---|---|---|---|"]
+    lines = [
+        "| set | path | instances/s (median, min-max) | ratio | peak RSS | CPU ms per instance (medians) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in results["sets"].items():
         rate = {k: [s["count"] / r["seconds"] for r in v] for k, v in s["runs"].items()}
         med = {k: statistics.median(v) for k, v in rate.items()}
@@ -302,9 +354,17 @@ def render(results: dict) -> str:
             rss = max(r["peak_rss_mib"] for r in s["runs"][label])
             lines.append(
                 f"| {name} ({s['count']}) | {label} | {med[label]:.0f} ({min(rate[label]):.0f}-"
-                f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB |"
+                f"{max(rate[label]):.0f}) | {ratio} | {rss:.0f} MiB | {cpu_per_instance(s['runs'][label], s['count'])} |"
             )
     return "\n".join(lines)
+
+
+def cpu_per_instance(runs: list[dict], count: int) -> str:
+    """Each process group's median CPU milliseconds per instance over ``runs``, e.g. ``router 1.40, client 0.16``."""
+    names = [name for name in runs[0].get("cpu_seconds", {})]
+    return ", ".join(
+        f"{name} {statistics.median(r['cpu_seconds'][name] for r in runs) / count * 1000:.2f}" for name in names
+    )
 
 
 if __name__ == "__main__":
