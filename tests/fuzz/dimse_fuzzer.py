@@ -1,9 +1,10 @@
 """A scripted mutator of DICOM upper-layer traffic, run against a ``dicom-router serve`` subprocess.
 
-Each case opens a connection and sends one of four shapes, mutated (bit flips, bytes
+Each case opens a connection and sends one of five shapes, mutated (bit flips, bytes
 inserted, cut or replaced, a length field rewritten, an item repeated, random bytes): an
 A-ASSOCIATE-RQ; a valid request then a P-DATA-TF with a C-ECHO command set; a valid request
-then a C-STORE command and a data set fragment; a valid request then any other PDU. Every
+then a C-STORE command and a data set fragment; a valid request, a C-STORE command and a data
+set in several PDUs sent at once, one of them mutated; a valid request then any other PDU. Every
 ``canary_every`` cases a real instance is stored through pynetdicom and a C-ECHO is sent.
 At the end the harness checks that the daemon is alive and still answers C-ECHO, that no
 traceback or unhandled thread error was logged, that the router's threads and descriptors
@@ -75,7 +76,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 def case_bytes(rng: random.Random) -> list[bytes]:
     """The messages of one case, in order; each is sent as it stands."""
-    shape = rng.randrange(4)
+    shape = rng.randrange(5)
     if shape == 0:
         return [mutate(valid_request(), rng)]
     if shape == 1:
@@ -86,6 +87,17 @@ def case_bytes(rng: random.Random) -> list[bytes]:
         if rng.random() < 0.5:
             return [valid_request(), mutate(command, rng), data]
         return [valid_request(), command, mutate(data, rng)]
+    if shape == 3:  # a data set in several PDUs sent at once (read from one peek), one of them mutated
+        command = pdus.store_rq_command(CT, "1.2.826.0.1.3680043.8.498.2", context_id=3)
+        chunks = [b"\x08\x00\x16\x00UI\x1a\x00" + CT.encode().ljust(26, b"\0")]
+        chunks += [rng.randbytes(rng.choice((2, 64, 4096))) for _ in range(rng.randint(2, 8))]
+        fragments = [
+            pdus.data_set_fragment(chunk, context_id=3, last=index == len(chunks) - 1)
+            for index, chunk in enumerate(chunks)
+        ]
+        victim = rng.randrange(len(fragments))
+        fragments[victim] = mutate(fragments[victim], rng)
+        return [valid_request(), command, b"".join(fragments)]
     other = rng.choice(
         (pdus.release_rq(), pdus.abort(), pdus.pdu(0x02, b"\0" * 8), pdus.pdu(0x06, b"\0" * 4), pdus.associate_rq())
     )
