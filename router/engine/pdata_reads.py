@@ -86,28 +86,35 @@ def _read_pdu_data(self) -> None:
     if not _read_pdu(self, raw, header):
         return
     while _data_set_continues(self):
-        if not _read_waiting_pdus(self, raw) or not _data_set_continues(self):
-            return
         header = _peek_header(raw, socket.MSG_DONTWAIT)
-        if len(header) < 6 or header[0] != P_DATA_TF or not _read_pdu(self, raw, header):
+        if len(header) < 6 or header[0] != P_DATA_TF:
+            return
+        if PDU_LENGTH.unpack_from(header, 2)[0] + 6 <= BUFFER_SIZE:
+            taken = _read_waiting_pdus(self, raw)
+            if taken is None:
+                return
+            if taken:
+                continue
+        if not _read_pdu(self, raw, header):
             return
 
 
-def _read_waiting_pdus(dul, raw: socket.socket) -> bool:
+def _read_waiting_pdus(dul, raw: socket.socket) -> int | None:
     """While a data set comes in, the P-DATA-TF PDUs already waiting whole on the socket (see
     the module's docstring): stops before one that is not whole in the peek, not P-DATA-TF or
-    too long, and after the data set's last fragment or a PDV that ends the association. False
-    when nothing was waiting, or on an error (already queued as an event)."""
+    too long, and after the data set's last fragment or a PDV that ends the association.
+    Returns how many it took (0: the first is not whole yet, for the caller to read as it
+    comes), None when nothing was waiting or on an error (already queued as an event)."""
     window = _buffer(dul)
     try:
         size = raw.recv_into(window, len(window), socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except OSError:  # nothing waiting, or the connection failed: the usual path sees to it
-        return False
+        return None
     if not size:
-        return False
+        return None
     limit = largest_acceptable(dul, P_DATA_TF)
     peeked = _Peeked(window)
-    taken = 0
+    taken = pdus = 0
     try:
         while size - taken >= 6 and window[taken] == P_DATA_TF:
             length = PDU_LENGTH.unpack_from(window, taken + 2)[0]
@@ -116,6 +123,7 @@ def _read_waiting_pdus(dul, raw: socket.socket) -> bool:
             peeked.position = taken + 6
             _read_items(dul, peeked, length)
             taken += 6 + length
+            pdus += 1
             if not _data_set_continues(dul):
                 break
         peeked.write_fragments(last=False)
@@ -124,11 +132,11 @@ def _read_waiting_pdus(dul, raw: socket.socket) -> bool:
             dul.assoc, InvalidPDU("the items do not add up to the PDU length"), "receiving a P-DATA-TF PDU"
         )
         dul.event_queue.put("Evt19")
-        return False
+        return None
     finally:
         if taken:
             _drop(dul, raw, taken)
-    return dul.event_queue.empty()
+    return pdus if dul.event_queue.empty() else None
 
 
 def _buffer(dul) -> memoryview:
