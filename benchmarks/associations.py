@@ -15,7 +15,6 @@ Releases them all and stops the router.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import socket
 import sys
@@ -26,19 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.forward import cpu_seconds  # noqa: E402
 from tests.conftest import router_toml  # noqa: E402
 from tests.support import pdus  # noqa: E402
 from tests.support.cli import ServeProcess  # noqa: E402
 from tests.support.peers import free_port  # noqa: E402
 
 BACKENDS = '\n[backends.archive]\ntype = "filesystem"\npath = "archive"\n'
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of process ``pid`` (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_share(pid: int, seconds: float) -> float:

@@ -50,6 +50,7 @@ import aiohttp  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 
 from benchmarks.forward import (  # noqa: E402
+    cpu_seconds,
     ensure_data,
     interleaved,
     peak_rss_mib,
@@ -65,20 +66,6 @@ from tests.support.pacs import load, start_orthanc  # noqa: E402
 from tests.support.peers import dcmtk, dcmtk_env, free_port, wait_for, wait_for_port  # noqa: E402
 
 STOW_SHAPES = {"": (10, 4), "-1": (1, 1)}  # set suffix -> (instances per request, requests at a time)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU seconds the processes ``pids`` have used so far (those gone count 0)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
 
 
 def client_cpu_seconds() -> float:
@@ -87,16 +74,20 @@ def client_cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def _group_seconds(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 class CpuMeter:
     """The CPU seconds each group of processes (and the client) spends from now to :meth:`result`."""
 
     def __init__(self, **groups: list[int]):
         self.groups = groups
-        self.start = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        self.start = {name: _group_seconds(pids) for name, pids in groups.items()}
         self.client = client_cpu_seconds()
 
     def result(self) -> dict:
-        spent = {name: cpu_seconds(pids) - self.start[name] for name, pids in self.groups.items()}
+        spent = {name: _group_seconds(pids) - self.start[name] for name, pids in self.groups.items()}
         return {"cpu_seconds": {**spent, "client": client_cpu_seconds() - self.client}}
 
 
