@@ -190,10 +190,8 @@ def test_pdus_waiting_together_are_taken_from_one_read(scp, max_pdu, request, mo
         assert taken.count(pdata_reads._Peeked) > 300_000 // max_pdu // 2
 
 
-def test_a_write_failure_in_pdus_taken_together_refuses_the_instance_and_leaves_no_file(scp, request, monkeypatch):
-    if request.node.callspec.params["scp"] != "engine":
-        pytest.skip("the engine's own way of writing PDUs taken together")
-
+@pytest.mark.parametrize("scp", ["engine"], indirect=True)  # the engine's own way of writing PDUs taken together
+def test_a_write_failure_in_pdus_taken_together_refuses_the_instance_and_leaves_no_file(scp, monkeypatch):
     def disk_full(fd, parts):
         raise OSError(28, "No space left on device")
 
