@@ -346,11 +346,13 @@ def _peer_of(assoc) -> str | None:
 
 
 def _drop_late_p_data(dul) -> None:
+    """Drop the router's own P-DATA (a C-CANCEL, say) queued to send once the association's
+    release had begun: a warning, since nothing the peer sent is lost."""
     try:
         dul.to_provider_queue.get(False)
     except queue.Empty:
         return
-    ROUTER_LOG.error(
+    ROUTER_LOG.warning(
         "dropped a P-DATA queued after the association's release began",
         state=dul.state_machine.current_state,
         **association_fields(dul.assoc),

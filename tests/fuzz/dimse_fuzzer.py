@@ -200,10 +200,13 @@ class Run:
         if any(not line.startswith("{") for line in lines):
             found.append("stderr carried a line that is not JSON")
         events = [json.loads(line) for line in lines if line.startswith("{")]
-        if any(e.get("event") == "a thread ended with an unhandled error" for e in events):
-            found.append("a thread ended with an unhandled error")
-        if any("Traceback" in e.get("exception", "") for e in events):
-            found.append("a traceback in the log")
+        for event in ("a thread ended with an unhandled error", "unhandled error on the HTTP event loop"):
+            if any(e.get("event") == event for e in events):
+                found.append(event)
+        traced = [e for e in events if "Traceback" in e.get("exception", "")]
+        if traced:
+            last_line = traced[0]["exception"].strip().splitlines()[-1]
+            found.append(f"a traceback in the log ({traced[0].get('event')!r}: {last_line[:200]})")
         if self.stop_code != 0:
             found.append(f"the router exited {self.stop_code}")
         return found

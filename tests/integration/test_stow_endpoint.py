@@ -17,6 +17,7 @@ from tests.conftest import endpoint_section, router_section
 from tests.support.dicomfiles import digests_by_uid
 from tests.support.dicomgen import write_series
 from tests.support.dicomweb import (
+    BOUNDARY,
     closed_by_peer,
     dicomweb_endpoint_toml,
     multipart_related,
@@ -205,6 +206,30 @@ def test_parts_that_are_not_dicom_fail_and_a_body_without_parts_is_malformed(tmp
     assert status == 400, body
     status, _, _ = post(port, STUDIES, multipart_related([small_files[1]], part_type="text/plain"), stow_content_type())
     assert status == 409
+    wait_for(lambda: spool_leftovers(tmp_path) == [], timeout=20, message="no received bytes left unowned")
+
+
+@pytest.mark.parametrize(
+    "part_head",
+    [b"Content-Type: app\xdd\x9e\xfc\x1dlication/dicom", b"no colon in this header line", b"Content-Type : x"],
+    ids=["bytes-in-header", "no-colon", "space-before-colon"],
+)
+def test_a_part_with_a_malformed_header_makes_the_body_malformed(tmp_path, web, small_files, part_head):
+    """400, not an unexpected error; the whole part before it is queued but not acknowledged."""
+    _, port, _ = web()
+    whole = multipart_related(small_files[:1])[: -len(f"--{BOUNDARY}--\r\n")]
+    body = (
+        whole
+        + f"--{BOUNDARY}\r\n".encode()
+        + part_head
+        + b"\r\n\r\n"
+        + b"\0" * 200
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    status, _, answer = post(port, STUDIES, body, stow_content_type())
+    assert status == 400, answer
+    assert b"malformed" in answer
+    archived(tmp_path, 1)
     wait_for(lambda: spool_leftovers(tmp_path) == [], timeout=20, message="no received bytes left unowned")
 
 

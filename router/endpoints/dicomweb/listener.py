@@ -152,6 +152,7 @@ class HttpListener:
         await server.shutdown(0.1)
         for transport in list(self.guards):
             transport.abort()
+        await _cancel_what_is_left()
         return cut
 
     def _on_loop_exception(self, loop, context) -> None:
@@ -162,6 +163,19 @@ class HttpListener:
             message=context.get("message"),
             error=repr(exc) if exc else None,
         )
+
+
+async def _cancel_what_is_left(timeout: float = 2.0) -> None:
+    """Cancel the loop's tasks still pending once every connection is aborted (handlers of
+    requests cut short, aiohttp's own per-connection tasks) and wait for them, so that closing
+    the loop destroys none still pending."""
+    await asyncio.sleep(0)  # the aborted transports' connection_lost callbacks run first
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current]
+    for task in left:
+        task.cancel()
+    if left:
+        await asyncio.wait(left, timeout=timeout)
 
 
 class MalformedRequestLog:

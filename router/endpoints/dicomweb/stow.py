@@ -24,6 +24,7 @@ from typing import BinaryIO
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.helpers import parse_mimetype
+from aiohttp.http_exceptions import HttpProcessingError
 
 from router.endpoints.dicomweb.responses import DICOM_JSON, problem
 from router.engine.part10 import META_READ, NotPlainPart10, new_checksum, read_file_meta
@@ -134,7 +135,7 @@ async def store_instances(
             instances_taken=sum(isinstance(o, asyncio.Future) for o in outcomes),
         )
         return problem(400, "the request ended before its body did")
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except (HttpProcessingError, ValueError, AssertionError, RuntimeError) as exc:
         await _settle(pending)
         log.warning(
             "malformed STOW-RS body",
