@@ -6,8 +6,10 @@ the sender retries) means the router could not store it; an instance the router 
 understand (no SOP Class or Instance UID, a header that cannot be rewritten or encoded)
 gets 0xC000 in every pipeline, so no sender retries it for ever. The received file's fsync
 starts on a helper thread as soon as the file is in the spool, while the pipelines route
-the instance; the commit follows on the handler's thread. The file is closed, or removed
-when it is not stored, only once its fsync is over. A power cut between commit and fsync
+the instance; the commit follows on the handler's thread. An edited version whose header
+alone changed is kept by reference (its header in the queue row, its pixel data in the
+received file: :mod:`router.spool.edited_copies`); any other is written out and fsynced
+beside it. The file is closed, or removed when it is not stored, only once its fsync is over. A power cut between commit and fsync
 can leave a row whose file is not whole, for an instance that was never acknowledged;
 :func:`quarantine_damaged` quarantines such rows at start-up with the reason, as it does
 for a file damaged after its acknowledgement: nothing is dropped without a word.
@@ -29,8 +31,9 @@ from router.engine.store_decode import WRITEBACK_STEP
 from router.envelope import RequestEnvelope, SpooledInstance
 from router.pipeline import PipelineSet, Target
 from router.spool.checksum import file_checksum
+from router.spool.edited_copies import MIN_PIXEL_BYTES, edited_by_reference, edited_copy_path
 from router.spool.identity import Identity, UnreadableIdentity, identifying_uids
-from router.spool.queue import DeliveryQueue, InstanceRecord
+from router.spool.queue import DeliveryQueue, EditedByReference, InstanceRecord
 from router.spool.splice import SpliceError
 from router.spool.store import Spool, WrittenVersion
 
@@ -112,7 +115,9 @@ class Intake:
             return IntakeResult(OUT_OF_RESOURCES, False, f"spool write failed: {exc}")
         received_fd = None if received_file is None or received_file.closed else received_file.fileno()
         received_durable = _Fsync(self._fsyncers, self.spool, str(path), received_fd, entry_durable)
-        if not self.pipelines.edits_instances(envelope.association.endpoint):
+        if not self.pipelines.edits_instances(envelope.association.endpoint) or (
+            (size if size is not None else os.path.getsize(path)) >= MIN_PIXEL_BYTES
+        ):
             received_durable.start()
         try:
             return self._route_and_enqueue(envelope, path, transfer_syntax, size, received_durable, checksum)
@@ -129,8 +134,8 @@ class Intake:
         checksum: str | None,
     ) -> IntakeResult:
         """Route the spooled instance at ``path`` and queue its deliveries, while ``received_durable``
-        makes its file durable (started already unless a pipeline may edit the instance: then only
-        once routing shows the file as received is kept)."""
+        makes its file durable (started already unless a pipeline may edit a small instance: then
+        only once routing shows the file as received is kept)."""
         ctx = envelope.log_context()
         identity, problem = _identify(str(path), transfer_syntax)
         if problem is not None:
@@ -187,7 +192,7 @@ class Intake:
         finally:
             for version in written:
                 _close(version.file)
-        if not any(record.path == str(path) for record, _, _ in batches):
+        if not any(_needs(record, str(path)) for record, _, _ in batches):
             self._let_go_of_replaced(instance, received_durable)
         for _, pairs, hold in batches:
             if hold:
@@ -206,7 +211,7 @@ class Intake:
         return IntakeResult(SUCCESS, True)
 
     def _let_go_of_replaced(self, instance: SpooledInstance, received_durable: _Fsync) -> None:
-        """The received file that only its edited versions replace (never fsynced): emptied back
+        """The received file that only edited versions written out whole replace: emptied back
         among the spool's spares when it is one (no unlink now, no file to make later) and no
         writeback of it was started, else recycled off the answer's path (by the fsync threads)."""
         fd = received_durable.fd if received_durable.entry_durable else None
@@ -222,15 +227,22 @@ class Intake:
         written: list[WrittenVersion],
         checksum: str,
     ) -> list[Batch]:
-        """One queue batch per (version of the instance, hold reason); edited versions written to the
+        """One queue batch per (version of the instance, hold reason); edited versions kept by
+        reference to the received file where their header alone changed, else written to the
         spool. ``checksum``: the received file's."""
         batches: dict[tuple[int, str | None], Batch] = {}
+        by_reference = 0
         for target in targets:
             version = target.envelope.instance
             key = (id(version), target.envelope.hold_reason)
             if key not in batches:
                 if version is None or version is received or not version.edited:
                     record = _record(envelope, received, checksum=checksum)
+                elif version.path == received.path and (
+                    edited := edited_by_reference(version.encoded, str(received.path), received.size, checksum)
+                ):
+                    record = _record(envelope, version, edited_copy_path(received.path, by_reference), edited=edited)
+                    by_reference += 1
                 else:
                     new = self.spool.write_version(version)
                     written.append(new)
@@ -250,7 +262,7 @@ class Intake:
         be made durable are removed again before the error is raised.
         """
         paths = list(dict.fromkeys(record.path for record, _, _ in batches))
-        fsyncs = [received_durable.start()] if received in paths else []
+        fsyncs = [received_durable.start()] if any(_needs(record, received) for record, _, _ in batches) else []
         versions = [w for w in written if str(w.path) in paths]
         if versions:
             fsyncs.append(self._fsyncers.submit(self._make_files_durable, versions))
@@ -272,6 +284,11 @@ class Intake:
         for version in versions:
             fd = version.file.fileno() if version.file is not None else None
             self.spool.make_durable(version.path, fd, version.entry_durable)
+
+
+def _needs(record: InstanceRecord, received: str) -> bool:
+    """Whether the queue record needs the received file at ``received``: as its own, or as the source of its pixel data."""
+    return record.path == received or (record.edited is not None and record.edited.source == received)
 
 
 def _identify(path: str, transfer_syntax: str) -> tuple[Identity | None, str | None]:
@@ -359,23 +376,33 @@ def quarantine_damaged(queue: DeliveryQueue) -> int:
 
 
 def _record(
-    envelope: RequestEnvelope, instance: SpooledInstance, written: Path | None = None, checksum: str | None = None
+    envelope: RequestEnvelope,
+    instance: SpooledInstance,
+    written: Path | str | None = None,
+    checksum: str | None = None,
+    edited: EditedByReference | None = None,
 ) -> InstanceRecord:
-    """The queue record of a received instance, or of an edited version of it written at ``written``."""
+    """The queue record of a received instance, or of an edited version of it: written at
+    ``written``, or kept by reference (``edited``) and written there by delivery."""
     a = envelope.association
     uid = envelope.command.affected_sop_instance_uid
     if written is not None:
         uid = instance.sop_instance_uid(uid)
+    if edited is not None:
+        size = len(edited.header) + edited.size - edited.offset
+    else:
+        size = os.path.getsize(written) if written is not None else instance.size
     return InstanceRecord(
         path=str(written or instance.path),
         sop_instance_uid=uid,
         sop_class_uid=envelope.command.sop_class_uid,
         transfer_syntax=instance.transfer_syntax,
-        size=os.path.getsize(written) if written is not None else instance.size,
+        size=size,
         received_at=envelope.received_at,
         endpoint=a.endpoint,
         association_id=a.association_id,
         calling_aet=a.calling_aet,
         peer=f"{a.peer_host}:{a.peer_port}",
         checksum=checksum,
+        edited=edited,
     )

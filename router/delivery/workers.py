@@ -5,7 +5,9 @@ them to its deliverer (one association, reused) and records every result at once
 backend that cannot be reached puts the batch back untried and waits, with its own
 backoff, so one dead backend never stalls the others. Before each attempt the spool file is
 checked against the size and checksum recorded at intake (:mod:`router.spool.checksum`): a
-missing, resized or changed file is quarantined with that reason, never delivered. While
+missing, resized or changed file is quarantined with that reason, never delivered. For an
+edited version kept by reference that file is the received one, and the version is then
+written out whole for the backend (:mod:`router.spool.edited_copies`). While
 idle, a worker removes the deliveries a newer version of the same instance superseded
 (:meth:`~router.spool.queue.DeliveryQueue.take_superseded`).
 
@@ -26,6 +28,7 @@ import structlog
 
 from router.backends.status import DeliveryResult, Outcome
 from router.spool.checksum import damage
+from router.spool.edited_copies import write_edited_copy
 from router.spool.queue import Delivery, DeliveryQueue
 from router.spool.retry import RetryPolicy
 from router.spool.store import Spool
@@ -184,7 +187,7 @@ class BackendWorker(threading.Thread):
             if self.stop_event.is_set():
                 self.queue.postpone(group + later, time.time(), "router stopping")
                 return
-            sendable = [d for d in group if not self._quarantined_as_damaged(d)]
+            sendable = [d for d in group if self._ready_to_send(d)]
             if not sendable:
                 continue
             try:
@@ -202,18 +205,37 @@ class BackendWorker(threading.Thread):
                 self.unreachable_streak = 0
                 self.record(delivery, result)
 
-    def _quarantined_as_damaged(self, delivery: Delivery) -> bool:
-        """Check the spool file against its intake record; a damaged one is quarantined here, and one
-        that cannot be checked is retried later (True: the delivery was recorded, not sent)."""
+    def _ready_to_send(self, delivery: Delivery) -> bool:
+        """Check the spool file against its intake record and, for an edited version kept by
+        reference, write the version out; False when the delivery was recorded instead of sent:
+        quarantined when the file is damaged, retried later when it cannot be checked or written."""
+        edited = delivery.edited
         try:
-            damaged = damage(delivery.path, delivery.size, delivery.checksum)
+            if edited is None:
+                damaged = damage(delivery.path, delivery.size, delivery.checksum)
+            else:
+                damaged = damage(edited.source, edited.size, edited.checksum)
         except Exception as exc:
             log.exception("cannot check the spool file; the delivery will be retried", **delivery.log_context())
             self.record(delivery, DeliveryResult(Outcome.TRANSIENT, None, f"cannot check the spool file: {exc!r}"))
-            return True
-        if damaged is None:
             return False
-        self.record(delivery, DeliveryResult(Outcome.PERMANENT, None, damaged))
+        if damaged is not None:
+            self.record(delivery, DeliveryResult(Outcome.PERMANENT, None, damaged))
+            return False
+        if edited is None:
+            return True
+        try:
+            write_edited_copy(delivery.path, edited, delivery.size)
+        except Exception as exc:
+            log.warning(
+                "cannot write the edited version out; the delivery will be retried",
+                error=repr(exc),
+                **delivery.log_context(),
+            )
+            self.record(
+                delivery, DeliveryResult(Outcome.TRANSIENT, None, f"cannot write the edited version out: {exc!r}")
+            )
+            return False
         return True
 
     def record(self, delivery: Delivery, result: DeliveryResult) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -41,6 +41,21 @@ class InstanceRecord:
     calling_aet: str | None = None
     peer: str | None = None
     checksum: str | None = None
+    edited: EditedByReference | None = None
+
+
+@dataclass(frozen=True)
+class EditedByReference:
+    """An edited version kept as its ``header`` (every byte before the pixel data) and the
+    received file ``source`` from ``offset`` to its end (the pixel data, unchanged); the source
+    was ``size`` bytes with ``checksum`` when it was received. Delivery writes the whole version
+    at the instance's path (:mod:`router.spool.edited_copies`)."""
+
+    header: bytes
+    source: str
+    offset: int
+    size: int
+    checksum: str | None
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,15 @@ class Delivery:
     reason: str | None = None
     size: int | None = None
     checksum: str | None = None
+    edited: EditedByReference | None = None
+
+    @classmethod
+    def from_row(cls, row) -> Delivery:
+        """A delivery from a row of :data:`_DELIVERY_COLUMNS`."""
+        header, source, offset, source_size, source_checksum = row[15:]
+        edited = None if source is None else EditedByReference(header, source, offset, source_size, source_checksum)
+        delivery = cls(*row[:15])
+        return delivery if edited is None else replace(delivery, edited=edited)
 
     def log_context(self) -> dict:
         return {
@@ -73,7 +97,8 @@ class Delivery:
 
 _DELIVERY_COLUMNS = (
     "d.id, d.instance_id, d.backend, d.pipeline, d.attempts, d.queued_at, i.path, i.sop_instance_uid,"
-    " i.sop_class_uid, i.transfer_syntax, i.calling_aet, i.association_id, d.reason, i.size, i.checksum"
+    " i.sop_class_uid, i.transfer_syntax, i.calling_aet, i.association_id, d.reason, i.size, i.checksum,"
+    " i.header, i.source, i.source_offset, i.source_size, i.source_checksum"
 )
 
 
@@ -254,16 +279,15 @@ class DeliveryQueue:
                 f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id",
                 ids,
             ).fetchall()
-        return [Delivery(*row) for row in rows]
+        return [Delivery.from_row(row) for row in rows]
 
-    def mark_delivered(self, delivery: Delivery, warning: bool = False) -> str | None:
-        """Record success; returns the spool path when no delivery needs the file any more."""
-        return self.mark_delivered_many([(delivery, warning)])[0]
+    def mark_delivered(self, delivery: Delivery, warning: bool = False) -> list[str]:
+        """Record success; returns the spool files no delivery needs any more."""
+        return self.mark_delivered_many([(delivery, warning)])
 
-    def mark_delivered_many(self, results: list[tuple[Delivery, bool]]) -> list[str | None]:
-        """Record several successes (each with its warning flag) in one transaction.
-
-        Returns, for each, the spool path when no delivery needs the file any more.
+    def mark_delivered_many(self, results: list[tuple[Delivery, bool]]) -> list[str]:
+        """Record several successes (each with its warning flag) in one transaction; returns
+        the spool files no delivery needs any more.
         """
         with self._write() as conn:
             paths = []
@@ -276,7 +300,7 @@ class DeliveryQueue:
                 )
                 if warning:
                     _count_event(conn, delivery.backend, "delivered_with_warning")
-                paths.append(self._drop_instance_if_done(conn, delivery.instance_id))
+                paths += self._drop_instance_if_done(conn, delivery.instance_id)
             return paths
 
     def take_superseded(self, backend: str) -> list[str]:
@@ -296,9 +320,7 @@ class DeliveryQueue:
             for delivery_id, instance_id in rows:
                 conn.execute("DELETE FROM deliveries WHERE id=?", (delivery_id,))
                 _count_event(conn, backend, "superseded")
-                path = self._drop_instance_if_done(conn, instance_id)
-                if path:
-                    paths.append(path)
+                paths += self._drop_instance_if_done(conn, instance_id)
         return paths
 
     def schedule_retry(
@@ -408,7 +430,7 @@ class DeliveryQueue:
             args.append(backend)
         query += " ORDER BY d.id LIMIT ?"
         args.append(limit)
-        return [Delivery(*row) for row in self._conn().execute(query, args)]
+        return [Delivery.from_row(row) for row in self._conn().execute(query, args)]
 
     def retry_quarantined(self, backend: str | None = None, delivery_ids: list[int] | None = None) -> int:
         """Requeue quarantined deliveries as new: attempts and age start again."""
@@ -429,14 +451,21 @@ class DeliveryQueue:
             rows = conn.execute(query, args).fetchall()
             for delivery_id, instance_id in rows:
                 conn.execute("DELETE FROM deliveries WHERE id=?", (delivery_id,))
-                path = self._drop_instance_if_done(conn, instance_id)
-                if path:
-                    paths.append(path)
+                paths += self._drop_instance_if_done(conn, instance_id)
         return len(rows), paths
 
     def instance_files(self) -> list[tuple[int, str, int, str | None]]:
-        """(instance id, spool path, size, SOP instance UID) of every queued instance."""
-        return list(self._conn().execute("SELECT id, path, size, sop_instance_uid FROM instances"))
+        """(instance id, spool file, its size, SOP instance UID) of every queued instance: for an
+        edited version kept by reference, the received file it needs and that file's size."""
+        return list(
+            self._conn().execute(
+                "SELECT id, COALESCE(source, path), COALESCE(source_size, size), sop_instance_uid FROM instances"
+            )
+        )
+
+    def edited_copies(self) -> list[str]:
+        """Where delivery writes the edited versions kept by reference (copies it can make again)."""
+        return [row[0] for row in self._conn().execute("SELECT path FROM instances WHERE source IS NOT NULL")]
 
     def quarantine_instance(self, instance_id: int, reason: str) -> int:
         """Quarantine every delivery of an instance not delivered yet, with ``reason``; how many."""
@@ -461,16 +490,40 @@ class DeliveryQueue:
             conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
 
     def referenced_paths(self) -> set[str]:
-        return {row[0] for row in self._conn().execute("SELECT path FROM instances")}
+        """Every spool file a queued instance names: its own, and the received file an edited
+        version kept by reference needs."""
+        return {
+            path
+            for row in self._conn().execute("SELECT path, source FROM instances")
+            for path in row
+            if path is not None
+        }
 
     @staticmethod
-    def _drop_instance_if_done(conn: sqlite3.Connection, instance_id: int) -> str | None:
+    def _drop_instance_if_done(conn: sqlite3.Connection, instance_id: int) -> list[str]:
+        """Remove the instance if none of its deliveries is left; the spool files no queued
+        instance needs any more: its own, and the received file it was edited from once no
+        other instance names it."""
         left = conn.execute("SELECT 1 FROM deliveries WHERE instance_id=? LIMIT 1", (instance_id,)).fetchone()
         if left:
-            return None
-        row = conn.execute("SELECT path FROM instances WHERE id=?", (instance_id,)).fetchone()
+            return []
+        row = conn.execute("SELECT path, source FROM instances WHERE id=?", (instance_id,)).fetchone()
         conn.execute("DELETE FROM instances WHERE id=?", (instance_id,))
-        return row[0] if row else None
+        if row is None:
+            return []
+        path, source = row
+        if source is None:
+            return [] if _named_as_source(conn, path) else [path]
+        named = (
+            _named_as_source(conn, source)
+            or conn.execute("SELECT 1 FROM instances WHERE path=? LIMIT 1", (source,)).fetchone()
+        )
+        return [path] if named else [path, source]
+
+
+def _named_as_source(conn: sqlite3.Connection, path: str) -> bool:
+    """Whether a queued edited version kept by reference needs the received file ``path``."""
+    return conn.execute("SELECT 1 FROM instances WHERE source=? LIMIT 1", (path,)).fetchone() is not None
 
 
 def _insert_instances(
@@ -481,7 +534,8 @@ def _insert_instances(
     for instance, targets, hold_reason in batches:
         cur = conn.execute(
             "INSERT INTO instances (path, sop_instance_uid, sop_class_uid, transfer_syntax, size,"
-            " received_at, endpoint, association_id, calling_aet, peer, checksum) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " received_at, endpoint, association_id, calling_aet, peer, checksum, header, source, source_offset,"
+            " source_size, source_checksum) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 instance.path,
                 instance.sop_instance_uid,
@@ -494,6 +548,7 @@ def _insert_instances(
                 instance.calling_aet,
                 instance.peer,
                 instance.checksum,
+                *_by_reference(instance.edited),
             ),
         )
         instance_id = cur.lastrowid
@@ -509,6 +564,12 @@ def _insert_instances(
         if instance.sop_instance_uid:
             _supersede_older(conn, instance.sop_instance_uid, instance_id, ids, {b for _, b in targets}, now)
     return ids
+
+
+def _by_reference(edited: EditedByReference | None) -> tuple:
+    if edited is None:
+        return (None,) * 5
+    return (edited.header, edited.source, edited.offset, edited.size, edited.checksum)
 
 
 def _supersede_older(

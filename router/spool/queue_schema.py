@@ -78,8 +78,25 @@ def _first_recorded_schema(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS instances_by_uid ON instances(sop_instance_uid)")
 
 
+def _edited_versions_by_reference(conn: sqlite3.Connection) -> None:
+    """Version 2: an edited version may be kept as its header (``header``, the bytes before the
+    pixel data) and a range of the received file it was made from (``source`` from
+    ``source_offset`` to its end; ``source_size`` and ``source_checksum`` recorded to check it);
+    ``path`` is then where delivery writes the whole version (:mod:`router.spool.edited_copies`)."""
+    for column, kind in (
+        ("header", "BLOB"),
+        ("source", "TEXT"),
+        ("source_offset", "INTEGER"),
+        ("source_size", "INTEGER"),
+        ("source_checksum", "TEXT"),
+    ):
+        conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {kind}")
+    conn.execute("CREATE INDEX instances_by_source ON instances(source) WHERE source IS NOT NULL")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "the first recorded schema", _first_recorded_schema),
+    (2, "edited versions kept as a header and a range of the received file", _edited_versions_by_reference),
 ]
 CURRENT = MIGRATIONS[-1][0]
 

@@ -5,7 +5,9 @@ Layout under the data directory::
     incoming/          partial files of instances received the stock pynetdicom way, and of
                        edited versions being written
     objects/XX/*.dcm   received instances, durable once acknowledged; empty ones are spares
-                       (:meth:`Spool.make_spares`) or instances being received
+                       (:meth:`Spool.make_spares`) or instances being received; beside them
+                       transcoded versions (``*.dcm.<syntax>``) and the copies delivery writes
+                       of edited versions kept by reference (``*.dcm.edit<n>.dcm``)
     orphans/*.dcm      non-empty spool files no queue row named at start-up (never deleted:
                        ``dicom-router queue adopt`` queues them again)
     reuse/*.dcm        emptied files of delivered instances, made spares again (:meth:`Spool.recycle`)
@@ -26,6 +28,7 @@ import structlog
 
 from router.engine.spare_files import SpareFiles, close_and_remove, create_empty
 from router.spool.checksum import ChecksummingWriter
+from router.spool.edited_copies import is_edited_copy
 from router.spool.encoded_versions import write_edited
 from router.spool.variants import remove_variants, variant_base
 
@@ -236,8 +239,12 @@ class Spool:
             pass
 
     def discard_instance(self, path: Path | str) -> None:
-        """Let go of a spool file no delivery needs any more (:meth:`recycle`), and remove its transcoded versions."""
-        self.recycle(path)
+        """Let go of a spool file no delivery needs any more (:meth:`recycle`; an edited version's
+        copy is removed), and remove its transcoded versions."""
+        if is_edited_copy(os.path.basename(path)):
+            self.discard(path)
+        else:
+            self.recycle(path)
         remove_variants(path)
 
     def free_bytes(self) -> int:
@@ -265,7 +272,9 @@ class Spool:
     def sweep_unreferenced(self, referenced: set[str]) -> int:
         """At start-up: remove the empty spool files no queue row names (spares, or receptions
         a crash cut short), transcoded versions whose instance no row names and those a crash
-        cut short (``.part``); move other non-empty ones to ``orphans/`` with a warning.
+        cut short (``.part``), and every copy of an edited version kept by reference (delivery
+        writes them again; one a power cut caught may not be whole); move other non-empty files
+        to ``orphans/`` with a warning.
         Returns how many files were moved or removed.
 
         A non-empty file no row names may be an acknowledged instance whose row was lost
@@ -277,6 +286,9 @@ class Spool:
             if not shard.is_dir():
                 continue
             for entry in os.scandir(shard):
+                if is_edited_copy(entry.name):
+                    os.unlink(entry.path)
+                    continue
                 if entry.path in referenced:
                     continue
                 if entry.name.endswith(".part"):  # a transcoded version a crash cut short

@@ -42,7 +42,7 @@ def variant_path(path: Path | str, syntax: str) -> Path:
 
 def variant_base(name: str) -> str | None:
     """The spool file name a transcoded version's name belongs to, or None for any other name."""
-    head, dot, syntax = name.partition(".dcm.")
+    head, dot, syntax = name.rpartition(".dcm.")
     return f"{head}.dcm" if dot and syntax in TRANSCODE_TARGETS else None
 
 

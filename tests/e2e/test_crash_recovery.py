@@ -211,3 +211,55 @@ def test_a_spool_file_whose_bytes_changed_is_quarantined_not_delivered(tmp_path,
         finally:
             again.stop()
         assert len(scp.received) == 3
+
+
+def test_edited_versions_kept_by_reference_resume_from_the_received_files(tmp_path, write_config, ct_files):
+    """Anonymized on the way to a PACS that is down, forwarded as received to an archive. After a
+    kill -9, the copies delivery writes of the edited versions (here garbage left in their place)
+    are removed at start-up and written again from the received files; a received file whose
+    bytes changed quarantines its edited version; the others arrive anonymized with their pixel
+    data intact, and only the quarantined instance's file is left in the spool."""
+    from pydicom import dcmread
+
+    from router.spool.edited_copies import is_edited_copy
+    from tests.integration.test_forwarding import send_with_pynetdicom
+    from tests.support.cli import run_cli
+
+    (tmp_path / "research.key").write_text("a-key-for-tests-only-0123456789abcdef\n")
+    port, dest_port = free_port(), free_port()
+    archive = tmp_path / "archive"
+    backends = (
+        dimse_backend_toml(dest_port, "STORE_SCP") + f'[backends.archive]\ntype = "filesystem"\npath = "{archive}"\n'
+    )
+    stages = '\n[[pipelines.default.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n'
+    plain = '\n[pipelines.plain]\nendpoints = ["ingest"]\nbackends = ["archive"]\n'
+    config = write_config(router_toml(tmp_path / "data", port, backends, ["pacs"], extra=stages + plain))
+    serve = ServeProcess(config, tmp_path / "serve.log").start(port)
+    assert send_with_pynetdicom(port, ct_files[:4]) == [0] * 4
+    wait_for(lambda: len(list(archive.rglob("*.dcm"))) == 4, 30, message="the instances archived as received")
+    kill9_whole_router(serve)
+    received = sorted(p for p in spooled_files(tmp_path / "data") if not is_edited_copy(p.name))
+    assert len(received) == 4  # archived, and still the source of the edited versions' pixel data
+    for path in received:
+        path.with_name(f"{path.name}.edit0.dcm").write_bytes(b"not the edited version" * 40)
+    victim = dcmread(received[0], stop_before_pixels=True).SOPInstanceUID
+    damaged = bytearray(received[0].read_bytes())
+    damaged[-50:] = bytes(50)
+    received[0].write_bytes(bytes(damaged))
+    with StorageSCP(tmp_path / "dest", port=dest_port) as scp:
+        again = ServeProcess(config, tmp_path / "serve2.log").start(port)
+        try:
+            wait_for(lambda: len(scp.received) >= 3, 60, message="the three intact edited versions at the PACS")
+            wait_for(
+                lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout,
+                30,
+                message="the damaged one quarantined",
+            )
+        finally:
+            again.stop()
+    delivered = [dcmread(p) for p in sorted((tmp_path / "dest").iterdir())]
+    originals = [dcmread(p) for p in ct_files[:4]]
+    assert len(delivered) == 3
+    assert {ds.PixelData for ds in delivered} == {ds.PixelData for ds in originals if ds.SOPInstanceUID != victim}
+    assert not {ds.PatientID for ds in delivered} & {ds.PatientID for ds in originals}
+    assert spooled_files(tmp_path / "data") == [received[0]]

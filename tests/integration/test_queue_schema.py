@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from router.spool.queue import DeliveryQueue
-from router.spool.queue_schema import CURRENT, QueueFromNewerRelease
+from router.spool.queue_schema import CURRENT, MIGRATIONS, QueueFromNewerRelease
 from tests.conftest import ROOT, dimse_backend_toml, router_toml
 from tests.support.cli import run_cli
 from tests.support.dicomfiles import digests_by_uid
@@ -37,12 +37,27 @@ def user_version(path) -> int:
         conn.close()
 
 
-def test_a_database_of_the_previous_release_is_upgraded_and_every_pending_delivery_goes_out(
-    tmp_path, write_config, start_router, port
+def recorded_as_version_1(path) -> None:
+    """Bring a database of the release before the history to version 1, as that release left it."""
+    (version, _, apply) = MIGRATIONS[0]
+    conn = sqlite3.connect(path)
+    try:
+        apply(conn)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_a_database_of_an_earlier_release_is_upgraded_and_every_pending_delivery_goes_out(
+    tmp_path, write_config, start_router, port, version
 ):
     data = tmp_path / "data"
     copy_fixture(data)
-    assert user_version(data / "queue.db") == 0
+    if version == 1:
+        recorded_as_version_1(data / "queue.db")
+    assert user_version(data / "queue.db") == version
     originals = sorted((FIXTURE / "objects" / "00").glob("*.dcm"))
     with StorageSCP(tmp_path / "pacs", ae_title="PACS") as scp:
         service = start_router(write_config(router_toml(data, port, dimse_backend_toml(scp.port), ["pacs"])))

@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 
 from router.envelope import RequestEnvelope
 from router.middleware.anonymize_stream import open_stream
+from router.spool.edited_copies import edited_by_reference, write_edited_copy
 from router.spool.element_stream import NotStreamable
 from router.spool.encoded_versions import write_edited
 from router.spool.splice import write_spliced
@@ -103,6 +104,27 @@ def test_pixel_data_read_with_a_small_header_is_written_as_the_file_holds_it(tmp
         write_edited(instance.with_encoded(replace(encoded, pixel_data=None)), from_file)
         assert from_memory.getvalue() == from_file.getvalue(), path
     assert read_whole >= 3
+
+
+def test_a_version_kept_by_reference_is_written_out_as_the_stream_way_writes_it(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr("router.spool.edited_copies.MIN_PIXEL_BYTES", 0)
+    anonymizer = _stage(tmp_path, [])
+    kept = 0
+    for index, path in enumerate(corpus["rich"] + corpus["others"]):
+        try:
+            encoded, _ = open_stream(path).deidentify(anonymizer.deidentifier)
+        except NotStreamable:
+            continue
+        edited = edited_by_reference(encoded, str(path), path.stat().st_size, "unchecked")
+        if edited is None:
+            continue
+        kept += 1
+        expected = io.BytesIO()
+        write_edited(envelope_for(path).instance.with_encoded(encoded), expected)
+        copy = tmp_path / f"{index}.dcm.edit0.dcm"
+        write_edited_copy(str(copy), edited, len(expected.getvalue()))
+        assert copy.read_bytes() == expected.getvalue(), path
+    assert kept >= len(corpus["rich"]) + 3
 
 
 def test_what_the_stream_way_leaves_to_the_data_set_way(corpus):

@@ -67,7 +67,7 @@ def test_an_empty_queue_is_read_again_soon_after_a_batch_and_then_less_and_less_
     from router.spool.store import Spool
 
     class Item:
-        path, size, checksum = str(tmp_path), None, None  # an existing path, nothing recorded to compare
+        path, size, checksum, edited = str(tmp_path), None, None, None  # an existing path, nothing recorded to compare
 
     class Queue:
         def __init__(self):

@@ -9,12 +9,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from router.config.loader import load_config
 from router.engine.spare_files import SpareFiles
 from router.envelope import AssociationInfo, Command, RequestEnvelope
 from router.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Intake
 from router.pipeline import PipelineSet
+from router.spool.edited_copies import write_edited_copy
 from router.spool.queue import DeliveryQueue
 from router.spool.store import Spool
 from tests.conftest import dimse_backend_toml, router_toml
@@ -49,10 +51,13 @@ def intake(tmp_path):
     queue.close()
 
 
-def received(intake: Intake, events: list) -> tuple[str, RecordingFile]:
-    """A CT instance as received into a spare in a spool shard."""
+def received(intake: Intake, events: list, pixels: bool = False) -> tuple[str, RecordingFile]:
+    """A CT instance (without pixel data unless ``pixels``) as received into a spare in a spool shard."""
     path = intake.spool.objects / "00" / "spare.dcm"
-    make_dataset("ct", "INTAKE", "1.2.3.4", "1.2.3.4.1", 0, rows=32).save_as(path, enforce_file_format=True)
+    ds = make_dataset("ct", "INTAKE", "1.2.3.4", "1.2.3.4.1", 0, rows=256 if pixels else 32)
+    if pixels:
+        ds.PixelData = bytes(range(256)) * (256 * 256 * 2 // 256)
+    ds.save_as(path, enforce_file_format=True)
     return str(path), RecordingFile(path, events)
 
 
@@ -143,9 +148,33 @@ def anonymizing_intake(tmp_path):
     spool.close()
 
 
+def test_an_edited_version_of_its_header_is_kept_by_reference_to_the_received_file(anonymizing_intake, monkeypatch):
+    """The received file is the only one fsynced; the version's copy, written when it is
+    delivered, is the anonymized header followed by the received pixel data."""
+    intake = anonymizing_intake
+    events: list = []
+    record_fsyncs(intake, monkeypatch, events)
+    path, file = received(intake, events, pixels=True)
+    result = intake.receive_store(envelope(), path, "1.2.840.10008.1.2.1", None, received_file=file)
+
+    assert result.status == SUCCESS and result.stored
+    assert events == ["fsync started", "fsync done", "closed"]
+    ((_, needed, size, _),) = intake.queue.instance_files()
+    assert (needed, size) == (path, os.path.getsize(path))
+    (delivery,) = intake.queue.claim_due("pacs", 10)
+    assert delivery.edited is not None and delivery.edited.source == path and not os.path.exists(delivery.path)
+    write_edited_copy(delivery.path, delivery.edited, delivery.size)
+    copy, original = dcmread(delivery.path), dcmread(path)
+    assert os.path.getsize(delivery.path) == delivery.size
+    assert copy.PatientID != original.PatientID and copy.SOPInstanceUID == delivery.sop_instance_uid
+    assert copy.PixelData == original.PixelData
+    assert intake.queue.mark_delivered(delivery) == [delivery.path, path]
+
+
 def test_a_received_file_its_edited_version_replaces_goes_back_among_the_spares_emptied(
     anonymizing_intake, monkeypatch
 ):
+    """An edited version written out whole (an instance without pixel data, or with little)."""
     intake = anonymizing_intake
     intake.spool.spares.close()
     intake.spool.spares = SpareFiles(_no_files, intake.spool.incoming)  # none made: the one given back is seen

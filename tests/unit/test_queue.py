@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
-from router.spool.queue import DeliveryQueue, InstanceRecord, begin_immediate
+from router.spool.queue import DeliveryQueue, EditedByReference, InstanceRecord, begin_immediate
 
 
 def record(path="/spool/a.dcm", uid="1.2.3"):
@@ -33,10 +34,30 @@ def test_one_row_per_backend_and_file_released_after_last(tmp_path):
     archive = q.claim_due("archive", 10)
     assert len(pacs) == len(archive) == 1
     assert q.claim_due("pacs", 10) == []  # in flight: not claimed twice
-    assert q.mark_delivered(pacs[0]) is None  # archive still needs the file
-    assert q.mark_delivered(archive[0]) == "/spool/a.dcm"
+    assert q.mark_delivered(pacs[0]) == []  # archive still needs the file
+    assert q.mark_delivered(archive[0]) == ["/spool/a.dcm"]
     counts = q.counts()
     assert counts["pacs"]["delivered"] == 1 and counts["archive"]["delivered"] == 1
+    assert q.referenced_paths() == set()
+
+
+def test_a_received_file_is_let_go_once_neither_it_nor_an_edited_version_made_from_it_is_queued(tmp_path):
+    q = DeliveryQueue(tmp_path / "q.db")
+    edited = EditedByReference(b"header", "/spool/a.dcm", 40, 100, "c0ffee")
+    q.enqueue_many(
+        [
+            (record(), [("forward", "pacs")], None),
+            (replace(record("/spool/a.dcm.edit0.dcm", "2.5.1"), edited=edited), [("research", "archive")], None),
+        ]
+    )
+    assert q.referenced_paths() == {"/spool/a.dcm", "/spool/a.dcm.edit0.dcm"}
+    assert sorted(row[1:3] for row in q.instance_files()) == [("/spool/a.dcm", 100)] * 2
+    (version,) = q.claim_due("archive", 10)
+    assert version.edited == edited and version.path == "/spool/a.dcm.edit0.dcm"
+    assert q.edited_copies() == ["/spool/a.dcm.edit0.dcm"]
+    (forwarded,) = q.claim_due("pacs", 10)
+    assert q.mark_delivered(forwarded) == []  # the edited version still needs its pixel data
+    assert q.mark_delivered(version) == ["/spool/a.dcm.edit0.dcm", "/spool/a.dcm"]
     assert q.referenced_paths() == set()
 
 
@@ -111,7 +132,7 @@ def test_successes_recorded_in_one_batch_release_each_file_once(tmp_path):
     q.enqueue(record("/s/a.dcm", "1.1"), [("default", "pacs")])
     q.enqueue(record("/s/b.dcm", "1.2"), [("default", "pacs"), ("default", "archive")])
     a, b = q.claim_due("pacs", 10)
-    assert q.mark_delivered_many([(a, False), (b, True)]) == ["/s/a.dcm", None]  # b: archive still needs it
+    assert q.mark_delivered_many([(a, False), (b, True)]) == ["/s/a.dcm"]  # b: archive still needs it
     (b_archive,) = q.claim_due("archive", 10)
     assert q.mark_delivered_many([(b_archive, False)]) == ["/s/b.dcm"]
     counts = q.counts()

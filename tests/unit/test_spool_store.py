@@ -161,6 +161,35 @@ def test_transcoded_versions_stay_with_their_instance_and_go_without_it(tmp_path
         spool.close()
 
 
+def test_copies_of_edited_versions_are_removed_at_start_up_and_their_received_file_kept(tmp_path):
+    """Delivery writes the copies again from what is durable; one a power cut caught may not be
+    whole, so none is kept, and none is taken for an orphan. The received file they need stays."""
+    from router.spool.edited_copies import edited_copy_path
+    from router.spool.queue import EditedByReference
+
+    spool = Spool(tmp_path)
+    spool.prepare()
+    try:
+        ((source, file),) = spool.make_spares(1)
+        file.write(b"a received instance")
+        file.close()
+        queue = DeliveryQueue(spool.queue_path)
+        needed, stale = edited_copy_path(source, 0), edited_copy_path(source, 1)
+        edited = EditedByReference(b"header", source, 10, 19, None)
+        record = InstanceRecord(needed, "2.5.1", "1.2", "1.2.840.10008.1.2.1", 15, 0.0, edited=edited)
+        queue.enqueue(record, [("research", "archive")])
+        for path in (needed, stale):
+            Path(path).write_bytes(b"a copy")
+        spool.sweep_unreferenced(queue.referenced_paths())
+        assert os.path.exists(source) and not os.path.exists(needed) and not os.path.exists(stale)
+        assert not (tmp_path / "orphans").exists() or not list((tmp_path / "orphans").iterdir())
+        (delivery,) = queue.claim_due("archive", 1)
+        assert delivery.path == needed and delivery.edited == edited
+        queue.close()
+    finally:
+        spool.close()
+
+
 def test_a_spare_given_back_is_emptied_handed_out_again_and_kept_only_up_to_the_depth(tmp_path):
     spares = SpareFiles(lambda count: [create_empty(str(tmp_path)) for _ in range(count)], tmp_path, depth=1)
     path, file = create_empty(str(tmp_path))

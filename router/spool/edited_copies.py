@@ -1,0 +1,108 @@
+"""Edited versions kept by reference: a header in the queue, the pixel data in the received file.
+
+An edit that changes only the elements before the pixel data (what the ``anonymize`` and
+``coerce`` stages do) leaves the received file's pixel data as it was. The intake then keeps
+the version as its header bytes, committed with its queue row, and a range of the received
+file (:class:`~router.spool.queue.EditedByReference`): acknowledging it costs no second copy of
+the pixel data and no fsync of a second file.
+
+Delivery writes the whole version, header then the received file's range, at the path the
+queue row names (:func:`edited_copy_path`, beside the received file) just before its first
+attempt, to a temporary name renamed into place, so a copy that exists is whole. The copy
+is not fsynced: it can be written again from what is durable, and the start-up sweep removes
+every copy a crash left behind. It goes with its queue row, and the received file once no
+row names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+from router.spool.encoded_versions import EncodedHeader
+from router.spool.queue import EditedByReference
+from router.spool.splice import copy_range
+
+_COPY_NAME = re.compile(r"(?P<source>.+\.dcm)\.edit\d+\.dcm")
+MAX_HEADER_BYTES = 256 * 1024
+"""A larger edited header is written out as a whole file instead (the queue's rows stay small)."""
+MIN_PIXEL_BYTES = 64 * 1024
+"""An edited version with less pixel data is written out whole: a second small file costs the
+intake less than the copy delivery would write (docs/benchmarks.md)."""
+
+
+def edited_by_reference(
+    encoded: EncodedHeader | None, source: str, source_size: int, checksum: str
+) -> EditedByReference | None:
+    """An edited version (its ``encoded`` header, made from the received file ``source`` of
+    ``source_size`` bytes with ``checksum``) kept by reference, when its header is at hand and
+    not too large and its pixel data, not too small, runs on to the end of the received file
+    unchanged; else None (it is written out whole)."""
+    if encoded is None or encoded.layout.pixel_start is None or encoded.layout.size != source_size:
+        return None
+    if source_size - encoded.layout.pixel_start < MIN_PIXEL_BYTES:
+        return None
+    header = encoded.preamble + b"DICM" + encoded.meta + encoded.body
+    if len(header) > MAX_HEADER_BYTES:
+        return None
+    return EditedByReference(header, source, encoded.layout.pixel_start, source_size, checksum)
+
+
+def edited_copy_path(source: Path | str, index: int) -> str:
+    """Where delivery writes the ``index``-th edited version kept by reference to the received file ``source``."""
+    return f"{source}.edit{index}.dcm"
+
+
+def is_edited_copy(name: str) -> bool:
+    """Whether a spool file name is that of an edited version's copy (see :func:`edited_copy_path`)."""
+    return _COPY_NAME.fullmatch(name) is not None
+
+
+def write_edited_copy(path: str, edited: EditedByReference, size: int | None) -> None:
+    """Write the edited version at ``path`` (``size`` bytes, if known) unless it is there already
+    with that size.
+
+    Raises OSError when the received file cannot be read or the copy written, ValueError when
+    the copy does not come out ``size`` bytes long (the received file changed).
+    """
+    try:
+        if size is None or os.path.getsize(path) == size:
+            return
+    except FileNotFoundError:
+        pass
+    scratch = f"{path}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        with open(edited.source, "rb", buffering=0) as source, open(scratch, "wb", buffering=0) as out:
+            out.write(edited.header)
+            _copy_tail(source, out, edited.offset, edited.size - edited.offset)
+            written = out.tell()
+        if size is not None and written != size:
+            raise ValueError(f"the edited version came out {written} bytes, {size} were recorded: {path}")
+        os.replace(scratch, path)
+    finally:
+        try:
+            os.unlink(scratch)
+        except FileNotFoundError:
+            pass
+
+
+def _copy_tail(source, out, offset: int, count: int) -> None:
+    """Copy ``count`` bytes of ``source`` from ``offset`` to the end of ``out``: in the kernel
+    (``copy_file_range``) where the filesystem allows it, else through memory."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    position = offset
+    if copy_file_range is not None:
+        try:
+            while count > 0:
+                copied = copy_file_range(source.fileno(), out.fileno(), count, position)
+                if copied == 0:
+                    raise ValueError("the received file is shorter than recorded")
+                position += copied
+                count -= copied
+            return
+        except OSError:
+            out.seek(0, os.SEEK_END)
+    source.seek(position)
+    copy_range(source, out, count)
