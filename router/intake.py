@@ -9,7 +9,8 @@ starts on a helper thread as soon as the file is in the spool, while the pipelin
 the instance; the commit follows on the handler's thread. An edited version whose header
 alone changed is kept by reference (its header in the queue row, its pixel data in the
 received file: :mod:`router.spool.edited_copies`); any other is written out and fsynced
-beside it. The file is closed, or removed when it is not stored, only once its fsync is over. A power cut between commit and fsync
+beside it. The file is closed, or removed when it is not stored, only once its fsync is
+over. A power cut between commit and fsync
 can leave a row whose file is not whole, for an instance that was never acknowledged;
 :func:`quarantine_damaged` quarantines such rows at start-up with the reason, as it does
 for a file damaged after its acknowledgement: nothing is dropped without a word.

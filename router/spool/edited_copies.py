@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from router.spool.encoded_versions import EncodedHeader
-from router.spool.queue import EditedByReference
+from router.spool.queue_rows import EditedByReference
 from router.spool.splice import copy_range
 
 _COPY_NAME = re.compile(r"(?P<source>.+\.dcm)\.edit\d+\.dcm")

@@ -15,91 +15,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
 from router.spool.group_commit import GroupCommit
+from router.spool.queue_rows import DELIVERY_COLUMNS, Delivery, EditedByReference, InstanceRecord
 from router.spool.queue_schema import migrate
 
 log = structlog.get_logger("router.queue")
 
 STATES = ("pending", "in_flight", "quarantined")
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    path: str
-    sop_instance_uid: str | None
-    sop_class_uid: str | None
-    transfer_syntax: str | None
-    size: int
-    received_at: float
-    endpoint: str | None = None
-    association_id: str | None = None
-    calling_aet: str | None = None
-    peer: str | None = None
-    checksum: str | None = None
-    edited: EditedByReference | None = None
-
-
-@dataclass(frozen=True)
-class EditedByReference:
-    """An edited version kept as its ``header`` (every byte before the pixel data) and the
-    received file ``source`` from ``offset`` to its end (the pixel data, unchanged); the source
-    was ``size`` bytes with ``checksum`` when it was received. Delivery writes the whole version
-    at the instance's path (:mod:`router.spool.edited_copies`)."""
-
-    header: bytes
-    source: str
-    offset: int
-    size: int
-    checksum: str | None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    instance_id: int
-    backend: str
-    pipeline: str | None
-    attempts: int
-    queued_at: float
-    path: str
-    sop_instance_uid: str | None
-    sop_class_uid: str | None
-    transfer_syntax: str | None
-    calling_aet: str | None
-    association_id: str | None
-    reason: str | None = None
-    size: int | None = None
-    checksum: str | None = None
-    edited: EditedByReference | None = None
-
-    @classmethod
-    def from_row(cls, row) -> Delivery:
-        """A delivery from a row of :data:`_DELIVERY_COLUMNS`."""
-        header, source, offset, source_size, source_checksum = row[15:]
-        edited = None if source is None else EditedByReference(header, source, offset, source_size, source_checksum)
-        delivery = cls(*row[:15])
-        return delivery if edited is None else replace(delivery, edited=edited)
-
-    def log_context(self) -> dict:
-        return {
-            "backend": self.backend,
-            "delivery_id": self.id,
-            "assoc_id": self.association_id,
-            "calling_aet": self.calling_aet,
-            "sop_instance_uid": self.sop_instance_uid,
-        }
-
-
-_DELIVERY_COLUMNS = (
-    "d.id, d.instance_id, d.backend, d.pipeline, d.attempts, d.queued_at, i.path, i.sop_instance_uid,"
-    " i.sop_class_uid, i.transfer_syntax, i.calling_aet, i.association_id, d.reason, i.size, i.checksum,"
-    " i.header, i.source, i.source_offset, i.source_size, i.source_checksum"
-)
 
 
 _DUE = "backend=? AND state='pending' AND next_attempt_at<=?"
@@ -275,7 +201,7 @@ class DeliveryQueue:
             marks = ",".join("?" * len(ids))
             conn.execute(f"UPDATE deliveries SET state='in_flight', updated_at=? WHERE id IN ({marks})", (now, *ids))
             rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN instances i ON i.id=d.instance_id"
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN instances i ON i.id=d.instance_id"
                 f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id",
                 ids,
             ).fetchall()
@@ -423,7 +349,7 @@ class DeliveryQueue:
         return out
 
     def list_state(self, state: str = "quarantined", backend: str | None = None, limit: int = 1000) -> list[Delivery]:
-        query = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN instances i ON i.id=d.instance_id WHERE d.state=?"
+        query = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN instances i ON i.id=d.instance_id WHERE d.state=?"
         args: list = [state]
         if backend:
             query += " AND d.backend=?"
