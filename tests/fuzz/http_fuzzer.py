@@ -3,7 +3,7 @@ subprocess.
 
 Each case opens a connection and sends a request, mutated (bytes flipped, inserted, cut or
 repeated, Content-Length rewritten, a chunked body with wrong sizes, the boundary or content
-type changed, header lines repeated, random bytes): a STOW-RS request of a small instance, a
+type changed, header lines repeated, a part's header line garbled, random bytes): a STOW-RS request of a small instance, a
 QIDO-RS search, a WADO-RS retrieval of metadata, or of frames. Every ``canary_every`` cases a real instance is
 stored by STOW-RS (it must get 200 and reach the archive) and a C-ECHO goes to the DIMSE
 endpoint beside it. The run fails on any 500 answer (an error no handler expected), a dead
@@ -99,7 +99,7 @@ def _uids(instance: bytes) -> tuple[str, str, str]:
 def mutate(data: bytes, rng: random.Random) -> bytes:
     data = bytearray(data)
     for _ in range(rng.randint(1, 4)):
-        how = rng.randrange(8)
+        how = rng.randrange(9)
         at = rng.randrange(len(data)) if data else 0
         if how == 0 and data:
             data[at] ^= 1 << rng.randrange(8)
@@ -121,9 +121,29 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
             end = bytes(data).find(b"\r\n")
             if end > 0:
                 data[end:end] = b"\r\nX-Repeated: " + b"a" * rng.randrange(9000)
-        else:
+        elif how == 7:
             data = bytearray(bytes(data).replace(b"application/dicom", b"text/html", 1))
+        else:
+            data = _garble_a_part_header(data, rng)
     return bytes(data)
+
+
+def _garble_a_part_header(data: bytearray, rng: random.Random) -> bytearray:
+    """The first multipart part's header line with its colon gone, bytes inserted or a space
+    before the colon (a line no header parser takes)."""
+    body = bytes(data).find(b"\r\n\r\n")
+    line = bytes(data).find(b"Content-Type:", body + 4) if body >= 0 else -1
+    if line < 0:
+        return data
+    colon = line + len(b"Content-Type")
+    choice = rng.randrange(3)
+    if choice == 0:
+        del data[colon]
+    elif choice == 1:
+        data[colon + 4 : colon + 4] = bytes(rng.randrange(128, 256) for _ in range(rng.randint(1, 12)))
+    else:
+        data[colon:colon] = b" "
+    return data
 
 
 def send_case(port: int, data: bytes, wait: float) -> bytes:
@@ -198,6 +218,19 @@ class HttpRun(Run):
         return found
 
 
+def give_fixed_uids(path: Path, seed: int) -> None:
+    """Give the instance the cases are made from UIDs that depend on ``seed`` alone, so that a
+    seed makes the same cases on every run (UIDs of other lengths move every later mutation)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(path)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, generate_uid(entropy_srcs=[f"http-fuzzer {seed} {keyword}"]))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
 def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = None) -> HttpRun:
     from router import engine
     from tests.conftest import QUERY_AND_GET, dimse_backend_toml, endpoint_section, router_section
@@ -209,6 +242,7 @@ def fuzz_a_router(work: Path, cases: int, seed: int, deadline: float | None = No
 
     engine.configure()
     canaries = write_series(work / "canaries", cases // 200 + 2, "small", patient="CANARY")
+    give_fixed_uids(canaries[0], seed)
     web, dimse = free_port(), free_port()
     config = work / "router.toml"
     pacs = ScriptedPACS(canaries[:1], "FUZZ_QR").__enter__()  # WADO-RS metadata and frames of canaries[0]
