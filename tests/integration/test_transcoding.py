@@ -218,3 +218,44 @@ def test_an_instance_the_first_syntax_cannot_hold_goes_in_the_next(tmp_path, wri
     ) as (_, _, ds):
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         np.testing.assert_array_equal(ds.pixel_array, pixels)
+
+
+def test_an_edited_version_kept_by_reference_is_transcoded_from_its_copy_and_both_go_with_it(
+    tmp_path, write_config, start_router, port
+):
+    """Anonymized (the version kept as a header and the received pixel data), then sent in
+    JPEG-LS Lossless to one peer and as it is to another: both get the anonymized instance
+    with the original pixels; the copy, its transcoded version and the received file all go."""
+    (tmp_path / "research.key").write_text("a-key-for-tests-only-0123456789abcdef\n")
+    plain = tmp_path / "plain.dcm"
+    pixels = write_image(plain, rows=128, columns=128, bits_stored=12, frames=3)
+    ports = free_port(), free_port()
+    policy = 'transfer_syntaxes = ["JPEGLSLossless"]\ntranscode = "always"'
+    backends = dimse_backend_toml(ports[0], "STORESCP", "a", policy) + dimse_backend_toml(ports[1], "STORESCP", "b")
+    stage = '\n[[pipelines.default.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n'
+    service = start_router(write_config(router_toml(tmp_path / "data", port, backends, ["a", "b"], extra=stage)))
+    assert c_store(port, plain, ExplicitVRLittleEndian) == 0
+    assert len(service.queue.edited_copies()) == 1  # kept by reference (the peers are not up yet)
+    scps = [
+        start_storescp(tmp_path / f"dest{i}", p, extra=[o])
+        for i, (p, o) in enumerate(zip(ports, ["+xt", "+xe"], strict=True))
+    ]
+    try:
+        compressed, native = (
+            wait_for(lambda i=i: _readable(_arrived(tmp_path / f"dest{i}")[0]), 30, message="storescp to finish")
+            for i in range(2)
+        )
+        assert compressed.file_meta.TransferSyntaxUID == JPEGLSLossless
+        assert native.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        dcmtk_convert("dcmdjpls", _arrived(tmp_path / "dest0")[0], tmp_path / "decoded.dcm")
+        for ds in (dcmread(tmp_path / "decoded.dcm"), native):
+            np.testing.assert_array_equal(ds.pixel_array, pixels)
+            assert ds.PatientIdentityRemoved == "YES" and ds.SOPInstanceUID != dcmread(plain).SOPInstanceUID
+        wait_for(
+            lambda: not spooled_files(tmp_path / "data") and not list((tmp_path / "data").rglob("*.dcm.*")),
+            10,
+            message="the received file, the edited version's copy and its transcoded version removed",
+        )
+    finally:
+        for scp in scps:
+            stop_process(scp)
