@@ -22,10 +22,10 @@ import structlog
 from pydicom import config as pydicom_config
 from pynetdicom import _config
 
+from router.engine.association_log import current_association_fields  # noqa: F401 (re-exported)
 from router.engine.connect_errors import why_not_associated  # noqa: F401 (re-exported)
 from router.engine.failsafe import log_unhandled_thread_errors
 from router.engine.progress import arm_read_progress
-from router.engine.reactors import current_association_fields  # noqa: F401 (re-exported)
 from router.engine.seam import MODES, SeamReport, apply_changes
 
 ENGINE_ENVIRONMENT = "DICOM_ROUTER_ENGINE"

@@ -26,8 +26,9 @@ from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from router.engine.association_log import log_association_error
 from router.engine.classes import RouterACSE, RouterAssociation
-from router.engine.reactors import abort_after_error, log_association_error
+from router.engine.reactors import abort_after_error
 
 log = structlog.get_logger("router.engine")
 

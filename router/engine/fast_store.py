@@ -36,6 +36,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import socket_loans
+from router.engine.association_log import association_fields
 from router.engine.classes import RouterDIMSE
 from router.engine.part10 import META_READ, NotPlainPart10, read_file_meta
 from router.engine.pdata_sends import (
@@ -44,7 +45,6 @@ from router.engine.pdata_sends import (
     file_fragments,
     fragment_bounds,
 )
-from router.engine.reactors import association_fields
 
 log = structlog.get_logger("router.engine")
 

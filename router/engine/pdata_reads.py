@@ -42,10 +42,10 @@ import sys
 from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.engine.association_log import log_association_error
 from router.engine.classes import RouterDUL
 from router.engine.pdu_limits import largest_acceptable, read_pdu_checked, refuse_length
 from router.engine.progress import TooSlow, note_received
-from router.engine.reactors import log_association_error
 from router.engine.socket_reads import plain_socket
 from router.engine.store_decode import complete_data_set
 

@@ -21,9 +21,9 @@ import struct
 import structlog
 from pynetdicom.dul import DULServiceProvider
 
+from router.engine.association_log import association_fields, log_association_error
 from router.engine.classes import RouterDUL
 from router.engine.progress import TooSlow, restart_between_messages
-from router.engine.reactors import association_fields, log_association_error
 from router.engine.socket_reads import MAX_BUFFER
 
 P_DATA_TF = 0x04

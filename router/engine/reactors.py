@@ -55,13 +55,12 @@ from typing import Any
 import structlog
 from pynetdicom import evt
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
-from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT, A_RELEASE
 
+from router.engine.association_log import association_fields, log_association_error
 from router.engine.classes import RouterACSE, RouterAssociation, RouterDIMSE, RouterDUL, RouterStateMachine
 
 ROUTER_LOG = structlog.get_logger("router.engine")
@@ -295,54 +294,6 @@ def abort_after_error(dul, exc: BaseException, where: str) -> None:
     wake = getattr(dul.assoc, "wake_reactor", None)  # the event-driven reactor's; stock polls
     if wake is not None:
         wake()
-
-
-def log_association_error(assoc, exc: BaseException, where: str) -> None:
-    """One structured line for an error that ends an association, with who the peer was."""
-    ROUTER_LOG.error(
-        "association ended after an unexpected error", where=where, error=repr(exc), **association_fields(assoc)
-    )
-
-
-def association_fields(assoc) -> dict:
-    """The log fields naming an association: endpoint, id, calling AE title and peer once the
-    endpoint has seen its request; the peer's address alone before that, or for an
-    association the router requested."""
-    info = getattr(assoc, "router_info", None)
-    if info is not None:
-        return {
-            "endpoint": info.endpoint,
-            "assoc_id": info.association_id,
-            "calling_aet": info.calling_aet,
-            "peer": f"{info.peer_host}:{info.peer_port}",
-        }
-    return {"peer": _peer_of(assoc)}
-
-
-def current_association_fields() -> dict:
-    """:func:`association_fields` of the association whose thread (association or socket
-    thread) is running, or nothing: the context of pynetdicom's own log lines."""
-    thread = threading.current_thread()
-    if isinstance(thread, Association):
-        return association_fields(thread)
-    if isinstance(thread, DULServiceProvider):
-        return association_fields(thread.assoc)
-    return {}
-
-
-def _peer_of(assoc) -> str | None:
-    """The other end's address: the socket's peer, else the address the association was made
-    with or requested to (a requestor's connection may not be up yet, or have failed)."""
-    try:
-        host, port = assoc.dul.socket.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except (AttributeError, OSError, TypeError, ValueError):
-        pass
-    try:
-        remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
-        return f"{remote.address}:{remote.port}" if remote.address else None
-    except (AttributeError, TypeError, ValueError):
-        return None
 
 
 def _drop_late_p_data(dul) -> None:

@@ -41,9 +41,10 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from router.engine import store_scp
 from router.engine.application_entity import received_files_of
+from router.engine.association_log import association_fields
 from router.engine.classes import RouterDIMSE
 from router.engine.part10 import FileMetaValues, encode_file_meta, new_checksum
-from router.engine.reactors import association_fields, on_reactor_exit
+from router.engine.reactors import on_reactor_exit
 from router.engine.spare_files import ReceivedFiles, close_and_remove
 
 C_STORE_RQ = 0x0001

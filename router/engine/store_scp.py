@@ -35,7 +35,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 
-from router.engine.reactors import association_fields
+from router.engine.association_log import association_fields
 from router.engine.spare_files import close_and_remove
 
 log = structlog.get_logger("router.engine")
