@@ -3,7 +3,7 @@
 An edit that changes only the elements before the pixel data (what the ``anonymize`` and
 ``coerce`` stages do) leaves the received file's pixel data as it was. The intake then keeps
 the version as its header bytes, committed with its queue row, and a range of the received
-file (:class:`~router.spool.queue.EditedByReference`): acknowledging it costs no second copy of
+file (:class:`~router.spool.queue_rows.EditedByReference`): acknowledging it costs no second copy of
 the pixel data and no fsync of a second file.
 
 Delivery writes the whole version, header then the received file's range, at the path the
@@ -25,7 +25,7 @@ from router.spool.encoded_versions import EncodedHeader
 from router.spool.queue_rows import EditedByReference
 from router.spool.splice import copy_range
 
-_COPY_NAME = re.compile(r"(?P<source>.+\.dcm)\.edit\d+\.dcm")
+_COPY_NAME = re.compile(r".+\.dcm\.edit\d+\.dcm")
 MAX_HEADER_BYTES = 256 * 1024
 """A larger edited header is written out as a whole file instead (the queue's rows stay small)."""
 MIN_PIXEL_BYTES = 64 * 1024

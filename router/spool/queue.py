@@ -389,10 +389,6 @@ class DeliveryQueue:
             )
         )
 
-    def edited_copies(self) -> list[str]:
-        """Where delivery writes the edited versions kept by reference (copies it can make again)."""
-        return [row[0] for row in self._conn().execute("SELECT path FROM instances WHERE source IS NOT NULL")]
-
     def quarantine_instance(self, instance_id: int, reason: str) -> int:
         """Quarantine every delivery of an instance not delivered yet, with ``reason``; how many."""
         with self._write() as conn:

@@ -20,7 +20,7 @@ from router.transcode.files import transcode_file
 from tests.conftest import dimse_backend_toml, router_toml
 from tests.support.images import dcmtk_convert, write_image
 from tests.support.peers import c_store, free_port, start_storescp, stop_process, wait_for
-from tests.support.spool import spooled_files
+from tests.support.spool import edited_versions_kept_by_reference, spooled_files
 
 pytestmark = pytest.mark.dcmtk
 
@@ -233,9 +233,9 @@ def test_an_edited_version_kept_by_reference_is_transcoded_from_its_copy_and_bot
     policy = 'transfer_syntaxes = ["JPEGLSLossless"]\ntranscode = "always"'
     backends = dimse_backend_toml(ports[0], "STORESCP", "a", policy) + dimse_backend_toml(ports[1], "STORESCP", "b")
     stage = '\n[[pipelines.default.middleware]]\ntype = "anonymize"\nkey_file = "research.key"\n'
-    service = start_router(write_config(router_toml(tmp_path / "data", port, backends, ["a", "b"], extra=stage)))
+    start_router(write_config(router_toml(tmp_path / "data", port, backends, ["a", "b"], extra=stage)))
     assert c_store(port, plain, ExplicitVRLittleEndian) == 0
-    assert len(service.queue.edited_copies()) == 1  # kept by reference (the peers are not up yet)
+    assert len(edited_versions_kept_by_reference(tmp_path / "data")) == 1  # the peers are not up yet
     scps = [
         start_storescp(tmp_path / f"dest{i}", p, extra=[o])
         for i, (p, o) in enumerate(zip(ports, ["+xt", "+xe"], strict=True))

@@ -20,3 +20,15 @@ def _holds_bytes(path: Path) -> bool:
         return path.is_file() and path.stat().st_size > 0
     except FileNotFoundError:
         return False
+
+
+def edited_versions_kept_by_reference(data_dir: Path) -> list[str]:
+    """Where delivery writes the edited versions kept by reference that the queue holds (their
+    header in the row, their pixel data in the received file)."""
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "queue.db")
+    try:
+        return [row[0] for row in conn.execute("SELECT path FROM instances WHERE source IS NOT NULL")]
+    finally:
+        conn.close()
