@@ -240,7 +240,7 @@ class Intake:
                 if version is None or version is received or not version.edited:
                     record = _record(envelope, received, checksum=checksum)
                 elif version.path == received.path and (
-                    edited := edited_by_reference(version.encoded, str(received.path), received.size, checksum)
+                    edited := edited_by_reference(version, str(received.path), received.size, checksum)
                 ):
                     record = _record(envelope, version, edited_copy_path(received.path, by_reference), edited=edited)
                     by_reference += 1

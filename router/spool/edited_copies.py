@@ -16,14 +16,14 @@ row names it.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import uuid
 from pathlib import Path
 
-from router.spool.encoded_versions import EncodedHeader
 from router.spool.queue_rows import EditedByReference
-from router.spool.splice import copy_range
+from router.spool.splice import Layout, copy_range, write_spliced
 
 _COPY_NAME = re.compile(r".+\.dcm\.edit\d+\.dcm")
 MAX_HEADER_BYTES = 256 * 1024
@@ -33,21 +33,40 @@ MIN_PIXEL_BYTES = 64 * 1024
 intake less than the copy delivery would write (docs/benchmarks.md)."""
 
 
-def edited_by_reference(
-    encoded: EncodedHeader | None, source: str, source_size: int, checksum: str
-) -> EditedByReference | None:
-    """An edited version (its ``encoded`` header, made from the received file ``source`` of
-    ``source_size`` bytes with ``checksum``) kept by reference, when its header is at hand and
-    not too large and its pixel data, not too small, runs on to the end of the received file
-    unchanged; else None (it is written out whole)."""
-    if encoded is None or encoded.layout.pixel_start is None or encoded.layout.size != source_size:
+def edited_by_reference(version, source: str, source_size: int, checksum: str) -> EditedByReference | None:
+    """The edited ``version`` of the received file ``source`` (``source_size`` bytes with
+    ``checksum``; a :class:`~router.envelope.SpooledInstance`) kept by reference, when its pixel
+    data, not too small, runs on unchanged to the end of the received file with nothing after
+    it, and its header is not too large; else None (it is written out whole).
+
+    The header's bytes are those the stage encoded (the element-stream way), or what
+    :func:`~router.spool.splice.write_spliced` writes before the pixel data (the data set way).
+    """
+    encoded = version.encoded
+    layout = encoded.layout if encoded is not None else version.layout
+    if layout.pixel_start is None or layout.deflated or layout.size != source_size:
         return None
-    if source_size - encoded.layout.pixel_start < MIN_PIXEL_BYTES:
+    if source_size - layout.pixel_start < MIN_PIXEL_BYTES:
         return None
-    header = encoded.preamble + b"DICM" + encoded.meta + encoded.body
+    if encoded is not None:
+        header = encoded.preamble + b"DICM" + encoded.meta + encoded.body
+    elif layout.pixel_end == layout.size and _nothing_after_pixel_data(version.header, layout):
+        out = io.BytesIO()
+        write_spliced(source, version.header, layout, out, pixel_data=_no_pixel_data)
+        header = out.getvalue()
+    else:
+        return None
     if len(header) > MAX_HEADER_BYTES:
         return None
-    return EditedByReference(header, source, encoded.layout.pixel_start, source_size, checksum)
+    return EditedByReference(header, source, layout.pixel_start, source_size, checksum)
+
+
+def _nothing_after_pixel_data(header, layout: Layout) -> bool:
+    return layout.pixel_tag is not None and all(int(tag) < layout.pixel_tag for tag in header.keys())
+
+
+def _no_pixel_data(out) -> None:
+    """The pixel data :func:`~router.spool.splice.write_spliced` writes for a header alone: none."""
 
 
 def edited_copy_path(source: Path | str, index: int) -> str:

@@ -51,10 +51,14 @@ def intake(tmp_path):
     queue.close()
 
 
-def received(intake: Intake, events: list, pixels: bool = False) -> tuple[str, RecordingFile]:
-    """A CT instance (without pixel data unless ``pixels``) as received into a spare in a spool shard."""
+def received(intake: Intake, events: list, pixels: bool = False, latin1: bool = False) -> tuple[str, RecordingFile]:
+    """A CT instance (without pixel data unless ``pixels``; a Latin-1 patient name if ``latin1``)
+    as received into a spare in a spool shard."""
     path = intake.spool.objects / "00" / "spare.dcm"
     ds = make_dataset("ct", "INTAKE", "1.2.3.4", "1.2.3.4.1", 0, rows=256 if pixels else 32)
+    if latin1:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jürgen"
     if pixels:
         ds.PixelData = bytes(range(256)) * (256 * 256 * 2 // 256)
     ds.save_as(path, enforce_file_format=True)
@@ -148,13 +152,17 @@ def anonymizing_intake(tmp_path):
     spool.close()
 
 
-def test_an_edited_version_of_its_header_is_kept_by_reference_to_the_received_file(anonymizing_intake, monkeypatch):
+@pytest.mark.parametrize("latin1", [False, True], ids=["stream-way", "data-set-way"])
+def test_an_edited_version_of_its_header_is_kept_by_reference_to_the_received_file(
+    anonymizing_intake, monkeypatch, latin1
+):
     """The received file is the only one fsynced; the version's copy, written when it is
-    delivered, is the anonymized header followed by the received pixel data."""
+    delivered, is the anonymized header followed by the received pixel data (a non-ASCII name
+    takes the stage's data set way)."""
     intake = anonymizing_intake
     events: list = []
     record_fsyncs(intake, monkeypatch, events)
-    path, file = received(intake, events, pixels=True)
+    path, file = received(intake, events, pixels=True, latin1=latin1)
     result = intake.receive_store(envelope(), path, "1.2.840.10008.1.2.1", None, received_file=file)
 
     assert result.status == SUCCESS and result.stored
