@@ -94,11 +94,7 @@ def test_always_sends_the_syntax_named_first_that_the_peer_accepts(
         assert ds.file_meta.TransferSyntaxUID == syntax
         dcmtk_convert(decoder, arrived, tmp_path / "decoded.dcm")
         np.testing.assert_array_equal(dcmread(tmp_path / "decoded.dcm").pixel_array, pixels)
-        wait_for(
-            lambda: not spooled_files(tmp_path / "data") and not list((tmp_path / "data").rglob("*.dcm.*")),
-            10,
-            message="the spool file and its version removed",
-        )
+        _spool_emptied(tmp_path / "data", "the spool file and its version removed")
         assert service.queue.counts()["pacs"]["delivered"] == 1
 
 
@@ -116,11 +112,7 @@ def test_two_backends_share_one_transcoded_version_removed_with_the_instance(
         for path in arrived:
             ds = wait_for(lambda path=path: _readable(path), 10, message="storescp to finish writing")
             np.testing.assert_array_equal(ds.pixel_array, pixels)
-        wait_for(
-            lambda: not spooled_files(tmp_path / "data") and not list((tmp_path / "data").rglob("*.dcm.*")),
-            10,
-            message="the spool file and its version removed",
-        )
+        _spool_emptied(tmp_path / "data", "the spool file and its version removed")
     finally:
         for scp in scps:
             stop_process(scp)
@@ -149,6 +141,11 @@ def test_never_quarantines_what_the_peer_will_not_take_as_received(
         assert not list((tmp_path / "dest").iterdir())
     finally:
         stop_process(scp)
+
+
+def _spool_emptied(data_dir, what: str) -> None:
+    """Wait until the spool holds no instance file and no version of one (``what``: what must go)."""
+    wait_for(lambda: not spooled_files(data_dir) and not list(data_dir.rglob("*.dcm.*")), 10, message=what)
 
 
 def _readable(path):
@@ -251,10 +248,8 @@ def test_an_edited_version_kept_by_reference_is_transcoded_from_its_copy_and_bot
         for ds in (dcmread(tmp_path / "decoded.dcm"), native):
             np.testing.assert_array_equal(ds.pixel_array, pixels)
             assert ds.PatientIdentityRemoved == "YES" and ds.SOPInstanceUID != dcmread(plain).SOPInstanceUID
-        wait_for(
-            lambda: not spooled_files(tmp_path / "data") and not list((tmp_path / "data").rglob("*.dcm.*")),
-            10,
-            message="the received file, the edited version's copy and its transcoded version removed",
+        _spool_emptied(
+            tmp_path / "data", "the received file, the edited version's copy and its transcoded version removed"
         )
     finally:
         for scp in scps:
