@@ -188,29 +188,15 @@ def test_a_spool_file_whose_bytes_changed_is_quarantined_not_delivered(tmp_path,
     (same size). When the destination is up, the others arrive and that one is quarantined
     with a checksum mismatch: nothing arrives corrupted."""
     from tests.integration.test_forwarding import send_with_pynetdicom
-    from tests.support.cli import run_cli
 
     port, dest_port = free_port(), free_port()
     config = write_config(router_toml(tmp_path / "data", port, dimse_backend_toml(dest_port, "STORE_SCP"), ["pacs"]))
     serve = ServeProcess(config, tmp_path / "serve.log").start(port)
     assert send_with_pynetdicom(port, small_files[:4]) == [0] * 4
     kill9_whole_router(serve)
-    victim = sorted(p for p in spooled_files(tmp_path / "data") if p.stat().st_size)[0]
-    data = bytearray(victim.read_bytes())
-    data[-50:] = bytes(50)  # pixel bytes zeroed: same size, other content
-    victim.write_bytes(bytes(data))
-    with StorageSCP(tmp_path / "dest", port=dest_port) as scp:
-        again = ServeProcess(config, tmp_path / "serve2.log").start(port)
-        try:
-            wait_for(lambda: len(scp.received) >= 3, 60, message="the three intact instances at the destination")
-            wait_for(
-                lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout,
-                30,
-                message="the changed one quarantined",
-            )
-        finally:
-            again.stop()
-        assert len(scp.received) == 3
+    change_pixel_bytes(sorted(p for p in spooled_files(tmp_path / "data") if p.stat().st_size)[0])
+    received = restart_until_three_arrive_and_one_is_quarantined(tmp_path, config, port, dest_port)
+    assert len(received) == 3
 
 
 def test_edited_versions_kept_by_reference_resume_from_the_received_files(tmp_path, write_config, ct_files):
@@ -223,7 +209,6 @@ def test_edited_versions_kept_by_reference_resume_from_the_received_files(tmp_pa
 
     from router.spool.edited_copies import is_edited_copy
     from tests.integration.test_forwarding import send_with_pynetdicom
-    from tests.support.cli import run_cli
 
     (tmp_path / "research.key").write_text("a-key-for-tests-only-0123456789abcdef\n")
     port, dest_port = free_port(), free_port()
@@ -243,23 +228,37 @@ def test_edited_versions_kept_by_reference_resume_from_the_received_files(tmp_pa
     for path in received:
         path.with_name(f"{path.name}.edit0.dcm").write_bytes(b"not the edited version" * 40)
     victim = dcmread(received[0], stop_before_pixels=True).SOPInstanceUID
-    damaged = bytearray(received[0].read_bytes())
-    damaged[-50:] = bytes(50)
-    received[0].write_bytes(bytes(damaged))
-    with StorageSCP(tmp_path / "dest", port=dest_port) as scp:
-        again = ServeProcess(config, tmp_path / "serve2.log").start(port)
-        try:
-            wait_for(lambda: len(scp.received) >= 3, 60, message="the three intact edited versions at the PACS")
-            wait_for(
-                lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout,
-                30,
-                message="the damaged one quarantined",
-            )
-        finally:
-            again.stop()
+    change_pixel_bytes(received[0])
+    restart_until_three_arrive_and_one_is_quarantined(tmp_path, config, port, dest_port)
     delivered = [dcmread(p) for p in sorted((tmp_path / "dest").iterdir())]
     originals = [dcmread(p) for p in ct_files[:4]]
     assert len(delivered) == 3
     assert {ds.PixelData for ds in delivered} == {ds.PixelData for ds in originals if ds.SOPInstanceUID != victim}
     assert not {ds.PatientID for ds in delivered} & {ds.PatientID for ds in originals}
     assert spooled_files(tmp_path / "data") == [received[0]]
+
+
+def change_pixel_bytes(path) -> None:
+    """Zero a spool file's last 50 bytes (pixel data): the same size, other content."""
+    data = bytearray(path.read_bytes())
+    data[-50:] = bytes(50)
+    path.write_bytes(bytes(data))
+
+
+def restart_until_three_arrive_and_one_is_quarantined(tmp_path, config, port: int, dest_port: int) -> list[str]:
+    """Start the router again with its destination up; wait for three instances there and one
+    delivery quarantined with a checksum mismatch; stop it. What the destination received."""
+    from tests.support.cli import run_cli
+
+    with StorageSCP(tmp_path / "dest", port=dest_port) as scp:
+        again = ServeProcess(config, tmp_path / "serve2.log").start(port)
+        try:
+            wait_for(lambda: len(scp.received) >= 3, 60, message="the three intact instances at the destination")
+            wait_for(
+                lambda: "checksum mismatch" in run_cli("queue", "list", "-c", config).stdout,
+                30,
+                message="the changed one quarantined",
+            )
+        finally:
+            again.stop()
+        return list(scp.received)
