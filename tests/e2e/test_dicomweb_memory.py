@@ -112,7 +112,14 @@ backends = ["cloud", "archive"]
                 timeout=600,
             )
             assert posted.stdout == "200", posted.stderr + serve.log_text()[-2000:]
-            wait_for(lambda: not spooled_files(tmp_path / "data"), 600, message="the STOW-RS delivery")
+            try:
+                wait_for(
+                    lambda: list(received.iterdir()) and not spooled_files(tmp_path / "data"),
+                    600,
+                    message="the STOW-RS delivery: the part at the server, the spool file gone",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the router's log ends: {serve.log_text()[-4000:]}") from None
             (part,) = received.iterdir()
             assert part.stat().st_size == big.stat().st_size and tail_digest(part, 1 << 20) == tail_digest(big, 1 << 20)
             study, series, instance, count = header_of(big)
